@@ -1,0 +1,48 @@
+"""Read environment settings so that a bad value names its variable.
+
+django-environ raises ValueError (or worse) on a value it cannot parse; start-up should
+instead stop with ImproperlyConfigured and say which variable is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+T = TypeVar("T")
+
+
+def read(parser: Callable[..., T], name: str, *, default: Any) -> T:
+    """Parse environment variable `name` with a django-environ parser, or fail loudly."""
+    try:
+        return parser(name, default=default)
+    except (ValueError, TypeError, KeyError, ImproperlyConfigured) as exc:
+        raise ImproperlyConfigured(f"Environment variable {name} has a bad value: {exc}") from exc
+
+
+def choice(value: str, name: str, allowed: Iterable[str]) -> str:
+    """Return `value` if it is one of `allowed`, else fail naming the variable."""
+    options = tuple(allowed)
+    if value not in options:
+        raise ImproperlyConfigured(f"Environment variable {name} must be one of {options}")
+    return value
+
+
+def redis_url(value: str) -> str:
+    """Accept redis:// and rediss:// URLs only."""
+    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ImproperlyConfigured("Environment variable REDIS_URL must be a redis:// URL")
+    return value
+
+
+def origins(values: list[str], name: str) -> list[str]:
+    """Origins must carry a scheme (Django rejects them later with a vaguer message)."""
+    for value in values:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ImproperlyConfigured(
+                f"Environment variable {name}: {value!r} must start with http:// or https://"
+            )
+    return values

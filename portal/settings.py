@@ -1,0 +1,258 @@
+"""Django settings for the desktop portal.
+
+Every setting that differs between machines comes from an environment variable
+(django-environ), with defaults that work on a single machine. A value that cannot
+be parsed stops start-up with ImproperlyConfigured naming the variable.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from portal import envcheck
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DATA_DIR = Path(envcheck.read(env.str, "PORTAL_DATA_DIR", default=str(BASE_DIR / "var")))
+DEBUG = envcheck.read(env.bool, "DJANGO_DEBUG", default=False)
+# Production mode: the portal sits behind a TLS-terminating proxy (see README "Deployment").
+TLS = envcheck.read(env.bool, "PORTAL_TLS", default=False)
+
+
+def _secret_key() -> str:
+    """SECRET_KEY from the environment, else from a local file made on first run."""
+    from_env = env.str("SECRET_KEY", default="")
+    if from_env:
+        if len(from_env) < 50:
+            raise ImproperlyConfigured("SECRET_KEY must be at least 50 characters long")
+        return from_env
+    key_file = DATA_DIR / "secret_key"
+    if not key_file.exists():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        key_file.touch(mode=0o600)
+        key_file.write_text(secrets.token_urlsafe(64))
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = envcheck.read(
+    env.list, "ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"]
+)
+CSRF_TRUSTED_ORIGINS = envcheck.origins(
+    envcheck.read(env.list, "CSRF_TRUSTED_ORIGINS", default=[]), "CSRF_TRUSTED_ORIGINS"
+)
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "channels",
+    "axes",
+    "vms",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+
+ROOT_URLCONF = "portal.urls"
+ASGI_APPLICATION = "portal.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite by default: WAL lets readers run beside the writer, and IMMEDIATE transactions
+# take the write lock up front so concurrent writers queue instead of failing mid-way.
+DATABASES = {
+    "default": envcheck.read(
+        env.db_url, "DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'db.sqlite3'}"
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+DATABASES["default"]["ATOMIC_REQUESTS"] = False
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = envcheck.redis_url(
+    envcheck.read(env.str, "REDIS_URL", default="redis://127.0.0.1:6379/0")
+)
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL]},
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedStaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = True
+MEDIA_ROOT = DATA_DIR / "media"
+MEDIA_URL = "media/"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "vms.api.errors.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Desktop portal API",
+    "DESCRIPTION": "Launch, control and reach virtual desktops.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# Celery: the broker is Redis. Tasks acknowledge after they finish, so a worker killed
+# mid-task leaves the message to be delivered again (tasks are idempotent).
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "portal"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+RECONCILE_INTERVAL_S = envcheck.read(env.int, "RECONCILE_INTERVAL_S", default=60)
+HOST_HEARTBEAT_INTERVAL_S = envcheck.read(env.int, "HOST_HEARTBEAT_INTERVAL_S", default=30)
+CELERY_BEAT_SCHEDULE = {
+    "reconcile": {"task": "vms.tasks.reconcile_all_hosts", "schedule": RECONCILE_INTERVAL_S},
+    "host-heartbeat": {
+        "task": "vms.tasks.heartbeat_all_hosts",
+        "schedule": HOST_HEARTBEAT_INTERVAL_S,
+    },
+}
+
+# Hypervisor defaults for the host that `scripts/run` registers on first start.
+LIBVIRT_URI = envcheck.read(env.str, "LIBVIRT_URI", default="qemu:///system")
+STORAGE_POOL_NAME = envcheck.read(env.str, "STORAGE_POOL_NAME", default="desktops")
+STORAGE_POOL_PATH = envcheck.read(
+    env.str, "STORAGE_POOL_PATH", default="/var/lib/desktop-portal/pool"
+)
+VIRT_TYPE = envcheck.choice(
+    envcheck.read(env.str, "VIRT_TYPE", default="auto"), "VIRT_TYPE", ("auto", "kvm", "qemu")
+)
+# Prefix of every libvirt domain and volume the portal creates; reconcile only ever
+# removes objects that carry it.
+NAME_PREFIX = envcheck.read(env.str, "PORTAL_NAME_PREFIX", default="dp-")
+GUEST_SHUTDOWN_TIMEOUT_S = envcheck.read(env.float, "GUEST_SHUTDOWN_TIMEOUT_S", default=30.0)
+DEMO_GUEST_IMAGE = envcheck.read(
+    env.str, "DEMO_GUEST_IMAGE", default="/var/lib/desktop-portal/images/demo-desktop.qcow2"
+)
+# Directories from which admins may import base images (no path traversal elsewhere).
+IMAGE_IMPORT_DIRS = envcheck.read(
+    env.list, "IMAGE_IMPORT_DIRS", default=["/var/lib/desktop-portal/images"]
+)
+
+# Site-wide quota for users with neither a personal nor a group quota.
+DEFAULT_QUOTA = {
+    "max_desktops": envcheck.read(env.int, "DEFAULT_QUOTA_DESKTOPS", default=2),
+    "max_vcpus": envcheck.read(env.int, "DEFAULT_QUOTA_VCPUS", default=4),
+    "max_memory_mib": envcheck.read(env.int, "DEFAULT_QUOTA_MEMORY_MIB", default=4096),
+    "max_disk_gib": envcheck.read(env.int, "DEFAULT_QUOTA_DISK_GIB", default=40),
+}
+
+# Axes: lock out an IP+username pair after repeated failed logins.
+AXES_FAILURE_LIMIT = envcheck.read(env.int, "LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = 0.25  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if TLS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = envcheck.read(env.int, "SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envcheck.read(env.str, "LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "daphne": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
+        "celery": {"level": "INFO"},
+    },
+}

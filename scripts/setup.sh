@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Everything the portal needs on a Debian 12 machine, installed and started where missing.
+# Safe to run again: each step checks first and does nothing when its work is done.
+#
+#   scripts/setup.sh            # what `scripts/run` needs
+#   scripts/setup.sh --tests    # plus PostgreSQL and Chromium for `scripts/test`
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+FOR_TESTS=0
+[[ "${1:-}" == "--tests" ]] && FOR_TESTS=1
+
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+
+NOVNC_VERSION=1.7.0
+NOVNC_INTEGRITY="sha512-ucEJOx4T2avIRCleodk7YobZj5O2Ga2AeLfQ69A/yjG9HHba2+PDgwSkN3FttrmG+70ZGx21sElNFouK13RzyA=="
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "scripts/setup.sh installs packages and starts libvirtd: run it as root." >&2
+  exit 1
+fi
+
+apt_updated=0
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  say "Installing Debian packages: ${missing[*]}"
+  if [[ $apt_updated -eq 0 ]]; then apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+install_packages() {
+  # No libvirt-daemon-system: it drags in systemd, udev and firewalls (DESIGN.md section 5).
+  apt_install qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu \
+    libvirt-clients libvirt-dev pkg-config gcc python3-dev python3-venv \
+    syslinux syslinux-common mtools dosfstools cpio gzip ca-certificates procps
+  apt_install redis-tools openssl
+  if ! command -v redis-server >/dev/null && local_redis; then apt_install redis-server; fi
+  command -v npm >/dev/null || apt_install npm
+  if [[ $FOR_TESTS -eq 1 ]]; then
+    apt_install chromium chromium-driver
+    command -v pg_ctlcluster >/dev/null || apt_install postgresql
+  fi
+}
+
+local_redis() { [[ "$REDIS_URL" =~ ^redis://(127\.0\.0\.1|localhost)(:6379)?(/|$) ]]; }
+
+start_redis() {
+  if redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then return 0; fi
+  if ! local_redis; then
+    echo "Redis at $REDIS_URL does not answer; start it or fix REDIS_URL." >&2; exit 1
+  fi
+  say "Starting Redis on 127.0.0.1:6379"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/portal.log
+  for _ in $(seq 50); do redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "Redis did not come up; see /var/log/redis/portal.log" >&2; exit 1
+}
+
+start_libvirt() {
+  getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+  id libvirt-qemu >/dev/null 2>&1 || useradd -r -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+  # Without these, libvirtd re-probes QEMU on every call, which takes seconds.
+  grep -q '^user = "root"' /etc/libvirt/qemu.conf 2>/dev/null || echo 'user = "root"' >> /etc/libvirt/qemu.conf
+  grep -q '^group = "root"' /etc/libvirt/qemu.conf 2>/dev/null || echo 'group = "root"' >> /etc/libvirt/qemu.conf
+  mkdir -p /var/log/libvirt /var/lib/libvirt/images /run/libvirt /var/lib/desktop-portal/images
+  pgrep -x virtlogd >/dev/null || { say "Starting virtlogd"; virtlogd -d; }
+  if ! pgrep -x libvirtd >/dev/null; then
+    say "Starting libvirtd (the first call probes QEMU, ~8 s)"
+    libvirtd -d
+  fi
+  for _ in $(seq 60); do virsh -c qemu:///system version >/dev/null 2>&1 && return 0; sleep 0.5; done
+  echo "libvirtd does not answer on qemu:///system; see /var/log/libvirt/libvirtd.log" >&2; exit 1
+}
+
+start_postgres() {
+  if pg_isready -q -h 127.0.0.1 -p 5432; then return 0; fi
+  say "Starting PostgreSQL"
+  local version
+  version=$(ls /etc/postgresql | sort -V | tail -1)
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  for _ in $(seq 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
+}
+
+ensure_test_database_role() {
+  # The tests connect as portal/portal over TCP; works with trust or password auth.
+  su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='portal'\"" | grep -q 1 ||
+    su postgres -c "psql -qc \"CREATE ROLE portal LOGIN CREATEDB PASSWORD 'portal'\""
+}
+
+python_env() {
+  local python=python3.11
+  command -v "$python" >/dev/null || python=python3
+  if [[ ! -x .venv/bin/python ]]; then
+    say "Creating the virtualenv (.venv)"
+    "$python" -m venv .venv
+  fi
+  local stamp=.venv/.requirements.sha256
+  if ! sha256sum -c --status "$stamp" 2>/dev/null; then
+    say "Installing Python packages from requirements.txt"
+    .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+    sha256sum requirements.txt > "$stamp"
+  fi
+}
+
+novnc_assets() {
+  local dest=static/vendor/novnc
+  if [[ -f $dest/.version && $(cat $dest/.version) == "$NOVNC_VERSION" ]]; then return 0; fi
+  say "Fetching noVNC $NOVNC_VERSION from the npm registry"
+  local work
+  work=$(mktemp -d)
+  (cd "$work" && npm pack --silent "@novnc/novnc@$NOVNC_VERSION" >/dev/null 2>&1)
+  local tarball="$work/novnc-novnc-$NOVNC_VERSION.tgz"
+  local actual="sha512-$(openssl dgst -sha512 -binary "$tarball" | base64 -w0)"
+  if [[ "$actual" != "$NOVNC_INTEGRITY" ]]; then
+    echo "noVNC tarball integrity mismatch: $actual" >&2; rm -rf "$work"; exit 1
+  fi
+  tar -xzf "$tarball" -C "$work"
+  rm -rf "$dest" && mkdir -p "$dest"
+  cp -r "$work/package/core" "$work/package/vendor" "$work/package/LICENSE.txt" "$dest/"
+  echo "$NOVNC_VERSION" > "$dest/.version"
+  rm -rf "$work"
+}
+
+guest_image() {
+  scripts/build-guest-image.sh "$DEMO_GUEST_IMAGE"
+}
+
+django_setup() {
+  .venv/bin/python manage.py migrate --noinput -v 0
+  .venv/bin/python manage.py collectstatic --noinput -v 0
+}
+
+install_packages
+start_redis
+start_libvirt
+python_env
+novnc_assets
+guest_image
+if [[ $FOR_TESTS -eq 1 ]]; then
+  start_postgres
+  ensure_test_database_role
+else
+  django_setup
+  .venv/bin/python manage.py portal_setup
+fi
+say "Set-up done"

@@ -1,0 +1,176 @@
+"""Fixtures: users and roles (factory-boy), the real libvirt host, the demo template and a
+real Celery worker process that works on the test database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import factory
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from rest_framework.test import APIClient
+
+from vms.hypervisor import get_hypervisor
+from vms.models import Desktop, Host, Template
+from vms.roles import EMPLOYEE_GROUP, HELPDESK_GROUP
+from vms.services.templates import base_volume_name
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ("username",)
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    password = factory.django.Password("pw-for-tests")
+
+
+def _in_group(user: Any, name: str) -> Any:
+    user.groups.add(Group.objects.get_or_create(name=name)[0])
+    return user
+
+
+@pytest.fixture
+def employee(db: None) -> Any:
+    return _in_group(UserFactory(username="employee1"), EMPLOYEE_GROUP)
+
+
+@pytest.fixture
+def other_employee(db: None) -> Any:
+    return _in_group(UserFactory(username="employee2"), EMPLOYEE_GROUP)
+
+
+@pytest.fixture
+def helpdesk_user(db: None) -> Any:
+    return _in_group(UserFactory(username="helper"), HELPDESK_GROUP)
+
+
+@pytest.fixture
+def admin_user_(db: None) -> Any:
+    return UserFactory(username="boss", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def api_for() -> Callable[[Any], APIClient]:
+    """An API client logged in (with a real session) as the given user."""
+
+    def make(user: Any) -> APIClient:
+        client = APIClient()
+        client.force_login(user)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def fake_host(db: None) -> Host:
+    """A host on libvirt's test driver whose queue no worker consumes: for tests of the
+    request side only (nothing boots)."""
+    return Host.objects.create(name="fake", libvirt_uri="test:///default", storage_pool="default-pool")
+
+
+@pytest.fixture
+def fake_template(fake_host: Host, employee: Any) -> Template:
+    template = Template.objects.create(name="Office", base_image_path="/default-pool/base.img",
+                                       vcpus=1, memory_mib=256, disk_gib=1)
+    template.assigned_groups.add(Group.objects.get(name=EMPLOYEE_GROUP))
+    return template
+
+
+# --- the real hypervisor -------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_host(db: None) -> Host:
+    """Host 'local' on the real libvirtd, with the test storage pool."""
+    host = Host.objects.create(name="local", libvirt_uri=settings.LIBVIRT_URI,
+                               storage_pool=settings.STORAGE_POOL_NAME)
+    get_hypervisor(host.libvirt_uri).ensure_pool(name=host.storage_pool,
+                                                 path=settings.STORAGE_POOL_PATH)
+    return host
+
+
+@pytest.fixture
+def demo_template(local_host: Host, employee: Any) -> Template:
+    """The demo guest image (built by scripts/setup.sh) as a template for employees."""
+    image = settings.DEMO_GUEST_IMAGE
+    assert Path(image).is_file(), f"demo guest image {image} is missing: run scripts/setup.sh"
+    volume = get_hypervisor(local_host.libvirt_uri).import_base_volume(
+        pool=local_host.storage_pool, name=base_volume_name("Demo desktop"), source_path=image
+    )
+    template = Template.objects.create(name="Demo desktop", base_image_path=volume.path,
+                                       vcpus=1, memory_mib=128, disk_gib=1)
+    template.assigned_groups.add(Group.objects.get(name=EMPLOYEE_GROUP))
+    return template
+
+
+@pytest.fixture
+def hypervisor(local_host: Host) -> Any:
+    return get_hypervisor(local_host.libvirt_uri)
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker (prefork, 2 processes) on the test database and test Redis."""
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="portal.test_settings",
+               DATABASE_URL=_test_database_url())
+    log = open(ROOT / "var" / "test-worker.log", "wb")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", "portal,host.local",
+         "-c", "2", "--without-gossip", "--without-mingle", "-n", f"test{os.getpid()}@%h",
+         "--loglevel", "INFO"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    _wait_for_worker(worker)
+    yield worker
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+    log.close()
+
+
+def _test_database_url() -> str:
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = f"{db['USER']}:{db['PASSWORD'] or ''}"
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def _wait_for_worker(worker: subprocess.Popen[bytes]) -> None:
+    from portal.celery import app
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert worker.poll() is None, "the Celery worker exited; see var/test-worker.log"
+        if app.control.ping(timeout=0.5):
+            return
+    raise AssertionError("the Celery worker did not answer within 60 s")
+
+
+def wait_for_status(desktop_id: Any, wanted: str, *, timeout: float = 90) -> Desktop:
+    """Poll the database until the desktop reaches `wanted` (fails on error/timeout)."""
+    deadline = time.monotonic() + timeout
+    desktop = Desktop.objects.get(pk=desktop_id)
+    while time.monotonic() < deadline:
+        desktop.refresh_from_db()
+        if desktop.status == wanted:
+            return desktop
+        assert desktop.status != "error" or wanted == "error", desktop.last_error
+        time.sleep(0.25)
+    raise AssertionError(f"desktop stayed {desktop.status}, wanted {wanted}")

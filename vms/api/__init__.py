@@ -1,0 +1,1 @@
+"""The REST API (DRF): the contract in DESIGN.md section 3."""

@@ -1,0 +1,48 @@
+"""API representations of templates and desktops."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from vms.models import Desktop, Template
+
+
+class TemplateSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Template
+        fields = ["id", "name", "description", "os_label", "vcpus", "memory_mib", "disk_gib",
+                  "console_type", "persistent"]
+        read_only_fields = fields
+
+
+class DesktopSerializer(serializers.ModelSerializer):
+    owner = serializers.CharField(source="owner.get_username", read_only=True)
+    template_name = serializers.CharField(source="template.name", read_only=True)
+    host = serializers.CharField(source="host.name", read_only=True, default=None)
+
+    class Meta:
+        model = Desktop
+        fields = ["id", "name", "owner", "template", "template_name", "host", "status",
+                  "progress", "last_error", "vcpus", "memory_mib", "disk_gib", "created_at",
+                  "status_changed_at", "last_used_at"]
+        read_only_fields = fields
+
+
+class DesktopCreateSerializer(serializers.Serializer):
+    template = serializers.IntegerField(min_value=1)
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+
+    def validate_name(self, value: str) -> str:
+        if any(not ch.isprintable() for ch in value):
+            raise serializers.ValidationError("The name may not contain control characters.")
+        return value.strip()
+
+    def validate_template(self, value: int) -> int:
+        if not Template.objects.filter(pk=value).exists():
+            raise serializers.ValidationError("No such template.")
+        return value
+
+
+class ActionAcceptedSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    desktop = DesktopSerializer()

@@ -1,0 +1,19 @@
+"""API routes, mounted under /api/."""
+
+from __future__ import annotations
+
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.routers import DefaultRouter
+
+from django.urls import path
+
+from vms.api.views import DesktopViewSet, TemplateViewSet
+
+router = DefaultRouter(trailing_slash=True)
+router.register("templates", TemplateViewSet, basename="template")
+router.register("desktops", DesktopViewSet, basename="desktop")
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    *router.urls,
+]

@@ -1,0 +1,86 @@
+"""API views: thin. They read through selectors and write through services."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from vms.api.serializers import (
+    ActionAcceptedSerializer,
+    DesktopCreateSerializer,
+    DesktopSerializer,
+    TemplateSerializer,
+)
+from vms.models import Desktop
+from vms.selectors import desktops_visible_to, templates_for_user
+from vms.services import desktops as desktop_services
+from vms.web.client import client_ip
+
+
+class TemplateViewSet(viewsets.ReadOnlyModelViewSet):
+    """Templates the caller may launch."""
+
+    serializer_class = TemplateSerializer
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return templates_for_user(user=self.request.user)
+
+
+@extend_schema(parameters=[OpenApiParameter("user", str, description="help-desk/admin: owner")])
+class DesktopViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    """Own desktops; help-desk and admins see anyone's (narrow with ?user=<username>)."""
+
+    serializer_class = DesktopSerializer
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return desktops_visible_to(
+            user=self.request.user, owner_username=self.request.query_params.get("user")
+        )
+
+    @extend_schema(request=DesktopCreateSerializer, responses={202: DesktopSerializer})
+    def create(self, request: Request) -> Response:
+        params = DesktopCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        desktop = desktop_services.desktop_create(
+            user=request.user, template_id=params.validated_data["template"],
+            name=params.validated_data["name"], source_ip=client_ip(request),
+        )
+        return Response(DesktopSerializer(desktop).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: ActionAcceptedSerializer})
+    def destroy(self, request: Request, pk: str | None = None) -> Response:
+        return self._act(desktop_services.desktop_delete, "deletion")
+
+    @extend_schema(request=None, responses={202: ActionAcceptedSerializer})
+    @action(detail=True, methods=["post"])
+    def start(self, request: Request, pk: str | None = None) -> Response:
+        return self._act(desktop_services.desktop_start, "start")
+
+    @extend_schema(request=None, responses={202: ActionAcceptedSerializer})
+    @action(detail=True, methods=["post"])
+    def stop(self, request: Request, pk: str | None = None) -> Response:
+        return self._act(desktop_services.desktop_stop, "stop")
+
+    @extend_schema(request=None, responses={202: ActionAcceptedSerializer})
+    @action(detail=True, methods=["post"])
+    def reboot(self, request: Request, pk: str | None = None) -> Response:
+        return self._act(desktop_services.desktop_reboot, "reboot")
+
+    @extend_schema(request=None, responses={202: ActionAcceptedSerializer})
+    @action(detail=True, methods=["post"], url_path="force-stop")
+    def force_stop(self, request: Request, pk: str | None = None) -> Response:
+        return self._act(desktop_services.desktop_force_stop, "forced stop")
+
+    def _act(self, service: Callable[..., None], what: str) -> Response:
+        desktop: Desktop = self.get_object()
+        service(actor=self.request.user, desktop=desktop, source_ip=client_ip(self.request))
+        desktop.refresh_from_db()
+        body = {"detail": f"The {what} was accepted.", "desktop": DesktopSerializer(desktop).data}
+        return Response(body, status=status.HTTP_202_ACCEPTED)

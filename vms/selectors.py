@@ -1,0 +1,51 @@
+"""Reads: which templates and desktops a user may see. Pages and the API use these."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import Q, QuerySet
+
+from vms.models import Desktop, DesktopStatus, Template
+from vms.roles import sees_all_desktops
+
+
+def templates_for_user(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Template]:
+    """Enabled templates assigned to the user directly or through one of their groups."""
+    if not user.is_authenticated:
+        return Template.objects.none()
+    assigned = Q(assigned_users=user) | Q(assigned_groups__user=user)
+    return Template.objects.filter(assigned, enabled=True).distinct()
+
+
+def desktops_visible_to(
+    *, user: AbstractBaseUser | AnonymousUser, owner_username: str | None = None
+) -> QuerySet[Desktop]:
+    """Desktops the user may see: their own; help-desk and admins see everyone's.
+
+    Deleted desktops are hidden. `owner_username` narrows the list for help-desk and admins;
+    for anyone else it can only narrow their own list.
+    """
+    if not user.is_authenticated:
+        return Desktop.objects.none()
+    desktops = Desktop.objects.exclude(status=DesktopStatus.DELETED).select_related(
+        "template", "host", "owner"
+    )
+    if not sees_all_desktops(user):
+        desktops = desktops.filter(owner=user)
+    if owner_username:
+        desktops = desktops.filter(owner__username=owner_username)
+    return desktops
+
+
+def users_matching(*, query: str, limit: int = 20) -> QuerySet[AbstractBaseUser]:
+    """Active users whose username or name contains `query` (help-desk search)."""
+    term = query.strip()
+    users = get_user_model().objects.filter(is_active=True)
+    if term:
+        users = users.filter(
+            Q(username__icontains=term) | Q(first_name__icontains=term) | Q(last_name__icontains=term)
+        )
+    return users.order_by("username")[:limit]
+
+

@@ -1,0 +1,55 @@
+"""Live updates: tell open pages (over Channels) that a desktop changed."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+from redis.exceptions import RedisError
+
+from vms.models import Desktop
+
+log = logging.getLogger(__name__)
+
+
+def desktop_group(desktop_id: object) -> str:
+    """Channels group of everyone watching one desktop."""
+    return f"desktop.{desktop_id}"
+
+
+def user_group(user_id: int) -> str:
+    """Channels group of one user's open pages."""
+    return f"user.{user_id}"
+
+
+def desktop_payload(desktop: Desktop) -> dict[str, object]:
+    """What a page needs to redraw one desktop (no secrets)."""
+    return {
+        "id": str(desktop.pk),
+        "name": desktop.name,
+        "status": desktop.status,
+        "progress": desktop.progress,
+        "last_error": desktop.last_error,
+    }
+
+
+def push_desktop_changed(*, desktop_id: object) -> None:
+    """After commit, send the desktop's fresh state to its watchers."""
+    transaction.on_commit(partial(_push, desktop_id))
+
+
+def _push(desktop_id: object) -> None:
+    desktop = Desktop.objects.filter(pk=desktop_id).first()
+    layer = get_channel_layer()
+    if desktop is None or layer is None:
+        return
+    message = {"type": "desktop.changed", "desktop": desktop_payload(desktop)}
+    try:
+        for group in (desktop_group(desktop.pk), user_group(desktop.owner_id)):
+            async_to_sync(layer.group_send)(group, message)
+    except (RedisError, OSError):
+        # Live updates are best effort; pages also show state on reload.
+        log.warning("could not push the state of desktop %s", desktop_id)

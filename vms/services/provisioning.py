@@ -1,0 +1,214 @@
+"""Worker-side desktop work: the libvirt half of every action, run by Celery tasks.
+
+Every function here loads the desktop by id, does nothing unless the desktop is in the
+state its action expects (so a task delivered twice does no harm), and writes state by
+compare-and-set. A permanent HypervisorError ends in `error` with a message a person can
+act on; a transient one propagates so the task retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from uuid import UUID
+
+from django.utils import timezone
+
+from vms.hypervisor import DomainSpec, GraphicsType, Hypervisor, HypervisorError
+from vms.models import Desktop, DesktopStatus
+from vms.services import transitions
+from vms.services.audit import audit_record
+from vms.services.events import push_desktop_changed
+from vms.services.hosts import host_virt_type, hypervisor_for
+from vms.settings_access import shutdown_timeout_s
+
+log = logging.getLogger(__name__)
+S = DesktopStatus
+GIB = 1024**3
+
+
+def _load(desktop_id: UUID | str) -> Desktop | None:
+    return Desktop.objects.select_related("host", "template", "owner").filter(pk=desktop_id).first()
+
+
+def _set_progress(desktop: Desktop, step: str) -> None:
+    Desktop.objects.filter(pk=desktop.pk, status=desktop.status).update(progress=step)
+    push_desktop_changed(desktop_id=desktop.pk)
+
+
+def _advance(desktop: Desktop, *, old: str, new: str, **fields: object) -> bool:
+    moved = transitions.compare_and_set(desktop_id=desktop.pk, old=old, new=new, **fields)
+    if moved:
+        desktop.status = new
+        audit_record(action=f"desktop.{new}", desktop=desktop, old=old, new=new)
+        push_desktop_changed(desktop_id=desktop.pk)
+    return moved
+
+
+def domain_spec(desktop: Desktop) -> DomainSpec:
+    """The libvirt domain of a desktop.
+
+    The console password is random, expired from the start and never kept: nobody can
+    reach the console until a console session sets a short-lived password of its own.
+    """
+    assert desktop.host is not None
+    return DomainSpec(
+        name=desktop.domain_name,
+        vcpus=desktop.vcpus,
+        memory_mib=desktop.memory_mib,
+        disk_path=_volume_path(desktop),
+        graphics=GraphicsType(desktop.template.console_type),
+        virt_type=host_virt_type(desktop.host),
+        title=desktop.name,
+        description=f"{desktop.template.name} for {desktop.owner.get_username()}",
+        desktop_id=str(desktop.pk),
+        console_password=secrets.token_urlsafe(6),
+        console_password_valid_to=timezone.now(),
+    )
+
+
+def _volume_path(desktop: Desktop) -> str:
+    assert desktop.host is not None
+    volume = hypervisor_for(desktop.host).clone_volume(
+        pool=desktop.host.storage_pool,
+        name=desktop.volume_name,
+        base_path=desktop.template.base_image_path,
+        capacity_bytes=desktop.disk_gib * GIB,
+    )
+    return volume.path
+
+
+def desktop_provision(*, desktop_id: UUID | str) -> None:
+    """Clone the disk, define the domain and boot it: provisioning -> starting -> running."""
+    desktop = _load(desktop_id)
+    if desktop is None or desktop.status != S.PROVISIONING:
+        return
+    _guarded(desktop, lambda: _provision(desktop), cleanup=True)
+
+
+def _provision(desktop: Desktop) -> None:
+    hypervisor = hypervisor_for(desktop.host)  # type: ignore[arg-type]
+    _set_progress(desktop, "cloning")
+    spec = domain_spec(desktop)
+    _set_progress(desktop, "defining")
+    info = hypervisor.define_domain(spec)
+    Desktop.objects.filter(pk=desktop.pk).update(domain_uuid=info.uuid)
+    if not _advance(desktop, old=S.PROVISIONING, new=S.STARTING, progress="starting"):
+        _remove_if_deleted(desktop, hypervisor)
+        return
+    _boot(desktop, hypervisor)
+
+
+def _boot(desktop: Desktop, hypervisor: Hypervisor) -> None:
+    hypervisor.start(name=desktop.domain_name)
+    _advance(desktop, old=S.STARTING, new=S.RUNNING, progress="ready", last_error="")
+
+
+def desktop_boot(*, desktop_id: UUID | str) -> None:
+    """Power on: starting -> running (a non-persistent desktop was reset when it stopped)."""
+    desktop = _load(desktop_id)
+    if desktop is None or desktop.status != S.STARTING:
+        return
+    _guarded(desktop, lambda: _boot_defined(desktop), cleanup=False)
+
+
+def _boot_defined(desktop: Desktop) -> None:
+    hypervisor = hypervisor_for(desktop.host)  # type: ignore[arg-type]
+    # A desktop that failed before its domain existed is rebuilt from scratch.
+    hypervisor.define_domain(domain_spec(desktop))
+    _boot(desktop, hypervisor)
+
+
+def desktop_power_off(*, desktop_id: UUID | str, force: bool = False) -> None:
+    """Shut the guest down (gracefully, then by force after the timeout): -> stopped."""
+    desktop = _load(desktop_id)
+    if desktop is None or desktop.status != S.STOPPING:
+        return
+    _guarded(desktop, lambda: _power_off(desktop, force=force), cleanup=False)
+
+
+def _power_off(desktop: Desktop, *, force: bool) -> None:
+    hypervisor = hypervisor_for(desktop.host)  # type: ignore[arg-type]
+    if force:
+        hypervisor.destroy(name=desktop.domain_name)
+    else:
+        hypervisor.shutdown(name=desktop.domain_name, timeout_s=shutdown_timeout_s())
+    if not desktop.template.persistent:
+        _reset_disk(desktop, hypervisor)
+    _advance(desktop, old=S.STOPPING, new=S.STOPPED, progress="")
+
+
+def _reset_disk(desktop: Desktop, hypervisor: Hypervisor) -> None:
+    """Throw away a non-persistent desktop's changes: a fresh overlay over the base."""
+    assert desktop.host is not None
+    hypervisor.delete_volume(pool=desktop.host.storage_pool, name=desktop.volume_name)
+    _volume_path(desktop)
+
+
+def desktop_restart(*, desktop_id: UUID | str) -> None:
+    """Reboot a running guest; the state stays `running`."""
+    desktop = _load(desktop_id)
+    if desktop is None or desktop.status != S.RUNNING:
+        return
+    _guarded(desktop, lambda: hypervisor_for(desktop.host).reboot(name=desktop.domain_name),  # type: ignore[arg-type]
+             cleanup=False)
+
+
+def desktop_teardown(*, desktop_id: UUID | str) -> None:
+    """Remove the domain and the volume: deleting -> deleted. Nothing is left behind."""
+    desktop = _load(desktop_id)
+    if desktop is None or desktop.status != S.DELETING:
+        return
+    _guarded(desktop, lambda: _teardown(desktop), cleanup=False)
+
+
+def _teardown(desktop: Desktop) -> None:
+    _remove_resources(desktop, hypervisor_for(desktop.host))  # type: ignore[arg-type]
+    _advance(desktop, old=S.DELETING, new=S.DELETED, deleted_at=timezone.now(), progress="")
+
+
+def _remove_resources(desktop: Desktop, hypervisor: Hypervisor) -> None:
+    assert desktop.host is not None
+    hypervisor.undefine(name=desktop.domain_name)
+    hypervisor.delete_volume(pool=desktop.host.storage_pool, name=desktop.volume_name)
+
+
+def _remove_if_deleted(desktop: Desktop, hypervisor: Hypervisor) -> None:
+    """A delete overtook provisioning: take away what provisioning just made."""
+    status = Desktop.objects.filter(pk=desktop.pk).values_list("status", flat=True).first()
+    if status in (S.DELETING, S.DELETED, None):
+        _remove_resources(desktop, hypervisor)
+
+
+def _guarded(desktop: Desktop, work: Callable[[], object], *, cleanup: bool) -> None:
+    """Run `work`; a permanent hypervisor error puts the desktop in `error`."""
+    try:
+        work()
+    except HypervisorError as exc:
+        if not exc.permanent:
+            raise
+        desktop_fail(desktop_id=desktop.pk, message=exc.message, cleanup=cleanup)
+
+
+def desktop_fail(*, desktop_id: UUID | str, message: str, cleanup: bool) -> None:
+    """Put a desktop in `error` with `message`; with `cleanup`, remove half-made resources
+    (used when provisioning fails, so that nothing is left half-created)."""
+    desktop = _load(desktop_id)
+    if desktop is None or desktop.status in (S.DELETED, S.ERROR):
+        return
+    log.warning("desktop %s failed: %s", desktop.pk, message)
+    if cleanup and desktop.host is not None:
+        _cleanup_quietly(desktop)
+    transitions.move_from_any(desktop_id=desktop.pk, allowed_from=transitions.sources_of(S.ERROR),
+                              new=S.ERROR, last_error=message, progress="")
+    audit_record(action="desktop.error", desktop=desktop, message=message)
+    push_desktop_changed(desktop_id=desktop.pk)
+
+
+def _cleanup_quietly(desktop: Desktop) -> None:
+    try:
+        _remove_resources(desktop, hypervisor_for(desktop.host))  # type: ignore[arg-type]
+    except HypervisorError as exc:
+        # Reconcile removes what is left once libvirt answers again.
+        log.warning("cleanup of desktop %s left resources: %s", desktop.pk, exc.message)

@@ -1,0 +1,56 @@
+"""Hand work to the Celery workers once the database change that asks for it commits.
+
+Tasks are sent by name so that services never import the task module (tasks import
+services, not the other way round).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from kombu.exceptions import OperationalError
+
+from portal.celery import app as celery_app
+from vms.models import Desktop
+from vms.services.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def broker_check() -> None:
+    """Raise ServiceUnavailable when the broker does not answer within a second.
+
+    Called before an action writes anything, so that a down broker refuses the action
+    instead of leaving a desktop waiting for work that was never queued.
+    """
+    client = redis.Redis.from_url(
+        settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(
+            "The task queue is unavailable right now; nothing was changed. Try again shortly."
+        ) from exc
+    finally:
+        client.close()
+
+
+def enqueue_desktop_task(task: str, *, desktop: Desktop, **kwargs: object) -> None:
+    """Send `vms.tasks.<task>(desktop_id)` to the desktop's host queue after commit."""
+    assert desktop.host is not None, "a desktop is placed on a host before work is queued"
+    transaction.on_commit(
+        partial(_send, f"vms.tasks.{task}", str(desktop.pk), desktop.host.queue_name, kwargs)
+    )
+
+
+def _send(name: str, desktop_id: str, queue: str, kwargs: dict[str, object]) -> None:
+    try:
+        celery_app.send_task(name, args=[desktop_id], kwargs=kwargs, queue=queue)
+    except OperationalError:
+        # The row already says what should happen; reconcile re-queues stalled desktops.
+        log.warning("could not queue %s for desktop %s; reconcile will retry", name, desktop_id)

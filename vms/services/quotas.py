@@ -1,0 +1,91 @@
+"""Quotas: the effective limits of a user, what they use, and the launch check.
+
+Effective quota (documented in README "Quotas"): the user's own Quota row if there is
+one; otherwise, limit by limit, the most generous value among the quotas of the user's
+groups; otherwise settings.DEFAULT_QUOTA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Count, Max, Sum
+
+from vms.models import Desktop, DesktopStatus, Quota, Template
+from vms.services.errors import QuotaExceeded
+
+LIMIT_NAMES = {
+    "max_desktops": "desktops",
+    "max_vcpus": "vCPUs",
+    "max_memory_mib": "memory (MiB)",
+    "max_disk_gib": "disk (GiB)",
+}
+# Desktops in these states hold no resources and do not count against the quota.
+NOT_COUNTED = (DesktopStatus.DELETED, DesktopStatus.ERROR)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A set of the four quota dimensions (used both for limits and for usage)."""
+
+    max_desktops: int
+    max_vcpus: int
+    max_memory_mib: int
+    max_disk_gib: int
+
+
+def effective_quota(*, user: AbstractBaseUser) -> Limits:
+    """The limits that apply to `user` (see the module docstring)."""
+    own = Quota.objects.filter(user=user).first()
+    if own is not None:
+        return Limits(own.max_desktops, own.max_vcpus, own.max_memory_mib, own.max_disk_gib)
+    best = Quota.objects.filter(group__user=user).aggregate(
+        **{field: Max(field) for field in LIMIT_NAMES}
+    )
+    if best["max_desktops"] is not None:
+        return Limits(**best)
+    return Limits(**settings.DEFAULT_QUOTA)
+
+
+def usage(*, user: AbstractBaseUser) -> Limits:
+    """What the user's desktops hold now, in the same four dimensions."""
+    totals = (
+        Desktop.objects.filter(owner=user)
+        .exclude(status__in=NOT_COUNTED)
+        .aggregate(
+            max_desktops=Count("pk"),
+            max_vcpus=Sum("vcpus"),
+            max_memory_mib=Sum("memory_mib"),
+            max_disk_gib=Sum("disk_gib"),
+        )
+    )
+    return Limits(**{key: value or 0 for key, value in totals.items()})
+
+
+def first_exceeded(*, limits: Limits, used: Limits, template: Template) -> QuotaExceeded | None:
+    """The first limit one more desktop of `template` would break, or None."""
+    wanted = {
+        "max_desktops": used.max_desktops + 1,
+        "max_vcpus": used.max_vcpus + template.vcpus,
+        "max_memory_mib": used.max_memory_mib + template.memory_mib,
+        "max_disk_gib": used.max_disk_gib + template.disk_gib,
+    }
+    for field, requested in wanted.items():
+        allowed = getattr(limits, field)
+        if requested > allowed:
+            return QuotaExceeded(limit=LIMIT_NAMES[field], allowed=allowed, requested=requested)
+    return None
+
+
+def quota_check(*, user: AbstractBaseUser, template: Template) -> None:
+    """Raise QuotaExceeded if one more desktop of `template` is over the user's quota.
+
+    Call it inside the transaction that inserts the desktop, after locking the user row.
+    """
+    refusal = first_exceeded(
+        limits=effective_quota(user=user), used=usage(user=user), template=template
+    )
+    if refusal is not None:
+        raise refusal

@@ -1,0 +1,112 @@
+"""Reconcile: bring the database in line with what libvirt really has on each host.
+
+- A desktop marked running whose guest stopped becomes `stopped`; one whose guest vanished
+  becomes `error` with a message. A stopped desktop whose guest runs becomes `running`.
+- Domains and volumes that carry our name prefix but belong to no live desktop are
+  removed. Anything without the prefix is never touched.
+- Desktops stuck in a transitional state (their task was lost) get their task again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.utils import timezone
+
+from vms.hypervisor import DomainInfo, Hypervisor, PowerState, VolumeInfo
+from vms.models import Desktop, DesktopStatus, Host
+from vms.services import transitions
+from vms.services.audit import audit_record
+from vms.services.events import push_desktop_changed
+from vms.services.hosts import hypervisor_for
+from vms.services.queue import enqueue_desktop_task
+from vms.settings_access import name_prefix
+
+log = logging.getLogger(__name__)
+S = DesktopStatus
+# A transitional state older than this means the task that should end it was lost.
+STALL_AFTER = timedelta(minutes=3)
+RETRY_TASK = {
+    S.PROVISIONING: "provision_desktop",
+    S.STARTING: "start_desktop",
+    S.STOPPING: "stop_desktop",
+    S.DELETING: "delete_desktop",
+}
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconcile pass changed on one host."""
+
+    state_fixes: list[str] = field(default_factory=list)
+    removed_domains: list[str] = field(default_factory=list)
+    removed_volumes: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+
+
+def reconcile_host(*, host: Host) -> ReconcileReport:
+    """One pass over one host. Raises HypervisorError when libvirt cannot be reached."""
+    hypervisor = hypervisor_for(host)
+    report = ReconcileReport()
+    domains = {d.name: d for d in hypervisor.list_domains(prefix=name_prefix())}
+    volumes = hypervisor.list_volumes(pool=host.storage_pool, prefix=name_prefix())
+    live = {d.domain_name: d for d in Desktop.objects.filter(host=host).exclude(status=S.DELETED)}
+    for desktop in live.values():
+        _fix_state(desktop, domains.get(desktop.domain_name), report)
+    _remove_orphan_domains(hypervisor, domains, live, report)
+    _remove_orphan_volumes(hypervisor, host, volumes, live, report)
+    _requeue_stalled(live.values(), report)
+    return report
+
+
+def _fix_state(desktop: Desktop, domain: DomainInfo | None, report: ReconcileReport) -> None:
+    state = domain.state if domain is not None else PowerState.missing
+    if desktop.status == S.RUNNING and state == PowerState.missing:
+        message = "The desktop's virtual machine disappeared from its host. Delete it and launch a new one."
+        _correct(desktop, new=S.ERROR, report=report, last_error=message)
+    elif desktop.status == S.RUNNING and state in (PowerState.shutoff, PowerState.crashed):
+        _correct(desktop, new=S.STOPPED, report=report, progress="")
+    elif desktop.status in (S.STOPPED, S.ERROR) and state == PowerState.running:
+        _correct(desktop, new=S.RUNNING, report=report, last_error="")
+
+
+def _correct(desktop: Desktop, *, new: str, report: ReconcileReport, **fields: object) -> None:
+    old = desktop.status
+    if transitions.compare_and_set(desktop_id=desktop.pk, old=old, new=new, **fields):
+        report.state_fixes.append(f"{desktop.domain_name}: {old} -> {new}")
+        audit_record(action="desktop.reconciled", desktop=desktop, old=old, new=new)
+        push_desktop_changed(desktop_id=desktop.pk)
+
+
+def _remove_orphan_domains(
+    hypervisor: Hypervisor, domains: dict[str, DomainInfo], live: dict[str, Desktop],
+    report: ReconcileReport,
+) -> None:
+    for name in domains.keys() - live.keys():
+        log.info("reconcile removes orphan domain %s", name)
+        hypervisor.undefine(name=name)
+        report.removed_domains.append(name)
+
+
+def _remove_orphan_volumes(
+    hypervisor: Hypervisor, host: Host, volumes: list[VolumeInfo], live: dict[str, Desktop],
+    report: ReconcileReport,
+) -> None:
+    wanted = {desktop.volume_name for desktop in live.values()}
+    for volume in volumes:
+        if volume.name not in wanted:
+            log.info("reconcile removes orphan volume %s", volume.name)
+            hypervisor.delete_volume(pool=host.storage_pool, name=volume.name)
+            report.removed_volumes.append(volume.name)
+
+
+def _requeue_stalled(desktops: Iterable[Desktop], report: ReconcileReport) -> None:
+    cutoff = timezone.now() - STALL_AFTER
+    for desktop in desktops:
+        task = RETRY_TASK.get(desktop.status)
+        if task and desktop.status_changed_at < cutoff:
+            enqueue_desktop_task(task, desktop=desktop)
+            report.requeued.append(desktop.domain_name)

@@ -1,0 +1,83 @@
+"""Celery tasks: thin wrappers that take ids and call a service.
+
+All are idempotent (the services check the state first) and acknowledged late, so a
+worker killed mid-task leaves the message for another worker. Transient hypervisor
+errors retry with exponential backoff; when the retries run out the desktop goes to
+`error` with the last message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from celery import Task, shared_task
+
+from vms.hypervisor import HypervisorError
+from vms.models import Host
+from vms.services import hosts, provisioning, reconcile
+
+log = logging.getLogger(__name__)
+MAX_RETRIES = 6
+
+
+def _run(task: Task, desktop_id: str, work: Callable[[], None], *, cleanup: bool) -> None:
+    try:
+        work()
+    except HypervisorError as exc:
+        if task.request.retries >= MAX_RETRIES:
+            provisioning.desktop_fail(desktop_id=desktop_id, message=exc.message, cleanup=cleanup)
+            return
+        raise task.retry(exc=exc, countdown=min(2 ** task.request.retries, 60)) from exc
+
+
+desktop_task = shared_task(bind=True, acks_late=True, max_retries=MAX_RETRIES)
+
+
+@desktop_task
+def provision_desktop(self: Task, desktop_id: str) -> None:
+    _run(self, desktop_id, lambda: provisioning.desktop_provision(desktop_id=desktop_id),
+         cleanup=True)
+
+
+@desktop_task
+def start_desktop(self: Task, desktop_id: str) -> None:
+    _run(self, desktop_id, lambda: provisioning.desktop_boot(desktop_id=desktop_id), cleanup=False)
+
+
+@desktop_task
+def stop_desktop(self: Task, desktop_id: str, force: bool = False) -> None:
+    _run(self, desktop_id,
+         lambda: provisioning.desktop_power_off(desktop_id=desktop_id, force=force), cleanup=False)
+
+
+@desktop_task
+def reboot_desktop(self: Task, desktop_id: str) -> None:
+    _run(self, desktop_id, lambda: provisioning.desktop_restart(desktop_id=desktop_id),
+         cleanup=False)
+
+
+@desktop_task
+def delete_desktop(self: Task, desktop_id: str) -> None:
+    _run(self, desktop_id, lambda: provisioning.desktop_teardown(desktop_id=desktop_id),
+         cleanup=False)
+
+
+@shared_task(acks_late=True)
+def reconcile_all_hosts() -> dict[str, str]:
+    """Reconcile every enabled host; a host that cannot be reached is reported, not fatal."""
+    results = {}
+    for host in Host.objects.filter(enabled=True):
+        try:
+            report = reconcile.reconcile_host(host=host)
+            results[host.name] = repr(report)
+        except HypervisorError as exc:
+            log.warning("reconcile skipped host %s: %s", host.name, exc.message)
+            results[host.name] = f"unreachable: {exc.message}"
+    return results
+
+
+@shared_task(acks_late=True)
+def heartbeat_all_hosts() -> dict[str, bool]:
+    """Record each host's health (pages and /healthz read it from the database)."""
+    return {host.name: hosts.host_heartbeat(host=host) for host in Host.objects.all()}
