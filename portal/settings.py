@@ -215,6 +215,14 @@ IMAGE_IMPORT_DIRS = envcheck.read(
     env.list, "IMAGE_IMPORT_DIRS", default=["/var/lib/desktop-portal/images"]
 )
 
+# Console tickets live at most this long (DESIGN.md section 4 caps it at 60 s).
+CONSOLE_TICKET_TTL_S = envcheck.read(env.int, "CONSOLE_TICKET_TTL_S", default=30)
+if not 5 <= CONSOLE_TICKET_TTL_S <= 60:
+    raise ImproperlyConfigured("Environment variable CONSOLE_TICKET_TTL_S must be 5..60")
+CONSOLE_MAX_SESSIONS_PER_USER = envcheck.read(env.int, "CONSOLE_MAX_SESSIONS_PER_USER", default=4)
+# How often an open console re-checks that its user may still see the desktop.
+CONSOLE_RECHECK_S = envcheck.read(env.float, "CONSOLE_RECHECK_S", default=10.0)
+
 # Site-wide quota for users with neither a personal nor a group quota.
 DEFAULT_QUOTA = {
     "max_desktops": envcheck.read(env.int, "DEFAULT_QUOTA_DESKTOPS", default=2),

@@ -13,7 +13,7 @@ os.environ.setdefault("STORAGE_POOL_PATH", "/var/lib/desktop-portal/test-desktop
 os.environ.setdefault("GUEST_SHUTDOWN_TIMEOUT_S", "15")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
-from portal.settings import *  # noqa: E402,F403
+from portal.settings import *  # noqa: F403
 
 # Fast password hashing: the tests make many users.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -78,13 +78,16 @@ def api_for() -> Callable[[Any], APIClient]:
 def fake_host(db: None) -> Host:
     """A host on libvirt's test driver whose queue no worker consumes: for tests of the
     request side only (nothing boots)."""
-    return Host.objects.create(name="fake", libvirt_uri="test:///default", storage_pool="default-pool")
+    return Host.objects.create(
+        name="fake", libvirt_uri="test:///default", storage_pool="default-pool"
+    )
 
 
 @pytest.fixture
 def fake_template(fake_host: Host, employee: Any) -> Template:
-    template = Template.objects.create(name="Office", base_image_path="/default-pool/base.img",
-                                       vcpus=1, memory_mib=256, disk_gib=1)
+    template = Template.objects.create(
+        name="Office", base_image_path="/default-pool/base.img", vcpus=1, memory_mib=256, disk_gib=1
+    )
     template.assigned_groups.add(Group.objects.get(name=EMPLOYEE_GROUP))
     return template
 
@@ -95,10 +98,12 @@ def fake_template(fake_host: Host, employee: Any) -> Template:
 @pytest.fixture
 def local_host(db: None) -> Host:
     """Host 'local' on the real libvirtd, with the test storage pool."""
-    host = Host.objects.create(name="local", libvirt_uri=settings.LIBVIRT_URI,
-                               storage_pool=settings.STORAGE_POOL_NAME)
-    get_hypervisor(host.libvirt_uri).ensure_pool(name=host.storage_pool,
-                                                 path=settings.STORAGE_POOL_PATH)
+    host = Host.objects.create(
+        name="local", libvirt_uri=settings.LIBVIRT_URI, storage_pool=settings.STORAGE_POOL_NAME
+    )
+    get_hypervisor(host.libvirt_uri).ensure_pool(
+        name=host.storage_pool, path=settings.STORAGE_POOL_PATH
+    )
     return host
 
 
@@ -110,8 +115,9 @@ def demo_template(local_host: Host, employee: Any) -> Template:
     volume = get_hypervisor(local_host.libvirt_uri).import_base_volume(
         pool=local_host.storage_pool, name=base_volume_name("Demo desktop"), source_path=image
     )
-    template = Template.objects.create(name="Demo desktop", base_image_path=volume.path,
-                                       vcpus=1, memory_mib=128, disk_gib=1)
+    template = Template.objects.create(
+        name="Demo desktop", base_image_path=volume.path, vcpus=1, memory_mib=128, disk_gib=1
+    )
     template.assigned_groups.add(Group.objects.get(name=EMPLOYEE_GROUP))
     return template
 
@@ -122,17 +128,38 @@ def hypervisor(local_host: Host) -> Any:
 
 
 @pytest.fixture(scope="session")
-def celery_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[subprocess.Popen[bytes]]:
+def celery_worker(
+    django_db_setup: None, django_db_blocker: Any
+) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker (prefork, 2 processes) on the test database and test Redis."""
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="portal.test_settings",
-               DATABASE_URL=_test_database_url())
-    log = open(ROOT / "var" / "test-worker.log", "wb")  # noqa: SIM115 - closed below
+    env = dict(
+        os.environ, DJANGO_SETTINGS_MODULE="portal.test_settings", DATABASE_URL=_test_database_url()
+    )
+    log = open(ROOT / "var" / "test-worker.log", "wb")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", "portal,host.local",
-         "-c", "2", "--without-gossip", "--without-mingle", "-n", f"test{os.getpid()}@%h",
-         "--loglevel", "INFO"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "portal",
+            "worker",
+            "-Q",
+            "portal,host.local",
+            "-c",
+            "2",
+            "--without-gossip",
+            "--without-mingle",
+            "-n",
+            f"test{os.getpid()}@%h",
+            "--loglevel",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     _wait_for_worker(worker)
     yield worker

@@ -12,8 +12,16 @@ S = DesktopStatus
 
 
 def _desktop(owner, template, status=S.RUNNING) -> Desktop:
-    return Desktop.objects.create(owner=owner, template=template, host=template_host(), name="d",
-                                  status=status, vcpus=1, memory_mib=256, disk_gib=1)
+    return Desktop.objects.create(
+        owner=owner,
+        template=template,
+        host=template_host(),
+        name="d",
+        status=status,
+        vcpus=1,
+        memory_mib=256,
+        disk_gib=1,
+    )
 
 
 def template_host():
@@ -24,26 +32,33 @@ def template_host():
 
 def test_templates_lists_only_assigned_and_enabled(api_for, employee, fake_template) -> None:
     Template.objects.create(name="Secret", base_image_path="/x.qcow2")
-    Template.objects.create(name="Off", base_image_path="/y.qcow2", enabled=False).assigned_users.add(employee)
+    Template.objects.create(
+        name="Off", base_image_path="/y.qcow2", enabled=False
+    ).assigned_users.add(employee)
     names = [t["name"] for t in api_for(employee).get("/api/templates/").json()]
     assert names == ["Office"]
 
 
 def test_launch_answers_202_and_records_audit(api_for, employee, fake_template) -> None:
-    response = api_for(employee).post("/api/desktops/", {"template": fake_template.pk, "name": "Mine"},
-                                      format="json")
+    response = api_for(employee).post(
+        "/api/desktops/", {"template": fake_template.pk, "name": "Mine"}, format="json"
+    )
     assert response.status_code == 202, response.content
     body = response.json()
     assert body["status"] == "provisioning" and body["name"] == "Mine"
     desktop = Desktop.objects.get(pk=body["id"])
     assert desktop.host.name == "fake"
     assert desktop.domain_name.startswith("dpt-")
-    assert AuditEvent.objects.filter(action="desktop.create", desktop=desktop, actor=employee).exists()
+    assert AuditEvent.objects.filter(
+        action="desktop.create", desktop=desktop, actor=employee
+    ).exists()
 
 
 def test_launch_of_unassigned_template_is_403(api_for, other_employee, fake_template) -> None:
     other_employee.groups.clear()
-    response = api_for(other_employee).post("/api/desktops/", {"template": fake_template.pk}, format="json")
+    response = api_for(other_employee).post(
+        "/api/desktops/", {"template": fake_template.pk}, format="json"
+    )
     assert response.status_code == 403
     assert not Desktop.objects.exists()
 
@@ -55,9 +70,14 @@ def test_launch_of_unknown_template_is_400(api_for, employee, fake_template) -> 
 
 
 def test_over_quota_is_409_naming_the_limit(api_for, employee, fake_template) -> None:
-    Quota.objects.create(user=employee, max_desktops=1, max_vcpus=8, max_memory_mib=8192, max_disk_gib=80)
+    Quota.objects.create(
+        user=employee, max_desktops=1, max_vcpus=8, max_memory_mib=8192, max_disk_gib=80
+    )
     client = api_for(employee)
-    assert client.post("/api/desktops/", {"template": fake_template.pk}, format="json").status_code == 202
+    assert (
+        client.post("/api/desktops/", {"template": fake_template.pk}, format="json").status_code
+        == 202
+    )
     response = client.post("/api/desktops/", {"template": fake_template.pk}, format="json")
     assert response.status_code == 409
     assert "desktops" in response.json()["detail"]
@@ -65,7 +85,9 @@ def test_over_quota_is_409_naming_the_limit(api_for, employee, fake_template) ->
     assert Desktop.objects.count() == 1
 
 
-def test_another_users_desktop_is_404_everywhere(api_for, employee, other_employee, fake_template) -> None:
+def test_another_users_desktop_is_404_everywhere(
+    api_for, employee, other_employee, fake_template
+) -> None:
     desktop = _desktop(employee, fake_template)
     client = api_for(other_employee)
     base = f"/api/desktops/{desktop.pk}/"
@@ -78,8 +100,9 @@ def test_another_users_desktop_is_404_everywhere(api_for, employee, other_employ
     assert desktop.status == S.RUNNING
 
 
-def test_helpdesk_sees_any_desktop_filtered_by_user(api_for, helpdesk_user, employee, other_employee,
-                                                    fake_template) -> None:
+def test_helpdesk_sees_any_desktop_filtered_by_user(
+    api_for, helpdesk_user, employee, other_employee, fake_template
+) -> None:
     mine = _desktop(employee, fake_template)
     _desktop(other_employee, fake_template)
     client = api_for(helpdesk_user)
@@ -97,7 +120,9 @@ def test_helpdesk_may_stop_but_not_delete(api_for, helpdesk_user, employee, fake
     assert desktop.status == S.STOPPING
 
 
-def test_employee_cannot_filter_into_other_users(api_for, employee, other_employee, fake_template) -> None:
+def test_employee_cannot_filter_into_other_users(
+    api_for, employee, other_employee, fake_template
+) -> None:
     _desktop(other_employee, fake_template)
     assert api_for(employee).get("/api/desktops/", {"user": other_employee.username}).json() == []
 
@@ -116,8 +141,9 @@ def test_employee_cannot_filter_into_other_users(api_for, employee, other_employ
         (S.STOPPED, "force-stop", 409, S.STOPPED),
     ],
 )
-def test_power_actions_follow_the_state_table(api_for, employee, fake_template, status, verb, code,
-                                              after) -> None:
+def test_power_actions_follow_the_state_table(
+    api_for, employee, fake_template, status, verb, code, after
+) -> None:
     desktop = _desktop(employee, fake_template, status=status)
     response = api_for(employee).post(f"/api/desktops/{desktop.pk}/{verb}/")
     assert response.status_code == code, response.content
@@ -158,7 +184,10 @@ def test_token_auth_for_scripts(employee, fake_template) -> None:
     token = Token.objects.create(user=employee)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    assert client.post("/api/desktops/", {"template": fake_template.pk}, format="json").status_code == 202
+    assert (
+        client.post("/api/desktops/", {"template": fake_template.pk}, format="json").status_code
+        == 202
+    )
 
 
 def test_schema_is_served(api_for, employee) -> None:

@@ -21,14 +21,22 @@ def test_deleted_is_final() -> None:
 
 def test_forbidden_move_raises() -> None:
     with pytest.raises(InvalidTransition):
-        transitions.compare_and_set(desktop_id="00000000-0000-0000-0000-000000000000",
-                                    old=S.DELETED, new=S.RUNNING)
+        transitions.compare_and_set(
+            desktop_id="00000000-0000-0000-0000-000000000000", old=S.DELETED, new=S.RUNNING
+        )
 
 
 @pytest.mark.django_db
 def test_compare_and_set_loses_when_state_moved(fake_template, employee) -> None:
-    desktop = Desktop.objects.create(owner=employee, template=fake_template, name="d",
-                                     vcpus=1, memory_mib=256, disk_gib=1, status=S.RUNNING)
+    desktop = Desktop.objects.create(
+        owner=employee,
+        template=fake_template,
+        name="d",
+        vcpus=1,
+        memory_mib=256,
+        disk_gib=1,
+        status=S.RUNNING,
+    )
     assert transitions.compare_and_set(desktop_id=desktop.pk, old=S.RUNNING, new=S.STOPPING)
     # A second writer that still believes the desktop is running must lose.
     assert not transitions.compare_and_set(desktop_id=desktop.pk, old=S.RUNNING, new=S.DELETING)
@@ -38,10 +46,20 @@ def test_compare_and_set_loses_when_state_moved(fake_template, employee) -> None
 
 @pytest.mark.django_db
 def test_move_from_any_reports_the_state_it_left(fake_template, employee) -> None:
-    desktop = Desktop.objects.create(owner=employee, template=fake_template, name="d",
-                                     vcpus=1, memory_mib=256, disk_gib=1, status=S.STOPPED)
-    left = transitions.move_from_any(desktop_id=desktop.pk, allowed_from=[S.STOPPED, S.ERROR],
-                                     new=S.STARTING)
+    desktop = Desktop.objects.create(
+        owner=employee,
+        template=fake_template,
+        name="d",
+        vcpus=1,
+        memory_mib=256,
+        disk_gib=1,
+        status=S.STOPPED,
+    )
+    left = transitions.move_from_any(
+        desktop_id=desktop.pk, allowed_from=[S.STOPPED, S.ERROR], new=S.STARTING
+    )
     assert left == S.STOPPED
-    assert transitions.move_from_any(desktop_id=desktop.pk, allowed_from=[S.STOPPED],
-                                     new=S.STARTING) is None
+    assert (
+        transitions.move_from_any(desktop_id=desktop.pk, allowed_from=[S.STOPPED], new=S.STARTING)
+        is None
+    )

@@ -10,13 +10,28 @@ from vms.models import AuditEvent, Desktop, Host, Quota, Template
 
 @admin.register(Host)
 class HostAdmin(admin.ModelAdmin):
-    list_display = ["name", "libvirt_uri", "enabled", "virt_type", "last_check_ok", "last_checked_at"]
+    list_display = [
+        "name",
+        "libvirt_uri",
+        "enabled",
+        "virt_type",
+        "last_check_ok",
+        "last_checked_at",
+    ]
     readonly_fields = ["last_checked_at", "last_check_ok", "last_check_error", "virt_type"]
 
 
 @admin.register(Template)
 class TemplateAdmin(admin.ModelAdmin):
-    list_display = ["name", "os_label", "vcpus", "memory_mib", "disk_gib", "console_type", "enabled"]
+    list_display = [
+        "name",
+        "os_label",
+        "vcpus",
+        "memory_mib",
+        "disk_gib",
+        "console_type",
+        "enabled",
+    ]
     list_filter = ["enabled", "console_type"]
     filter_horizontal = ["assigned_users", "assigned_groups"]
     search_fields = ["name"]

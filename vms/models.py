@@ -199,3 +199,40 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action}"
+
+
+class ConsoleMode(models.TextChoices):
+    FULL = "full", "Full control"
+    VIEW = "view", "View only"
+
+
+class ConsoleSession(models.Model):
+    """One open (or finished) console connection: who, which desktop, how, and how much.
+
+    Written by the relay when it connects and when it closes.
+    """
+
+    desktop = models.ForeignKey(Desktop, on_delete=models.CASCADE, related_name="console_sessions")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="console_sessions"
+    )
+    mode = models.CharField(max_length=10, choices=ConsoleMode.choices)
+    reason = models.TextField(blank=True, default="")
+    relay = models.CharField(max_length=20, default="channels")
+    source_ip = models.GenericIPAddressField(null=True, blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    bytes_to_guest = models.BigIntegerField(default=0)
+    bytes_from_guest = models.BigIntegerField(default=0)
+    dropped_messages = models.PositiveIntegerField(default=0)
+    close_reason = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [
+            models.Index(fields=["desktop", "ended_at"]),
+            models.Index(fields=["user", "ended_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} on {self.desktop} ({self.mode})"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, path
 
-websocket_urlpatterns: list[URLPattern | URLResolver] = []
+from vms.console.relay import ConsoleRelayConsumer
+
+websocket_urlpatterns: list[URLPattern | URLResolver] = [
+    path("ws/console/<uuid:desktop_id>/", ConsoleRelayConsumer.as_asgi()),
+]

@@ -44,8 +44,8 @@ def users_matching(*, query: str, limit: int = 20) -> QuerySet[AbstractBaseUser]
     users = get_user_model().objects.filter(is_active=True)
     if term:
         users = users.filter(
-            Q(username__icontains=term) | Q(first_name__icontains=term) | Q(last_name__icontains=term)
+            Q(username__icontains=term)
+            | Q(first_name__icontains=term)
+            | Q(last_name__icontains=term)
         )
     return users.order_by("username")[:limit]
-
-

@@ -28,7 +28,7 @@ def _run(task: Task, desktop_id: str, work: Callable[[], None], *, cleanup: bool
         if task.request.retries >= MAX_RETRIES:
             provisioning.desktop_fail(desktop_id=desktop_id, message=exc.message, cleanup=cleanup)
             return
-        raise task.retry(exc=exc, countdown=min(2 ** task.request.retries, 60)) from exc
+        raise task.retry(exc=exc, countdown=min(2**task.request.retries, 60)) from exc
 
 
 desktop_task = shared_task(bind=True, acks_late=True, max_retries=MAX_RETRIES)
@@ -36,8 +36,12 @@ desktop_task = shared_task(bind=True, acks_late=True, max_retries=MAX_RETRIES)
 
 @desktop_task
 def provision_desktop(self: Task, desktop_id: str) -> None:
-    _run(self, desktop_id, lambda: provisioning.desktop_provision(desktop_id=desktop_id),
-         cleanup=True)
+    _run(
+        self,
+        desktop_id,
+        lambda: provisioning.desktop_provision(desktop_id=desktop_id),
+        cleanup=True,
+    )
 
 
 @desktop_task
@@ -47,20 +51,29 @@ def start_desktop(self: Task, desktop_id: str) -> None:
 
 @desktop_task
 def stop_desktop(self: Task, desktop_id: str, force: bool = False) -> None:
-    _run(self, desktop_id,
-         lambda: provisioning.desktop_power_off(desktop_id=desktop_id, force=force), cleanup=False)
+    _run(
+        self,
+        desktop_id,
+        lambda: provisioning.desktop_power_off(desktop_id=desktop_id, force=force),
+        cleanup=False,
+    )
 
 
 @desktop_task
 def reboot_desktop(self: Task, desktop_id: str) -> None:
-    _run(self, desktop_id, lambda: provisioning.desktop_restart(desktop_id=desktop_id),
-         cleanup=False)
+    _run(
+        self, desktop_id, lambda: provisioning.desktop_restart(desktop_id=desktop_id), cleanup=False
+    )
 
 
 @desktop_task
 def delete_desktop(self: Task, desktop_id: str) -> None:
-    _run(self, desktop_id, lambda: provisioning.desktop_teardown(desktop_id=desktop_id),
-         cleanup=False)
+    _run(
+        self,
+        desktop_id,
+        lambda: provisioning.desktop_teardown(desktop_id=desktop_id),
+        cleanup=False,
+    )
 
 
 @shared_task(acks_late=True)

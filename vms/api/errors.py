@@ -8,6 +8,7 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from vms.console.services import DisplayUnreachable, TooManyConsoles
 from vms.services.errors import (
     InvalidTransition,
     NoHostAvailable,
@@ -18,6 +19,8 @@ from vms.services.errors import (
 )
 
 STATUS_OF: dict[type[ServiceError], int] = {
+    TooManyConsoles: status.HTTP_429_TOO_MANY_REQUESTS,
+    DisplayUnreachable: status.HTTP_503_SERVICE_UNAVAILABLE,
     QuotaExceeded: status.HTTP_409_CONFLICT,
     InvalidTransition: status.HTTP_409_CONFLICT,
     NotAssigned: status.HTTP_403_FORBIDDEN,

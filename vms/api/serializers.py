@@ -10,8 +10,17 @@ from vms.models import Desktop, Template
 class TemplateSerializer(serializers.ModelSerializer):
     class Meta:
         model = Template
-        fields = ["id", "name", "description", "os_label", "vcpus", "memory_mib", "disk_gib",
-                  "console_type", "persistent"]
+        fields = [
+            "id",
+            "name",
+            "description",
+            "os_label",
+            "vcpus",
+            "memory_mib",
+            "disk_gib",
+            "console_type",
+            "persistent",
+        ]
         read_only_fields = fields
 
 
@@ -22,9 +31,23 @@ class DesktopSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Desktop
-        fields = ["id", "name", "owner", "template", "template_name", "host", "status",
-                  "progress", "last_error", "vcpus", "memory_mib", "disk_gib", "created_at",
-                  "status_changed_at", "last_used_at"]
+        fields = [
+            "id",
+            "name",
+            "owner",
+            "template",
+            "template_name",
+            "host",
+            "status",
+            "progress",
+            "last_error",
+            "vcpus",
+            "memory_mib",
+            "disk_gib",
+            "created_at",
+            "status_changed_at",
+            "last_used_at",
+        ]
         read_only_fields = fields
 
 
@@ -46,3 +69,18 @@ class DesktopCreateSerializer(serializers.Serializer):
 class ActionAcceptedSerializer(serializers.Serializer):
     detail = serializers.CharField()
     desktop = DesktopSerializer()
+
+
+class ConsoleRequestSerializer(serializers.Serializer):
+    mode = serializers.ChoiceField(choices=["full", "view"], required=False, allow_null=True)
+    reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+
+
+class ConsoleTicketSerializer(serializers.Serializer):
+    ticket = serializers.CharField()
+    url = serializers.CharField(
+        help_text="WebSocket path; send the ticket as the subprotocol "
+        "'ticket.<ticket>' beside 'binary', never in the URL."
+    )
+    expires_at = serializers.DateTimeField()
+    mode = serializers.CharField()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
-
-from django.urls import path
 
 from vms.api.views import DesktopViewSet, TemplateViewSet
 

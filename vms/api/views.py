@@ -12,10 +12,13 @@ from rest_framework.response import Response
 
 from vms.api.serializers import (
     ActionAcceptedSerializer,
+    ConsoleRequestSerializer,
+    ConsoleTicketSerializer,
     DesktopCreateSerializer,
     DesktopSerializer,
     TemplateSerializer,
 )
+from vms.console.services import console_ticket_issue
 from vms.models import Desktop
 from vms.selectors import desktops_visible_to, templates_for_user
 from vms.services import desktops as desktop_services
@@ -32,9 +35,7 @@ class TemplateViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 @extend_schema(parameters=[OpenApiParameter("user", str, description="help-desk/admin: owner")])
-class DesktopViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
-):
+class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Own desktops; help-desk and admins see anyone's (narrow with ?user=<username>)."""
 
     serializer_class = DesktopSerializer
@@ -49,8 +50,10 @@ class DesktopViewSet(
         params = DesktopCreateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         desktop = desktop_services.desktop_create(
-            user=request.user, template_id=params.validated_data["template"],
-            name=params.validated_data["name"], source_ip=client_ip(request),
+            user=request.user,
+            template_id=params.validated_data["template"],
+            name=params.validated_data["name"],
+            source_ip=client_ip(request),
         )
         return Response(DesktopSerializer(desktop).data, status=status.HTTP_202_ACCEPTED)
 
@@ -77,6 +80,28 @@ class DesktopViewSet(
     @action(detail=True, methods=["post"], url_path="force-stop")
     def force_stop(self, request: Request, pk: str | None = None) -> Response:
         return self._act(desktop_services.desktop_force_stop, "forced stop")
+
+    @extend_schema(request=ConsoleRequestSerializer, responses={200: ConsoleTicketSerializer})
+    @action(detail=True, methods=["post"])
+    def console(self, request: Request, pk: str | None = None) -> Response:
+        """A one-time ticket (valid <= 60 s) for the console relay."""
+        desktop: Desktop = self.get_object()
+        params = ConsoleRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        issued = console_ticket_issue(
+            user=request.user,
+            desktop=desktop,
+            mode=params.validated_data.get("mode"),
+            reason=params.validated_data["reason"],
+            source_ip=client_ip(request),
+        )
+        body = {
+            "ticket": issued.ticket,
+            "url": f"/ws/console/{desktop.pk}/",
+            "expires_at": issued.expires_at,
+            "mode": issued.mode,
+        }
+        return Response(ConsoleTicketSerializer(body).data)
 
     def _act(self, service: Callable[..., None], what: str) -> Response:
         desktop: Desktop = self.get_object()

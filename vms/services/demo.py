@@ -7,6 +7,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -19,7 +20,7 @@ from vms.services.templates import template_import
 
 log = logging.getLogger(__name__)
 DEMO_TEMPLATE = "Demo desktop"
-DEMO_USERS = {
+DEMO_USERS: dict[str, dict[str, Any]] = {
     "admin": {"is_staff": True, "is_superuser": True, "groups": []},
     "employee": {"groups": [EMPLOYEE_GROUP]},
     "helpdesk": {"groups": [HELPDESK_GROUP]},
@@ -49,8 +50,12 @@ def setup_demo_template() -> Template | None:
         log.warning("demo image %s is missing; no demo template", settings.DEMO_GUEST_IMAGE)
         return None
     template = template_import(
-        name=DEMO_TEMPLATE, image_path=settings.DEMO_GUEST_IMAGE, vcpus=1, memory_mib=128,
-        disk_gib=1, os_label="Busybox Linux",
+        name=DEMO_TEMPLATE,
+        image_path=settings.DEMO_GUEST_IMAGE,
+        vcpus=1,
+        memory_mib=128,
+        disk_gib=1,
+        os_label="Busybox Linux",
         description="A tiny Linux desktop that boots to a shell in seconds.",
     )
     template.assigned_groups.add(Group.objects.get(name=EMPLOYEE_GROUP))
@@ -65,8 +70,10 @@ def setup_demo_users(*, env_passwords: dict[str, str]) -> list[NewLogin]:
             continue
         password = env_passwords.get(username) or secrets.token_urlsafe(12)
         user = get_user_model().objects.create_user(
-            username=username, password=password,
-            is_staff=spec.get("is_staff", False), is_superuser=spec.get("is_superuser", False),
+            username=username,
+            password=password,
+            is_staff=spec.get("is_staff", False),
+            is_superuser=spec.get("is_superuser", False),
         )
         user.groups.set(Group.objects.filter(name__in=spec["groups"]))
         made.append(NewLogin(username, password, from_env=username in env_passwords))

@@ -46,8 +46,13 @@ def desktop_create(
         get_user_model().objects.select_for_update().get(pk=user.pk)
         quota_check(user=user, template=template)
         desktop = _insert(user=user, template=template, name=name)
-        audit_record(action="desktop.create", actor=user, desktop=desktop, source_ip=source_ip,
-                     template=template.name)
+        audit_record(
+            action="desktop.create",
+            actor=user,
+            desktop=desktop,
+            source_ip=source_ip,
+            template=template.name,
+        )
         push_desktop_changed(desktop_id=desktop.pk)
         enqueue_desktop_task("provision_desktop", desktop=desktop)
     return desktop
@@ -55,25 +60,50 @@ def desktop_create(
 
 def _insert(*, user: AbstractBaseUser, template: Template, name: str) -> Desktop:
     host = host_choose(template=template)
-    desktop = Desktop(owner=user, template=template, host=host, vcpus=template.vcpus,
-                      memory_mib=template.memory_mib, disk_gib=template.disk_gib,
-                      name=(name.strip() or template.name)[:NAME_MAX], progress="queued")
+    desktop = Desktop(
+        owner=user,
+        template=template,
+        host=host,
+        vcpus=template.vcpus,
+        memory_mib=template.memory_mib,
+        disk_gib=template.disk_gib,
+        name=(name.strip() or template.name)[:NAME_MAX],
+        progress="queued",
+    )
     desktop.domain_name = domain_name(name_prefix(), str(desktop.pk))
     desktop.volume_name = volume_name(name_prefix(), str(desktop.pk))
     desktop.save(force_insert=True)
     return desktop
 
 
-def desktop_start(*, actor: AbstractBaseUser, desktop: Desktop, source_ip: str | None = None) -> None:
+def desktop_start(
+    *, actor: AbstractBaseUser, desktop: Desktop, source_ip: str | None = None
+) -> None:
     """Power on a stopped (or failed) desktop."""
-    _move_and_queue(actor=actor, desktop=desktop, new=S.STARTING, allowed_from=[S.STOPPED, S.ERROR],
-                    task="start_desktop", action="desktop.start", source_ip=source_ip)
+    _move_and_queue(
+        actor=actor,
+        desktop=desktop,
+        new=S.STARTING,
+        allowed_from=[S.STOPPED, S.ERROR],
+        task="start_desktop",
+        action="desktop.start",
+        source_ip=source_ip,
+    )
 
 
-def desktop_stop(*, actor: AbstractBaseUser, desktop: Desktop, source_ip: str | None = None) -> None:
+def desktop_stop(
+    *, actor: AbstractBaseUser, desktop: Desktop, source_ip: str | None = None
+) -> None:
     """Ask the guest to shut down; the worker powers it off after a timeout."""
-    _move_and_queue(actor=actor, desktop=desktop, new=S.STOPPING, allowed_from=[S.RUNNING],
-                    task="stop_desktop", action="desktop.stop", source_ip=source_ip)
+    _move_and_queue(
+        actor=actor,
+        desktop=desktop,
+        new=S.STOPPING,
+        allowed_from=[S.RUNNING],
+        task="stop_desktop",
+        action="desktop.stop",
+        source_ip=source_ip,
+    )
 
 
 def desktop_force_stop(
@@ -82,17 +112,27 @@ def desktop_force_stop(
     """Pull the plug: power off at once, also while a graceful stop is under way."""
     broker_check()
     with transaction.atomic():
+        left: str | None
         if Desktop.objects.filter(pk=desktop.pk, status=S.STOPPING).exists():
             left = S.STOPPING
         else:
-            left = transitions.move_from_any(desktop_id=desktop.pk, new=S.STOPPING,
-                                             allowed_from=[S.RUNNING, S.STARTING])
-        _after_move(actor=actor, desktop=desktop, left=left, new=S.STOPPING,
-                    action="desktop.force_stop", source_ip=source_ip)
+            left = transitions.move_from_any(
+                desktop_id=desktop.pk, new=S.STOPPING, allowed_from=[S.RUNNING, S.STARTING]
+            )
+        _after_move(
+            actor=actor,
+            desktop=desktop,
+            left=left,
+            new=S.STOPPING,
+            action="desktop.force_stop",
+            source_ip=source_ip,
+        )
         enqueue_desktop_task("stop_desktop", desktop=desktop, force=True)
 
 
-def desktop_reboot(*, actor: AbstractBaseUser, desktop: Desktop, source_ip: str | None = None) -> None:
+def desktop_reboot(
+    *, actor: AbstractBaseUser, desktop: Desktop, source_ip: str | None = None
+) -> None:
     """Reboot a running desktop (its state stays `running`)."""
     broker_check()
     with transaction.atomic():
@@ -102,37 +142,62 @@ def desktop_reboot(*, actor: AbstractBaseUser, desktop: Desktop, source_ip: str 
         enqueue_desktop_task("reboot_desktop", desktop=desktop)
 
 
-def desktop_delete(*, actor: AbstractBaseUser, desktop: Desktop, source_ip: str | None = None) -> None:
+def desktop_delete(
+    *, actor: AbstractBaseUser, desktop: Desktop, source_ip: str | None = None
+) -> None:
     """Delete a desktop: its domain and volume are removed by the worker.
 
     Only the owner and admins may delete; help-desk staff may not.
     """
     if actor.pk != desktop.owner_id and not is_admin(actor):
         raise PermissionDenied("Only the owner or an administrator may delete a desktop.")
-    _move_and_queue(actor=actor, desktop=desktop, new=S.DELETING,
-                    allowed_from=transitions.sources_of(S.DELETING), task="delete_desktop",
-                    action="desktop.delete", source_ip=source_ip)
+    _move_and_queue(
+        actor=actor,
+        desktop=desktop,
+        new=S.DELETING,
+        allowed_from=transitions.sources_of(S.DELETING),
+        task="delete_desktop",
+        action="desktop.delete",
+        source_ip=source_ip,
+    )
 
 
-def _move_and_queue(*, actor: AbstractBaseUser, desktop: Desktop, new: str,
-                    allowed_from: list[str], task: str, action: str,
-                    source_ip: str | None) -> None:
+def _move_and_queue(
+    *,
+    actor: AbstractBaseUser,
+    desktop: Desktop,
+    new: str,
+    allowed_from: list[str],
+    task: str,
+    action: str,
+    source_ip: str | None,
+) -> None:
     broker_check()
     with transaction.atomic():
-        left = transitions.move_from_any(desktop_id=desktop.pk, allowed_from=allowed_from,
-                                         new=new, progress="", last_error="")
-        _after_move(actor=actor, desktop=desktop, left=left, new=new, action=action,
-                    source_ip=source_ip)
+        left = transitions.move_from_any(
+            desktop_id=desktop.pk, allowed_from=allowed_from, new=new, progress="", last_error=""
+        )
+        _after_move(
+            actor=actor, desktop=desktop, left=left, new=new, action=action, source_ip=source_ip
+        )
         enqueue_desktop_task(task, desktop=desktop)
 
 
-def _after_move(*, actor: AbstractBaseUser, desktop: Desktop, left: str | None, new: str,
-                action: str, source_ip: str | None) -> None:
+def _after_move(
+    *,
+    actor: AbstractBaseUser,
+    desktop: Desktop,
+    left: str | None,
+    new: str,
+    action: str,
+    source_ip: str | None,
+) -> None:
     if left is None:
         desktop.refresh_from_db(fields=["status"])
         raise InvalidTransition(_refusal(desktop, new))
-    audit_record(action=action, actor=actor, desktop=desktop, source_ip=source_ip,
-                 old=left, new=new)
+    audit_record(
+        action=action, actor=actor, desktop=desktop, source_ip=source_ip, old=left, new=new
+    )
     push_desktop_changed(desktop_id=desktop.pk)
 
 

@@ -15,9 +15,7 @@ class QuotaExceeded(ServiceError):
     """The launch would take the user past one of their limits (`limit` names it)."""
 
     def __init__(self, *, limit: str, allowed: int, requested: int) -> None:
-        super().__init__(
-            f"Quota exceeded: {limit} would be {requested}, the limit is {allowed}."
-        )
+        super().__init__(f"Quota exceeded: {limit} would be {requested}, the limit is {allowed}.")
         self.limit = limit
 
 

@@ -7,10 +7,10 @@ from functools import partial
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import models, transaction
 from redis.exceptions import RedisError
 
-from vms.models import Desktop
+from vms.models import ConsoleSession, Desktop
 
 log = logging.getLogger(__name__)
 
@@ -53,3 +53,36 @@ def _push(desktop_id: object) -> None:
     except (RedisError, OSError):
         # Live updates are best effort; pages also show state on reload.
         log.warning("could not push the state of desktop %s", desktop_id)
+
+
+def console_watchers(desktop_id: object) -> list[dict[str, str]]:
+    """Open console sessions on a desktop by people other than its owner (for the banner)."""
+    sessions = ConsoleSession.objects.filter(desktop_id=desktop_id, ended_at__isnull=True).exclude(
+        user_id=models.F("desktop__owner_id")
+    )
+    return [
+        {"user": username, "mode": mode}
+        for username, mode in sessions.values_list("user__username", "mode")
+    ]
+
+
+def push_console_sessions(*, desktop_id: object) -> None:
+    """After commit, tell the owner's pages who else is on the desktop's console now."""
+    transaction.on_commit(partial(_push_watchers, desktop_id))
+
+
+def _push_watchers(desktop_id: object) -> None:
+    owner_id = Desktop.objects.filter(pk=desktop_id).values_list("owner_id", flat=True).first()
+    layer = get_channel_layer()
+    if owner_id is None or layer is None:
+        return
+    message = {
+        "type": "console.watchers",
+        "desktop_id": str(desktop_id),
+        "watchers": console_watchers(desktop_id),
+    }
+    try:
+        for group in (desktop_group(desktop_id), user_group(owner_id)):
+            async_to_sync(layer.group_send)(group, message)
+    except (RedisError, OSError):
+        log.warning("could not push the console watchers of desktop %s", desktop_id)

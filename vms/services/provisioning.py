@@ -59,7 +59,7 @@ def domain_spec(desktop: Desktop) -> DomainSpec:
         memory_mib=desktop.memory_mib,
         disk_path=_volume_path(desktop),
         graphics=GraphicsType(desktop.template.console_type),
-        virt_type=host_virt_type(desktop.host),
+        virt_type="kvm" if host_virt_type(desktop.host) == "kvm" else "qemu",
         title=desktop.name,
         description=f"{desktop.template.name} for {desktop.owner.get_username()}",
         desktop_id=str(desktop.pk),
@@ -88,7 +88,7 @@ def desktop_provision(*, desktop_id: UUID | str) -> None:
 
 
 def _provision(desktop: Desktop) -> None:
-    hypervisor = hypervisor_for(desktop.host)  # type: ignore[arg-type]
+    hypervisor = hypervisor_for(desktop.host)
     _set_progress(desktop, "cloning")
     spec = domain_spec(desktop)
     _set_progress(desktop, "defining")
@@ -114,7 +114,7 @@ def desktop_boot(*, desktop_id: UUID | str) -> None:
 
 
 def _boot_defined(desktop: Desktop) -> None:
-    hypervisor = hypervisor_for(desktop.host)  # type: ignore[arg-type]
+    hypervisor = hypervisor_for(desktop.host)
     # A desktop that failed before its domain existed is rebuilt from scratch.
     hypervisor.define_domain(domain_spec(desktop))
     _boot(desktop, hypervisor)
@@ -129,7 +129,7 @@ def desktop_power_off(*, desktop_id: UUID | str, force: bool = False) -> None:
 
 
 def _power_off(desktop: Desktop, *, force: bool) -> None:
-    hypervisor = hypervisor_for(desktop.host)  # type: ignore[arg-type]
+    hypervisor = hypervisor_for(desktop.host)
     if force:
         hypervisor.destroy(name=desktop.domain_name)
     else:
@@ -151,8 +151,11 @@ def desktop_restart(*, desktop_id: UUID | str) -> None:
     desktop = _load(desktop_id)
     if desktop is None or desktop.status != S.RUNNING:
         return
-    _guarded(desktop, lambda: hypervisor_for(desktop.host).reboot(name=desktop.domain_name),  # type: ignore[arg-type]
-             cleanup=False)
+    _guarded(
+        desktop,
+        lambda: hypervisor_for(desktop.host).reboot(name=desktop.domain_name),
+        cleanup=False,
+    )
 
 
 def desktop_teardown(*, desktop_id: UUID | str) -> None:
@@ -164,7 +167,7 @@ def desktop_teardown(*, desktop_id: UUID | str) -> None:
 
 
 def _teardown(desktop: Desktop) -> None:
-    _remove_resources(desktop, hypervisor_for(desktop.host))  # type: ignore[arg-type]
+    _remove_resources(desktop, hypervisor_for(desktop.host))
     _advance(desktop, old=S.DELETING, new=S.DELETED, deleted_at=timezone.now(), progress="")
 
 
@@ -200,15 +203,20 @@ def desktop_fail(*, desktop_id: UUID | str, message: str, cleanup: bool) -> None
     log.warning("desktop %s failed: %s", desktop.pk, message)
     if cleanup and desktop.host is not None:
         _cleanup_quietly(desktop)
-    transitions.move_from_any(desktop_id=desktop.pk, allowed_from=transitions.sources_of(S.ERROR),
-                              new=S.ERROR, last_error=message, progress="")
+    transitions.move_from_any(
+        desktop_id=desktop.pk,
+        allowed_from=transitions.sources_of(S.ERROR),
+        new=S.ERROR,
+        last_error=message,
+        progress="",
+    )
     audit_record(action="desktop.error", desktop=desktop, message=message)
     push_desktop_changed(desktop_id=desktop.pk)
 
 
 def _cleanup_quietly(desktop: Desktop) -> None:
     try:
-        _remove_resources(desktop, hypervisor_for(desktop.host))  # type: ignore[arg-type]
+        _remove_resources(desktop, hypervisor_for(desktop.host))
     except HypervisorError as exc:
         # Reconcile removes what is left once libvirt answers again.
         log.warning("cleanup of desktop %s left resources: %s", desktop.pk, exc.message)

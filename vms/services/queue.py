@@ -27,9 +27,7 @@ def broker_check() -> None:
     Called before an action writes anything, so that a down broker refuses the action
     instead of leaving a desktop waiting for work that was never queued.
     """
-    client = redis.Redis.from_url(
-        settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1
-    )
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
     try:
         client.ping()
     except redis.RedisError as exc:

@@ -65,7 +65,10 @@ def reconcile_host(*, host: Host) -> ReconcileReport:
 def _fix_state(desktop: Desktop, domain: DomainInfo | None, report: ReconcileReport) -> None:
     state = domain.state if domain is not None else PowerState.missing
     if desktop.status == S.RUNNING and state == PowerState.missing:
-        message = "The desktop's virtual machine disappeared from its host. Delete it and launch a new one."
+        message = (
+            "The desktop's virtual machine disappeared from its host. "
+            "Delete it and launch a new one."
+        )
         _correct(desktop, new=S.ERROR, report=report, last_error=message)
     elif desktop.status == S.RUNNING and state in (PowerState.shutoff, PowerState.crashed):
         _correct(desktop, new=S.STOPPED, report=report, progress="")
@@ -82,7 +85,9 @@ def _correct(desktop: Desktop, *, new: str, report: ReconcileReport, **fields: o
 
 
 def _remove_orphan_domains(
-    hypervisor: Hypervisor, domains: dict[str, DomainInfo], live: dict[str, Desktop],
+    hypervisor: Hypervisor,
+    domains: dict[str, DomainInfo],
+    live: dict[str, Desktop],
     report: ReconcileReport,
 ) -> None:
     for name in domains.keys() - live.keys():
@@ -92,7 +97,10 @@ def _remove_orphan_domains(
 
 
 def _remove_orphan_volumes(
-    hypervisor: Hypervisor, host: Host, volumes: list[VolumeInfo], live: dict[str, Desktop],
+    hypervisor: Hypervisor,
+    host: Host,
+    volumes: list[VolumeInfo],
+    live: dict[str, Desktop],
     report: ReconcileReport,
 ) -> None:
     wanted = {desktop.volume_name for desktop in live.values()}

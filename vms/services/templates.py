@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import transaction
 
 from vms.hypervisor import HypervisorError
-from vms.models import ConsoleType, Host, Template
+from vms.models import Host, Template
 from vms.services.audit import audit_record
 from vms.services.errors import ServiceError
 from vms.services.hosts import hypervisor_for
@@ -42,7 +42,7 @@ def image_inspect(*, path: str) -> ImageFacts:
         raise ImageRejected(f"Image {path} is {info.get('format', 'unreadable')}, not qcow2.")
     if info.get("backing-filename"):
         raise ImageRejected(f"Image {path} has a backing file; import a standalone image.")
-    return ImageFacts(path=str(real), format="qcow2", virtual_size=int(info["virtual-size"]))
+    return ImageFacts(path=str(real), format="qcow2", virtual_size=int(str(info["virtual-size"])))
 
 
 def _allowed_path(path: str) -> Path:
@@ -58,7 +58,10 @@ def _qemu_img_info(path: Path) -> dict[str, object]:
     try:
         done = subprocess.run(
             ["qemu-img", "info", "--output=json", "--force-share", str(path)],
-            capture_output=True, text=True, timeout=30, check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ImageRejected(f"Could not inspect {path}: {exc}") from exc
@@ -81,7 +84,7 @@ def template_import(
     vcpus: int = 1,
     memory_mib: int = 256,
     disk_gib: int = 1,
-    console_type: str = ConsoleType.VNC,
+    console_type: str = "vnc",
     os_label: str = "",
     description: str = "",
 ) -> Template:
@@ -92,8 +95,12 @@ def template_import(
     """
     facts = image_inspect(path=image_path)
     template = Template(
-        name=name, description=description, os_label=os_label, vcpus=vcpus,
-        memory_mib=memory_mib, console_type=console_type,
+        name=name,
+        description=description,
+        os_label=os_label,
+        vcpus=vcpus,
+        memory_mib=memory_mib,
+        console_type=console_type,
         disk_gib=max(disk_gib, -(-facts.virtual_size // 1024**3)),
     )
     template.full_clean(exclude=["base_image_path"])
@@ -115,7 +122,9 @@ def _upload_everywhere(*, name: str, facts: ImageFacts) -> str:
                 pool=host.storage_pool, name=base_volume_name(name), source_path=facts.path
             )
         except HypervisorError as exc:
-            raise ImageRejected(f"Host {host.name} could not take the image: {exc.message}") from exc
+            raise ImageRejected(
+                f"Host {host.name} could not take the image: {exc.message}"
+            ) from exc
         paths.add(volume.path)
     if len(paths) != 1:
         raise ImageRejected("The hosts' storage pools must share one path layout.")

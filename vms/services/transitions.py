@@ -33,9 +33,7 @@ def sources_of(new: str) -> list[str]:
     return [old for old, targets in TRANSITIONS.items() if new in targets]
 
 
-def compare_and_set(
-    *, desktop_id: UUID | str, old: str, new: str, **fields: object
-) -> bool:
+def compare_and_set(*, desktop_id: UUID | str, old: str, new: str, **fields: object) -> bool:
     """Move one desktop from `old` to `new` if it is still in `old`.
 
     Returns False when another writer got there first. Raises InvalidTransition when the
@@ -63,4 +61,3 @@ def move_from_any(
     if compare_and_set(desktop_id=desktop_id, old=current, new=new, **fields):
         return current
     return None
-

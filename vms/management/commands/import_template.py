@@ -29,14 +29,20 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             template = template_import(
-                name=options["name"], image_path=options["image"], vcpus=options["vcpus"],
-                memory_mib=options["memory_mib"], disk_gib=options["disk_gib"],
-                console_type=options["console"], os_label=options["os_label"],
+                name=options["name"],
+                image_path=options["image"],
+                vcpus=options["vcpus"],
+                memory_mib=options["memory_mib"],
+                disk_gib=options["disk_gib"],
+                console_type=options["console"],
+                os_label=options["os_label"],
                 description=options["description"],
             )
         except ServiceError as exc:
             raise CommandError(exc.message) from exc
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc
-        self.stdout.write(f"Imported template {template.name!r} (id {template.pk}) "
-                          f"from {template.base_image_path}")
+        self.stdout.write(
+            f"Imported template {template.name!r} (id {template.pk}) "
+            f"from {template.base_image_path}"
+        )

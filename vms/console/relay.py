@@ -1,0 +1,184 @@
+"""The same-origin console relay: a Channels consumer between noVNC and QEMU's VNC server.
+
+On connect it admits the browser (Origin, one-time ticket, the user's rights, a running
+desktop), arms the guest with a one-off VNC password, authenticates to QEMU itself, and
+offers the browser an RFB session without authentication. Then it relays bytes both ways;
+browser-to-guest bytes pass through the RFB message filter, which in view-only mode drops
+every key, pointer and clipboard event. It closes when the desktop stops, when the user
+loses access, or on malformed input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from redis.exceptions import LockError
+
+from vms.console import services
+from vms.console.admission import (
+    BINARY_PROTOCOL,
+    CLOSE_FORBIDDEN,
+    CLOSE_PROTOCOL,
+    CLOSE_STOPPED,
+    CLOSE_UNREACHABLE,
+    ConsoleClosed,
+    console_admit,
+)
+from vms.console.guest import GuestLink, guest_connect
+from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
+from vms.console.services import DisplayUnreachable
+from vms.models import ConsoleMode, ConsoleSession, DesktopStatus
+from vms.services.events import desktop_group
+
+log = logging.getLogger(__name__)
+READ_CHUNK = 64 * 1024
+
+
+class ConsoleRelayConsumer(AsyncWebsocketConsumer):
+    """One browser's console session (see the module docstring)."""
+
+    guest: GuestLink | None = None
+    session_id: int | None = None
+    browser_side: DownstreamHandshake
+    client_filter: ClientMessageFilter
+    bytes_to_guest = 0
+    bytes_from_guest = 0
+    close_reason = "closed by the browser"
+
+    async def connect(self) -> None:
+        await self.accept(subprotocol=BINARY_PROTOCOL)
+        try:
+            opened = await database_sync_to_async(console_admit)(
+                origin=_header(self.scope, b"origin"),
+                protocols=self.scope.get("subprotocols", []),
+                session_user_id=_user_id(self.scope),
+                relay="channels",
+                source_ip=_ip(self.scope),
+                desktop_id=str(self.scope["url_route"]["kwargs"]["desktop_id"]),
+            )
+        except ConsoleClosed as refusal:
+            await self.close(code=refusal.code, reason=refusal.reason)
+            return
+        self.session_id = opened.pk
+        self.desktop_id = str(opened.desktop_id)
+        self.client_filter = ClientMessageFilter(view_only=opened.mode == ConsoleMode.VIEW)
+        await self._join_guest(opened)
+
+    async def _join_guest(self, session: ConsoleSession) -> None:
+        try:
+            self.guest = await guest_connect(session)
+        except (OSError, RfbProtocolError, TimeoutError, DisplayUnreachable, LockError) as exc:
+            log.warning("console session %s: guest display unreachable: %s", self.session_id, exc)
+            await self._close(CLOSE_UNREACHABLE, "The desktop's display did not answer.")
+            return
+        await self.channel_layer.group_add(desktop_group(self.desktop_id), self.channel_name)
+        self.browser_side = DownstreamHandshake()
+        await self.send(bytes_data=self.browser_side.start())
+        self.tasks = [
+            asyncio.create_task(self._guest_to_browser()),
+            asyncio.create_task(self._watch_access()),
+        ]
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.guest is None or not bytes_data:
+            return
+        try:
+            if not self.browser_side.done:
+                await self._handshake(bytes_data)
+            else:
+                await self._to_guest(self.client_filter.feed(bytes_data))
+        except RfbProtocolError as exc:
+            await self._close(CLOSE_PROTOCOL, f"Console protocol error: {exc}")
+
+    async def _handshake(self, data: bytes) -> None:
+        reply = self.browser_side.receive(data)
+        if reply:
+            await self.send(bytes_data=reply)
+        if self.browser_side.done:
+            assert self.guest is not None
+            await self.send(bytes_data=self.browser_side.server_init(self.guest.server_init))
+            await self._to_guest(self.client_filter.feed(self.browser_side.leftover))
+
+    async def _to_guest(self, data: bytes) -> None:
+        if data and self.guest is not None:
+            self.guest.writer.write(data)
+            self.bytes_to_guest += len(data)
+            await self.guest.writer.drain()  # back-pressure: wait while QEMU is slow
+
+    async def _guest_to_browser(self) -> None:
+        assert self.guest is not None
+        if self.guest.leftover:
+            await self._from_guest(self.guest.leftover)
+        while data := await self.guest.reader.read(READ_CHUNK):
+            await self._from_guest(data)
+        await self._close(CLOSE_STOPPED, "The desktop's display closed the connection.")
+
+    async def _from_guest(self, data: bytes) -> None:
+        self.bytes_from_guest += len(data)
+        await self.send(bytes_data=data)
+
+    async def _watch_access(self) -> None:
+        from django.conf import settings
+
+        while True:
+            await asyncio.sleep(settings.CONSOLE_RECHECK_S)
+            allowed = await database_sync_to_async(services.console_session_may_continue)(
+                session_id=self.session_id
+            )
+            if not allowed:
+                await self._close(CLOSE_FORBIDDEN, "Access to this desktop ended.")
+                return
+
+    async def desktop_changed(self, event: dict[str, Any]) -> None:
+        """Group message from the services: close when the desktop stops running."""
+        if event["desktop"]["status"] != DesktopStatus.RUNNING:
+            await self._close(CLOSE_STOPPED, f"The desktop is {event['desktop']['status']}.")
+
+    async def console_watchers(self, event: dict[str, Any]) -> None:
+        """Group message for the owner's pages; a relay has nothing to do with it."""
+
+    async def _close(self, code: int, reason: str) -> None:
+        self.close_reason = reason
+        await self.close(code=code, reason=reason)
+
+    async def disconnect(self, code: int) -> None:
+        for task in getattr(self, "tasks", []):
+            if task is not asyncio.current_task():
+                task.cancel()
+        if self.guest is not None:
+            self.guest.writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await self.guest.writer.wait_closed()
+        if self.session_id is not None:
+            await self.channel_layer.group_discard(
+                desktop_group(self.desktop_id), self.channel_name
+            )
+            await database_sync_to_async(services.console_session_close)(
+                session_id=self.session_id,
+                reason=self.close_reason,
+                bytes_to_guest=self.bytes_to_guest,
+                bytes_from_guest=self.bytes_from_guest,
+                dropped_messages=self.client_filter.dropped_messages,
+            )
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _user_id(scope: dict[str, Any]) -> int | None:
+    user = scope.get("user")
+    return user.pk if user is not None and user.is_authenticated else None
+
+
+def _ip(scope: dict[str, Any]) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None

@@ -1,0 +1,112 @@
+"""The interface the rest of the portal uses to drive a hypervisor.
+
+Every operation takes keyword arguments, returns the project's own dataclasses, and raises
+``HypervisorError`` only. Operations are idempotent where that makes sense (define an existing
+domain, delete a missing volume, stop a stopped desktop), so Celery can retry them freely.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from .types import ConsoleEndpoint, DomainInfo, DomainSpec, PowerState, VolumeInfo
+
+__all__ = ["Hypervisor"]
+
+
+class Hypervisor(ABC):
+    """One hypervisor host (a libvirt URI)."""
+
+    uri: str
+
+    # --- storage -----------------------------------------------------------------------
+
+    @abstractmethod
+    def ensure_pool(self, *, name: str, path: str) -> None:
+        """Make sure a directory pool ``name`` at ``path`` exists, is built, active, autostart."""
+
+    @abstractmethod
+    def import_base_volume(self, *, pool: str, name: str, source_path: str) -> VolumeInfo:
+        """Copy a local image file into the pool (over a libvirt stream, so remote hosts work).
+
+        An existing complete volume of that name is returned as is.
+        """
+
+    @abstractmethod
+    def clone_volume(
+        self, *, pool: str, name: str, base_path: str, capacity_bytes: int
+    ) -> VolumeInfo:
+        """Create a linked clone: a qcow2 overlay whose backing file is ``base_path``.
+
+        An existing volume of that name over the same base is returned (idempotent).
+        """
+
+    @abstractmethod
+    def full_copy_volume(self, *, pool: str, name: str, base_path: str) -> VolumeInfo:
+        """Create an independent full copy of ``base_path`` (slow; for benchmarks)."""
+
+    @abstractmethod
+    def delete_volume(self, *, pool: str, name: str) -> None:
+        """Delete a volume; a missing volume (or pool) is not an error."""
+
+    @abstractmethod
+    def list_volumes(self, *, pool: str, prefix: str) -> list[VolumeInfo]:
+        """Volumes of ``pool`` whose names start with ``prefix``, sorted by name."""
+
+    # --- domains -----------------------------------------------------------------------
+
+    @abstractmethod
+    def define_domain(self, spec: DomainSpec) -> DomainInfo:
+        """Define (persistently) a desktop's domain; an existing one of that name is returned."""
+
+    @abstractmethod
+    def start(self, *, name: str) -> None:
+        """Power on; already running is fine, paused is resumed."""
+
+    @abstractmethod
+    def shutdown(self, *, name: str, timeout_s: float) -> None:
+        """ACPI power button, wait until off, force off after ``timeout_s``; off is fine."""
+
+    @abstractmethod
+    def reboot(self, *, name: str) -> None:
+        """Reboot a running domain (a shut-off one is started)."""
+
+    @abstractmethod
+    def destroy(self, *, name: str) -> None:
+        """Force off (pull the plug); already off or missing is fine."""
+
+    @abstractmethod
+    def undefine(self, *, name: str) -> None:
+        """Force off if needed and remove the definition; missing is fine. Keeps disks."""
+
+    @abstractmethod
+    def state(self, *, name: str) -> PowerState:
+        """The power state; ``PowerState.missing`` when no such domain exists."""
+
+    @abstractmethod
+    def list_domains(self, *, prefix: str) -> list[DomainInfo]:
+        """Domains whose names start with ``prefix``, sorted by name."""
+
+    # --- console -----------------------------------------------------------------------
+
+    @abstractmethod
+    def console_endpoint(self, *, name: str) -> ConsoleEndpoint:
+        """Where the running domain's display listens (from the live XML)."""
+
+    @abstractmethod
+    def set_console_password(self, *, name: str, password: str, valid_for_s: int) -> None:
+        """Set the live display password, valid for ``valid_for_s`` seconds from now."""
+
+    @abstractmethod
+    def screenshot(self, *, name: str) -> bytes:
+        """A PNG of the running domain's screen."""
+
+    # --- host --------------------------------------------------------------------------
+
+    @abstractmethod
+    def kvm_available(self) -> bool:
+        """Whether domains of type ``kvm`` really work on this host (else use ``qemu``).
+
+        Cached per URI for the life of the process. Raises a transient ``HypervisorError``
+        only when the hypervisor cannot be asked at all (nothing is cached then).
+        """

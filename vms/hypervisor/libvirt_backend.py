@@ -1,0 +1,774 @@
+"""``Hypervisor`` implemented with libvirt-python, for any libvirt URI.
+
+Works against ``qemu:///system`` (production), ``qemu+ssh://host/system`` (remote hosts:
+uploads use libvirt streams, nothing assumes a shared file system) and ``test:///default``
+(libvirt's in-process test driver, used by the fast tests).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+from urllib.parse import urlparse
+
+import libvirt
+from PIL import Image, UnidentifiedImageError
+
+from . import xml as vxml
+from .base import Hypervisor
+from .connection import LibvirtConnection
+from .errors import (
+    POOL_FULL_OR_READONLY_HINTS,
+    HypervisorError,
+    from_libvirt_error,
+)
+from .kvmprobe import run_kvm_probe
+from .types import ConsoleEndpoint, DomainInfo, DomainSpec, PowerState, VolumeInfo
+
+__all__ = ["LibvirtHypervisor"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Conn = Any  # libvirt.virConnect (libvirt-python ships no type information)
+Dom = Any  # libvirt.virDomain
+Pool = Any  # libvirt.virStoragePool
+Vol = Any  # libvirt.virStorageVol
+
+_STATE_MAP: Final[dict[int, PowerState]] = {
+    libvirt.VIR_DOMAIN_NOSTATE: PowerState.other,
+    libvirt.VIR_DOMAIN_RUNNING: PowerState.running,
+    libvirt.VIR_DOMAIN_BLOCKED: PowerState.running,
+    libvirt.VIR_DOMAIN_PAUSED: PowerState.paused,
+    libvirt.VIR_DOMAIN_SHUTDOWN: PowerState.running,  # shutting down, still running
+    libvirt.VIR_DOMAIN_SHUTOFF: PowerState.shutoff,
+    libvirt.VIR_DOMAIN_CRASHED: PowerState.crashed,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.other,
+}
+_UNDEFINE_FLAGS: Final = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+)
+_QCOW2_MAGIC: Final = b"QFI\xfb"
+_STREAM_CHUNK: Final = 1024 * 1024
+_SHUTDOWN_POLL_S: Final = 0.2
+_SHUTDOWN_REPRESS_S: Final = 3.0
+
+_kvm_cache: dict[str, bool] = {}
+
+
+def _code(err: libvirt.libvirtError) -> int | None:
+    code = err.get_error_code()
+    return int(code) if code is not None else None
+
+
+def _msg(err: libvirt.libvirtError) -> str:
+    return str(err.get_error_message() or err).strip()
+
+
+def _is_local_qemu(uri: str) -> bool:
+    parsed = urlparse(uri)
+    return parsed.scheme == "qemu" and not parsed.netloc
+
+
+def _is_local(uri: str) -> bool:
+    parsed = urlparse(uri)
+    return "+" not in parsed.scheme and not parsed.netloc
+
+
+def _same_path(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return False
+    return os.path.normpath(a) == os.path.normpath(b)
+
+
+def _image_format_and_size(path: str) -> tuple[str, int, int]:
+    """(format, virtual size, file size) of a local image file; qcow2 or raw."""
+    file_size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        header = fh.read(32)
+    if len(header) >= 32 and header[:4] == _QCOW2_MAGIC:
+        return "qcow2", int.from_bytes(header[24:32], "big"), file_size
+    return "raw", file_size, file_size
+
+
+def _domain_state(dom: Dom) -> PowerState:
+    state, reason = dom.state(0)
+    if state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_CRASHED:
+        return PowerState.crashed  # guest panicked; QEMU keeps it paused
+    return _STATE_MAP.get(int(state), PowerState.other)
+
+
+def _resume_or_destroy(dom: Dom) -> bool:
+    """Resume a paused domain; if QEMU cannot (it stopped on an internal error and wants a
+    reset), force it off instead. Returns whether it is running afterwards."""
+    try:
+        dom.resume()
+        return True
+    except libvirt.libvirtError as err:
+        log.warning("cannot resume %s (%s); forcing it off", dom.name(), _msg(err))
+        if dom.isActive():
+            dom.destroy()
+        return False
+
+
+def _domain_info(dom: Dom) -> DomainInfo:
+    return DomainInfo(
+        name=str(dom.name()),
+        uuid=str(dom.UUIDString()),
+        state=_domain_state(dom),
+        desktop_id=vxml.parse_desktop_id(dom.XMLDesc(0)),
+    )
+
+
+def _volume_info(vol: Vol) -> VolumeInfo:
+    return vxml.parse_volume(vol.XMLDesc(0))
+
+
+def _lookup_domain(conn: Conn, name: str) -> Dom | None:
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as err:
+        if _code(err) == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def _require_domain(conn: Conn, name: str) -> Dom:
+    dom = _lookup_domain(conn, name)
+    if dom is None:
+        raise HypervisorError(f"desktop domain '{name}' does not exist", permanent=True)
+    return dom
+
+
+def _require_running(conn: Conn, name: str) -> Dom:
+    dom = _require_domain(conn, name)
+    if not dom.isActive():
+        raise HypervisorError(f"desktop domain '{name}' is not running", permanent=True)
+    return dom
+
+
+def _force_off(dom: Dom) -> bool:
+    """Destroy ``dom`` if it runs; False if the domain vanished meanwhile."""
+    try:
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError as err:
+        if _code(err) == libvirt.VIR_ERR_NO_DOMAIN:
+            return False
+        if _code(err) != libvirt.VIR_ERR_OPERATION_INVALID or dom.isActive():
+            raise  # "domain is not running" after a concurrent destroy is fine
+    return True
+
+
+def _lookup_pool(conn: Conn, name: str) -> Pool | None:
+    try:
+        return conn.storagePoolLookupByName(name)
+    except libvirt.libvirtError as err:
+        if _code(err) == libvirt.VIR_ERR_NO_STORAGE_POOL:
+            return None
+        raise
+
+
+def _require_pool(conn: Conn, name: str) -> Pool:
+    pool = _lookup_pool(conn, name)
+    if pool is None:
+        raise HypervisorError(
+            f"storage pool '{name}' does not exist on the hypervisor (create it first)",
+            permanent=True,
+        )
+    if not pool.isActive():
+        raise HypervisorError(
+            f"storage pool '{name}' is not active (start it with: virsh pool-start {name})",
+            permanent=True,
+        )
+    return pool
+
+
+def _lookup_volume(pool: Pool, name: str) -> Vol | None:
+    try:
+        return pool.storageVolLookupByName(name)
+    except libvirt.libvirtError as err:
+        if _code(err) == libvirt.VIR_ERR_NO_STORAGE_VOL:
+            return None
+        raise
+
+
+def _lookup_volume_by_path(conn: Conn, path: str) -> Vol | None:
+    """The volume at ``path``, refreshing the pool of its directory once if not found."""
+
+    def find() -> Vol | None:
+        try:
+            return conn.storageVolLookupByPath(path)
+        except libvirt.libvirtError as err:
+            if _code(err) == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return None
+            raise
+
+    vol = find()
+    if vol is not None:
+        return vol
+    # Files put into a pool's directory outside libvirt are only seen after a refresh.
+    try:
+        pool = conn.storagePoolLookupByTargetPath(os.path.dirname(path))
+        if not pool.isActive():
+            return None
+        pool.refresh(0)
+    except libvirt.libvirtError:
+        return None
+    return find()
+
+
+def _is_pool_space_or_permission_problem(message: str) -> bool:
+    return any(hint in message for hint in POOL_FULL_OR_READONLY_HINTS)
+
+
+def _is_missing_backing(message: str) -> bool:
+    low = message.lower()
+    return "backing" in low and ("inaccessible" in low or "no such file" in low)
+
+
+class LibvirtHypervisor(Hypervisor):
+    """A hypervisor reached through one libvirt URI (``qemu:///system``, ``test:///default``)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._connection = LibvirtConnection(uri)
+
+    def __repr__(self) -> str:
+        return f"LibvirtHypervisor({self.uri!r})"
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _call(self, what: str, op: Callable[[Conn], T], *, secrets: tuple[str, ...] = ()) -> T:
+        """Run ``op`` on the connection; libvirt errors become ``HypervisorError``.
+
+        ``secrets`` are scrubbed from libvirt's messages (our own messages never hold any).
+        """
+        try:
+            return self._connection.call(op)
+        except libvirt.libvirtError as err:
+            if _code(err) is not None:
+                raise from_libvirt_error(err, what, secrets=secrets) from None
+        # An error without details: libvirt-python reads the thread's "last error" after
+        # the failed call, and a libvirt object freed in between (garbage collection runs
+        # __del__ -> virXxxFree, which resets it) can wipe it. Every operation here is
+        # idempotent, so run it once more to learn what really happens.
+        log.debug("libvirt error without details while %s; retrying once", what)
+        try:
+            return self._connection.call(op)
+        except libvirt.libvirtError as err:
+            raise from_libvirt_error(err, what, secrets=secrets) from None
+
+    # --- storage -------------------------------------------------------------------------
+
+    def ensure_pool(self, *, name: str, path: str) -> None:
+        def op(conn: Conn) -> None:
+            pool = _lookup_pool(conn, name)
+            if pool is None:
+                try:
+                    pool = conn.storagePoolDefineXML(vxml.build_pool_xml(name=name, path=path), 0)
+                except libvirt.libvirtError:
+                    pool = _lookup_pool(conn, name)  # defined concurrently by someone else?
+                    if pool is None:
+                        raise
+                    log.info("storage pool %s was defined concurrently", name)
+                else:
+                    log.info("defined storage pool %s at %s", name, path)
+            current_path = vxml.parse_pool_path(pool.XMLDesc(0))
+            if not _same_path(current_path, path):
+                raise HypervisorError(
+                    f"storage pool '{name}' already exists at {current_path}, not at {path}",
+                    permanent=True,
+                )
+            if not pool.isActive():
+                try:
+                    pool.build(0)  # a dir pool: mkdir -p (harmless if it exists)
+                    pool.create(0)
+                except libvirt.libvirtError:
+                    if not pool.isActive():
+                        raise
+            else:
+                try:
+                    pool.refresh(0)
+                except libvirt.libvirtError as err:  # e.g. an upload is running; not fatal
+                    log.debug("refreshing pool %s: %s", name, _msg(err))
+            if not pool.autostart():
+                pool.setAutostart(1)
+
+        self._call(f"preparing storage pool '{name}' at {path}", op)
+
+    def import_base_volume(self, *, pool: str, name: str, source_path: str) -> VolumeInfo:
+        try:
+            fmt, _virtual_size, file_size = _image_format_and_size(source_path)
+        except FileNotFoundError:
+            raise HypervisorError(
+                f"source image {source_path} is missing", permanent=True
+            ) from None
+        except OSError as err:
+            raise HypervisorError(
+                f"source image {source_path} cannot be read: {err.strerror}", permanent=True
+            ) from None
+        log.debug("importing %s (%s, %d bytes) as %s/%s", source_path, fmt, file_size, pool, name)
+
+        def op(conn: Conn) -> VolumeInfo:
+            p = _require_pool(conn, pool)
+            vol = _lookup_volume(p, name)
+            if vol is not None:
+                physical = vxml.parse_physical_bytes(vol.XMLDesc(0))
+                if physical is None or physical == file_size:
+                    return _volume_info(vol)
+                log.warning(
+                    "volume %s/%s is incomplete (%s of %d bytes); importing again",
+                    pool,
+                    name,
+                    physical,
+                    file_size,
+                )
+                try:
+                    vol.delete(0)
+                except libvirt.libvirtError as err:
+                    if "in use" in _msg(err):  # another task is uploading it right now
+                        raise HypervisorError(
+                            f"volume '{name}' in storage pool '{pool}' is being imported "
+                            "by another task",
+                            permanent=False,
+                        ) from None
+                    raise
+            # A raw volume of exactly the file's size, overwritten byte for byte by the
+            # upload; the pool refresh afterwards probes the real format (qcow2).
+            vol_xml = vxml.build_volume_xml(
+                name=name, capacity_bytes=file_size, fmt="raw", allocation_bytes=0
+            )
+            vol = self._create_volume(p, pool, name, vol_xml)
+            try:
+                self._upload(conn, vol, source_path, file_size)
+            except BaseException:
+                try:
+                    vol.delete(0)
+                except libvirt.libvirtError:
+                    log.warning("could not remove partial volume %s/%s", pool, name)
+                raise
+            p.refresh(0)
+            return _volume_info(p.storageVolLookupByName(name))
+
+        return self._call(f"importing {source_path} into storage pool '{pool}' as '{name}'", op)
+
+    @staticmethod
+    def _upload(conn: Conn, vol: Vol, source_path: str, size: int) -> None:
+        stream = conn.newStream(0)
+        try:
+            vol.upload(stream, 0, size, 0)
+            with open(source_path, "rb") as fh:
+                while chunk := fh.read(_STREAM_CHUNK):
+                    view = memoryview(chunk)
+                    while view:
+                        sent = stream.send(view.tobytes())
+                        if sent < 0:
+                            raise HypervisorError("upload stream refused data", permanent=False)
+                        view = view[sent:]
+            stream.finish()
+        except BaseException:
+            try:
+                stream.abort()
+            except libvirt.libvirtError:
+                pass
+            raise
+
+    @staticmethod
+    def _create_volume(
+        p: Pool, pool: str, name: str, vol_xml: str, clone_from: Vol | None = None
+    ) -> Vol:
+        try:
+            if clone_from is not None:
+                return p.createXMLFrom(vol_xml, clone_from, 0)
+            return p.createXML(vol_xml, 0)
+        except libvirt.libvirtError as err:
+            text = _msg(err)
+            if _is_pool_space_or_permission_problem(text):
+                raise HypervisorError(
+                    f"storage pool '{pool}' is not writable/full: {text}", permanent=True
+                ) from None
+            raise
+
+    def clone_volume(
+        self, *, pool: str, name: str, base_path: str, capacity_bytes: int
+    ) -> VolumeInfo:
+        def existing(p: Pool) -> VolumeInfo | None:
+            vol = _lookup_volume(p, name)
+            if vol is None:
+                return None
+            info = _volume_info(vol)
+            if not _same_path(info.backing_path, base_path):
+                raise HypervisorError(
+                    f"volume '{name}' already exists in storage pool '{pool}' but is not a "
+                    f"clone of {base_path} (backing file: {info.backing_path or 'none'})",
+                    permanent=True,
+                )
+            return info
+
+        def op(conn: Conn) -> VolumeInfo:
+            p = _require_pool(conn, pool)
+            found = existing(p)
+            if found is not None:
+                return found
+            base = _lookup_volume_by_path(conn, base_path)
+            if base is None and not (_is_local(self.uri) and os.path.isfile(base_path)):
+                raise HypervisorError(f"base image {base_path} is missing", permanent=True)
+            base_format, base_capacity = "qcow2", 0
+            if base is not None:
+                base_info = _volume_info(base)
+                base_format = base_info.format or "qcow2"
+                base_capacity = base_info.capacity_bytes
+            # A disk smaller than its template image would cut the guest's file system.
+            capacity = max(capacity_bytes, base_capacity)
+            vol_xml = vxml.build_volume_xml(
+                name=name,
+                capacity_bytes=capacity,
+                backing_path=base_path,
+                backing_format=base_format,
+            )
+            try:
+                vol = self._create_volume(p, pool, name, vol_xml)
+            except libvirt.libvirtError as err:
+                if _is_missing_backing(_msg(err)):
+                    raise HypervisorError(
+                        f"base image {base_path} is missing", permanent=True
+                    ) from None
+                found = existing(p)  # created concurrently by a retried task?
+                if found is not None:
+                    return found
+                raise
+            return _volume_info(vol)
+
+        return self._call(f"creating linked clone '{name}' of {base_path} in '{pool}'", op)
+
+    def full_copy_volume(self, *, pool: str, name: str, base_path: str) -> VolumeInfo:
+        def op(conn: Conn) -> VolumeInfo:
+            p = _require_pool(conn, pool)
+            vol = _lookup_volume(p, name)
+            if vol is not None:
+                return _volume_info(vol)
+            base = _lookup_volume_by_path(conn, base_path)
+            if base is None:
+                raise HypervisorError(f"base image {base_path} is missing", permanent=True)
+            base_info = _volume_info(base)
+            vol_xml = vxml.build_volume_xml(name=name, capacity_bytes=base_info.capacity_bytes)
+            return _volume_info(self._create_volume(p, pool, name, vol_xml, clone_from=base))
+
+        return self._call(f"copying {base_path} to '{name}' in storage pool '{pool}'", op)
+
+    def delete_volume(self, *, pool: str, name: str) -> None:
+        def op(conn: Conn) -> None:
+            p = _lookup_pool(conn, pool)
+            if p is None or not p.isActive():
+                return
+            vol = _lookup_volume(p, name)
+            if vol is None:
+                return
+            try:
+                vol.delete(0)
+            except libvirt.libvirtError as err:
+                if _code(err) != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    raise
+
+        self._call(f"deleting volume '{name}' from storage pool '{pool}'", op)
+
+    def list_volumes(self, *, pool: str, prefix: str) -> list[VolumeInfo]:
+        def op(conn: Conn) -> list[VolumeInfo]:
+            p = _require_pool(conn, pool)
+            result = []
+            for vol in p.listAllVolumes(0):
+                if not str(vol.name()).startswith(prefix):
+                    continue
+                try:
+                    result.append(_volume_info(vol))
+                except libvirt.libvirtError as err:
+                    if _code(err) != libvirt.VIR_ERR_NO_STORAGE_VOL:  # deleted meanwhile
+                        raise
+            return sorted(result, key=lambda v: v.name)
+
+        return self._call(f"listing volumes of storage pool '{pool}'", op)
+
+    # --- domains -------------------------------------------------------------------------
+
+    def define_domain(self, spec: DomainSpec) -> DomainInfo:
+        if not spec.console_password:
+            raise HypervisorError(
+                f"desktop '{spec.name}' needs a console password (an empty one disables "
+                "console authentication)",
+                permanent=True,
+            )
+        try:
+            domain_xml = vxml.build_domain_xml(spec)
+        except ValueError as err:
+            raise HypervisorError(f"invalid desktop '{spec.name}': {err}", permanent=True) from None
+
+        def existing(conn: Conn) -> DomainInfo | None:
+            dom = _lookup_domain(conn, spec.name)
+            if dom is None:
+                return None
+            info = _domain_info(dom)
+            if info.desktop_id is not None and info.desktop_id != spec.desktop_id:
+                raise HypervisorError(
+                    f"domain name '{spec.name}' is already used by desktop {info.desktop_id}",
+                    permanent=True,
+                )
+            return info
+
+        def op(conn: Conn) -> DomainInfo:
+            found = existing(conn)
+            if found is not None:
+                return found
+            try:
+                dom = conn.defineXML(domain_xml)
+            except libvirt.libvirtError:
+                found = existing(conn)  # defined concurrently?
+                if found is not None:
+                    return found
+                raise
+            return _domain_info(dom)
+
+        return self._call(f"defining desktop '{spec.name}'", op, secrets=(spec.console_password,))
+
+    def start(self, *, name: str) -> None:
+        def op(conn: Conn) -> None:
+            dom = _require_domain(conn, name)
+            state = _domain_state(dom)
+            try:
+                if state is PowerState.running:
+                    return
+                if state in (PowerState.paused, PowerState.crashed) and dom.isActive():
+                    if state is PowerState.paused and _resume_or_destroy(dom):
+                        return
+                    if dom.isActive():
+                        dom.destroy()
+                dom.create()
+            except libvirt.libvirtError:
+                if _domain_state(dom) is PowerState.running:  # started concurrently
+                    return
+                raise
+
+        self._call(f"starting desktop '{name}'", op)
+
+    def shutdown(self, *, name: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + max(0.0, timeout_s)
+
+        def press(conn: Conn) -> bool:
+            """Press the power button; False if the domain is already off or gone."""
+            dom = _lookup_domain(conn, name)
+            if dom is None or not dom.isActive():
+                return False
+            try:
+                state = _domain_state(dom)
+                if state is PowerState.crashed:  # it will never react to ACPI
+                    dom.destroy()
+                    return False
+                # A paused guest cannot react to ACPI either.
+                if state is PowerState.paused and not _resume_or_destroy(dom):
+                    return False
+                dom.shutdown()
+            except libvirt.libvirtError:
+                if not dom.isActive():
+                    return False
+                raise
+            return True
+
+        def is_off(conn: Conn) -> bool:
+            dom = _lookup_domain(conn, name)
+            return dom is None or not dom.isActive()
+
+        what = f"shutting down desktop '{name}'"
+        if not self._call(what, press):
+            return
+        last_press = time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(min(_SHUTDOWN_POLL_S, max(0.0, deadline - time.monotonic())))
+            if self._call(what, is_off):
+                return
+            if time.monotonic() - last_press >= _SHUTDOWN_REPRESS_S:
+                # Guests that were still booting may have missed the first press.
+                if not self._call(what, press):
+                    return
+                last_press = time.monotonic()
+        log.info("desktop %s ignored ACPI shutdown for %.1f s; forcing it off", name, timeout_s)
+        self.destroy(name=name)
+
+    def reboot(self, *, name: str) -> None:
+        def op(conn: Conn) -> None:
+            dom = _require_domain(conn, name)
+            state = _domain_state(dom)
+            if state in (PowerState.paused, PowerState.crashed) and dom.isActive():
+                if state is PowerState.crashed or not _resume_or_destroy(dom):
+                    if dom.isActive():
+                        dom.destroy()
+            if not dom.isActive():
+                dom.create()
+                return
+            dom.reboot(0)
+
+        self._call(f"rebooting desktop '{name}'", op)
+
+    def destroy(self, *, name: str) -> None:
+        def op(conn: Conn) -> None:
+            dom = _lookup_domain(conn, name)
+            if dom is not None:
+                _force_off(dom)
+
+        self._call(f"forcing off desktop '{name}'", op)
+
+    def undefine(self, *, name: str) -> None:
+        def op(conn: Conn) -> None:
+            dom = _lookup_domain(conn, name)
+            if dom is None or not _force_off(dom):
+                return
+            try:
+                dom.undefineFlags(_UNDEFINE_FLAGS)
+            except libvirt.libvirtError as err:
+                code = _code(err)
+                if code == libvirt.VIR_ERR_NO_DOMAIN:
+                    return  # undefined concurrently
+                if code not in (
+                    libvirt.VIR_ERR_NO_SUPPORT,
+                    libvirt.VIR_ERR_INVALID_ARG,
+                    libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
+                ):
+                    raise
+                dom.undefine()  # a driver without those flags (e.g. the test driver)
+
+        self._call(f"removing desktop '{name}'", op)
+
+    def state(self, *, name: str) -> PowerState:
+        def op(conn: Conn) -> PowerState:
+            dom = _lookup_domain(conn, name)
+            if dom is None:
+                return PowerState.missing
+            try:
+                return _domain_state(dom)
+            except libvirt.libvirtError as err:
+                if _code(err) == libvirt.VIR_ERR_NO_DOMAIN:
+                    return PowerState.missing
+                raise
+
+        return self._call(f"reading the state of desktop '{name}'", op)
+
+    def list_domains(self, *, prefix: str) -> list[DomainInfo]:
+        def op(conn: Conn) -> list[DomainInfo]:
+            result = []
+            for dom in conn.listAllDomains(0):
+                if not str(dom.name()).startswith(prefix):
+                    continue
+                try:
+                    result.append(_domain_info(dom))
+                except libvirt.libvirtError as err:
+                    if _code(err) != libvirt.VIR_ERR_NO_DOMAIN:  # undefined meanwhile
+                        raise
+            return sorted(result, key=lambda d: d.name)
+
+        return self._call("listing desktop domains", op)
+
+    # --- console -------------------------------------------------------------------------
+
+    def console_endpoint(self, *, name: str) -> ConsoleEndpoint:
+        def op(conn: Conn) -> ConsoleEndpoint:
+            dom = _require_running(conn, name)
+            endpoint = vxml.parse_console_endpoint(dom.XMLDesc(0))
+            if endpoint is None:
+                raise HypervisorError(
+                    f"desktop domain '{name}' has no VNC or SPICE display listening",
+                    permanent=True,
+                )
+            return endpoint
+
+        return self._call(f"finding the console of desktop '{name}'", op)
+
+    def set_console_password(self, *, name: str, password: str, valid_for_s: int) -> None:
+        if not password:
+            raise HypervisorError(
+                "an empty console password would disable console authentication",
+                permanent=True,
+            )
+        if valid_for_s <= 0:
+            raise HypervisorError(
+                "a console password must be valid for at least 1 s", permanent=True
+            )
+
+        def op(conn: Conn) -> None:
+            dom = _require_running(conn, name)
+            valid_to = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=valid_for_s)
+            try:
+                device_xml = vxml.graphics_password_update_xml(
+                    dom.XMLDesc(0), password=password, valid_to=valid_to
+                )
+            except LookupError:
+                raise HypervisorError(
+                    f"desktop domain '{name}' has no VNC or SPICE display", permanent=True
+                ) from None
+            dom.updateDeviceFlags(device_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+        self._call(f"setting the console password of desktop '{name}'", op, secrets=(password,))
+
+    def screenshot(self, *, name: str) -> bytes:
+        def op(conn: Conn) -> bytes:
+            dom = _require_running(conn, name)
+            stream = conn.newStream(0)
+            chunks: list[bytes] = []
+            try:
+                dom.screenshot(stream, 0, 0)
+                while True:
+                    chunk = stream.recv(_STREAM_CHUNK)
+                    if isinstance(chunk, int):  # -2: would block (not on a blocking stream)
+                        continue
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                stream.finish()
+            except BaseException:
+                try:
+                    stream.abort()
+                except libvirt.libvirtError:
+                    pass
+                raise
+            return b"".join(chunks)
+
+        raw = self._call(f"taking a screenshot of desktop '{name}'", op)
+        try:
+            with Image.open(io.BytesIO(raw)) as image:
+                out = io.BytesIO()
+                image.save(out, format="PNG")
+        except (UnidentifiedImageError, OSError) as err:
+            raise HypervisorError(
+                f"screenshot of desktop '{name}' could not be decoded: {err}", permanent=False
+            ) from None
+        return out.getvalue()
+
+    # --- host ----------------------------------------------------------------------------
+
+    def kvm_available(self) -> bool:
+        cached = _kvm_cache.get(self.uri)
+        if cached is None:
+            cached = self._detect_kvm()
+            _kvm_cache[self.uri] = cached
+            log.info("KVM %s on %s", "available" if cached else "not available", self.uri)
+        return cached
+
+    def _detect_kvm(self) -> bool:
+        def caps(conn: Conn) -> None:
+            conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
+
+        try:
+            self._call("reading KVM domain capabilities", caps)
+        except HypervisorError as err:
+            if not err.permanent:
+                raise  # could not ask; do not cache a guess
+            return False
+        if _is_local_qemu(self.uri):
+            return run_kvm_probe()
+        return True

@@ -1,0 +1,94 @@
+"""Plain data the hypervisor layer takes and returns (no libvirt objects leak out)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+__all__ = [
+    "ConsoleEndpoint",
+    "DomainInfo",
+    "DomainSpec",
+    "GraphicsType",
+    "PowerState",
+    "VirtType",
+    "VolumeInfo",
+]
+
+VirtType = Literal["kvm", "qemu"]
+
+
+class PowerState(StrEnum):
+    """What a domain is doing, reduced to what the portal cares about."""
+
+    running = "running"
+    paused = "paused"
+    shutoff = "shutoff"
+    crashed = "crashed"
+    missing = "missing"  # no domain of that name is defined
+    other = "other"  # nostate, pmsuspended, ...
+
+
+class GraphicsType(StrEnum):
+    """Remote display protocol QEMU serves for a desktop."""
+
+    vnc = "vnc"
+    spice = "spice"
+
+
+@dataclass(frozen=True, slots=True)
+class DomainSpec:
+    """Everything needed to define one desktop's domain.
+
+    ``console_password`` is the password set in the persistent definition; per-session
+    passwords are set later with ``set_console_password``. VNC authentication only uses the
+    first 8 characters of a password (a limit of the RFB protocol's DES scheme).
+    """
+
+    name: str
+    vcpus: int
+    memory_mib: int
+    disk_path: str
+    graphics: GraphicsType
+    virt_type: VirtType
+    title: str
+    description: str
+    desktop_id: str
+    console_password: str = field(repr=False)
+    console_password_valid_to: dt.datetime | None = None
+    listen_address: str = "127.0.0.1"
+    disk_format: str = "qcow2"
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfo:
+    """A defined domain as libvirt reports it."""
+
+    name: str
+    uuid: str
+    state: PowerState
+    desktop_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeInfo:
+    """A storage volume; ``backing_path`` is set for linked clones (qcow2 overlays)."""
+
+    name: str
+    path: str
+    capacity_bytes: int
+    allocation_bytes: int
+    backing_path: str | None
+    format: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleEndpoint:
+    """Where the guest's display really listens, as read from the live domain."""
+
+    type: GraphicsType
+    host: str
+    port: int
+    tls_port: int | None

@@ -1,0 +1,304 @@
+"""Domain, volume and pool XML, built and parsed with ElementTree only.
+
+Names, titles, descriptions and paths can come from users, so nothing here is built by string
+formatting: ElementTree escapes text and attributes. Characters XML 1.0 cannot carry (most
+control characters) are dropped, and titles are kept on one line (libvirt rejects newlines).
+
+VNC share policy: QEMU's default (``allow-exclusive``) lets any client that asks for exclusive
+access disconnect everybody else. Desktops are watched by several people at once (the owner
+plus help-desk), so domains are defined with ``sharePolicy='force-shared'``: every client must
+ask for a shared session, and a client asking for exclusive access is refused instead of
+kicking the others. noVNC asks for a shared session by default (``shared: true``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import xml.etree.ElementTree as ET
+from typing import Final
+
+from .types import ConsoleEndpoint, DomainSpec, GraphicsType, VolumeInfo
+
+__all__ = [
+    "METADATA_NS",
+    "VALID_TO_FORMAT",
+    "build_domain_xml",
+    "build_pool_xml",
+    "build_volume_xml",
+    "graphics_password_update_xml",
+    "parse_console_endpoint",
+    "parse_desktop_id",
+    "parse_physical_bytes",
+    "parse_pool_path",
+    "parse_volume",
+    "passwd_valid_to",
+]
+
+METADATA_NS: Final = "urn:desktop-portal:1"
+METADATA_PREFIX: Final = "portal"
+VALID_TO_FORMAT: Final = "%Y-%m-%dT%H:%M:%S"  # UTC, what libvirt expects
+TCG_TB_CACHE_MIB: Final = 16
+VNC_SHARE_POLICY: Final = "force-shared"
+
+_NOT_XML_CHARS: Final = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _clean(text: str) -> str:
+    """Drop characters XML 1.0 cannot represent."""
+    return _NOT_XML_CHARS.sub("", text)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(_clean(text).splitlines()).strip()
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrib)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def _to_string(root: ET.Element) -> str:
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode")
+
+
+def passwd_valid_to(when: dt.datetime) -> str:
+    """Format an aware (or UTC-naive) datetime the way libvirt's ``passwdValidTo`` wants it."""
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.UTC)
+    return when.strftime(VALID_TO_FORMAT)
+
+
+def build_domain_xml(spec: DomainSpec) -> str:
+    """The persistent definition of a desktop's domain."""
+    if spec.virt_type not in ("kvm", "qemu"):
+        raise ValueError(f"virt_type must be 'kvm' or 'qemu', not {spec.virt_type!r}")
+    if spec.vcpus < 1 or spec.memory_mib < 16:
+        raise ValueError("a domain needs at least 1 vCPU and 16 MiB of memory")
+
+    root = ET.Element("domain", type=spec.virt_type)
+    _sub(root, "name", _clean(spec.name))
+    _sub(root, "title", _one_line(spec.title))
+    _sub(root, "description", _clean(spec.description))
+    metadata = _sub(root, "metadata")
+    # A literal prefixed tag keeps the namespace declaration on the element itself.
+    _sub(
+        metadata,
+        f"{METADATA_PREFIX}:desktop",
+        **{f"xmlns:{METADATA_PREFIX}": METADATA_NS, "id": _clean(spec.desktop_id)},
+    )
+    _sub(root, "memory", str(spec.memory_mib), unit="MiB")
+    _sub(root, "currentMemory", str(spec.memory_mib), unit="MiB")
+    _sub(root, "vcpu", str(spec.vcpus), placement="static")
+
+    os_el = _sub(root, "os")
+    _sub(os_el, "type", "hvm", arch="x86_64")
+    _sub(os_el, "boot", dev="hd")
+
+    features = _sub(root, "features")
+    _sub(features, "acpi")
+    _sub(features, "apic")
+    if spec.virt_type == "qemu":
+        # A smaller translation-block cache than QEMU's default cuts each TCG guest's RSS.
+        tcg = _sub(features, "tcg")
+        _sub(tcg, "tb-cache", str(TCG_TB_CACHE_MIB), unit="MiB")
+
+    _sub(root, "clock", offset="utc")
+    _sub(root, "on_poweroff", "destroy")
+    _sub(root, "on_reboot", "restart")
+    _sub(root, "on_crash", "destroy")
+
+    devices = _sub(root, "devices")
+    disk = _sub(devices, "disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu", type=spec.disk_format, discard="unmap")
+    _sub(disk, "source", file=spec.disk_path)
+    _sub(disk, "target", dev="vda", bus="virtio")
+
+    # A serial console for debugging (``virsh console``); nothing reads it otherwise.
+    serial = _sub(devices, "serial", type="pty")
+    _sub(serial, "target", port="0")
+    console = _sub(devices, "console", type="pty")
+    _sub(console, "target", type="serial", port="0")
+
+    _sub(devices, "input", type="tablet", bus="usb")
+
+    kind = GraphicsType(spec.graphics)  # also accepts the plain string "vnc"/"spice"
+    graphics_attrs = {
+        "type": kind.value,
+        "autoport": "yes",
+        "listen": spec.listen_address,
+        "passwd": spec.console_password,
+    }
+    if spec.console_password_valid_to is not None:
+        graphics_attrs["passwdValidTo"] = passwd_valid_to(spec.console_password_valid_to)
+    if kind is GraphicsType.vnc:
+        graphics_attrs["sharePolicy"] = VNC_SHARE_POLICY
+    graphics = _sub(devices, "graphics", **graphics_attrs)
+    _sub(graphics, "listen", type="address", address=spec.listen_address)
+
+    video = _sub(devices, "video")
+    _sub(video, "model", type="vga")
+    return _to_string(root)
+
+
+def build_volume_xml(
+    *,
+    name: str,
+    capacity_bytes: int,
+    fmt: str = "qcow2",
+    backing_path: str | None = None,
+    backing_format: str = "qcow2",
+    allocation_bytes: int | None = None,
+) -> str:
+    """A file volume; with ``backing_path`` a qcow2 overlay (linked clone) of that file."""
+    if capacity_bytes < 0:
+        raise ValueError("capacity_bytes must not be negative")
+    root = ET.Element("volume", type="file")
+    _sub(root, "name", _clean(name))
+    _sub(root, "capacity", str(capacity_bytes), unit="bytes")
+    if allocation_bytes is not None:
+        _sub(root, "allocation", str(allocation_bytes), unit="bytes")
+    target = _sub(root, "target")
+    _sub(target, "format", type=fmt)
+    if fmt == "qcow2":
+        # qcow2 v3 (libvirt otherwise makes v2): zero clusters, so discards stay cheap.
+        _sub(target, "compat", "1.1")
+    if backing_path is not None:
+        backing = _sub(root, "backingStore")
+        _sub(backing, "path", backing_path)
+        _sub(backing, "format", type=backing_format)
+    return _to_string(root)
+
+
+def build_pool_xml(*, name: str, path: str) -> str:
+    """A directory storage pool."""
+    root = ET.Element("pool", type="dir")
+    _sub(root, "name", _clean(name))
+    target = _sub(root, "target")
+    _sub(target, "path", path)
+    return _to_string(root)
+
+
+def parse_pool_path(pool_xml: str) -> str | None:
+    """The target directory of a storage pool."""
+    root = ET.fromstring(pool_xml)  # noqa: S314 - XML comes from libvirtd, not users
+    return root.findtext("./target/path")
+
+
+def parse_desktop_id(domain_xml: str) -> str | None:
+    """The desktop id stored in our ``<metadata>`` element, if any."""
+    root = ET.fromstring(domain_xml)  # noqa: S314 - XML comes from libvirtd, not users
+    el = root.find(f"./metadata/{{{METADATA_NS}}}desktop")
+    if el is None:
+        return None
+    return el.get("id")
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        return None
+    return number if number > 0 else None
+
+
+def parse_console_endpoint(domain_xml: str) -> ConsoleEndpoint | None:
+    """The first VNC or SPICE display of a live domain, or None if it has no usable port.
+
+    The port is the one QEMU really got (``autoport``); a defined-but-stopped domain reports
+    ``port='-1'`` and yields None.
+    """
+    root = ET.fromstring(domain_xml)  # noqa: S314 - XML comes from libvirtd, not users
+    for graphics in root.findall("./devices/graphics"):
+        kind = graphics.get("type")
+        if kind not in (GraphicsType.vnc.value, GraphicsType.spice.value):
+            continue
+        port = _int_or_none(graphics.get("port"))
+        tls_port = _int_or_none(graphics.get("tlsPort"))
+        if port is None and tls_port is None:
+            return None
+        host = graphics.get("listen")
+        listen = graphics.find("./listen[@type='address']")
+        if listen is not None and listen.get("address"):
+            host = listen.get("address")
+        if not host or host in ("0.0.0.0", "::"):  # noqa: S104 - we only read it
+            host = "127.0.0.1"
+        return ConsoleEndpoint(
+            type=GraphicsType(kind),
+            host=host,
+            port=port if port is not None else -1,
+            tls_port=tls_port,
+        )
+    return None
+
+
+def graphics_password_update_xml(
+    live_domain_xml: str, *, password: str, valid_to: dt.datetime | None
+) -> str:
+    """The live ``<graphics>`` element with a new password, for ``updateDeviceFlags``.
+
+    libvirt refuses a graphics update that changes anything it cannot change live (listen
+    address, port), so the element is copied from the live XML and only the password changes.
+    """
+    root = ET.fromstring(live_domain_xml)  # noqa: S314 - XML comes from libvirtd, not users
+    for graphics in root.findall("./devices/graphics"):
+        if graphics.get("type") in (GraphicsType.vnc.value, GraphicsType.spice.value):
+            graphics.set("passwd", password)
+            if valid_to is None:
+                graphics.attrib.pop("passwdValidTo", None)
+            else:
+                graphics.set("passwdValidTo", passwd_valid_to(valid_to))
+            graphics.tail = None
+            return ET.tostring(graphics, encoding="unicode")
+    raise LookupError("domain has no VNC or SPICE display")
+
+
+def _bytes_of(el: ET.Element | None) -> int:
+    if el is None or el.text is None:
+        return 0
+    value = int(el.text)
+    unit = (el.get("unit") or "bytes").lower()
+    scale = {
+        "b": 1,
+        "bytes": 1,
+        "k": 1024,
+        "kib": 1024,
+        "m": 1024**2,
+        "mib": 1024**2,
+        "g": 1024**3,
+        "gib": 1024**3,
+        "t": 1024**4,
+        "tib": 1024**4,
+        "kb": 1000,
+        "mb": 1000**2,
+        "gb": 1000**3,
+        "tb": 1000**4,
+    }
+    return value * scale.get(unit, 1)
+
+
+def parse_volume(volume_xml: str) -> VolumeInfo:
+    """A ``VolumeInfo`` from a volume's XML description."""
+    root = ET.fromstring(volume_xml)  # noqa: S314 - XML comes from libvirtd, not users
+    backing = root.findtext("./backingStore/path")
+    fmt_el = root.find("./target/format")
+    return VolumeInfo(
+        name=root.findtext("./name") or "",
+        path=root.findtext("./target/path") or "",
+        capacity_bytes=_bytes_of(root.find("./capacity")),
+        allocation_bytes=_bytes_of(root.find("./allocation")),
+        backing_path=backing or None,
+        format=fmt_el.get("type") if fmt_el is not None else None,
+    )
+
+
+def parse_physical_bytes(volume_xml: str) -> int | None:
+    """The on-disk file size libvirt reports for a file volume (``<physical>``), if any."""
+    root = ET.fromstring(volume_xml)  # noqa: S314 - XML comes from libvirtd, not users
+    el = root.find("./physical")
+    return _bytes_of(el) if el is not None else None

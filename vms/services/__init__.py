@@ -1,0 +1,1 @@
+"""Services: the only writers of desktop state (see DESIGN.md section 2)."""
