@@ -23,6 +23,32 @@ def read(parser: Callable[..., T], name: str, *, default: Any) -> T:
         raise ImproperlyConfigured(f"Environment variable {name} has a bad value: {exc}") from exc
 
 
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
+
+
+def flag(env: Any, name: str, *, default: bool) -> bool:
+    """A strict boolean: django-environ reads any unknown word as False, silently."""
+    raw = env.str(name, default=str(default)).strip().lower()
+    if raw not in TRUE_WORDS | FALSE_WORDS:
+        raise ImproperlyConfigured(
+            f"Environment variable {name} must be true or false (got {raw!r})"
+        )
+    return raw in TRUE_WORDS
+
+
+KNOWN_ENGINES = ("sqlite3", "postgresql", "mysql")
+
+
+def database(config: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a DATABASE_URL whose scheme django-environ could not map to a backend."""
+    if config.get("ENGINE", "").rsplit(".", 1)[-1] not in KNOWN_ENGINES:
+        raise ImproperlyConfigured(
+            "Environment variable DATABASE_URL must start with sqlite://, postgres:// or mysql://"
+        )
+    return config
+
+
 def choice(value: str, name: str, allowed: Iterable[str]) -> str:
     """Return `value` if it is one of `allowed`, else fail naming the variable."""
     options = tuple(allowed)

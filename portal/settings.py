@@ -20,9 +20,9 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DATA_DIR = Path(envcheck.read(env.str, "PORTAL_DATA_DIR", default=str(BASE_DIR / "var")))
-DEBUG = envcheck.read(env.bool, "DJANGO_DEBUG", default=False)
+DEBUG = envcheck.flag(env, "DJANGO_DEBUG", default=False)
 # Production mode: the portal sits behind a TLS-terminating proxy (see README "Deployment").
-TLS = envcheck.read(env.bool, "PORTAL_TLS", default=False)
+TLS = envcheck.flag(env, "PORTAL_TLS", default=False)
 
 
 def _secret_key() -> str:
@@ -103,8 +103,8 @@ TEMPLATES = [
 # SQLite by default: WAL lets readers run beside the writer, and IMMEDIATE transactions
 # take the write lock up front so concurrent writers queue instead of failing mid-way.
 DATABASES = {
-    "default": envcheck.read(
-        env.db_url, "DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'db.sqlite3'}"
+    "default": envcheck.database(
+        envcheck.read(env.db_url, "DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'db.sqlite3'}")
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

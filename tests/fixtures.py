@@ -24,6 +24,7 @@ from vms.hypervisor import get_hypervisor
 from vms.models import Desktop, Host, Template
 from vms.roles import EMPLOYEE_GROUP, HELPDESK_GROUP
 from vms.services.templates import base_volume_name
+from vms.settings_access import name_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,15 +97,19 @@ def fake_template(fake_host: Host, employee: Any) -> Template:
 
 
 @pytest.fixture
-def local_host(db: None) -> Host:
-    """Host 'local' on the real libvirtd, with the test storage pool."""
+def local_host(db: None) -> Iterator[Host]:
+    """Host 'local' on the real libvirtd, with the test storage pool. Every domain and
+    volume with the tests' name prefix is removed afterwards, whatever the test did."""
     host = Host.objects.create(
         name="local", libvirt_uri=settings.LIBVIRT_URI, storage_pool=settings.STORAGE_POOL_NAME
     )
-    get_hypervisor(host.libvirt_uri).ensure_pool(
-        name=host.storage_pool, path=settings.STORAGE_POOL_PATH
-    )
-    return host
+    hypervisor = get_hypervisor(host.libvirt_uri)
+    hypervisor.ensure_pool(name=host.storage_pool, path=settings.STORAGE_POOL_PATH)
+    yield host
+    for domain in hypervisor.list_domains(prefix=name_prefix()):
+        hypervisor.undefine(name=domain.name)
+    for volume in hypervisor.list_volumes(pool=host.storage_pool, prefix=name_prefix()):
+        hypervisor.delete_volume(pool=host.storage_pool, name=volume.name)
 
 
 @pytest.fixture

@@ -1,0 +1,119 @@
+"""Platform: settings from the environment, /healthz, the first-run set-up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _django_check(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings", **env},
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RECONCILE_INTERVAL_S", "soon"),
+        ("DJANGO_DEBUG", "maybe"),
+        ("VIRT_TYPE", "xen"),
+        ("REDIS_URL", "http://127.0.0.1:6379"),
+        ("CSRF_TRUSTED_ORIGINS", "portal.example.com"),
+        ("DATABASE_URL", "nosuchdb://x"),
+        ("CONSOLE_TICKET_TTL_S", "600"),
+        ("SECRET_KEY", "short"),
+    ],
+)
+def test_a_bad_setting_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
+    done = _django_check(**{variable: value})
+    assert done.returncode != 0
+    assert "ImproperlyConfigured" in done.stderr
+    assert variable in done.stderr
+
+
+def test_good_settings_pass_the_check() -> None:
+    done = _django_check()
+    assert done.returncode == 0, done.stderr
+
+
+def test_deploy_check_is_clean_with_production_settings() -> None:
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "portal.settings",
+            "PORTAL_TLS": "true",
+            "SECRET_KEY": "k" * 20 + "Qz8#vT2!pL9@xW4$" + "m" * 30,
+            "ALLOWED_HOSTS": "portal.example.com",
+        },
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.django_db
+def test_healthz_reports_each_part_and_never_raises(client, settings, local_host) -> None:
+    from django.utils import timezone
+
+    from vms.models import Host
+
+    Host.objects.filter(pk=local_host.pk).update(last_checked_at=timezone.now(), last_check_ok=True)
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    response = client.get("/healthz")
+    body = response.json()
+    assert response.status_code == 503
+    assert set(body["checks"]) == {"database", "redis", "celery", "libvirt"}
+    assert body["checks"]["database"]["ok"] is True
+    assert body["checks"]["libvirt"]["ok"] is True
+    assert body["checks"]["redis"]["ok"] is False
+    assert "Connection" in body["checks"]["redis"]["detail"]
+
+
+@pytest.mark.django_db
+def test_healthz_flags_a_stale_host(client, local_host) -> None:
+    response = client.get("/healthz")
+    assert response.json()["checks"]["libvirt"] == {"ok": False, "detail": "local: not checked yet"}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.libvirt
+def test_healthz_all_green_with_worker_and_heartbeat(client, celery_worker, local_host) -> None:
+    from vms.services.hosts import host_heartbeat
+
+    assert host_heartbeat(host=local_host)
+    response = client.get("/healthz")
+    assert response.status_code == 200, response.content
+    assert all(check["ok"] for check in response.json()["checks"].values())
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.libvirt
+def test_first_run_setup_is_idempotent(settings) -> None:
+    from django.contrib.auth import get_user_model
+
+    from vms.models import Host, Template
+    from vms.services.demo import DEMO_TEMPLATE, setup_single_machine
+
+    made = setup_single_machine(env_passwords={"employee": "from-env-pw"})
+    assert {login.username for login in made} == {"admin", "employee", "helpdesk"}
+    assert get_user_model().objects.get(username="employee").check_password("from-env-pw")
+    template = Template.objects.get(name=DEMO_TEMPLATE)
+    assert template.assigned_groups.filter(name="employee").exists()
+    assert Host.objects.get(name="local").last_check_ok
+    assert setup_single_machine(env_passwords={}) == []
+    assert Template.objects.count() == 1
