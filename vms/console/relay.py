@@ -79,6 +79,8 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(desktop_group(self.desktop_id), self.channel_name)
         self.browser_side = DownstreamHandshake()
         await self.send(bytes_data=self.browser_side.start())
+        # The guest's ServerInit goes to the browser as soon as its ClientInit arrives.
+        self.browser_side.server_init(self.guest.server_init)
         self.tasks = [
             asyncio.create_task(self._guest_to_browser()),
             asyncio.create_task(self._watch_access()),
@@ -100,8 +102,6 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
         if reply:
             await self.send(bytes_data=reply)
         if self.browser_side.done:
-            assert self.guest is not None
-            await self.send(bytes_data=self.browser_side.server_init(self.guest.server_init))
             await self._to_guest(self.client_filter.feed(self.browser_side.leftover))
 
     async def _to_guest(self, data: bytes) -> None:
