@@ -20,6 +20,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from rest_framework.test import APIClient
 
+from tests.servers import server_env
 from vms.hypervisor import get_hypervisor
 from vms.models import Desktop, Host, Template
 from vms.roles import EMPLOYEE_GROUP, HELPDESK_GROUP
@@ -138,9 +139,7 @@ def celery_worker(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker (prefork, 2 processes) on the test database and test Redis."""
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    env = dict(
-        os.environ, DJANGO_SETTINGS_MODULE="portal.test_settings", DATABASE_URL=_test_database_url()
-    )
+    env = server_env()
     log = open(ROOT / "var" / "test-worker.log", "wb")
     worker = subprocess.Popen(
         [
@@ -174,14 +173,6 @@ def celery_worker(
     except subprocess.TimeoutExpired:
         worker.kill()
     log.close()
-
-
-def _test_database_url() -> str:
-    db = settings.DATABASES["default"]
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    auth = f"{db['USER']}:{db['PASSWORD'] or ''}"
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
 def _wait_for_worker(worker: subprocess.Popen[bytes]) -> None:

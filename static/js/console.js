@@ -79,6 +79,7 @@ async function connect() {
     if (message) setStatus(message, event.code === 1000 ? "info" : "error");
   });
   rfb = new RFB(screen, socket, { shared: true });
+  window.portalConsole = rfb; // for people debugging from the browser's console
   rfb.viewOnly = mode === "view"; // a courtesy: the relay enforces view-only itself
   rfb.scaleViewport = document.getElementById("btn-scale").getAttribute("aria-pressed") === "true";
   rfb.addEventListener("connect", () => {

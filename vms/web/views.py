@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, render
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
 from vms.console.services import default_mode
 from vms.health import health_report
 from vms.selectors import desktops_visible_to, templates_for_user
+from vms.services import desktops
+from vms.services.errors import ServiceError
 from vms.services.quotas import effective_quota, usage
+from vms.web.client import client_ip
 
 
 @require_GET
@@ -33,6 +37,12 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "desktops": desktops_visible_to(user=request.user).filter(owner=request.user),
         "quota": effective_quota(user=request.user),
         "used": usage(user=request.user),
+        "desktop_actions": [
+            ("start", "Start"),
+            ("stop", "Stop"),
+            ("reboot", "Reboot"),
+            ("delete", "Delete"),
+        ],
     }
     return render(request, "vms/dashboard.html", context)
 
@@ -49,3 +59,50 @@ def console_page(request: HttpRequest, pk: str) -> HttpResponse:
         "mode": default_mode(user=request.user, desktop=desktop),
     }
     return render(request, "vms/console.html", context)
+
+
+@login_required
+@require_POST
+def launch(request: HttpRequest) -> HttpResponse:
+    """Launch a desktop from the dashboard (the form twin of POST /api/desktops/)."""
+    try:
+        template_id = int(request.POST.get("template", ""))
+        desktop = desktops.desktop_create(
+            user=request.user,
+            template_id=template_id,
+            name=request.POST.get("name", ""),
+            source_ip=client_ip(request),
+        )
+    except ValueError:
+        messages.error(request, "Choose a template to launch.")
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{desktop.name} is being prepared.")
+    return redirect("dashboard")
+
+
+ACTIONS = {
+    "start": desktops.desktop_start,
+    "stop": desktops.desktop_stop,
+    "force-stop": desktops.desktop_force_stop,
+    "reboot": desktops.desktop_reboot,
+    "delete": desktops.desktop_delete,
+}
+
+
+@login_required
+@require_POST
+def desktop_action(request: HttpRequest, pk: str, action: str) -> HttpResponse:
+    """Power actions and delete from the pages (404 unless the user may see the desktop)."""
+    desktop = get_object_or_404(desktops_visible_to(user=request.user), pk=pk)
+    service = ACTIONS.get(action)
+    if service is None:
+        raise Http404("No such action.")
+    try:
+        service(actor=request.user, desktop=desktop, source_ip=client_ip(request))
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{desktop.name}: {action.replace('-', ' ')} requested.")
+    return redirect(request.POST.get("next") or "dashboard")

@@ -1,0 +1,120 @@
+"""Browser tests: real Chromium (Debian's) driven by Playwright against a real daphne."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.servers import daphne_command, free_port, running
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def portal_url(django_db_setup: None, celery_worker: Any) -> Iterator[str]:
+    """The portal served by daphne on a free loopback port, on the test database."""
+    port = free_port()
+    with running(
+        daphne_command(port),
+        port=port,
+        log_name="test-daphne.log",
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+    ):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    # Playwright's sync API keeps an event loop running in this thread, which makes Django
+    # refuse ORM calls from the test body; the tests are plain synchronous code.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+    del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+
+
+def logged_in_page(browser: Browser, portal_url: str, username: str) -> Page:
+    """A fresh browser context (its own cookies) logged in through the real login form."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(f"{portal_url}/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", "pw-for-tests")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{portal_url}/")
+    return page
+
+
+SHIFTED = {"$": "Digit4", "!": "Digit1", "|": "Backslash", ">": "Period", "_": "Minus"}
+
+
+def type_like_a_person(page: Page, text: str) -> None:
+    """Type as a keyboard would: Shift is a key of its own (QEMU reads scancodes, so a
+    bare '$' without Shift would arrive as '4')."""
+    for char in text:
+        if char in SHIFTED or char.isupper():
+            page.keyboard.down("Shift")
+            page.keyboard.press(SHIFTED.get(char, f"Key{char.upper()}"))
+            page.keyboard.up("Shift")
+        elif char == "\n":
+            page.keyboard.press("Enter")
+        else:
+            page.keyboard.press(char)
+        time.sleep(0.02)
+
+
+def ocr(png: bytes) -> str:
+    """Text in a screenshot (tesseract; the image is scaled up for the VGA font)."""
+    from io import BytesIO
+
+    from PIL import Image, ImageOps
+
+    # Light-on-dark VGA text reads best as black on white, binarised, at twice the size.
+    image = Image.open(BytesIO(png)).convert("L")
+    image = image.resize((image.width * 2, image.height * 2), Image.LANCZOS)
+    image = ImageOps.invert(image.point(lambda level: 255 if level > 90 else 0))
+    buffer = BytesIO()
+    image.save(buffer, format="PNG")
+    done = subprocess.run(
+        ["tesseract", "-", "-", "--psm", "6"],
+        input=buffer.getvalue(),
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout.decode(errors="replace")
+
+
+def wait_for_text(read_png: Any, pattern: str, *, timeout: float = 30) -> str:
+    """Poll screenshots until their text matches `pattern`; return the text.
+
+    Spaces are removed before matching (OCR splits words of the VGA font at random:
+    "hel lo"), so write patterns without spaces, and allow for look-alikes (l/1, $/S).
+    """
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = re.sub(r"[ \t]+", "", ocr(read_png()))
+        if re.search(pattern, text):
+            return text
+        time.sleep(1)
+    raise AssertionError(f"{pattern!r} never appeared on screen; last text:\n{text}")
