@@ -1,0 +1,127 @@
+"""Both console relays, run as real servers: the Channels relay inside daphne and the
+websockify gateway (`manage.py consoleproxy`). The protocol tests run against each."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import websockets
+from django.test import Client
+
+from tests.servers import daphne_command, free_port, running
+
+ORIGIN = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True)
+class Relay:
+    """A running relay: its name (as recorded in console sessions) and base URL."""
+
+    name: str
+    url: str
+
+
+@pytest.fixture(scope="session")
+def channels_relay(django_db_setup: None) -> Iterator[Relay]:
+    port = free_port()
+    with running(
+        daphne_command(port),
+        port=port,
+        log_name="test-relay-daphne.log",
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+    ):
+        yield Relay("channels", f"ws://127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="session")
+def gateway_relay(django_db_setup: None) -> Iterator[Relay]:
+    port = free_port()
+    command = [sys.executable, "manage.py", "consoleproxy", "--listen", f"127.0.0.1:{port}"]
+    with running(
+        command, port=port, log_name="test-gateway.log", ALLOWED_HOSTS="127.0.0.1,localhost"
+    ):
+        yield Relay("gateway", f"ws://127.0.0.1:{port}")
+
+
+@pytest.fixture(params=["channels", "gateway"])
+def relay(request: pytest.FixtureRequest) -> Relay:
+    """One relay (each test that asks for it runs against both)."""
+    relay: Relay = request.getfixturevalue(f"{request.param}_relay")
+    return relay
+
+
+@dataclass
+class Outcome:
+    """How a console connection ended: a close code and reason, or a ServerInit."""
+
+    code: int | None
+    reason: str
+    server_init: bytes = b""
+
+
+def session_cookie(user: Any) -> str:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}"
+
+
+def mint_ticket(user: Any, desktop: Any, **body: str) -> dict[str, Any]:
+    """A console ticket from the real API, as the console page gets it."""
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.force_login(user)
+    response = api.post(f"/api/desktops/{desktop.pk}/console/", body, format="json")
+    assert response.status_code == 200, response.content
+    return dict(response.json())
+
+
+async def _handshake(
+    url: str, ticket: str, origin: str, cookie: str | None, after: bytes
+) -> Outcome:
+    headers = {"Cookie": cookie} if cookie else None
+    async with websockets.connect(
+        url,
+        subprotocols=["binary", f"ticket.{ticket}"],
+        origin=origin,
+        additional_headers=headers,
+        open_timeout=10,
+    ) as ws:
+        try:
+            assert await asyncio.wait_for(ws.recv(), 20) == b"RFB 003.008\n"
+            await ws.send(b"RFB 003.008\n")
+            assert await asyncio.wait_for(ws.recv(), 10) == b"\x01\x01"  # only "None"
+            await ws.send(b"\x01")
+            assert await asyncio.wait_for(ws.recv(), 10) == b"\x00\x00\x00\x00"
+            await ws.send(b"\x01")
+            server_init = await asyncio.wait_for(ws.recv(), 10)
+            if after:
+                await ws.send(after)
+                await asyncio.sleep(0.5)
+            return Outcome(None, "", bytes(server_init))
+        except websockets.ConnectionClosed as closed:
+            return Outcome(
+                closed.rcvd.code if closed.rcvd else None, closed.rcvd.reason if closed.rcvd else ""
+            )
+
+
+def connect(
+    relay: str,
+    desktop: Any,
+    ticket: str,
+    *,
+    origin: str = ORIGIN,
+    cookie: str | None = None,
+    after: bytes = b"",
+) -> Outcome:
+    """Open a console through `relay` and do the browser's side of the RFB handshake."""
+    url = f"{relay}/ws/console/{desktop.pk}/"
+    try:
+        return asyncio.run(_handshake(url, ticket, origin, cookie, after))
+    except websockets.InvalidStatus as refused:
+        return Outcome(refused.response.status_code, "refused at the upgrade")
