@@ -222,6 +222,8 @@ if not 5 <= CONSOLE_TICKET_TTL_S <= 60:
 CONSOLE_MAX_SESSIONS_PER_USER = envcheck.read(env.int, "CONSOLE_MAX_SESSIONS_PER_USER", default=4)
 # How often an open console re-checks that its user may still see the desktop.
 CONSOLE_RECHECK_S = envcheck.read(env.float, "CONSOLE_RECHECK_S", default=10.0)
+# Where `manage.py consoleproxy` (the websockify gateway) listens.
+CONSOLE_GATEWAY_LISTEN = envcheck.read(env.str, "CONSOLE_GATEWAY_LISTEN", default="127.0.0.1:6080")
 
 # Site-wide quota for users with neither a personal nor a group quota.
 DEFAULT_QUOTA = {

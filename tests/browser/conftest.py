@@ -38,8 +38,9 @@ def portal_url(django_db_setup: None, celery_worker: Any) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
+    """Chromium for this package's tests only: Playwright's loop must be gone afterwards."""
     # Playwright's sync API keeps an event loop running in this thread, which makes Django
     # refuse ORM calls from the test body; the tests are plain synchronous code.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
@@ -104,16 +105,20 @@ def ocr(png: bytes) -> str:
     return done.stdout.decode(errors="replace")
 
 
+DASHES = str.maketrans({"\u2014": "-", "\u2013": "-"})  # em and en dash, as OCR reads "-"
+
+
 def wait_for_text(read_png: Any, pattern: str, *, timeout: float = 30) -> str:
     """Poll screenshots until their text matches `pattern`; return the text.
 
     Spaces are removed before matching (OCR splits words of the VGA font at random:
-    "hel lo"), so write patterns without spaces, and allow for look-alikes (l/1, $/S).
+    "hel lo"), so write patterns without spaces, and allow for look-alikes (l/1, $/S);
+    long dashes are read as hyphens.
     """
     deadline = time.monotonic() + timeout
     text = ""
     while time.monotonic() < deadline:
-        text = re.sub(r"[ \t]+", "", ocr(read_png()))
+        text = re.sub(r"[ \t]+", "", ocr(read_png())).translate(DASHES)
         if re.search(pattern, text):
             return text
         time.sleep(1)

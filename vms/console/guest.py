@@ -15,7 +15,7 @@ import redis.asyncio
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from vms.console.rfb import RfbProtocolError, UpstreamHandshake
+from vms.console.rfb import SECURITY_VNC_AUTH, RfbProtocolError, UpstreamHandshake
 from vms.console.services import GuestAccess, console_arm
 from vms.models import ConsoleSession
 
@@ -64,6 +64,7 @@ async def _handshake(access: GuestAccess) -> GuestLink:
         if reply:
             writer.write(reply)
             await writer.drain()
+    _require_password(handshake)
     return GuestLink(reader, writer, handshake.server_init, handshake.leftover)
 
 
@@ -95,5 +96,12 @@ def _handshake_blocking(access: GuestAccess) -> tuple[socket.socket, bytes, byte
         reply = handshake.receive(data)
         if reply:
             sock.sendall(reply)
+    _require_password(handshake)
     sock.settimeout(None)
     return sock, handshake.server_init, handshake.leftover
+
+
+def _require_password(handshake: UpstreamHandshake) -> None:
+    """Refuse a display that let us in without a password: it would let anyone in."""
+    if handshake.security_type != SECURITY_VNC_AUTH:
+        raise RfbProtocolError("the guest's display does not require a password")

@@ -293,7 +293,7 @@ class UpstreamHandshake:
         self._buffer.feed(data)
         out = bytearray()
         try:
-            while self._state is not _Up.DONE:
+            while not self.done:
                 produced = self._step()
                 if produced is None:
                     break
@@ -302,7 +302,7 @@ class UpstreamHandshake:
             self._state = _Up.FAILED
             self._password = None
             raise
-        if self._state is _Up.DONE:
+        if self.done:
             self._leftover = self._buffer.take_all()
         return bytes(out)
 
@@ -634,6 +634,9 @@ _QEMU_AUDIO_ENABLE = 0
 _QEMU_AUDIO_DISABLE = 1
 _QEMU_AUDIO_SET_FORMAT = 2
 
+_MAX_HEADER = 9
+"""The most bytes needed to know a message's length (ClientFence: 8 + payload length)."""
+
 _Frame = tuple[ClientMessageType, int]
 """A message's type and total length in bytes."""
 
@@ -699,19 +702,15 @@ class ClientMessageFilter:
         dropped: list[ClientMessageType] = []
         offset = 0
         try:
-            view = memoryview(self._buffer)
-            try:
-                while (frame := self._frame(view[offset:])) is not None:
-                    kind, length = frame
-                    message = bytes(view[offset : offset + length])
-                    offset += length
-                    if self.view_only and kind not in VIEW_ONLY_FORWARDED:
-                        dropped.append(kind)
-                        continue
-                    out += self._rewrite(kind, message)
-                    forwarded.append(kind)
-            finally:
-                view.release()
+            while (frame := self._frame(offset)) is not None:
+                kind, length = frame
+                message = bytes(self._buffer[offset : offset + length])
+                offset += length
+                if self.view_only and kind not in VIEW_ONLY_FORWARDED:
+                    dropped.append(kind)
+                    continue
+                out += self._rewrite(kind, message)
+                forwarded.append(kind)
         except RfbProtocolError:
             self._failed = True
             self._buffer.clear()
@@ -733,13 +732,16 @@ class ClientMessageFilter:
 
     # -- framing -------------------------------------------------------------------------
 
-    def _frame(self, data: memoryview) -> _Frame | None:
-        """Return the type and total length of the message at the start of ``data``.
+    def _frame(self, offset: int) -> _Frame | None:
+        """Return the type and total length of the buffered message starting at ``offset``.
 
         Returns ``None`` if more bytes are needed to know or to hold the whole message.
+        Every length is decided from at most the first :data:`_MAX_HEADER` bytes.
         """
-        if not data:
+        available = len(self._buffer) - offset
+        if available <= 0:
             return None
+        data = bytes(self._buffer[offset : offset + _MAX_HEADER])
         message_type = data[0]
         frame: _Frame | None
         if message_type in _FIXED_LENGTHS:
@@ -758,11 +760,11 @@ class ClientMessageFilter:
             frame = _frame_qemu(data)
         else:
             raise RfbProtocolError(f"unknown client message type {message_type}")
-        if frame is None or len(data) < frame[1]:
+        if frame is None or available < frame[1]:
             return None
         return frame
 
-    def _frame_set_encodings(self, data: memoryview) -> _Frame | None:
+    def _frame_set_encodings(self, data: bytes) -> _Frame | None:
         if len(data) < 4:
             return None
         (count,) = _U16.unpack_from(data, 2)
@@ -770,7 +772,7 @@ class ClientMessageFilter:
             raise RfbProtocolError(f"SetEncodings with {count} encodings")
         return ClientMessageType.SET_ENCODINGS, 4 + 4 * count
 
-    def _frame_cut_text(self, data: memoryview) -> _Frame | None:
+    def _frame_cut_text(self, data: bytes) -> _Frame | None:
         if len(data) < 8:
             return None
         (length,) = _S32.unpack_from(data, 4)
@@ -801,14 +803,14 @@ class ClientMessageFilter:
         return struct.pack(f">BxH{len(kept)}i", 2, len(kept), *kept)
 
 
-def _check_pixel_format(data: memoryview) -> None:
+def _check_pixel_format(data: bytes) -> None:
     """Reject a SetPixelFormat whose bits-per-pixel QEMU would not accept."""
     bits_per_pixel = data[4]
     if bits_per_pixel not in (8, 16, 32):
         raise RfbProtocolError(f"SetPixelFormat with {bits_per_pixel} bits per pixel")
 
 
-def _frame_fence(data: memoryview) -> _Frame | None:
+def _frame_fence(data: bytes) -> _Frame | None:
     if len(data) < 9:
         return None
     payload = data[8]
@@ -817,14 +819,14 @@ def _frame_fence(data: memoryview) -> _Frame | None:
     return ClientMessageType.CLIENT_FENCE, 9 + payload
 
 
-def _frame_set_desktop_size(data: memoryview) -> _Frame | None:
+def _frame_set_desktop_size(data: bytes) -> _Frame | None:
     if len(data) < 7:
         return None
     screens = data[6]
     return ClientMessageType.SET_DESKTOP_SIZE, 8 + 16 * screens
 
 
-def _frame_qemu(data: memoryview) -> _Frame | None:
+def _frame_qemu(data: bytes) -> _Frame | None:
     if len(data) < 2:
         return None
     subtype = data[1]

@@ -12,6 +12,7 @@ import json
 import secrets
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 import redis
 from django.conf import settings
@@ -67,7 +68,7 @@ def ticket_redeem(*, ticket: str) -> TicketClaim | None:
     """Use a ticket up: its claim, or None if it is unknown, expired or already used."""
     if not ticket or len(ticket) > 128:
         return None
-    raw = _redis().getdel(_key(ticket))
+    raw = cast(bytes | None, _redis().getdel(_key(ticket)))
     if raw is None:
         return None
     return TicketClaim(**json.loads(raw))

@@ -1,0 +1,1 @@
+"""Tests for the in-browser console: RFB protocol, VNC authentication."""
