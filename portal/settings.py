@@ -192,6 +192,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "vms.tasks.heartbeat_all_hosts",
         "schedule": HOST_HEARTBEAT_INTERVAL_S,
     },
+    "thumbnails": {
+        "task": "vms.tasks.refresh_thumbnails",
+        "schedule": envcheck.read(env.int, "THUMBNAIL_INTERVAL_S", default=20),
+    },
 }
 
 # Hypervisor defaults for the host that `scripts/run` registers on first start.

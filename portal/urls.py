@@ -11,6 +11,8 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("desktops/launch/", views.launch, name="launch"),
     path("desktops/<uuid:pk>/console/", views.console_page, name="console"),
+    path("desktops/<uuid:pk>/console.vv", views.spice_file, name="spice-file"),
+    path("desktops/<uuid:pk>/thumbnail.png", views.thumbnail, name="thumbnail"),
     path("desktops/<uuid:pk>/<slug:action>/", views.desktop_action, name="desktop-action"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

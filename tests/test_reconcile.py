@@ -157,3 +157,25 @@ def test_import_template_command_imports_a_qcow2(
         ] == [volume_name]
     finally:
         hypervisor.delete_volume(pool=local_host.storage_pool, name=volume_name)
+
+
+def test_thumbnails_are_stored_by_the_worker_and_served_to_those_who_may_see(
+    running_desktop, local_host, employee, other_employee
+) -> None:
+    from django.test import Client
+
+    from vms.services.thumbnails import thumbnail_path, thumbnails_refresh
+
+    assert thumbnails_refresh(host=local_host) == 1
+    running_desktop.refresh_from_db()
+    assert running_desktop.thumbnail_at is not None
+    assert thumbnail_path(running_desktop.pk).read_bytes().startswith(b"\x89PNG")
+    owner, stranger = Client(), Client()
+    owner.force_login(employee)
+    stranger.force_login(other_employee)
+    url = f"/desktops/{running_desktop.pk}/thumbnail.png"
+    response = owner.get(url)
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content).startswith(b"\x89PNG")
+    assert stranger.get(url).status_code == 404
+    assert f'src="{url}?t='.encode() in owner.get("/").content

@@ -161,6 +161,8 @@ class Desktop(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     status_changed_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # When the worker last stored a screenshot (MEDIA_ROOT/thumbnails/<id>.png).
+    thumbnail_at = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 
-from vms.models import Desktop, DesktopStatus, Template
+from vms.models import ConsoleSession, Desktop, DesktopStatus, Template
 from vms.roles import sees_all_desktops
 
 
@@ -49,3 +51,17 @@ def users_matching(*, query: str, limit: int = 20) -> QuerySet[AbstractBaseUser]
             | Q(last_name__icontains=term)
         )
     return users.order_by("username")[:limit]
+
+
+def console_watchers(*, desktop_ids: list[Any]) -> dict[str, list[dict[str, str]]]:
+    """Open console sessions by people other than the owner, per desktop (one query)."""
+    sessions = (
+        ConsoleSession.objects.filter(desktop_id__in=desktop_ids, ended_at__isnull=True)
+        .exclude(user_id=F("desktop__owner_id"))
+        .values_list("desktop_id", "user__username", "mode")
+        .order_by("started_at")
+    )
+    watchers: dict[str, list[dict[str, str]]] = {str(pk): [] for pk in desktop_ids}
+    for desktop_id, username, mode in sessions:
+        watchers[str(desktop_id)].append({"user": username, "mode": mode})
+    return watchers

@@ -15,7 +15,7 @@ from celery import Task, shared_task
 
 from vms.hypervisor import HypervisorError
 from vms.models import Host
-from vms.services import hosts, provisioning, reconcile
+from vms.services import hosts, provisioning, reconcile, thumbnails
 
 log = logging.getLogger(__name__)
 MAX_RETRIES = 6
@@ -94,3 +94,15 @@ def reconcile_all_hosts() -> dict[str, str]:
 def heartbeat_all_hosts() -> dict[str, bool]:
     """Record each host's health (pages and /healthz read it from the database)."""
     return {host.name: hosts.host_heartbeat(host=host) for host in Host.objects.all()}
+
+
+@shared_task(acks_late=True)
+def refresh_thumbnails() -> dict[str, int]:
+    """Screenshots of running desktops for the pages (never taken while a page renders)."""
+    results = {}
+    for host in Host.objects.filter(enabled=True):
+        try:
+            results[host.name] = thumbnails.thumbnails_refresh(host=host)
+        except HypervisorError as exc:
+            log.warning("thumbnails skipped host %s: %s", host.name, exc.message)
+    return results

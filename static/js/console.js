@@ -4,6 +4,7 @@
 import RFB from "../vendor/novnc/core/rfb.js";
 import KeyTable from "../vendor/novnc/core/input/keysym.js";
 import keysyms from "../vendor/novnc/core/input/keysymdef.js";
+import { connectLive, renderWatchers } from "./live.js";
 
 const root = document.getElementById("console");
 const screen = document.getElementById("screen");
@@ -159,5 +160,37 @@ if (takeControl) {
   });
 }
 
-setControls();
-connect();
+const spiceForm = document.getElementById("spice-form");
+if (spiceForm) {
+  // SPICE: the same ticket, traded for a one-minute virt-viewer file instead of a relay.
+  mode = "full";
+  spiceForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      const ticket = await requestTicket();
+      document.getElementById("spice-ticket").value = ticket.ticket;
+      spiceForm.submit();
+      setStatus("Connection file downloaded; open it with remote-viewer.", "ok");
+    } catch (error) {
+      setStatus(error.message, "error");
+    }
+  });
+  setStatus("Ready.", "ok");
+} else {
+  setControls();
+  connect();
+}
+const watchersBanner = document.getElementById("watchers");
+connectLive({
+  watch: [root.dataset.desktop],
+  onWatchers: (desktopId, watchers) => {
+    if (watchersBanner && desktopId === root.dataset.desktop) {
+      renderWatchers(watchersBanner, watchersBanner.dataset.name, watchers);
+    }
+  },
+  onDesktop: (desktop) => {
+    if (desktop.id === root.dataset.desktop && desktop.status !== "running") {
+      setStatus(`The desktop is ${desktop.status}.`, "error");
+    }
+  },
+});

@@ -34,6 +34,7 @@ def channels_relay(django_db_setup: None) -> Iterator[Relay]:
         port=port,
         log_name="test-relay-daphne.log",
         ALLOWED_HOSTS="127.0.0.1,localhost",
+        CONSOLE_RECHECK_S="1",
     ):
         yield Relay("channels", f"ws://127.0.0.1:{port}")
 
@@ -43,7 +44,11 @@ def gateway_relay(django_db_setup: None) -> Iterator[Relay]:
     port = free_port()
     command = [sys.executable, "manage.py", "consoleproxy", "--listen", f"127.0.0.1:{port}"]
     with running(
-        command, port=port, log_name="test-gateway.log", ALLOWED_HOSTS="127.0.0.1,localhost"
+        command,
+        port=port,
+        log_name="test-gateway.log",
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        CONSOLE_RECHECK_S="1",
     ):
         yield Relay("gateway", f"ws://127.0.0.1:{port}")
 

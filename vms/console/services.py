@@ -8,6 +8,8 @@ on open sessions. Everything is checked again when the relay connects.
 
 from __future__ import annotations
 
+import configparser
+import io
 import secrets
 from dataclasses import dataclass, field
 
@@ -212,3 +214,49 @@ def console_session_may_continue(*, session_id: int) -> bool:
         .filter(pk=session.desktop_id, status=DesktopStatus.RUNNING)
         .exists()
     )
+
+
+SPICE_FILE_PASSWORD_VALID_S = 60
+
+
+def spice_file_issue(*, claim: TicketClaim, source_ip: str | None) -> str:
+    """Redeem-time half of the SPICE flow: a virt-viewer (.vv) file with a password that
+    works for 60 s. virt-viewer has no view-only mode we could enforce, so the claim must
+    be for full control (owners, or help-desk with a reason)."""
+    if claim.mode != "full":
+        raise PermissionDenied("A SPICE client file gives full control; ask for a full console.")
+    session = console_session_open(claim=claim, relay="spice-file", source_ip=source_ip)
+    desktop = Desktop.objects.select_related("host", "template").get(pk=session.desktop_id)
+    password = secrets.token_urlsafe(18)
+    try:
+        hypervisor = hypervisor_for(desktop.host)
+        hypervisor.set_console_password(
+            name=desktop.domain_name, password=password, valid_for_s=SPICE_FILE_PASSWORD_VALID_S
+        )
+        endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
+    except HypervisorError as exc:
+        raise DisplayUnreachable("The desktop's display cannot be reached right now.") from exc
+    finally:
+        # The file is handed over once; the session record marks that moment.
+        console_session_close(session_id=session.pk, reason="SPICE client file issued")
+    return virt_viewer_file(title=desktop.name, endpoint=endpoint, password=password)
+
+
+def virt_viewer_file(*, title: str, endpoint: ConsoleEndpoint, password: str) -> str:
+    """The [virt-viewer] file remote-viewer opens; it asks the client to delete it."""
+    config = configparser.ConfigParser(interpolation=None)
+    config["virt-viewer"] = {
+        "type": endpoint.type,
+        "host": endpoint.host,
+        "port": str(endpoint.port),
+        "password": password,
+        "title": title.replace("\n", " "),
+        "delete-this-file": "1",
+        "toggle-fullscreen": "shift+f11",
+        "release-cursor": "shift+f12",
+    }
+    if endpoint.tls_port:
+        config["virt-viewer"]["tls-port"] = str(endpoint.tls_port)
+    out = io.StringIO()
+    config.write(out)
+    return out.getvalue()

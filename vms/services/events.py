@@ -7,10 +7,11 @@ from functools import partial
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import models, transaction
+from django.db import transaction
 from redis.exceptions import RedisError
 
-from vms.models import ConsoleSession, Desktop
+from vms.models import Desktop
+from vms.selectors import console_watchers
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +56,6 @@ def _push(desktop_id: object) -> None:
         log.warning("could not push the state of desktop %s", desktop_id)
 
 
-def console_watchers(desktop_id: object) -> list[dict[str, str]]:
-    """Open console sessions on a desktop by people other than its owner (for the banner)."""
-    sessions = ConsoleSession.objects.filter(desktop_id=desktop_id, ended_at__isnull=True).exclude(
-        user_id=models.F("desktop__owner_id")
-    )
-    return [
-        {"user": username, "mode": mode}
-        for username, mode in sessions.values_list("user__username", "mode")
-    ]
-
-
 def push_console_sessions(*, desktop_id: object) -> None:
     """After commit, tell the owner's pages who else is on the desktop's console now."""
     transaction.on_commit(partial(_push_watchers, desktop_id))
@@ -79,7 +69,7 @@ def _push_watchers(desktop_id: object) -> None:
     message = {
         "type": "console.watchers",
         "desktop_id": str(desktop_id),
-        "watchers": console_watchers(desktop_id),
+        "watchers": console_watchers(desktop_ids=[desktop_id])[str(desktop_id)],
     }
     try:
         for group in (desktop_group(desktop_id), user_group(owner_id)):

@@ -1,0 +1,210 @@
+"""Live page updates, the owner's notice, the console cap, consoles closing when the
+desktop stops, and the SPICE file flow - against real servers and real guests."""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import json
+
+import pytest
+import websockets
+from django.test import Client
+
+from tests.fixtures import wait_for_status
+from tests.relay.conftest import ORIGIN, mint_ticket, session_cookie
+from vms.console.services import console_session_open
+from vms.console.tickets import TicketClaim
+from vms.models import ConsoleSession, Desktop, DesktopStatus, Template
+from vms.services.desktops import desktop_stop
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def _next_message(ws, kind: str) -> dict:
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if message["kind"] == kind:
+            return message
+
+
+def test_live_feed_pushes_state_changes_and_the_owners_notice(
+    channels_relay, employee, helpdesk_user, fake_template, fake_host
+) -> None:
+    desktop = Desktop.objects.create(
+        owner=employee,
+        template=fake_template,
+        host=fake_host,
+        name="live",
+        status=DesktopStatus.RUNNING,
+        vcpus=1,
+        memory_mib=256,
+        disk_gib=1,
+    )
+
+    cookie = session_cookie(employee)
+
+    async def scenario() -> tuple[dict, dict]:
+        async with websockets.connect(
+            f"{channels_relay.url}/ws/desktops/",
+            origin=ORIGIN,
+            additional_headers={"Cookie": cookie},
+        ) as ws:
+            await asyncio.sleep(0.3)
+            claim = TicketClaim(
+                user_id=helpdesk_user.pk,
+                desktop_id=str(desktop.pk),
+                mode="view",
+                reason="",
+                source_ip=None,
+            )
+            await asyncio.to_thread(
+                console_session_open, claim=claim, relay="channels", source_ip=None
+            )
+            watchers = await _next_message(ws, "watchers")
+            await asyncio.to_thread(desktop_stop, actor=employee, desktop=desktop)
+            changed = await _next_message(ws, "desktop")
+            return changed, watchers
+
+    changed, watchers = asyncio.run(scenario())
+    assert (changed["desktop"]["id"], changed["desktop"]["status"]) == (str(desktop.pk), "stopping")
+    assert watchers["watchers"] == [{"user": helpdesk_user.username, "mode": "view"}]
+
+
+def test_live_feed_refuses_anonymous_and_foreign_origins(channels_relay, employee) -> None:
+    async def closed_code(headers: dict, origin: str) -> int | None:
+        try:
+            async with websockets.connect(
+                f"{channels_relay.url}/ws/desktops/", origin=origin, additional_headers=headers
+            ) as ws:
+                await asyncio.wait_for(ws.recv(), 5)
+        except websockets.ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+        except websockets.InvalidStatus as refused:
+            return refused.response.status_code
+        return None
+
+    assert asyncio.run(closed_code({}, ORIGIN)) in (403, 4403)  # refused before accepting
+    cookie = {"Cookie": session_cookie(employee)}
+    assert asyncio.run(closed_code(cookie, "https://evil.example")) in (403, 4403)
+
+
+def test_console_cap_per_user(api_for, employee, fake_template, fake_host, settings) -> None:
+    settings.CONSOLE_MAX_SESSIONS_PER_USER = 2
+    desktop = Desktop.objects.create(
+        owner=employee,
+        template=fake_template,
+        host=fake_host,
+        name="capped",
+        status=DesktopStatus.RUNNING,
+        vcpus=1,
+        memory_mib=256,
+        disk_gib=1,
+    )
+    for _ in range(2):
+        ConsoleSession.objects.create(desktop=desktop, user=employee, mode="full")
+    response = api_for(employee).post(f"/api/desktops/{desktop.pk}/console/", {}, format="json")
+    assert response.status_code == 429
+    assert "2 consoles open" in response.json()["detail"]
+
+
+def test_helpdesk_needs_a_reason_to_take_control(
+    api_for, helpdesk_user, employee, fake_template, fake_host
+) -> None:
+    desktop = Desktop.objects.create(
+        owner=employee,
+        template=fake_template,
+        host=fake_host,
+        name="help",
+        status=DesktopStatus.RUNNING,
+        vcpus=1,
+        memory_mib=256,
+        disk_gib=1,
+    )
+    client = api_for(helpdesk_user)
+    url = f"/api/desktops/{desktop.pk}/console/"
+    assert client.post(url, {}, format="json").json()["mode"] == "view"
+    assert client.post(url, {"mode": "full"}, format="json").status_code == 403
+    assert client.post(url, {"mode": "full", "reason": "  "}, format="json").status_code == 403
+    granted = client.post(url, {"mode": "full", "reason": "ticket 42"}, format="json")
+    assert granted.status_code == 200 and granted.json()["mode"] == "full"
+    assert client.post(url, {"mode": "root"}, format="json").status_code == 400
+
+
+def test_console_of_a_stopped_desktop_is_409(api_for, employee, fake_template, fake_host) -> None:
+    desktop = Desktop.objects.create(
+        owner=employee,
+        template=fake_template,
+        host=fake_host,
+        name="off",
+        status=DesktopStatus.STOPPED,
+        vcpus=1,
+        memory_mib=256,
+        disk_gib=1,
+    )
+    response = api_for(employee).post(f"/api/desktops/{desktop.pk}/console/", {}, format="json")
+    assert response.status_code == 409
+    assert "start it" in response.json()["detail"]
+
+
+@pytest.mark.libvirt
+def test_console_closes_when_the_desktop_stops(
+    relay, celery_worker, api_for, employee, demo_template
+) -> None:
+    launched = api_for(employee).post(
+        "/api/desktops/", {"template": demo_template.pk}, format="json"
+    )
+    desktop = wait_for_status(launched.json()["id"], "running")
+    ticket = mint_ticket(employee, desktop)["ticket"]
+
+    cookie = session_cookie(employee)
+
+    async def scenario() -> int | None:
+        async with websockets.connect(
+            f"{relay.url}/ws/console/{desktop.pk}/",
+            origin=ORIGIN,
+            subprotocols=["binary", f"ticket.{ticket}"],
+            additional_headers={"Cookie": cookie},
+        ) as ws:
+            await ws.recv()
+            await ws.send(b"RFB 003.008\n")
+            await ws.recv()
+            await ws.send(b"\x01")
+            await ws.recv()
+            await ws.send(b"\x01")
+            await ws.recv()  # ServerInit: the session is up
+            await asyncio.to_thread(desktop_stop, actor=employee, desktop=desktop)
+            try:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 30)
+            except websockets.ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd else None
+
+    assert asyncio.run(scenario()) == 4410
+
+
+@pytest.mark.libvirt
+def test_spice_desktop_gets_a_one_minute_virt_viewer_file(
+    celery_worker, api_for, employee, demo_template, hypervisor
+) -> None:
+    Template.objects.filter(pk=demo_template.pk).update(console_type="spice")
+    launched = api_for(employee).post(
+        "/api/desktops/", {"template": demo_template.pk}, format="json"
+    )
+    desktop = wait_for_status(launched.json()["id"], "running")
+    ticket = mint_ticket(employee, desktop)["ticket"]
+    browser = Client()
+    browser.force_login(employee)
+    response = browser.post(f"/desktops/{desktop.pk}/console.vv", {"ticket": ticket})
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/x-virt-viewer"
+    assert response["Cache-Control"].startswith("max-age=0")
+    config = configparser.ConfigParser(interpolation=None)
+    config.read_string(response.content.decode())
+    file = config["virt-viewer"]
+    endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
+    assert (file["type"], file["host"], int(file["port"])) == ("spice", "127.0.0.1", endpoint.port)
+    assert len(file["password"]) >= 20 and file["delete-this-file"] == "1"
+    assert ConsoleSession.objects.get(desktop=desktop).relay == "spice-file"
+    again = browser.post(f"/desktops/{desktop.pk}/console.vv", {"ticket": ticket})
+    assert again.status_code == 302  # a ticket works once

@@ -1,0 +1,68 @@
+"""Live updates for open pages: a WebSocket that forwards desktop changes and console
+watcher notices (sent by the services through the Channels layer) to the browser.
+
+A user always receives their own desktops' events. Help-desk staff and admins may also
+ask to watch desktops they are allowed to see: `{"watch": ["<desktop id>", ...]}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from vms.console.admission import origin_allowed
+from vms.selectors import desktops_visible_to
+from vms.services.events import desktop_group, user_group
+
+MAX_WATCHED = 200
+
+
+class DesktopEventsConsumer(AsyncJsonWebsocketConsumer):
+    """One open page's live feed."""
+
+    groups_joined: list[str]
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        origin = dict(self.scope.get("headers", [])).get(b"origin", b"").decode("latin-1")
+        if user is None or not user.is_authenticated or not origin_allowed(origin):
+            await self.close(code=4403)
+            return
+        self.groups_joined = [user_group(user.pk)]
+        await self.channel_layer.group_add(self.groups_joined[0], self.channel_name)
+        await self.accept()
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        wanted = content.get("watch") if isinstance(content, dict) else None
+        if not isinstance(wanted, list):
+            return
+        allowed = await self._visible([str(item) for item in wanted[:MAX_WATCHED]])
+        for desktop_id in allowed:
+            group = desktop_group(desktop_id)
+            if group not in self.groups_joined:
+                self.groups_joined.append(group)
+                await self.channel_layer.group_add(group, self.channel_name)
+
+    @database_sync_to_async
+    def _visible(self, ids: list[str]) -> list[str]:
+        from django.core.exceptions import ValidationError
+
+        try:
+            rows = desktops_visible_to(user=self.scope["user"]).filter(pk__in=ids)
+            return [str(pk) for pk in rows.values_list("pk", flat=True)]
+        except ValidationError:  # not UUIDs: nothing to watch
+            return []
+
+    async def disconnect(self, code: int) -> None:
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def desktop_changed(self, event: dict[str, Any]) -> None:
+        await self.send_json({"kind": "desktop", "desktop": event["desktop"]})
+
+    async def console_watchers(self, event: dict[str, Any]) -> None:
+        await self.send_json(
+            {"kind": "watchers", "desktop_id": event["desktop_id"], "watchers": event["watchers"]}
+        )
