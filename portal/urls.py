@@ -9,6 +9,7 @@ from vms.web import views
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("healthz", views.healthz, name="healthz"),
+    path("helpdesk/", views.helpdesk, name="helpdesk"),
     path("desktops/launch/", views.launch, name="launch"),
     path("desktops/<uuid:pk>/console/", views.console_page, name="console"),
     path("desktops/<uuid:pk>/console.vv", views.spice_file, name="spice-file"),

@@ -136,3 +136,45 @@ def test_launch_form_reports_the_quota(employee, fake_template) -> None:
     response = client.post("/desktops/launch/", {"template": fake_template.pk}, follow=True)
     assert b"Quota exceeded: desktops would be 1, the limit is 0." in response.content
     assert not Desktop.objects.exists()
+
+
+def test_helpdesk_finds_a_user_and_their_desktops(helpdesk_user, employee, fake_template) -> None:
+    _desktops(employee, fake_template, 2)
+    client = Client()
+    client.force_login(helpdesk_user)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get("/helpdesk/", {"q": "employee1"})
+    assert response.status_code == 200
+    assert response.content.count(b"View console") == 2
+    assert b"/delete/" not in response.content  # help-desk may not delete
+    assert len(queries) < 15
+    assert client.get("/helpdesk/", {"q": "nobody-like-this"}).status_code == 200
+
+
+def test_helpdesk_page_is_for_helpdesk_only(employee) -> None:
+    client = Client()
+    client.force_login(employee)
+    assert client.get("/helpdesk/").status_code == 403
+
+
+def test_actions_never_redirect_off_site(employee, fake_template) -> None:
+    _desktops(employee, fake_template, 1)
+    desktop = Desktop.objects.get(owner=employee)
+    client = Client()
+    client.force_login(employee)
+    response = client.post(f"/desktops/{desktop.pk}/reboot/", {"next": "https://evil.example/"})
+    assert response["Location"] == "/"
+    response = client.post(f"/desktops/{desktop.pk}/reboot/", {"next": "/helpdesk/?q=x"})
+    assert response["Location"] == "/helpdesk/?q=x"
+
+
+def test_launch_button_is_disabled_with_the_reason_when_over_quota(employee, fake_template) -> None:
+    from vms.models import Quota
+
+    Quota.objects.create(user=employee, max_desktops=5, max_vcpus=9, max_memory_mib=100,
+                         max_disk_gib=99)
+    client = Client()
+    client.force_login(employee)
+    page = client.get("/").content.decode()
+    assert 'aria-label="Launch Office" disabled' in page
+    assert "Quota exceeded: memory (MiB) would be 256, the limit is 100." in page

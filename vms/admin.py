@@ -1,11 +1,36 @@
-"""Django admin for every model. Desktop state is read-only here: it changes only
-through the services (the API and the portal's pages), never by editing a row."""
+"""The admin pages: templates (imported from a qcow2 by path or upload), assignments,
+quotas, hosts with their allocation and health, every desktop with bulk actions, the
+audit log and console sessions.
+
+Desktop state is read-only here: it changes only through the services.
+"""
 
 from __future__ import annotations
 
-from django.contrib import admin
+import uuid
+from pathlib import Path
+from typing import Any
 
-from vms.models import AuditEvent, Desktop, Host, Quota, Template
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count, Q, QuerySet
+from django.http import HttpRequest
+
+from vms.models import (
+    AuditEvent,
+    ConsoleSession,
+    Desktop,
+    DesktopStatus,
+    Host,
+    Quota,
+    Template,
+)
+from vms.services import desktops as desktop_services
+from vms.services.errors import ServiceError
+from vms.services.placement import host_allocations
+from vms.services.templates import image_inspect, template_save_imported
 
 
 @admin.register(Host)
@@ -14,11 +39,81 @@ class HostAdmin(admin.ModelAdmin):
         "name",
         "libvirt_uri",
         "enabled",
+        "vcpus",
+        "memory",
+        "disk",
         "virt_type",
         "last_check_ok",
         "last_checked_at",
+        "last_check_error",
     ]
     readonly_fields = ["last_checked_at", "last_check_ok", "last_check_error", "virt_type"]
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        self._allocations = host_allocations()  # one query for the whole list
+        return super().changelist_view(request, extra_context)
+
+    def _used(self, host: Host, field: str) -> int:
+        return getattr(self, "_allocations", {}).get(host.pk, {}).get(field, 0)
+
+    @admin.display(description="vCPUs used / capacity")
+    def vcpus(self, host: Host) -> str:
+        return f"{self._used(host, 'used_vcpus')} / {host.capacity_vcpus}"
+
+    @admin.display(description="Memory MiB used / capacity")
+    def memory(self, host: Host) -> str:
+        return f"{self._used(host, 'used_memory_mib')} / {host.capacity_memory_mib}"
+
+    @admin.display(description="Disk GiB used / capacity")
+    def disk(self, host: Host) -> str:
+        return f"{self._used(host, 'used_disk_gib')} / {host.capacity_disk_gib}"
+
+
+class TemplateImportForm(forms.ModelForm):
+    """Create a template by importing a qcow2 image, by server path or upload."""
+
+    image_path = forms.CharField(
+        required=False, help_text="Path of a qcow2 file in one of IMAGE_IMPORT_DIRS."
+    )
+    image_upload = forms.FileField(required=False, help_text="Or upload a qcow2 file.")
+
+    class Meta:
+        model = Template
+        fields = [
+            "name",
+            "description",
+            "os_label",
+            "vcpus",
+            "memory_mib",
+            "disk_gib",
+            "console_type",
+            "persistent",
+            "enabled",
+            "assigned_users",
+            "assigned_groups",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        """Check the image now (qemu-img info, allowed folders), so errors show on the form."""
+        data = super().clean() or {}
+        if bool(data.get("image_path")) == bool(data.get("image_upload")):
+            raise ValidationError("Give either an image path or an upload (one of the two).")
+        path = data.get("image_path") or _saved_upload(data["image_upload"])
+        try:
+            data["image_file"] = image_inspect(path=path).path
+        except ServiceError as exc:
+            raise ValidationError(exc.message) from exc
+        return data
+
+
+def _saved_upload(upload: Any) -> str:
+    folder = Path(settings.IMAGE_IMPORT_DIRS[0]) / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{uuid.uuid4().hex}.qcow2"
+    with target.open("wb") as out:
+        for chunk in upload.chunks():
+            out.write(chunk)
+    return str(target)
 
 
 @admin.register(Template)
@@ -31,36 +126,130 @@ class TemplateAdmin(admin.ModelAdmin):
         "disk_gib",
         "console_type",
         "enabled",
+        "desktop_count",
     ]
     list_filter = ["enabled", "console_type"]
     filter_horizontal = ["assigned_users", "assigned_groups"]
     search_fields = ["name"]
+    actions = ["enable", "disable"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Template]:
+        live = ~Q(desktops__status=DesktopStatus.DELETED)
+        return super().get_queryset(request).annotate(live_desktops=Count("desktops", filter=live))
+
+    @admin.display(description="Desktops", ordering="live_desktops")
+    def desktop_count(self, template: Template) -> int:
+        return int(getattr(template, "live_desktops", 0))
+
+    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = TemplateImportForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["base_image_path"] if obj is not None else []
+
+    def save_model(self, request: HttpRequest, obj: Template, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        try:
+            template_save_imported(template=obj, image_path=form.cleaned_data["image_file"])
+        except ServiceError as exc:
+            raise PermissionDenied(exc.message) from exc
+
+    @admin.action(description="Enable the selected templates")
+    def enable(self, request: HttpRequest, queryset: QuerySet[Template]) -> None:
+        queryset.update(enabled=True)
+
+    @admin.action(description="Disable the selected templates")
+    def disable(self, request: HttpRequest, queryset: QuerySet[Template]) -> None:
+        queryset.update(enabled=False)
 
 
 @admin.register(Quota)
 class QuotaAdmin(admin.ModelAdmin):
     list_display = ["__str__", "max_desktops", "max_vcpus", "max_memory_mib", "max_disk_gib"]
+    raw_id_fields = ["user"]  # a lookup, not a list of every user
 
 
 @admin.register(Desktop)
 class DesktopAdmin(admin.ModelAdmin):
-    list_display = ["name", "owner", "template", "host", "status", "created_at"]
+    list_display = ["name", "owner", "template", "host", "status", "created_at", "last_used_at"]
     list_filter = ["status", "host", "template"]
     search_fields = ["name", "owner__username", "domain_name"]
+    list_select_related = ["owner", "template", "host"]
     readonly_fields = [f.name for f in Desktop._meta.fields]
+    actions = ["bulk_stop", "bulk_delete"]
 
-    def has_add_permission(self, request: object) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # deleting a row would orphan its guest: use the bulk delete action
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[Desktop], service: Any) -> None:
+        done, refused = 0, []
+        for desktop in queryset.select_related("host"):
+            try:
+                service(
+                    actor=request.user, desktop=desktop, source_ip=request.META.get("REMOTE_ADDR")
+                )
+                done += 1
+            except ServiceError as exc:
+                refused.append(f"{desktop.name}: {exc.message}")
+        self.message_user(request, f"{done} desktop(s) accepted.", messages.SUCCESS)
+        for line in refused:
+            self.message_user(request, line, messages.WARNING)
+
+    @admin.action(description="Stop the selected desktops")
+    def bulk_stop(self, request: HttpRequest, queryset: QuerySet[Desktop]) -> None:
+        self._each(request, queryset, desktop_services.desktop_stop)
+
+    @admin.action(description="Delete the selected desktops (domain and disk)")
+    def bulk_delete(self, request: HttpRequest, queryset: QuerySet[Desktop]) -> None:
+        self._each(request, queryset, desktop_services.desktop_delete)
 
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
     list_display = ["created_at", "action", "actor", "desktop", "source_ip"]
     list_filter = ["action"]
+    search_fields = ["action", "actor__username", "desktop__name"]
+    list_select_related = ["actor", "desktop"]
     readonly_fields = ["created_at", "action", "actor", "desktop", "source_ip", "detail"]
 
-    def has_add_permission(self, request: object) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: object, obj: object = None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ConsoleSession)
+class ConsoleSessionAdmin(admin.ModelAdmin):
+    """Console sessions: the part of the audit trail people ask about most."""
+
+    list_display = [
+        "started_at",
+        "user",
+        "desktop",
+        "mode",
+        "reason",
+        "relay",
+        "source_ip",
+        "ended_at",
+        "bytes_to_guest",
+        "bytes_from_guest",
+        "dropped_messages",
+    ]
+    list_filter = ["mode", "relay"]
+    search_fields = ["user__username", "desktop__name", "reason"]
+    list_select_related = ["user", "desktop"]
+    readonly_fields = [f.name for f in ConsoleSession._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

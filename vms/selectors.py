@@ -65,3 +65,18 @@ def console_watchers(*, desktop_ids: list[Any]) -> dict[str, list[dict[str, str]
     for desktop_id, username, mode in sessions:
         watchers[str(desktop_id)].append({"user": username, "mode": mode})
     return watchers
+
+
+def helpdesk_search(*, query: str, limit: int = 20) -> list[tuple[Any, list[Desktop]]]:
+    """Users matching `query`, each with their live desktops (two queries in all)."""
+    users = list(users_matching(query=query, limit=limit))
+    desktops = (
+        Desktop.objects.exclude(status=DesktopStatus.DELETED)
+        .filter(owner__in=users)
+        .select_related("template", "host")
+        .order_by("created_at")
+    )
+    by_owner: dict[int, list[Desktop]] = {user.pk: [] for user in users}
+    for desktop in desktops:
+        by_owner[desktop.owner_id].append(desktop)
+    return [(user, by_owner[user.pk]) for user in users]

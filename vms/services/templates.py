@@ -88,12 +88,7 @@ def template_import(
     os_label: str = "",
     description: str = "",
 ) -> Template:
-    """Copy a checked qcow2 image into every enabled host's pool and create the template.
-
-    The upload runs outside any transaction: it can take a while, and holding a write
-    lock meanwhile would stall every other writer (on SQLite, all of them).
-    """
-    facts = image_inspect(path=image_path)
+    """Copy a checked qcow2 image into every enabled host's pool and create the template."""
     template = Template(
         name=name,
         description=description,
@@ -101,14 +96,25 @@ def template_import(
         vcpus=vcpus,
         memory_mib=memory_mib,
         console_type=console_type,
-        disk_gib=max(disk_gib, -(-facts.virtual_size // 1024**3)),
+        disk_gib=disk_gib,
     )
-    template.full_clean(exclude=["base_image_path"])
-    template.base_image_path = _upload_everywhere(name=name, facts=facts)
+    template_save_imported(template=template, image_path=image_path)
+    return template
+
+
+def template_save_imported(*, template: Template, image_path: str) -> None:
+    """Validate `template`, upload its base image to the hosts, then save it.
+
+    The upload runs outside any transaction: it can take a while, and holding a write
+    lock meanwhile would stall every other writer (on SQLite, all of them).
+    """
+    facts = image_inspect(path=image_path)
+    template.disk_gib = max(template.disk_gib, -(-facts.virtual_size // 1024**3))
+    template.full_clean(exclude=["base_image_path", "assigned_users", "assigned_groups"])
+    template.base_image_path = _upload_everywhere(name=template.name, facts=facts)
     with transaction.atomic():
         template.save()
-        audit_record(action="template.import", name=name, image=facts.path)
-    return template
+        audit_record(action="template.import", name=template.name, image=facts.path)
 
 
 def _upload_everywhere(*, name: str, facts: ImageFacts) -> str:

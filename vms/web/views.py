@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
@@ -13,10 +15,16 @@ from django.views.decorators.http import require_GET, require_POST
 from vms.console.services import default_mode, spice_file_issue
 from vms.console.tickets import ticket_redeem
 from vms.health import health_report
-from vms.selectors import console_watchers, desktops_visible_to, templates_for_user
+from vms.roles import is_helpdesk
+from vms.selectors import (
+    console_watchers,
+    desktops_visible_to,
+    helpdesk_search,
+    templates_for_user,
+)
 from vms.services import desktops
 from vms.services.errors import ServiceError
-from vms.services.quotas import effective_quota, usage
+from vms.services.quotas import effective_quota, first_exceeded, usage
 from vms.services.thumbnails import thumbnail_path
 from vms.web.client import client_ip
 
@@ -38,11 +46,16 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     watchers = console_watchers(desktop_ids=[d.pk for d in desktops])
     for desktop in desktops:
         desktop.watchers = watchers[str(desktop.pk)]  # type: ignore[attr-defined]
+    quota, used = effective_quota(user=request.user), usage(user=request.user)
+    templates = list(templates_for_user(user=request.user))
+    for template in templates:
+        refusal = first_exceeded(limits=quota, used=used, template=template)
+        template.refusal = refusal.message if refusal else ""  # type: ignore[attr-defined]
     context = {
-        "templates": templates_for_user(user=request.user),
+        "templates": templates,
         "desktops": desktops,
-        "quota": effective_quota(user=request.user),
-        "used": usage(user=request.user),
+        "quota": quota,
+        "used": used,
         "desktop_actions": [
             ("start", "Start"),
             ("stop", "Stop"),
@@ -112,7 +125,16 @@ def desktop_action(request: HttpRequest, pk: str, action: str) -> HttpResponse:
         messages.error(request, exc.message)
     else:
         messages.success(request, f"{desktop.name}: {action.replace('-', ' ')} requested.")
-    return redirect(request.POST.get("next") or "dashboard")
+    return redirect(_safe_next(request) or "dashboard")
+
+
+def _safe_next(request: HttpRequest) -> str | None:
+    """The `next` page to return to, if it is one of ours (no open redirect)."""
+    target = request.POST.get("next", "")
+    allowed = url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
+    return target if target and allowed else None
 
 
 @login_required
@@ -146,3 +168,19 @@ def thumbnail(request: HttpRequest, pk: str) -> HttpResponse:
     response = FileResponse(path.open("rb"), content_type="image/png")
     response["Cache-Control"] = "private, max-age=10"
     return response
+
+
+@login_required
+@require_GET
+def helpdesk(request: HttpRequest) -> HttpResponse:
+    """Help-desk: find a user by name and reach their desktops (view-only by default)."""
+    if not is_helpdesk(request.user):
+        raise PermissionDenied("This page is for help-desk staff.")
+    query = request.GET.get("q", "").strip()[:100]
+    results = helpdesk_search(query=query) if query else []
+    context = {
+        "query": query,
+        "results": results,
+        "power_actions": [("start", "Start"), ("stop", "Stop"), ("reboot", "Reboot")],
+    }
+    return render(request, "vms/helpdesk.html", context)
