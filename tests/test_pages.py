@@ -171,8 +171,9 @@ def test_actions_never_redirect_off_site(employee, fake_template) -> None:
 def test_launch_button_is_disabled_with_the_reason_when_over_quota(employee, fake_template) -> None:
     from vms.models import Quota
 
-    Quota.objects.create(user=employee, max_desktops=5, max_vcpus=9, max_memory_mib=100,
-                         max_disk_gib=99)
+    Quota.objects.create(
+        user=employee, max_desktops=5, max_vcpus=9, max_memory_mib=100, max_disk_gib=99
+    )
     client = Client()
     client.force_login(employee)
     page = client.get("/").content.decode()

@@ -107,12 +107,43 @@ async def _handshake(
             server_init = await asyncio.wait_for(ws.recv(), 10)
             if after:
                 await ws.send(after)
-                await asyncio.sleep(0.5)
+                return await _drain(ws, bytes(server_init))
             return Outcome(None, "", bytes(server_init))
         except websockets.ConnectionClosed as closed:
             return Outcome(
                 closed.rcvd.code if closed.rcvd else None, closed.rcvd.reason if closed.rcvd else ""
             )
+
+
+async def _drain(ws: Any, server_init: bytes) -> Outcome:
+    """Read for a second after the last message; report a close if one comes."""
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), 1)
+    except TimeoutError:
+        return Outcome(None, "", server_init)
+    except websockets.ConnectionClosed as closed:
+        code = closed.rcvd.code if closed.rcvd else None
+        return Outcome(code, closed.rcvd.reason if closed.rcvd else "", server_init)
+
+
+async def random_tickets(relay: str, desktop: Any, cookie: str, count: int) -> set[int | None]:
+    """Try `count` random tickets, 50 at a time; return the close codes seen."""
+    import secrets
+
+    async def one() -> int | None:
+        url = f"{relay}/ws/console/{desktop.pk}/"
+        try:
+            outcome = await _handshake(url, secrets.token_urlsafe(32), ORIGIN, cookie, b"")
+        except websockets.InvalidStatus as refused:
+            return refused.response.status_code
+        return outcome.code
+
+    codes: set[int | None] = set()
+    for start in range(0, count, 50):
+        batch = min(50, count - start)
+        codes |= set(await asyncio.gather(*(one() for _ in range(batch))))
+    return codes
 
 
 def connect(

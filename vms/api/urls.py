@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
+from rest_framework.permissions import AllowAny
 from rest_framework.routers import DefaultRouter
 
 from vms.api.views import DesktopViewSet, TemplateViewSet
@@ -13,6 +14,7 @@ router.register("templates", TemplateViewSet, basename="template")
 router.register("desktops", DesktopViewSet, basename="desktop")
 
 urlpatterns = [
-    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    # The schema is public, as API schemas usually are: it describes, it grants nothing.
+    path("schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="api-schema"),
     *router.urls,
 ]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -41,9 +42,14 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     serializer_class = DesktopSerializer
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
-        return desktops_visible_to(
-            user=self.request.user, owner_username=self.request.query_params.get("user")
-        )
+        return desktops_visible_to(user=self.request.user, owner_username=self._owner_filter())
+
+    def _owner_filter(self) -> str | None:
+        """The ?user= filter, refused (400) when it cannot be a username."""
+        owner = self.request.query_params.get("user")
+        if owner is not None and ("\x00" in owner or len(owner) > 150):
+            raise ValidationError({"user": "Not a valid username."})
+        return owner
 
     @extend_schema(request=DesktopCreateSerializer, responses={202: DesktopSerializer})
     def create(self, request: Request) -> Response:

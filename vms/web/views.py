@@ -176,7 +176,7 @@ def helpdesk(request: HttpRequest) -> HttpResponse:
     """Help-desk: find a user by name and reach their desktops (view-only by default)."""
     if not is_helpdesk(request.user):
         raise PermissionDenied("This page is for help-desk staff.")
-    query = request.GET.get("q", "").strip()[:100]
+    query = request.GET.get("q", "").replace("\x00", "").strip()[:100]
     results = helpdesk_search(query=query) if query else []
     context = {
         "query": query,
