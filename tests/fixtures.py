@@ -197,3 +197,16 @@ def wait_for_status(desktop_id: Any, wanted: str, *, timeout: float = 90) -> Des
         assert desktop.status != "error" or wanted == "error", desktop.last_error
         time.sleep(0.25)
     raise AssertionError(f"desktop stayed {desktop.status}, wanted {wanted}")
+
+
+def make_desktop(owner: Any, template: Template, **fields: Any) -> Desktop:
+    """A desktop row (no guest behind it): running, 1 vCPU, 256 MiB, 1 GiB unless told."""
+    values: dict[str, Any] = {
+        "host": Host.objects.filter(name="fake").first(),
+        "name": "desktop",
+        "status": "running",
+        "vcpus": 1,
+        "memory_mib": 256,
+        "disk_gib": 1,
+    }
+    return Desktop.objects.create(owner=owner, template=template, **{**values, **fields})

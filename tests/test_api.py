@@ -5,29 +5,16 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import Group
 
+from tests.fixtures import make_desktop
 from vms.models import AuditEvent, Desktop, DesktopStatus, Quota, Template
+from vms.settings_access import name_prefix
 
 pytestmark = pytest.mark.django_db
 S = DesktopStatus
 
 
 def _desktop(owner, template, status=S.RUNNING) -> Desktop:
-    return Desktop.objects.create(
-        owner=owner,
-        template=template,
-        host=template_host(),
-        name="d",
-        status=status,
-        vcpus=1,
-        memory_mib=256,
-        disk_gib=1,
-    )
-
-
-def template_host():
-    from vms.models import Host
-
-    return Host.objects.get(name="fake")
+    return make_desktop(owner, template, status=status)
 
 
 def test_templates_lists_only_assigned_and_enabled(api_for, employee, fake_template) -> None:
@@ -48,7 +35,7 @@ def test_launch_answers_202_and_records_audit(api_for, employee, fake_template) 
     assert body["status"] == "provisioning" and body["name"] == "Mine"
     desktop = Desktop.objects.get(pk=body["id"])
     assert desktop.host.name == "fake"
-    assert desktop.domain_name.startswith("dpt-")
+    assert desktop.domain_name.startswith(name_prefix())
     assert AuditEvent.objects.filter(
         action="desktop.create", desktop=desktop, actor=employee
     ).exists()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vms.models import Desktop, DesktopStatus
+from tests.fixtures import make_desktop
+from vms.models import DesktopStatus
 from vms.services import transitions
 from vms.services.errors import InvalidTransition
 
@@ -28,15 +29,7 @@ def test_forbidden_move_raises() -> None:
 
 @pytest.mark.django_db
 def test_compare_and_set_loses_when_state_moved(fake_template, employee) -> None:
-    desktop = Desktop.objects.create(
-        owner=employee,
-        template=fake_template,
-        name="d",
-        vcpus=1,
-        memory_mib=256,
-        disk_gib=1,
-        status=S.RUNNING,
-    )
+    desktop = make_desktop(employee, fake_template, status=S.RUNNING)
     assert transitions.compare_and_set(desktop_id=desktop.pk, old=S.RUNNING, new=S.STOPPING)
     # A second writer that still believes the desktop is running must lose.
     assert not transitions.compare_and_set(desktop_id=desktop.pk, old=S.RUNNING, new=S.DELETING)
@@ -46,15 +39,7 @@ def test_compare_and_set_loses_when_state_moved(fake_template, employee) -> None
 
 @pytest.mark.django_db
 def test_move_from_any_reports_the_state_it_left(fake_template, employee) -> None:
-    desktop = Desktop.objects.create(
-        owner=employee,
-        template=fake_template,
-        name="d",
-        vcpus=1,
-        memory_mib=256,
-        disk_gib=1,
-        status=S.STOPPED,
-    )
+    desktop = make_desktop(employee, fake_template, status=S.STOPPED)
     left = transitions.move_from_any(
         desktop_id=desktop.pk, allowed_from=[S.STOPPED, S.ERROR], new=S.STARTING
     )

@@ -11,11 +11,11 @@ import pytest
 import websockets
 from django.test import Client
 
-from tests.fixtures import wait_for_status
+from tests.fixtures import make_desktop, wait_for_status
 from tests.relay.conftest import ORIGIN, mint_ticket, session_cookie
 from vms.console.services import console_session_open
 from vms.console.tickets import TicketClaim
-from vms.models import ConsoleSession, Desktop, DesktopStatus, Template
+from vms.models import ConsoleSession, DesktopStatus, Template
 from vms.services.desktops import desktop_stop
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,16 +31,7 @@ async def _next_message(ws, kind: str) -> dict:
 def test_live_feed_pushes_state_changes_and_the_owners_notice(
     channels_relay, employee, helpdesk_user, fake_template, fake_host
 ) -> None:
-    desktop = Desktop.objects.create(
-        owner=employee,
-        template=fake_template,
-        host=fake_host,
-        name="live",
-        status=DesktopStatus.RUNNING,
-        vcpus=1,
-        memory_mib=256,
-        disk_gib=1,
-    )
+    desktop = make_desktop(employee, fake_template, name="live", status=DesktopStatus.RUNNING)
 
     cookie = session_cookie(employee)
 
@@ -91,16 +82,7 @@ def test_live_feed_refuses_anonymous_and_foreign_origins(channels_relay, employe
 
 def test_console_cap_per_user(api_for, employee, fake_template, fake_host, settings) -> None:
     settings.CONSOLE_MAX_SESSIONS_PER_USER = 2
-    desktop = Desktop.objects.create(
-        owner=employee,
-        template=fake_template,
-        host=fake_host,
-        name="capped",
-        status=DesktopStatus.RUNNING,
-        vcpus=1,
-        memory_mib=256,
-        disk_gib=1,
-    )
+    desktop = make_desktop(employee, fake_template, name="capped", status=DesktopStatus.RUNNING)
     for _ in range(2):
         ConsoleSession.objects.create(desktop=desktop, user=employee, mode="full")
     response = api_for(employee).post(f"/api/desktops/{desktop.pk}/console/", {}, format="json")
@@ -111,16 +93,7 @@ def test_console_cap_per_user(api_for, employee, fake_template, fake_host, setti
 def test_helpdesk_needs_a_reason_to_take_control(
     api_for, helpdesk_user, employee, fake_template, fake_host
 ) -> None:
-    desktop = Desktop.objects.create(
-        owner=employee,
-        template=fake_template,
-        host=fake_host,
-        name="help",
-        status=DesktopStatus.RUNNING,
-        vcpus=1,
-        memory_mib=256,
-        disk_gib=1,
-    )
+    desktop = make_desktop(employee, fake_template, name="help", status=DesktopStatus.RUNNING)
     client = api_for(helpdesk_user)
     url = f"/api/desktops/{desktop.pk}/console/"
     assert client.post(url, {}, format="json").json()["mode"] == "view"
@@ -132,16 +105,7 @@ def test_helpdesk_needs_a_reason_to_take_control(
 
 
 def test_console_of_a_stopped_desktop_is_409(api_for, employee, fake_template, fake_host) -> None:
-    desktop = Desktop.objects.create(
-        owner=employee,
-        template=fake_template,
-        host=fake_host,
-        name="off",
-        status=DesktopStatus.STOPPED,
-        vcpus=1,
-        memory_mib=256,
-        disk_gib=1,
-    )
+    desktop = make_desktop(employee, fake_template, name="off", status=DesktopStatus.STOPPED)
     response = api_for(employee).post(f"/api/desktops/{desktop.pk}/console/", {}, format="json")
     assert response.status_code == 409
     assert "start it" in response.json()["detail"]

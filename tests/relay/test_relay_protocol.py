@@ -12,7 +12,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from tests.fixtures import wait_for_status
+from tests.fixtures import make_desktop, wait_for_status
 from tests.relay.conftest import connect, mint_ticket, random_tickets, session_cookie
 from vms.console.tickets import _key
 from vms.models import ConsoleSession, Desktop, DesktopStatus
@@ -27,16 +27,8 @@ FB_UPDATE_REQUEST = b"\x03\x00\x00\x00\x00\x00\x02\xd0\x01\x90"
 @pytest.fixture
 def desktop_row(employee, fake_template, fake_host) -> Desktop:
     """A desktop marked running (no guest): enough for every refusal."""
-    return Desktop.objects.create(
-        owner=employee,
-        template=fake_template,
-        host=fake_host,
-        name="row",
-        status=DesktopStatus.RUNNING,
-        vcpus=1,
-        memory_mib=256,
-        disk_gib=1,
-        domain_name="dpt-nothing",
+    return make_desktop(
+        employee, fake_template, name="row", status=DesktopStatus.RUNNING, domain_name="dpt-nothing"
     )
 
 
@@ -58,16 +50,7 @@ def test_expired_ticket_is_refused(relay, employee, desktop_row) -> None:
 def test_ticket_for_another_desktop_is_refused(
     relay, employee, desktop_row, fake_template, fake_host
 ) -> None:
-    other = Desktop.objects.create(
-        owner=employee,
-        template=fake_template,
-        host=fake_host,
-        name="other",
-        status=DesktopStatus.RUNNING,
-        vcpus=1,
-        memory_mib=256,
-        disk_gib=1,
-    )
+    other = make_desktop(employee, fake_template, name="other", status=DesktopStatus.RUNNING)
     ticket = mint_ticket(employee, desktop_row)["ticket"]
     outcome = connect(relay.url, other, ticket, cookie=session_cookie(employee))
     assert outcome.code == 4403

@@ -7,6 +7,7 @@ import logging
 import pytest
 from django.test import Client
 
+from tests.fixtures import make_desktop
 from vms.models import Desktop, Template
 
 pytestmark = pytest.mark.django_db
@@ -137,16 +138,7 @@ def test_no_ticket_password_or_session_id_in_logs(
     from vms.models import DesktopStatus
 
     caplog.set_level(logging.DEBUG)
-    desktop = Desktop.objects.create(
-        owner=employee,
-        template=fake_template,
-        host=fake_host,
-        name="logged",
-        status=DesktopStatus.RUNNING,
-        vcpus=1,
-        memory_mib=256,
-        disk_gib=1,
-    )
+    desktop = make_desktop(employee, fake_template, name="logged", status=DesktopStatus.RUNNING)
     client = api_for(employee)
     session_id = client.cookies["sessionid"].value
     ticket = client.post(f"/api/desktops/{desktop.pk}/console/", {}, format="json").json()["ticket"]
