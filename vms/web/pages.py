@@ -1,0 +1,74 @@
+"""Pages: health, the employee dashboard and the help-desk search. They read the
+database only, never libvirt; live state arrives over /ws/desktops/."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from vms.health import health_report
+from vms.roles import is_helpdesk
+from vms.selectors import (
+    console_watchers,
+    desktops_visible_to,
+    helpdesk_search,
+    templates_for_user,
+)
+from vms.services.quotas import effective_quota, first_exceeded, usage
+
+
+@require_GET
+@never_cache
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Database, Redis, Celery workers and libvirt hosts, each ok or an error."""
+    report = health_report()
+    healthy = all(check["ok"] for check in report.values())
+    return JsonResponse({"ok": healthy, "checks": report}, status=200 if healthy else 503)
+
+
+@login_required
+@require_GET
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """The employee's home: assigned templates, own desktops and the quota meter."""
+    desktops = list(desktops_visible_to(user=request.user).filter(owner=request.user))
+    watchers = console_watchers(desktop_ids=[d.pk for d in desktops])
+    for desktop in desktops:
+        desktop.watchers = watchers[str(desktop.pk)]  # type: ignore[attr-defined]
+    quota, used = effective_quota(user=request.user), usage(user=request.user)
+    templates = list(templates_for_user(user=request.user))
+    for template in templates:
+        refusal = first_exceeded(limits=quota, used=used, template=template)
+        template.refusal = refusal.message if refusal else ""  # type: ignore[attr-defined]
+    context = {
+        "templates": templates,
+        "desktops": desktops,
+        "quota": quota,
+        "used": used,
+        "desktop_actions": [
+            ("start", "Start"),
+            ("stop", "Stop"),
+            ("reboot", "Reboot"),
+            ("delete", "Delete"),
+        ],
+    }
+    return render(request, "vms/dashboard.html", context)
+
+
+@login_required
+@require_GET
+def helpdesk(request: HttpRequest) -> HttpResponse:
+    """Help-desk: find a user by name and reach their desktops (view-only by default)."""
+    if not is_helpdesk(request.user):
+        raise PermissionDenied("This page is for help-desk staff.")
+    query = request.GET.get("q", "").replace("\x00", "").strip()[:100]
+    results = helpdesk_search(query=query) if query else []
+    context = {
+        "query": query,
+        "results": results,
+        "power_actions": [("start", "Start"), ("stop", "Stop"), ("reboot", "Reboot")],
+    }
+    return render(request, "vms/helpdesk.html", context)
