@@ -172,11 +172,6 @@ class Desktop(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.owner})"
 
-    @property
-    def is_active(self) -> bool:
-        """Whether the desktop still holds resources (counts against quota)."""
-        return self.status != DesktopStatus.DELETED
-
 
 class AuditEvent(models.Model):
     """An append-only record of one state change or sensitive action."""

@@ -33,7 +33,7 @@ def host_heartbeat(*, host: Host) -> bool:
     """Check the host's libvirt and storage pool; record the result for pages and /healthz."""
     try:
         hypervisor = hypervisor_for(host)
-        hypervisor.ensure_pool(name=host.storage_pool, path=_pool_path(host))
+        hypervisor.ensure_pool(name=host.storage_pool, path=str(settings.STORAGE_POOL_PATH))
         virt_type = "kvm" if hypervisor.kvm_available() else "qemu"
     except HypervisorError as exc:
         log.warning("host %s is unhealthy: %s", host.name, exc.message)
@@ -41,10 +41,6 @@ def host_heartbeat(*, host: Host) -> bool:
         return False
     _record(host, ok=True, error="", virt_type=virt_type)
     return True
-
-
-def _pool_path(host: Host) -> str:
-    return str(settings.STORAGE_POOL_PATH)
 
 
 def _record(host: Host, *, ok: bool, error: str, **extra: str) -> None:
