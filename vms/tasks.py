@@ -24,6 +24,13 @@ MAX_RETRIES = 6
 def _run(task: Task, desktop_id: str, work: Callable[[], None], *, cleanup: bool) -> None:
     try:
         work()
+    except provisioning.DesktopBusy as exc:
+        # Another run holds the desktop (a duplicate delivery): come back when it is done.
+        # Nothing failed, so running out of retries leaves the desktop to reconcile.
+        if task.request.retries >= MAX_RETRIES:
+            log.warning("giving up on %s: %s", task.name, exc)
+            return
+        raise task.retry(exc=exc, countdown=min(2**task.request.retries, 60)) from exc
     except HypervisorError as exc:
         if task.request.retries >= MAX_RETRIES:
             provisioning.desktop_fail(desktop_id=desktop_id, message=exc.message, cleanup=cleanup)

@@ -32,7 +32,7 @@ def test_employee_types_and_helpdesk_view_only_cannot(
 
     # 2. The console shows the guest's boot text on the canvas.
     page.goto(f"{portal_url}/desktops/{desktop.pk}/console/")
-    page.wait_for_selector("body[data-console=connected]", timeout=20_000)
+    page.wait_for_selector("body[data-console=connected]", timeout=45_000)
     assert page.inner_text("#console-status") == "Connected (full control)."
     page.click("#btn-scale")  # 1:1, so the canvas shows the VGA text crisp for OCR
     canvas = page.locator("#screen canvas")
@@ -49,7 +49,7 @@ def test_employee_types_and_helpdesk_view_only_cannot(
     #    dropped by the relay and never reach the guest.
     helper = logged_in_page(browser, portal_url, helpdesk_user.username)
     helper.goto(f"{portal_url}/desktops/{desktop.pk}/console/")
-    helper.wait_for_selector("body[data-console=connected]", timeout=20_000)
+    helper.wait_for_selector("body[data-console=connected]", timeout=45_000)
     assert helper.inner_text("#console-status") == "Connected (view only)."
     helper.click("#btn-scale")
     helper_canvas = helper.locator("#screen canvas")

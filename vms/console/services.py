@@ -13,6 +13,7 @@ import io
 import secrets
 from dataclasses import dataclass, field
 
+import redis
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
@@ -101,7 +102,7 @@ def console_ticket_issue(
     )
     try:
         issued = ticket_store(claim=claim)
-    except OSError as exc:
+    except (OSError, redis.RedisError) as exc:
         raise ServiceUnavailable("Consoles are unavailable right now; try again shortly.") from exc
     audit_record(
         action="console.ticket",

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.utils import timezone
 
 KEY_PREFIX = "console-ticket:"
-_client: redis.Redis | None = None
+_clients: dict[str, redis.Redis] = {}
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,11 @@ class IssuedTicket:
 
 
 def _redis() -> redis.Redis:
-    global _client
-    if _client is None:
-        _client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
-        )
-    return _client
+    """One connection pool per process and Redis URL (the URL may change in tests)."""
+    url = settings.REDIS_URL
+    if url not in _clients:
+        _clients[url] = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    return _clients[url]
 
 
 def _key(ticket: str) -> str:

@@ -56,6 +56,14 @@ _PERMANENT_SYSTEM_HINTS: Final[tuple[str, ...]] = (
     "File exists",
 )
 
+# Messages that mean the daemon could not be reached at all (it is stopped or restarting).
+# They win over _PERMANENT_SYSTEM_HINTS: a stopped libvirtd removes its socket, so the
+# connect fails with "No such file or directory", which is not about our request.
+_UNREACHABLE_HINTS: Final[tuple[str, ...]] = (
+    "failed to connect socket",
+    "is libvirtd running",
+)
+
 # Messages (any code) that mean the connection to libvirtd broke under us.
 _CONNECTION_LOST_HINTS: Final[tuple[str, ...]] = (
     "connection closed",
@@ -98,6 +106,8 @@ def is_transient_code(code: int | None, message: str = "") -> bool:
         # nothing says the request was wrong, so let the caller try again.
         return True
     low = message.lower()
+    if any(hint in low for hint in _UNREACHABLE_HINTS):
+        return True
     if code == libvirt.VIR_ERR_SYSTEM_ERROR and any(
         hint.lower() in low for hint in _PERMANENT_SYSTEM_HINTS
     ):

@@ -230,6 +230,23 @@ def _is_pool_space_or_permission_problem(message: str) -> bool:
     return any(hint in message for hint in POOL_FULL_OR_READONLY_HINTS)
 
 
+def _pool_problem(pool: str, name: str, text: str) -> str:
+    """What a person needs to know when a pool cannot take a new volume."""
+    # libvirt quotes the whole qemu-img command line; its last line says what went wrong.
+    detail = text[text.rfind("qemu-img:") :] if "qemu-img:" in text else text
+    low = text.lower()
+    if "no space" in low or "not enough space" in low or "quota exceeded" in low:
+        return (
+            f"storage pool '{pool}' is full: there is no room for the new disk '{name}'. "
+            f"Free space in the pool (or enlarge it), then try again. ({detail})"
+        )
+    reason = "read-only file system" if "read-only" in low else "permission denied"
+    return (
+        f"storage pool '{pool}' is not writable ({reason}): the new disk '{name}' cannot be "
+        f"created. Check the pool's directory and how it is mounted, then try again. ({detail})"
+    )
+
+
 def _is_missing_backing(message: str) -> bool:
     low = message.lower()
     return "backing" in low and ("inaccessible" in low or "no such file" in low)
@@ -393,9 +410,7 @@ class LibvirtHypervisor(Hypervisor):
         except libvirt.libvirtError as err:
             text = _msg(err)
             if _is_pool_space_or_permission_problem(text):
-                raise HypervisorError(
-                    f"storage pool '{pool}' is not writable/full: {text}", permanent=True
-                ) from None
+                raise HypervisorError(_pool_problem(pool, name, text), permanent=True) from None
             raise
 
     def clone_volume(

@@ -4,6 +4,14 @@ Every function here loads the desktop by id, does nothing unless the desktop is 
 state its action expects (so a task delivered twice does no harm), and writes state by
 compare-and-set. A permanent HypervisorError ends in `error` with a message a person can
 act on; a transient one propagates so the task retries.
+
+Provisioning and booting may be cut at any point (a worker killed, libvirtd restarting)
+and run again, or run twice at once (a message delivered twice, reconcile re-queueing a
+slow task). Every step is idempotent: the volume and domain names are fixed per desktop,
+clone and define return what exists, start accepts a running guest. The two paths that
+create things also hold a per-desktop lock (`desktop_lock`) so that two runs never build
+the same volume at the same moment; a run that finds the lock taken waits for it, then
+sees from the state that the work is done.
 """
 
 from __future__ import annotations
@@ -21,11 +29,13 @@ from vms.services import transitions
 from vms.services.audit import audit_record
 from vms.services.events import push_desktop_changed
 from vms.services.hosts import host_virt_type, hypervisor_for
+from vms.services.locks import DesktopBusy, desktop_lock
 from vms.settings_access import shutdown_timeout_s
 
 log = logging.getLogger(__name__)
 S = DesktopStatus
 GIB = 1024**3
+__all__ = ["DesktopBusy"]  # raised through desktop_lock; the tasks catch it
 
 
 def _load(desktop_id: UUID | str) -> Desktop | None:
@@ -80,11 +90,19 @@ def _volume_path(desktop: Desktop) -> str:
 
 
 def desktop_provision(*, desktop_id: UUID | str) -> None:
-    """Clone the disk, define the domain and boot it: provisioning -> starting -> running."""
-    desktop = _load(desktop_id)
-    if desktop is None or desktop.status != S.PROVISIONING:
-        return
-    _guarded(desktop, lambda: _provision(desktop), cleanup=True)
+    """Clone the disk, define the domain and boot it: provisioning -> starting -> running.
+
+    A desktop already `starting` was provisioned by a run that was cut off before the
+    guest ran (its message comes back after the worker died): this run boots it.
+    """
+    with desktop_lock(desktop_id):
+        desktop = _load(desktop_id)
+        if desktop is None:
+            return
+        if desktop.status == S.PROVISIONING:
+            _guarded(desktop, lambda: _provision(desktop), cleanup=True)
+        elif desktop.status == S.STARTING:
+            _guarded(desktop, lambda: _boot_defined(desktop), cleanup=False)
 
 
 def _provision(desktop: Desktop) -> None:
@@ -107,16 +125,20 @@ def _boot(desktop: Desktop, hypervisor: Hypervisor) -> None:
 
 def desktop_boot(*, desktop_id: UUID | str) -> None:
     """Power on: starting -> running (a non-persistent desktop was reset when it stopped)."""
-    desktop = _load(desktop_id)
-    if desktop is None or desktop.status != S.STARTING:
-        return
-    _guarded(desktop, lambda: _boot_defined(desktop), cleanup=False)
+    with desktop_lock(desktop_id):
+        desktop = _load(desktop_id)
+        if desktop is None or desktop.status != S.STARTING:
+            return
+        _guarded(desktop, lambda: _boot_defined(desktop), cleanup=False)
 
 
 def _boot_defined(desktop: Desktop) -> None:
     hypervisor = hypervisor_for(desktop.host)
     # A desktop that failed before its domain existed is rebuilt from scratch.
-    hypervisor.define_domain(domain_spec(desktop))
+    info = hypervisor.define_domain(domain_spec(desktop))
+    Desktop.objects.filter(pk=desktop.pk).exclude(domain_uuid=info.uuid).update(
+        domain_uuid=info.uuid
+    )
     _boot(desktop, hypervisor)
 
 

@@ -2,6 +2,11 @@
 
 Tasks are sent by name so that services never import the task module (tasks import
 services, not the other way round).
+
+Every send opens its own connection to the broker the settings name at that moment,
+instead of using the Celery app's connection pool, which is bound to the URL in force when
+it was first used. A fresh connection per send (user actions are rare) never carries a
+stale socket across a Redis restart, and costs one local TCP connect.
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ import logging
 from functools import partial
 
 import redis
-from django.conf import settings
 from django.db import transaction
 from kombu.exceptions import OperationalError
 
@@ -21,13 +25,18 @@ from vms.services.errors import ServiceUnavailable
 log = logging.getLogger(__name__)
 
 
+def broker_url() -> str:
+    """The broker tasks go to (the Celery app reads CELERY_BROKER_URL from the settings)."""
+    return str(celery_app.conf.broker_write_url or celery_app.conf.broker_url)
+
+
 def broker_check() -> None:
     """Raise ServiceUnavailable when the broker does not answer within a second.
 
     Called before an action writes anything, so that a down broker refuses the action
     instead of leaving a desktop waiting for work that was never queued.
     """
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    client = redis.Redis.from_url(broker_url(), socket_connect_timeout=1, socket_timeout=1)
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -48,7 +57,10 @@ def enqueue_desktop_task(task: str, *, desktop: Desktop, **kwargs: object) -> No
 
 def _send(name: str, desktop_id: str, queue: str, kwargs: dict[str, object]) -> None:
     try:
-        celery_app.send_task(name, args=[desktop_id], kwargs=kwargs, queue=queue)
+        with celery_app.connection_for_write(broker_url()) as connection:
+            celery_app.send_task(
+                name, args=[desktop_id], kwargs=kwargs, queue=queue, connection=connection
+            )
     except OperationalError:
         # The row already says what should happen; reconcile re-queues stalled desktops.
         log.warning("could not queue %s for desktop %s; reconcile will retry", name, desktop_id)

@@ -56,8 +56,15 @@ def reconcile_host(*, host: Host) -> ReconcileReport:
     live = {d.domain_name: d for d in Desktop.objects.filter(host=host).exclude(status=S.DELETED)}
     for desktop in live.values():
         _fix_state(desktop, domains.get(desktop.domain_name), report)
-    _remove_orphan_domains(hypervisor, domains, live, report)
-    _remove_orphan_volumes(hypervisor, host, volumes, live, report)
+    # Another Host row may name the same libvirt (and pool): its desktops are not orphans.
+    owned = {
+        d.domain_name: d
+        for d in Desktop.objects.filter(host__libvirt_uri=host.libvirt_uri).exclude(
+            status=S.DELETED
+        )
+    }
+    _remove_orphan_domains(hypervisor, domains, owned, report)
+    _remove_orphan_volumes(hypervisor, host, volumes, owned, report)
     _requeue_stalled(live.values(), report)
     return report
 

@@ -1,0 +1,98 @@
+"""A per-desktop lock for the worker paths that create things (provisioning, booting).
+
+Two runs of the same task (a message delivered twice, reconcile re-queueing a slow task)
+must not build the same volume at the same moment. The lock is released by the system
+when its holder dies, so a SIGKILLed worker never leaves it taken.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from uuid import UUID
+
+from django.db import DatabaseError, connection
+
+log = logging.getLogger(__name__)
+
+# How long a run waits for another run on the same desktop before it gives up (and its
+# task retries). Provisioning and booting take a few seconds.
+LOCK_WAIT_S = 30.0
+_LOCK_POLL_S = 0.1
+_LOCK_CLASS = 0x4450  # first key of our PostgreSQL advisory locks ("DP")
+_LOCK_FILES = 256  # SQLite: lock files, shared by desktops that hash alike
+
+
+class DesktopBusy(Exception):
+    """Another worker is provisioning or booting this desktop right now; try again later."""
+
+
+@contextmanager
+def desktop_lock(desktop_id: UUID | str) -> Iterator[None]:
+    """Hold the desktop's provisioning lock; raise DesktopBusy after LOCK_WAIT_S.
+
+    PostgreSQL: a session advisory lock, which the server drops by itself when the worker
+    holding it dies (its connection closes), so a SIGKILLed worker never leaves it taken.
+    SQLite (one machine): an flock on a file, which the kernel drops the same way.
+    """
+    key = int.from_bytes(UUID(str(desktop_id)).bytes[:4], "big", signed=True)
+    if connection.vendor == "postgresql":
+        with _advisory_lock(key, desktop_id):
+            yield
+    else:
+        with _file_lock(key % _LOCK_FILES, desktop_id):
+            yield
+
+
+def _wait_for(take: Callable[[], bool], desktop_id: UUID | str) -> None:
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while not take():
+        if time.monotonic() >= deadline:
+            raise DesktopBusy(f"desktop {desktop_id} is being worked on by another task")
+        time.sleep(_LOCK_POLL_S)
+
+
+@contextmanager
+def _advisory_lock(key: int, desktop_id: UUID | str) -> Iterator[None]:
+    def take() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_CLASS, key])
+            row = cursor.fetchone()
+        return bool(row and row[0])
+
+    _wait_for(take, desktop_id)
+    try:
+        yield
+    finally:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_LOCK_CLASS, key])
+        except DatabaseError:
+            # The lock goes with the session; make sure the session goes too.
+            log.warning("could not release the lock of desktop %s; reconnecting", desktop_id)
+            connection.close()
+
+
+@contextmanager
+def _file_lock(slot: int, desktop_id: UUID | str) -> Iterator[None]:
+    folder = Path(tempfile.gettempdir()) / "desktop-portal-locks"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    with open(folder / f"desktop-{slot}.lock", "a+b") as handle:
+
+        def take() -> bool:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        _wait_for(take, desktop_id)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
