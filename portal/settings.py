@@ -117,11 +117,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Reuse connections between requests (the bench showed a new connection per request
-    # dominating the dashboard's cost); health checks drop ones the server closed.
-    DATABASES["default"]["CONN_MAX_AGE"] = envcheck.read(env.int, "DB_CONN_MAX_AGE", default=60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Under ASGI each request may run on a different thread, and a persistent connection per
+# thread exhausts PostgreSQL's slots under load (the bench saw 500s with 60 s): close after
+# each request unless a deployment sets DB_CONN_MAX_AGE knowingly.
+DATABASES["default"]["CONN_MAX_AGE"] = envcheck.read(env.int, "DB_CONN_MAX_AGE", default=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = envcheck.redis_url(

@@ -45,7 +45,7 @@ install_packages() {
   if ! command -v redis-server >/dev/null && local_redis; then apt_install redis-server; fi
   command -v npm >/dev/null || apt_install npm
   if [[ $FOR_TESTS -eq 1 ]]; then
-    apt_install chromium chromium-driver tesseract-ocr tesseract-ocr-eng
+    apt_install chromium chromium-driver tesseract-ocr tesseract-ocr-eng wrk
     command -v pg_ctlcluster >/dev/null || apt_install postgresql
   fi
 }
