@@ -74,6 +74,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",
+    "vms.web.middleware.StaffOnlyAdminMiddleware",
 ]
 
 AUTHENTICATION_BACKENDS = [

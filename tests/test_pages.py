@@ -112,7 +112,9 @@ def test_pages_refuse_users_without_the_right(
     assert helper.post(f"/desktops/{desktop.pk}/delete/").status_code == 403
     assert helper.post(f"/desktops/{desktop.pk}/nonsense/").status_code == 404
     for who in (stranger, helper):
-        assert who.get("/admin/").status_code == 302  # the admin's own login: staff only
+        for url in ("/admin/", "/admin/vms/desktop/", "/admin/vms/template/add/"):
+            assert who.get(url).status_code == 403, url
+    assert anonymous.get("/admin/").status_code == 302  # to the admin's login form
     desktop.refresh_from_db()
     assert desktop.status == DesktopStatus.RUNNING
 

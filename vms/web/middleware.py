@@ -1,0 +1,25 @@
+"""Request middleware of the portal."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+
+
+class StaffOnlyAdminMiddleware:
+    """Answer 403 when a logged-in user who is not staff opens an admin page.
+
+    Django's admin would show its login form again; a plain refusal is clearer and is what
+    the portal's permission contract says (admin routes answer 403 to non-staff).
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        user = request.user
+        if request.path.startswith("/admin/") and user.is_authenticated and not user.is_staff:
+            raise PermissionDenied("The admin pages are for administrators.")
+        return self.get_response(request)
