@@ -35,6 +35,7 @@ __all__ = ["LibvirtHypervisor"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+L = TypeVar("L")  # a libvirt object a lookup returns
 Conn = Any  # libvirt.virConnect (libvirt-python ships no type information)
 Dom = Any  # libvirt.virDomain
 Pool = Any  # libvirt.virStoragePool
@@ -132,13 +133,18 @@ def _volume_info(vol: Vol) -> VolumeInfo:
     return vxml.parse_volume(vol.XMLDesc(0))
 
 
-def _lookup_domain(conn: Conn, name: str) -> Dom | None:
+def _or_none(lookup: Callable[[], L], missing: int) -> L | None:
+    """``lookup()``, or None when libvirt answers with the ``missing`` error code."""
     try:
-        return conn.lookupByName(name)
+        return lookup()
     except libvirt.libvirtError as err:
-        if _code(err) == libvirt.VIR_ERR_NO_DOMAIN:
+        if _code(err) == missing:
             return None
         raise
+
+
+def _lookup_domain(conn: Conn, name: str) -> Dom | None:
+    return _or_none(lambda: conn.lookupByName(name), libvirt.VIR_ERR_NO_DOMAIN)
 
 
 def _require_domain(conn: Conn, name: str) -> Dom:
@@ -169,12 +175,7 @@ def _force_off(dom: Dom) -> bool:
 
 
 def _lookup_pool(conn: Conn, name: str) -> Pool | None:
-    try:
-        return conn.storagePoolLookupByName(name)
-    except libvirt.libvirtError as err:
-        if _code(err) == libvirt.VIR_ERR_NO_STORAGE_POOL:
-            return None
-        raise
+    return _or_none(lambda: conn.storagePoolLookupByName(name), libvirt.VIR_ERR_NO_STORAGE_POOL)
 
 
 def _require_pool(conn: Conn, name: str) -> Pool:
@@ -193,24 +194,14 @@ def _require_pool(conn: Conn, name: str) -> Pool:
 
 
 def _lookup_volume(pool: Pool, name: str) -> Vol | None:
-    try:
-        return pool.storageVolLookupByName(name)
-    except libvirt.libvirtError as err:
-        if _code(err) == libvirt.VIR_ERR_NO_STORAGE_VOL:
-            return None
-        raise
+    return _or_none(lambda: pool.storageVolLookupByName(name), libvirt.VIR_ERR_NO_STORAGE_VOL)
 
 
 def _lookup_volume_by_path(conn: Conn, path: str) -> Vol | None:
     """The volume at ``path``, refreshing the pool of its directory once if not found."""
 
     def find() -> Vol | None:
-        try:
-            return conn.storageVolLookupByPath(path)
-        except libvirt.libvirtError as err:
-            if _code(err) == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                return None
-            raise
+        return _or_none(lambda: conn.storageVolLookupByPath(path), libvirt.VIR_ERR_NO_STORAGE_VOL)
 
     vol = find()
     if vol is not None:
