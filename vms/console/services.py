@@ -182,6 +182,24 @@ def console_session_close(
     dropped_messages: int = 0,
 ) -> None:
     """Record the end of a session (once) and tell the owner's pages."""
+    with transaction.atomic():
+        _record_close(
+            session_id=session_id,
+            reason=reason,
+            bytes_to_guest=bytes_to_guest,
+            bytes_from_guest=bytes_from_guest,
+            dropped_messages=dropped_messages,
+        )
+
+
+def _record_close(
+    *,
+    session_id: int,
+    reason: str,
+    bytes_to_guest: int,
+    bytes_from_guest: int,
+    dropped_messages: int,
+) -> None:
     closed = ConsoleSession.objects.filter(pk=session_id, ended_at__isnull=True).update(
         ended_at=timezone.now(),
         close_reason=reason[:200],

@@ -21,6 +21,7 @@ import secrets
 from collections.abc import Callable
 from uuid import UUID
 
+from django.db import transaction
 from django.utils import timezone
 
 from vms.hypervisor import DomainSpec, GraphicsType, Hypervisor, HypervisorError
@@ -48,11 +49,13 @@ def _set_progress(desktop: Desktop, step: str) -> None:
 
 
 def _advance(desktop: Desktop, *, old: str, new: str, **fields: object) -> bool:
-    moved = transitions.compare_and_set(desktop_id=desktop.pk, old=old, new=new, **fields)
-    if moved:
-        desktop.status = new
-        audit_record(action=f"desktop.{new}", desktop=desktop, old=old, new=new)
-        push_desktop_changed(desktop_id=desktop.pk)
+    # The new state and its audit row commit together: nobody sees one without the other.
+    with transaction.atomic():
+        moved = transitions.compare_and_set(desktop_id=desktop.pk, old=old, new=new, **fields)
+        if moved:
+            desktop.status = new
+            audit_record(action=f"desktop.{new}", desktop=desktop, old=old, new=new)
+            push_desktop_changed(desktop_id=desktop.pk)
     return moved
 
 
@@ -225,15 +228,16 @@ def desktop_fail(*, desktop_id: UUID | str, message: str, cleanup: bool) -> None
     log.warning("desktop %s failed: %s", desktop.pk, message)
     if cleanup and desktop.host is not None:
         _cleanup_quietly(desktop)
-    transitions.move_from_any(
-        desktop_id=desktop.pk,
-        allowed_from=transitions.sources_of(S.ERROR),
-        new=S.ERROR,
-        last_error=message,
-        progress="",
-    )
-    audit_record(action="desktop.error", desktop=desktop, message=message)
-    push_desktop_changed(desktop_id=desktop.pk)
+    with transaction.atomic():
+        transitions.move_from_any(
+            desktop_id=desktop.pk,
+            allowed_from=transitions.sources_of(S.ERROR),
+            new=S.ERROR,
+            last_error=message,
+            progress="",
+        )
+        audit_record(action="desktop.error", desktop=desktop, message=message)
+        push_desktop_changed(desktop_id=desktop.pk)
 
 
 def _cleanup_quietly(desktop: Desktop) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from django.db import transaction
 from django.utils import timezone
 
 from vms.hypervisor import DomainInfo, Hypervisor, PowerState, VolumeInfo
@@ -85,10 +86,12 @@ def _fix_state(desktop: Desktop, domain: DomainInfo | None, report: ReconcileRep
 
 def _correct(desktop: Desktop, *, new: str, report: ReconcileReport, **fields: object) -> None:
     old = desktop.status
-    if transitions.compare_and_set(desktop_id=desktop.pk, old=old, new=new, **fields):
-        report.state_fixes.append(f"{desktop.domain_name}: {old} -> {new}")
+    with transaction.atomic():
+        if not transitions.compare_and_set(desktop_id=desktop.pk, old=old, new=new, **fields):
+            return
         audit_record(action="desktop.reconciled", desktop=desktop, old=old, new=new)
         push_desktop_changed(desktop_id=desktop.pk)
+    report.state_fixes.append(f"{desktop.domain_name}: {old} -> {new}")
 
 
 def _remove_orphan_domains(
