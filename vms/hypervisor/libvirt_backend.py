@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Final, TypeVar
 from urllib.parse import urlparse
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 L = TypeVar("L")  # a libvirt object a lookup returns
+D = TypeVar("D", DomainInfo, VolumeInfo)
 Conn = Any  # libvirt.virConnect (libvirt-python ships no type information)
 Dom = Any  # libvirt.virDomain
 Pool = Any  # libvirt.virStoragePool
@@ -141,6 +143,18 @@ def _or_none(lookup: Callable[[], L], missing: int) -> L | None:
         if _code(err) == missing:
             return None
         raise
+
+
+def _described(objects: list[Any], prefix: str, describe: Callable[[Any], D], gone: int) -> list[D]:
+    """Descriptions of the objects whose names start with ``prefix``, sorted by name; an
+    object removed between listing and describing (libvirt error ``gone``) is skipped."""
+    result: list[D] = []
+    for obj in objects:
+        if str(obj.name()).startswith(prefix):
+            described = _or_none(partial(describe, obj), gone)
+            if described is not None:
+                result.append(described)
+    return sorted(result, key=lambda item: item.name)
 
 
 def _lookup_domain(conn: Conn, name: str) -> Dom | None:
@@ -489,17 +503,8 @@ class LibvirtHypervisor(Hypervisor):
 
     def list_volumes(self, *, pool: str, prefix: str) -> list[VolumeInfo]:
         def op(conn: Conn) -> list[VolumeInfo]:
-            p = _require_pool(conn, pool)
-            result = []
-            for vol in p.listAllVolumes(0):
-                if not str(vol.name()).startswith(prefix):
-                    continue
-                try:
-                    result.append(_volume_info(vol))
-                except libvirt.libvirtError as err:
-                    if _code(err) != libvirt.VIR_ERR_NO_STORAGE_VOL:  # deleted meanwhile
-                        raise
-            return sorted(result, key=lambda v: v.name)
+            volumes = _require_pool(conn, pool).listAllVolumes(0)
+            return _described(volumes, prefix, _volume_info, libvirt.VIR_ERR_NO_STORAGE_VOL)
 
         return self._call(f"listing volumes of storage pool '{pool}'", op)
 
@@ -667,16 +672,8 @@ class LibvirtHypervisor(Hypervisor):
 
     def list_domains(self, *, prefix: str) -> list[DomainInfo]:
         def op(conn: Conn) -> list[DomainInfo]:
-            result = []
-            for dom in conn.listAllDomains(0):
-                if not str(dom.name()).startswith(prefix):
-                    continue
-                try:
-                    result.append(_domain_info(dom))
-                except libvirt.libvirtError as err:
-                    if _code(err) != libvirt.VIR_ERR_NO_DOMAIN:  # undefined meanwhile
-                        raise
-            return sorted(result, key=lambda d: d.name)
+            domains = conn.listAllDomains(0)
+            return _described(domains, prefix, _domain_info, libvirt.VIR_ERR_NO_DOMAIN)
 
         return self._call("listing desktop domains", op)
 
