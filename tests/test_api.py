@@ -125,6 +125,7 @@ def test_employee_cannot_filter_into_other_users(
         (S.STOPPED, "reboot", 409, S.STOPPED),
         (S.RUNNING, "force-stop", 202, S.STOPPING),
         (S.STOPPING, "force-stop", 202, S.STOPPING),
+        (S.STARTING, "force-stop", 202, S.STOPPING),
         (S.STOPPED, "force-stop", 409, S.STOPPED),
     ],
 )

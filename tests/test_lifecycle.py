@@ -63,6 +63,25 @@ def test_full_lifecycle(
         assert expected in actions
 
 
+def test_force_stop_while_starting_leaves_the_desktop_stopped_and_off(
+    celery_worker, api_for, employee, demo_template, hypervisor
+) -> None:
+    client = api_for(employee)
+    launched = client.post("/api/desktops/", {"template": demo_template.pk}, format="json")
+    desktop_id = launched.json()["id"]
+    wait_for_status(desktop_id, "running")
+    assert client.post(f"/api/desktops/{desktop_id}/force-stop/").status_code == 202
+    desktop = wait_for_status(desktop_id, "stopped")
+
+    # Start, and pull the plug at once: whichever task the worker runs first, the
+    # desktop ends stopped with its guest off (not running behind a "stopped" row).
+    assert client.post(f"/api/desktops/{desktop_id}/start/").status_code == 202
+    forced = client.post(f"/api/desktops/{desktop_id}/force-stop/")
+    assert forced.status_code == 202, forced.content
+    wait_for_status(desktop_id, "stopped")
+    assert hypervisor.state(name=desktop.domain_name) in ("shutoff", "missing")
+
+
 def test_missing_base_image_ends_in_error_with_the_path(
     celery_worker, api_for, employee, demo_template, hypervisor, local_host
 ) -> None:

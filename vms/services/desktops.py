@@ -109,7 +109,7 @@ def desktop_stop(
 def desktop_force_stop(
     *, actor: AbstractBaseUser, desktop: Desktop, source_ip: str | None = None
 ) -> None:
-    """Pull the plug: power off at once, also while a graceful stop is under way."""
+    """Pull the plug: power off at once, also while booting or stopping gracefully."""
     broker_check()
     with transaction.atomic():
         left: str | None
@@ -117,7 +117,9 @@ def desktop_force_stop(
             left = S.STOPPING
         else:
             left = transitions.move_from_any(
-                desktop_id=desktop.pk, new=S.STOPPING, allowed_from=[S.RUNNING, S.STARTING]
+                desktop_id=desktop.pk,
+                new=S.STOPPING,
+                allowed_from=transitions.sources_of(S.STOPPING),
             )
         _after_move(
             actor=actor,

@@ -123,7 +123,13 @@ def _provision(desktop: Desktop) -> None:
 
 def _boot(desktop: Desktop, hypervisor: Hypervisor) -> None:
     hypervisor.start(name=desktop.domain_name)
-    _advance(desktop, old=S.STARTING, new=S.RUNNING, progress="ready", last_error="")
+    if _advance(desktop, old=S.STARTING, new=S.RUNNING, progress="ready", last_error=""):
+        return
+    # Force-stopped while it booted: the guest just started must not outlive that.
+    desktop.refresh_from_db(fields=["status"])
+    if desktop.status in (S.STOPPING, S.STOPPED):
+        hypervisor.destroy(name=desktop.domain_name)
+        _advance(desktop, old=S.STOPPING, new=S.STOPPED, progress="")
 
 
 def desktop_boot(*, desktop_id: UUID | str) -> None:
@@ -147,6 +153,16 @@ def _boot_defined(desktop: Desktop) -> None:
 
 def desktop_power_off(*, desktop_id: UUID | str, force: bool = False) -> None:
     """Shut the guest down (gracefully, then by force after the timeout): -> stopped."""
+    if force:
+        # A forced stop may come while the desktop boots: wait for the boot to let go
+        # (a graceful stop holds no lock, so a forced one can still cut into it).
+        with desktop_lock(desktop_id):
+            _power_off_if_stopping(desktop_id=desktop_id, force=True)
+    else:
+        _power_off_if_stopping(desktop_id=desktop_id, force=False)
+
+
+def _power_off_if_stopping(*, desktop_id: UUID | str, force: bool) -> None:
     desktop = _load(desktop_id)
     if desktop is None or desktop.status != S.STOPPING:
         return
