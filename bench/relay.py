@@ -38,6 +38,7 @@ from bench.echo_seam import ECHO_DOMAIN, PASSWORD_ENV, URI_ENV, write_echo_node
 from bench.fixtures import make_user, running_desktop
 from vms.console.rfb import UpstreamHandshake
 from vms.console.services import console_ticket_issue
+from vms.console.tickets import TicketBinding
 from vms.models import ConsoleSession, Desktop, Host, Template
 
 FBUR = b"\x03\x01" + struct.pack(">HHHH", 0, 0, 1024, 768)  # incremental update request
@@ -223,8 +224,10 @@ class RelayRig:
         self.channels_url = f"ws://127.0.0.1:{port}/ws/console/{self.desktop.pk}/"
         self.origin = f"http://127.0.0.1:{port}"
         gport = free_port()
+        # The gateway serves the page's origin (daphne's), like a real deployment's.
         self.gateway = start_server([PYTHON, "bench/echo_gateway.py", f"127.0.0.1:{gport}"],
-                                    name="relay-gateway", port=gport, **env)  # fmt: skip
+                                    name="relay-gateway", port=gport,
+                                    CSRF_TRUSTED_ORIGINS=self.origin, **env)  # fmt: skip
         self.servers.append(self.gateway)
         self.gateway_url = f"ws://127.0.0.1:{gport}/ws/console/{self.desktop.pk}/"
         return self
@@ -246,8 +249,14 @@ class RelayRig:
 
     def _ticket(self) -> str:
         desktop = Desktop.objects.get(pk=self.desktop.pk)
+        # A script's ticket, bound to its address (it has no browser session).
         issued = console_ticket_issue(
-            user=self.user, desktop=desktop, mode="full", reason="", source_ip="127.0.0.1"
+            user=self.user,
+            desktop=desktop,
+            mode="full",
+            reason="",
+            source_ip="127.0.0.1",
+            binding=TicketBinding.ADDRESS,
         )
         return issued.ticket
 

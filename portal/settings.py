@@ -199,6 +199,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "vms.tasks.heartbeat_all_hosts",
         "schedule": HOST_HEARTBEAT_INTERVAL_S,
     },
+    "console-sessions": {"task": "vms.tasks.reap_console_sessions", "schedule": 30},
     "thumbnails": {
         "task": "vms.tasks.refresh_thumbnails",
         "schedule": envcheck.read(env.int, "THUMBNAIL_INTERVAL_S", default=20),
@@ -235,6 +236,15 @@ CONSOLE_MAX_SESSIONS_PER_USER = envcheck.read(env.int, "CONSOLE_MAX_SESSIONS_PER
 CONSOLE_RECHECK_S = envcheck.read(env.float, "CONSOLE_RECHECK_S", default=10.0)
 # Where `manage.py consoleproxy` (the websockify gateway) listens.
 CONSOLE_GATEWAY_LISTEN = envcheck.read(env.str, "CONSOLE_GATEWAY_LISTEN", default="127.0.0.1:6080")
+# The gateway forks a process per console: cap them, and bound each WebSocket upgrade.
+CONSOLE_GATEWAY_MAX_CONNECTIONS = envcheck.read(
+    env.int, "CONSOLE_GATEWAY_MAX_CONNECTIONS", default=500
+)
+CONSOLE_HANDSHAKE_TIMEOUT_S = envcheck.read(env.float, "CONSOLE_HANDSHAKE_TIMEOUT_S", default=10.0)
+if CONSOLE_GATEWAY_MAX_CONNECTIONS < 1 or not 0 < CONSOLE_HANDSHAKE_TIMEOUT_S <= 120:
+    raise ImproperlyConfigured(
+        "CONSOLE_GATEWAY_MAX_CONNECTIONS must be >= 1 and CONSOLE_HANDSHAKE_TIMEOUT_S 0..120"
+    )
 
 # Site-wide quota for users with neither a personal nor a group quota.
 DEFAULT_QUOTA = {

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import F, Q, QuerySet
+from django.utils import timezone
 
 from vms.models import ConsoleSession, Desktop, DesktopStatus, Template
 from vms.roles import sees_all_desktops
@@ -53,17 +55,40 @@ def users_matching(*, query: str, limit: int = 20) -> QuerySet[AbstractBaseUser]
     return users.order_by("username")[:limit]
 
 
+# A SPICE client file is a console session for as long as its password works.
+SPICE_FILE_RELAY = "spice-file"
+SPICE_FILE_VALID_S = 60
+
+
+def console_sessions_open() -> QuerySet[ConsoleSession]:
+    """Sessions open now: not ended, and not a SPICE file whose password has expired
+    (reconcile records its end later)."""
+    expired_file = Q(
+        relay=SPICE_FILE_RELAY,
+        started_at__lte=timezone.now() - timedelta(seconds=SPICE_FILE_VALID_S),
+    )
+    return ConsoleSession.objects.filter(ended_at__isnull=True).exclude(expired_file)
+
+
 def console_watchers(*, desktop_ids: list[Any]) -> dict[str, list[dict[str, str]]]:
-    """Open console sessions by people other than the owner, per desktop (one query)."""
+    """Open console sessions by people other than the owner, per desktop (one query).
+
+    A SPICE file's entry says until when its password works, so pages can drop it then.
+    """
     sessions = (
-        ConsoleSession.objects.filter(desktop_id__in=desktop_ids, ended_at__isnull=True)
+        console_sessions_open()
+        .filter(desktop_id__in=desktop_ids)
         .exclude(user_id=F("desktop__owner_id"))
-        .values_list("desktop_id", "user__username", "mode")
+        .values_list("desktop_id", "user__username", "mode", "relay", "started_at")
         .order_by("started_at")
     )
     watchers: dict[str, list[dict[str, str]]] = {str(pk): [] for pk in desktop_ids}
-    for desktop_id, username, mode in sessions:
-        watchers[str(desktop_id)].append({"user": username, "mode": mode})
+    for desktop_id, username, mode, relay, started_at in sessions:
+        entry = {"user": username, "mode": mode}
+        if relay == SPICE_FILE_RELAY:
+            until = started_at + timedelta(seconds=SPICE_FILE_VALID_S)
+            entry["until"] = until.isoformat()
+        watchers[str(desktop_id)].append(entry)
     return watchers
 
 

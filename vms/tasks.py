@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from celery import Task, shared_task
 
+from vms.console import services as console_services
 from vms.hypervisor import HypervisorError
 from vms.models import Host
 from vms.services import hosts, provisioning, reconcile, thumbnails
@@ -113,3 +114,9 @@ def refresh_thumbnails() -> dict[str, int]:
         except HypervisorError as exc:
             log.warning("thumbnails skipped host %s: %s", host.name, exc.message)
     return results
+
+
+@shared_task(acks_late=True)
+def reap_console_sessions() -> int:
+    """Close console sessions whose relay went away or whose SPICE file expired."""
+    return console_services.console_sessions_reap()

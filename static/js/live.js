@@ -23,14 +23,26 @@ export function connectLive({ onDesktop = () => {}, onWatchers = () => {}, watch
   open();
 }
 
-// Who else has this desktop's console open: the owner's notice.
+// Who else has this desktop's console open: the owner's notice. An entry with `until`
+// (a SPICE client file) is dropped when its password stops working.
 export function renderWatchers(container, desktopName, watchers) {
+  const now = Date.now();
+  const current = watchers.filter((w) => !w.until || Date.parse(w.until) > now);
   container.replaceChildren();
-  container.hidden = watchers.length === 0;
-  for (const watcher of watchers) {
+  container.hidden = current.length === 0;
+  for (const watcher of current) {
     const line = document.createElement("p");
     const how = watcher.mode === "view" ? "is viewing" : "has taken control of";
-    line.textContent = `${watcher.user} (help desk) ${how} ${desktopName}.`;
+    const client = watcher.until ? " with a SPICE client" : "";
+    line.textContent = `${watcher.user} (help desk) ${how} ${desktopName}${client}.`;
     container.append(line);
+  }
+  const next = Math.min(...current.filter((w) => w.until).map((w) => Date.parse(w.until)));
+  clearTimeout(container.expiryTimer);
+  if (Number.isFinite(next)) {
+    container.expiryTimer = setTimeout(
+      () => renderWatchers(container, desktopName, current),
+      next - now + 100,
+    );
   }
 }

@@ -34,6 +34,7 @@ def channels_relay(django_db_setup: None) -> Iterator[Relay]:
         port=port,
         log_name="test-relay-daphne.log",
         ALLOWED_HOSTS="127.0.0.1,localhost",
+        CSRF_TRUSTED_ORIGINS=ORIGIN,
         CONSOLE_RECHECK_S="1",
     ):
         yield Relay("channels", f"ws://127.0.0.1:{port}")
@@ -48,6 +49,8 @@ def gateway_relay(django_db_setup: None) -> Iterator[Relay]:
         port=port,
         log_name="test-gateway.log",
         ALLOWED_HOSTS="127.0.0.1,localhost",
+        CSRF_TRUSTED_ORIGINS=ORIGIN,
+        CONSOLE_HANDSHAKE_TIMEOUT_S="3",
         CONSOLE_RECHECK_S="1",
     ):
         yield Relay("gateway", f"ws://127.0.0.1:{port}")
@@ -113,6 +116,17 @@ async def _handshake(
             return Outcome(
                 closed.rcvd.code if closed.rcvd else None, closed.rcvd.reason if closed.rcvd else ""
             )
+
+
+async def rfb_handshake(ws: Any) -> bytes:
+    """The browser's side of the RFB handshake through a relay; returns ServerInit."""
+    await ws.recv()
+    await ws.send(b"RFB 003.008\n")
+    await ws.recv()
+    await ws.send(b"\x01")
+    await ws.recv()
+    await ws.send(b"\x01")
+    return bytes(await ws.recv())
 
 
 async def _drain(ws: Any, server_init: bytes) -> Outcome:

@@ -12,7 +12,7 @@ import websockets
 from django.test import Client
 
 from tests.fixtures import make_desktop, wait_for_status
-from tests.relay.conftest import ORIGIN, mint_ticket, session_cookie
+from tests.relay.conftest import ORIGIN, mint_ticket, rfb_handshake, session_cookie
 from vms.console.services import console_session_open
 from vms.console.tickets import TicketClaim
 from vms.models import ConsoleSession, DesktopStatus, Template
@@ -130,13 +130,7 @@ def test_console_closes_when_the_desktop_stops(
             subprotocols=["binary", f"ticket.{ticket}"],
             additional_headers={"Cookie": cookie},
         ) as ws:
-            await ws.recv()
-            await ws.send(b"RFB 003.008\n")
-            await ws.recv()
-            await ws.send(b"\x01")
-            await ws.recv()
-            await ws.send(b"\x01")
-            await ws.recv()  # ServerInit: the session is up
+            await rfb_handshake(ws)  # the session is up
             await asyncio.to_thread(desktop_stop, actor=employee, desktop=desktop)
             try:
                 while True:

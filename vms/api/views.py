@@ -20,6 +20,7 @@ from vms.api.serializers import (
     TemplateSerializer,
 )
 from vms.console.services import console_ticket_issue
+from vms.console.tickets import TicketBinding
 from vms.models import Desktop
 from vms.selectors import desktops_visible_to, templates_for_user
 from vms.services import desktops as desktop_services
@@ -100,6 +101,7 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             mode=params.validated_data.get("mode"),
             reason=params.validated_data["reason"],
             source_ip=client_ip(request),
+            binding=_ticket_binding(request),
         )
         body = {
             "ticket": issued.ticket,
@@ -115,3 +117,9 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         desktop.refresh_from_db()
         body = {"detail": f"The {what} was accepted.", "desktop": DesktopSerializer(desktop).data}
         return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+def _ticket_binding(request: Request) -> str:
+    """A browser session's ticket needs that session; an API token's, the caller's address
+    (a script has no session cookie to show the relay)."""
+    return TicketBinding.SESSION if request.auth is None else TicketBinding.ADDRESS

@@ -26,6 +26,7 @@ from __future__ import annotations
 import gc
 import logging
 import multiprocessing
+import os
 import re
 import select
 import signal
@@ -49,9 +50,12 @@ from vms.console.admission import (
     CLOSE_STOPPED,
     CLOSE_UNREACHABLE,
     ConsoleClosed,
+    Knock,
     console_admit,
+    forwarded_secure,
 )
 from vms.console.guest import guest_connect_blocking
+from vms.console.leases import console_lease_renew
 from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
 from vms.console.services import DisplayUnreachable
 from vms.models import ConsoleMode, Desktop, DesktopStatus
@@ -59,6 +63,9 @@ from vms.models import ConsoleMode, Desktop, DesktopStatus
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
+MAX_MESSAGE_BYTES = 1 << 20
+"""The largest browser message accepted (as Daphne); noVNC's largest is a few KiB."""
+CLOSE_TOO_BIG = 1009
 MAX_BACKLOG = 1 << 20
 """Bytes queued towards one side before the gateway stops reading from the other."""
 PING_INTERVAL_S = 20.0
@@ -69,6 +76,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
 MAX_CLOSE_REASON_BYTES = 123
 DEFAULT_LISTEN = "127.0.0.1:6080"
+RELAY_NAME = "gateway"
 
 _DESKTOP_PATH = re.compile(r"/ws/console/([0-9a-fA-F-]{32,36})/?$")
 
@@ -80,8 +88,26 @@ class GatewayStopping(BaseException):
     """
 
 
+class MessageTooBig(Exception):
+    """The browser announced or sent a message over MAX_MESSAGE_BYTES."""
+
+
+class HandshakeTooSlow(Exception):
+    """The upgrade did not finish within CONSOLE_HANDSHAKE_TIMEOUT_S."""
+
+
 class _GatewayWebSocket(websockifyserver.CompatibleWebSocket):
-    """websockify's server-side WebSocket, choosing subprotocols through the handler."""
+    """websockify's server-side WebSocket, choosing subprotocols through the handler, and
+    refusing messages over MAX_MESSAGE_BYTES before it buffers them (websockify itself
+    waits for a whole frame of any announced length)."""
+
+    def _decode_hybi(self, buf: bytes) -> dict[str, Any] | None:
+        announced = _announced_length(buf)
+        pending = len(self._partial_msg) + sum(len(f["payload"]) for f in self._recv_queue)
+        if announced is not None and pending + announced > MAX_MESSAGE_BYTES:
+            raise MessageTooBig()
+        frame: dict[str, Any] | None = super()._decode_hybi(buf)
+        return frame
 
     def select_subprotocol(self, protocols: list[str]) -> str:
         chosen: str = self.request_handler.select_subprotocol(protocols)
@@ -148,6 +174,19 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
         except ValueError:
             return None
 
+    def knock(self) -> Knock:
+        """The gateway cannot see the portal's session cookie: tickets are bound to the
+        address they were issued to."""
+        return Knock(
+            origin=self.headers.get("Origin"),
+            host=self.headers.get("Host"),
+            secure=forwarded_secure(self.headers.get("X-Forwarded-Proto")),
+            protocols=self.offered_protocols(),
+            source_ip=self.source_ip(),
+            desktop_id=self.path_desktop_id(),
+            sees_session=False,
+        )
+
     def source_ip(self) -> str | None:
         try:
             address = str(self.client_address[0])
@@ -159,6 +198,7 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
 
     def new_websocket_client(self) -> None:
         """Admit the browser, reach the guest and relay until either side ends."""
+        signal.setitimer(signal.ITIMER_REAL, 0)  # the upgrade is done in time
         # Never share a database connection across fork(): the child opens its own.
         connections.close_all()
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -186,16 +226,10 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
 
     def _open(self) -> tuple[socket.socket, bytes, bytes]:
         try:
-            opened = console_admit(
-                origin=self.headers.get("Origin"),
-                protocols=self.offered_protocols(),
-                session_user_id=None,
-                relay="gateway",
-                source_ip=self.source_ip(),
-                desktop_id=self.path_desktop_id(),
-            )
+            opened = console_admit(knock=self.knock(), relay=RELAY_NAME)
             self.session_id = opened.pk
             self.desktop_id = str(opened.desktop_id)
+            console_lease_renew(session_id=opened.pk, relay=RELAY_NAME)
             self.client_filter = ClientMessageFilter(view_only=opened.mode == ConsoleMode.VIEW)
             try:
                 return guest_connect_blocking(opened)
@@ -334,6 +368,9 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
             messages, closed = self.recv_frames()
         except (WebSocketWantReadError, WebSocketWantWriteError):
             return [], False
+        except MessageTooBig:
+            log.warning("console session %s: browser message over 1 MiB", self.session_id)
+            raise ConsoleClosed(CLOSE_TOO_BIG, "Message too big.") from None
         except OSError:
             return [], True  # the connection dropped: the browser is gone
         return messages, bool(closed)
@@ -372,7 +409,7 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
         assert self.session_id is not None
         status: str | None = None
         try:
-            allowed = services.console_session_may_continue(session_id=self.session_id)
+            allowed = services.console_session_keep(session_id=self.session_id, relay=RELAY_NAME)
             if not allowed:
                 status = (
                     Desktop.objects.filter(pk=self.desktop_id)
@@ -437,6 +474,27 @@ class ConsoleGateway(websocketproxy.WebSocketProxy):
     def started(self) -> None:
         self.msg("console gateway listening on %s:%s", self.listen_host, self.listen_port)
 
+    def poll(self) -> None:
+        # Runs in the listener before each accept(): the child forked for the next
+        # connection inherits how many consoles were open when it came.
+        multiprocessing.active_children()  # reap the children that have ended
+        self.open_connections = _child_count()
+
+    def top_new_client(self, startsock: socket.socket, address: Any) -> None:
+        """In the forked child: refuse over the cap, and bound the upgrade's duration
+        (websockify reads the HTTP request with no time limit)."""
+        if getattr(self, "open_connections", 0) >= settings.CONSOLE_GATEWAY_MAX_CONNECTIONS:
+            log.warning("console gateway at its cap of %s connections", self.open_connections)
+            _refuse_busy(startsock)
+            return
+        startsock.settimeout(float(settings.CONSOLE_HANDSHAKE_TIMEOUT_S))
+        signal.signal(signal.SIGALRM, _handshake_too_slow)
+        signal.setitimer(signal.ITIMER_REAL, float(settings.CONSOLE_HANDSHAKE_TIMEOUT_S))
+        try:
+            super().top_new_client(startsock, address)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
     def msg(self, *args: Any, **kwargs: Any) -> None:
         # websockify's settings summary reports TLS when its `cert` path exists, and its
         # default '' means the working directory; the gateway never serves TLS.
@@ -491,6 +549,43 @@ def _check_can_listen(host: str, port: int) -> None:
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise GatewayStopping()
+
+
+def _child_count() -> int:
+    """How many child processes the listener has, as the kernel sees them
+    (multiprocessing's own list can keep a child another waitpid() already reaped)."""
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as file:
+            return len(file.read().split())
+    except OSError:
+        return len(multiprocessing.active_children())
+
+
+def _handshake_too_slow(signum: int, frame: FrameType | None) -> None:
+    raise HandshakeTooSlow("the WebSocket upgrade took too long")
+
+
+def _refuse_busy(sock: socket.socket) -> None:
+    try:
+        sock.settimeout(CLOSE_TIMEOUT_S)
+        sock.sendall(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 10\r\nContent-Length: 0\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+    except OSError:
+        return
+
+
+def _announced_length(buf: bytes) -> int | None:
+    """The payload length a WebSocket frame header announces, once enough has arrived."""
+    if len(buf) < 2:
+        return None
+    length = buf[1] & 0x7F
+    if length == 126:
+        return int.from_bytes(buf[2:4], "big") if len(buf) >= 4 else None
+    if length == 127:
+        return int.from_bytes(buf[2:10], "big") if len(buf) >= 10 else None
+    return length
 
 
 def _display_closed() -> ConsoleClosed:

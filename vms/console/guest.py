@@ -10,17 +10,21 @@ import asyncio
 import socket
 from dataclasses import dataclass
 
-import redis
 import redis.asyncio
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from vms.console.rfb import SECURITY_VNC_AUTH, RfbProtocolError, UpstreamHandshake
-from vms.console.services import GuestAccess, console_arm
+from vms.console.services import (
+    ARM_LOCK_TIMEOUT_S,
+    GuestAccess,
+    arm_lock_name,
+    console_arm,
+    console_arm_lock,
+)
 from vms.models import ConsoleSession
 
 HANDSHAKE_TIMEOUT_S = 10.0
-LOCK_TIMEOUT_S = 15
 
 
 @dataclass
@@ -33,18 +37,14 @@ class GuestLink:
     leftover: bytes
 
 
-def arm_lock_name(desktop_id: object) -> str:
-    return f"console-arm:{desktop_id}"
-
-
 async def guest_connect(session: ConsoleSession) -> GuestLink:
     """Arm the guest and complete the VNC handshake (asyncio, for the Channels relay)."""
     client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
     try:
         async with client.lock(
             arm_lock_name(session.desktop_id),
-            timeout=LOCK_TIMEOUT_S,
-            blocking_timeout=LOCK_TIMEOUT_S,
+            timeout=ARM_LOCK_TIMEOUT_S,
+            blocking_timeout=ARM_LOCK_TIMEOUT_S,
         ):
             access = await sync_to_async(console_arm)(session=session)
             return await asyncio.wait_for(_handshake(access), HANDSHAKE_TIMEOUT_S)
@@ -70,17 +70,9 @@ async def _handshake(access: GuestAccess) -> GuestLink:
 
 def guest_connect_blocking(session: ConsoleSession) -> tuple[socket.socket, bytes, bytes]:
     """The same for the websockify gateway: a connected socket, ServerInit and leftover."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    try:
-        with client.lock(
-            arm_lock_name(session.desktop_id),
-            timeout=LOCK_TIMEOUT_S,
-            blocking_timeout=LOCK_TIMEOUT_S,
-        ):
-            access = console_arm(session=session)
-            return _handshake_blocking(access)
-    finally:
-        client.close()
+    with console_arm_lock(desktop_id=session.desktop_id):
+        access = console_arm(session=session)
+        return _handshake_blocking(access)
 
 
 def _handshake_blocking(access: GuestAccess) -> tuple[socket.socket, bytes, bytes]:

@@ -27,9 +27,13 @@ from vms.console.admission import (
     CLOSE_STOPPED,
     CLOSE_UNREACHABLE,
     ConsoleClosed,
+    Knock,
     console_admit,
+    scope_header,
+    scope_is_secure,
 )
 from vms.console.guest import GuestLink, guest_connect
+from vms.console.leases import console_lease_renew
 from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
 from vms.console.services import DisplayUnreachable
 from vms.models import ConsoleMode, ConsoleSession, DesktopStatus
@@ -37,6 +41,7 @@ from vms.services.events import desktop_group
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
+RELAY_NAME = "channels"
 
 
 class ConsoleRelayConsumer(AsyncWebsocketConsumer):
@@ -54,18 +59,14 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
         await self.accept(subprotocol=BINARY_PROTOCOL)
         try:
             opened = await database_sync_to_async(console_admit)(
-                origin=_header(self.scope, b"origin"),
-                protocols=self.scope.get("subprotocols", []),
-                session_user_id=_user_id(self.scope),
-                relay="channels",
-                source_ip=_ip(self.scope),
-                desktop_id=str(self.scope["url_route"]["kwargs"]["desktop_id"]),
+                knock=_knock(self.scope), relay=RELAY_NAME
             )
         except ConsoleClosed as refusal:
             await self.close(code=refusal.code, reason=refusal.reason)
             return
         self.session_id = opened.pk
         self.desktop_id = str(opened.desktop_id)
+        await database_sync_to_async(console_lease_renew)(session_id=opened.pk, relay=RELAY_NAME)
         self.client_filter = ClientMessageFilter(view_only=opened.mode == ConsoleMode.VIEW)
         await self._join_guest(opened)
 
@@ -136,8 +137,8 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
 
         while True:
             await asyncio.sleep(settings.CONSOLE_RECHECK_S)
-            allowed = await database_sync_to_async(services.console_session_may_continue)(
-                session_id=self.session_id
+            allowed = await database_sync_to_async(services.console_session_keep)(
+                session_id=self.session_id, relay=RELAY_NAME
             )
             if not allowed:
                 await self._close(CLOSE_FORBIDDEN, "Access to this desktop ended.")
@@ -176,11 +177,16 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
             )
 
 
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
+def _knock(scope: dict[str, Any]) -> Knock:
+    return Knock(
+        origin=scope_header(scope, b"origin"),
+        host=scope_header(scope, b"host"),
+        secure=scope_is_secure(scope),
+        protocols=scope.get("subprotocols", []),
+        source_ip=_ip(scope),
+        desktop_id=str(scope["url_route"]["kwargs"]["desktop_id"]),
+        session_user_id=_user_id(scope),
+    )
 
 
 def _user_id(scope: dict[str, Any]) -> int | None:

@@ -11,7 +11,11 @@ from __future__ import annotations
 import configparser
 import io
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -21,10 +25,27 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.utils import timezone
 
-from vms.console.tickets import IssuedTicket, TicketClaim, ticket_store
+from vms.console.leases import (
+    console_lease_drop,
+    console_lease_renew,
+    console_leases_held,
+    lease_seconds,
+)
+from vms.console.tickets import (
+    IssuedTicket,
+    TicketBinding,
+    TicketClaim,
+    redis_client,
+    ticket_store,
+)
 from vms.hypervisor import ConsoleEndpoint, HypervisorError
-from vms.models import ConsoleMode, ConsoleSession, Desktop, DesktopStatus
-from vms.selectors import desktops_visible_to
+from vms.models import ConsoleMode, ConsoleSession, ConsoleType, Desktop, DesktopStatus
+from vms.selectors import (
+    SPICE_FILE_RELAY,
+    SPICE_FILE_VALID_S,
+    console_sessions_open,
+    desktops_visible_to,
+)
 from vms.services.audit import audit_record
 from vms.services.errors import InvalidTransition, ServiceError, ServiceUnavailable
 from vms.services.events import push_console_sessions
@@ -32,6 +53,10 @@ from vms.services.hosts import hypervisor_for
 
 # The relay sets a fresh VNC password per session; it only has to outlive the handshake.
 SESSION_PASSWORD_VALID_S = 30
+# QEMU keeps one password per display: whoever sets one holds the desktop's arm lock
+# until the password has been used (relays) or handed over (SPICE files).
+ARM_LOCK_TIMEOUT_S = 15
+RELAYS_WITH_LEASES = ("channels", "gateway")
 
 
 class ConsoleRefused(ServiceError):
@@ -73,7 +98,7 @@ def _running_check(desktop: Desktop) -> None:
 
 
 def _cap_check(user: AbstractBaseUser) -> None:
-    open_sessions = ConsoleSession.objects.filter(user=user, ended_at__isnull=True).count()
+    open_sessions = console_sessions_open().filter(user=user).count()
     if open_sessions >= settings.CONSOLE_MAX_SESSIONS_PER_USER:
         raise TooManyConsoles(
             f"You already have {open_sessions} consoles open; close one to open another."
@@ -87,8 +112,9 @@ def console_ticket_issue(
     mode: str | None,
     reason: str,
     source_ip: str | None,
+    binding: str = TicketBinding.SESSION,
 ) -> IssuedTicket:
-    """Check the rules and mint a one-time ticket for the relay."""
+    """Check the rules and mint a one-time ticket for the relay, bound as `binding` says."""
     mode = mode or default_mode(user=user, desktop=desktop)
     console_mode_check(user=user, desktop=desktop, mode=mode, reason=reason)
     _running_check(desktop)
@@ -99,6 +125,7 @@ def console_ticket_issue(
         mode=mode,
         reason=reason.strip(),
         source_ip=source_ip,
+        binding=binding,
     )
     try:
         issued = ticket_store(claim=claim)
@@ -180,35 +207,30 @@ def console_session_close(
     bytes_to_guest: int = 0,
     bytes_from_guest: int = 0,
     dropped_messages: int = 0,
+    ended_at: datetime | None = None,
 ) -> None:
-    """Record the end of a session (once) and tell the owner's pages."""
+    """Record the end of a session (once), drop its lease and tell the owner's pages."""
     with transaction.atomic():
-        _record_close(
-            session_id=session_id,
-            reason=reason,
+        closed = ConsoleSession.objects.filter(pk=session_id, ended_at__isnull=True).update(
+            ended_at=ended_at or timezone.now(),
+            close_reason=reason[:200],
             bytes_to_guest=bytes_to_guest,
             bytes_from_guest=bytes_from_guest,
             dropped_messages=dropped_messages,
         )
+        if closed:
+            _audit_close(
+                session_id=session_id,
+                reason=reason,
+                bytes_to_guest=bytes_to_guest,
+                bytes_from_guest=bytes_from_guest,
+                dropped_messages=dropped_messages,
+            )
+    # After the row: a test (or reconcile) that sees no lease sees the end recorded.
+    console_lease_drop(session_id=session_id)
 
 
-def _record_close(
-    *,
-    session_id: int,
-    reason: str,
-    bytes_to_guest: int,
-    bytes_from_guest: int,
-    dropped_messages: int,
-) -> None:
-    closed = ConsoleSession.objects.filter(pk=session_id, ended_at__isnull=True).update(
-        ended_at=timezone.now(),
-        close_reason=reason[:200],
-        bytes_to_guest=bytes_to_guest,
-        bytes_from_guest=bytes_from_guest,
-        dropped_messages=dropped_messages,
-    )
-    if not closed:
-        return
+def _audit_close(*, session_id: int, reason: str, **counts: Any) -> None:
     session = ConsoleSession.objects.select_related("desktop", "user").get(pk=session_id)
     audit_record(
         action="console.close",
@@ -216,9 +238,7 @@ def _record_close(
         desktop=session.desktop,
         session=session_id,
         reason=reason,
-        bytes_to_guest=bytes_to_guest,
-        bytes_from_guest=bytes_from_guest,
-        dropped_messages=dropped_messages,
+        **counts,
     )
     push_console_sessions(desktop_id=session.desktop_id)
 
@@ -235,29 +255,77 @@ def console_session_may_continue(*, session_id: int) -> bool:
     )
 
 
-SPICE_FILE_PASSWORD_VALID_S = 60
+def console_session_keep(*, session_id: int, relay: str) -> bool:
+    """Renew the session's lease for its relay; whether the session may go on."""
+    console_lease_renew(session_id=session_id, relay=relay)
+    return console_session_may_continue(session_id=session_id)
+
+
+def console_sessions_reap(*, now: datetime | None = None) -> int:
+    """Close sessions nobody carries any more; return how many were closed.
+
+    A relay session whose lease lapsed lost its relay process (killed, or its host went
+    away). A SPICE file's session ends when the file's password stops working.
+    """
+    now = now or timezone.now()
+    open_rows = ConsoleSession.objects.filter(ended_at__isnull=True)
+    closed = 0
+    for session_id, started_at in open_rows.filter(
+        relay=SPICE_FILE_RELAY, started_at__lte=now - timedelta(seconds=SPICE_FILE_VALID_S)
+    ).values_list("pk", "started_at"):
+        ended_at = started_at + timedelta(seconds=SPICE_FILE_VALID_S)
+        console_session_close(session_id=session_id, reason="SPICE file expired", ended_at=ended_at)
+        closed += 1
+    relay_rows = list(
+        open_rows.filter(
+            relay__in=RELAYS_WITH_LEASES, started_at__lte=now - timedelta(seconds=lease_seconds())
+        ).values_list("pk", flat=True)
+    )
+    for session_id in set(relay_rows) - console_leases_held(session_ids=relay_rows):
+        console_session_close(session_id=session_id, reason="the relay carrying it went away")
+        closed += 1
+    return closed
+
+
+@contextmanager
+def console_arm_lock(*, desktop_id: object) -> Iterator[None]:
+    """Hold the desktop's display password while it is set and used (blocking code)."""
+    with redis_client().lock(
+        arm_lock_name(desktop_id), timeout=ARM_LOCK_TIMEOUT_S, blocking_timeout=ARM_LOCK_TIMEOUT_S
+    ):
+        yield
+
+
+def arm_lock_name(desktop_id: object) -> str:
+    return f"console-arm:{desktop_id}"
 
 
 def spice_file_issue(*, claim: TicketClaim, source_ip: str | None) -> str:
-    """Redeem-time half of the SPICE flow: a virt-viewer (.vv) file with a password that
-    works for 60 s. virt-viewer has no view-only mode we could enforce, so the claim must
-    be for full control (owners, or help-desk with a reason)."""
-    if claim.mode != "full":
+    """Redeem-time half of the SPICE flow: a virt-viewer (.vv) file whose password works
+    for `SPICE_FILE_VALID_S`.
+
+    Only for SPICE desktops: a VNC password in a file would skip the relay and its
+    view-only filter. virt-viewer has no view-only mode we could enforce, so the claim must
+    be for full control (owners, or help-desk with a reason). The session stays open, and
+    the owner sees the notice, for as long as the password works.
+    """
+    if claim.mode != ConsoleMode.FULL:
         raise PermissionDenied("A SPICE client file gives full control; ask for a full console.")
-    session = console_session_open(claim=claim, relay="spice-file", source_ip=source_ip)
-    desktop = Desktop.objects.select_related("host", "template").get(pk=session.desktop_id)
+    desktop = Desktop.objects.select_related("host", "template").get(pk=claim.desktop_id)
+    if desktop.template.console_type != ConsoleType.SPICE:
+        raise ConsoleRefused("This desktop's display is VNC; open it in the browser.")
+    session = console_session_open(claim=claim, relay=SPICE_FILE_RELAY, source_ip=source_ip)
     password = secrets.token_urlsafe(18)
     try:
-        hypervisor = hypervisor_for(desktop.host)
-        hypervisor.set_console_password(
-            name=desktop.domain_name, password=password, valid_for_s=SPICE_FILE_PASSWORD_VALID_S
-        )
-        endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
-    except HypervisorError as exc:
+        with console_arm_lock(desktop_id=desktop.pk):
+            hypervisor = hypervisor_for(desktop.host)
+            hypervisor.set_console_password(
+                name=desktop.domain_name, password=password, valid_for_s=SPICE_FILE_VALID_S
+            )
+            endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
+    except (HypervisorError, redis.RedisError) as exc:
+        console_session_close(session_id=session.pk, reason="display unreachable")
         raise DisplayUnreachable("The desktop's display cannot be reached right now.") from exc
-    finally:
-        # The file is handed over once; the session record marks that moment.
-        console_session_close(session_id=session.pk, reason="SPICE client file issued")
     return virt_viewer_file(title=desktop.name, endpoint=endpoint, password=password)
 
 

@@ -22,15 +22,28 @@ KEY_PREFIX = "console-ticket:"
 _clients: dict[str, redis.Redis] = {}
 
 
+class TicketBinding:
+    """Who may present a ticket besides knowing it.
+
+    SESSION: the browser session of the user it was issued to (the same-origin relay
+    sees the session cookie). ADDRESS: a client at the address it was issued to (API-token
+    scripts, which carry no session, and the gateway, which cannot see the session).
+    """
+
+    SESSION = "session"
+    ADDRESS = "address"
+
+
 @dataclass(frozen=True)
 class TicketClaim:
-    """What a ticket grants: one user, one desktop, one mode."""
+    """What a ticket grants: one user, one desktop, one mode, presented as bound."""
 
     user_id: int
     desktop_id: str
     mode: str
     reason: str
     source_ip: str | None
+    binding: str = TicketBinding.SESSION
 
 
 @dataclass(frozen=True)
@@ -42,7 +55,7 @@ class IssuedTicket:
     mode: str
 
 
-def _redis() -> redis.Redis:
+def redis_client() -> redis.Redis:
     """One connection pool per process and Redis URL (the URL may change in tests)."""
     url = settings.REDIS_URL
     if url not in _clients:
@@ -58,7 +71,7 @@ def ticket_store(*, claim: TicketClaim) -> IssuedTicket:
     """Mint a ticket for `claim`; the caller has checked the user's rights."""
     ticket = secrets.token_urlsafe(32)
     ttl = int(settings.CONSOLE_TICKET_TTL_S)
-    _redis().set(_key(ticket), json.dumps(asdict(claim)), ex=ttl)
+    redis_client().set(_key(ticket), json.dumps(asdict(claim)), ex=ttl)
     expires_at = timezone.now() + timedelta(seconds=ttl)
     return IssuedTicket(ticket=ticket, expires_at=expires_at, mode=claim.mode)
 
@@ -67,7 +80,7 @@ def ticket_redeem(*, ticket: str) -> TicketClaim | None:
     """Use a ticket up: its claim, or None if it is unknown, expired or already used."""
     if not ticket or len(ticket) > 128:
         return None
-    raw = cast(bytes | None, _redis().getdel(_key(ticket)))
+    raw = cast(bytes | None, redis_client().getdel(_key(ticket)))
     if raw is None:
         return None
     return TicketClaim(**json.loads(raw))

@@ -12,7 +12,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from vms.console.admission import origin_allowed
+from vms.console.admission import scope_origin_allowed
 from vms.selectors import desktops_visible_to
 from vms.services.events import desktop_group, user_group
 
@@ -26,8 +26,7 @@ class DesktopEventsConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         user = self.scope.get("user")
-        origin = dict(self.scope.get("headers", [])).get(b"origin", b"").decode("latin-1")
-        if user is None or not user.is_authenticated or not origin_allowed(origin):
+        if user is None or not user.is_authenticated or not scope_origin_allowed(self.scope):
             await self.close(code=4403)
             return
         self.groups_joined = [user_group(user.pk)]
