@@ -3,8 +3,10 @@ real Celery worker process that works on the test database."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -156,7 +158,7 @@ def celery_worker(
             "--without-gossip",
             "--without-mingle",
             "-n",
-            f"test{os.getpid()}@%h",
+            worker_name(),
             "--loglevel",
             "INFO",
         ],
@@ -166,13 +168,75 @@ def celery_worker(
         stderr=subprocess.STDOUT,
     )
     _wait_for_worker(worker)
+    _running_workers.append(worker_name())
     yield worker
+    _running_workers.clear()
     worker.send_signal(signal.SIGTERM)
     try:
         worker.wait(timeout=20)
     except subprocess.TimeoutExpired:
         worker.kill()
     log.close()
+
+
+def worker_name() -> str:
+    return f"test{os.getpid()}@{socket.gethostname()}"
+
+
+_running_workers: list[str] = []
+QUIET_TIMEOUT_S = 120
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Before any fixture of a test is torn down (the test database is emptied, guests
+    are removed), wait until the servers the suite runs are quiet: the worker has no task
+    in hand or queued, and no relay still carries a console (a relay drops a session's
+    lease only after recording its end). A late write would otherwise collide with the
+    flush's TRUNCATE (a deadlock seen on a fresh machine)."""
+    wait_until_servers_quiet()
+    yield
+
+
+def wait_until_servers_quiet(*, timeout: float = QUIET_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    busy = _servers_busy()
+    while busy:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"servers still busy {timeout:.0f} s after the test: {busy}")
+        time.sleep(0.1)
+        busy = _servers_busy()
+
+
+def _servers_busy() -> str:
+    from vms.console.leases import console_leases_count
+
+    if leases := console_leases_count():
+        return f"{leases} console(s) still open in a relay"
+    return _worker_busy()
+
+
+def _worker_busy() -> str:
+    if not _running_workers:
+        return ""
+    from portal.celery import app
+
+    queued = [q for q in ("portal", "host.local") if _broker().llen(q)]
+    if queued:
+        return f"tasks queued on {queued}"
+    inspect = app.control.inspect(destination=_running_workers, timeout=5)
+    for kind in ("active", "reserved", "scheduled"):
+        replies = getattr(inspect, kind)()
+        if replies is None:
+            return f"the worker did not answer '{kind}'"
+        if any(replies.values()):
+            return f"{kind} tasks: {[t.get('name') for tasks in replies.values() for t in tasks]}"
+    return ""
+
+
+@functools.cache
+def _broker() -> redis.Redis:
+    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
 
 
 def _wait_for_worker(worker: subprocess.Popen[bytes]) -> None:

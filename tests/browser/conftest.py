@@ -53,20 +53,6 @@ def browser() -> Iterator[Browser]:
     del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
-@pytest.fixture(autouse=True)
-def consoles_closed_before_teardown() -> Iterator[None]:
-    """Wait after each test until the relay has recorded the end of every console the test
-    opened: the test database is emptied next, and a late write would collide with it."""
-    yield
-    from vms.models import ConsoleSession
-
-    deadline = time.monotonic() + 20
-    while ConsoleSession.objects.filter(ended_at__isnull=True).exists():
-        if time.monotonic() > deadline:
-            break  # leave it to the flush; the test itself has passed or failed already
-        time.sleep(0.2)
-
-
 def logged_in_page(browser: Browser, portal_url: str, username: str) -> Page:
     """A fresh browser context (its own cookies) logged in through the real login form."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
