@@ -34,6 +34,8 @@ def _django_check(**env: str) -> subprocess.CompletedProcess[str]:
         ("DATABASE_URL", "nosuchdb://x"),
         ("CONSOLE_TICKET_TTL_S", "600"),
         ("SECRET_KEY", "short"),
+        ("IMAGE_MAX_VIRTUAL_SIZE_GIB", "big"),
+        ("IMAGE_MAX_VIRTUAL_SIZE_GIB", "0"),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_the_variable(variable: str, value: str) -> None:

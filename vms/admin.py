@@ -29,8 +29,9 @@ from vms.models import (
 )
 from vms.services import desktops as desktop_services
 from vms.services.errors import ServiceError
+from vms.services.images import image_inspect
 from vms.services.placement import host_allocations
-from vms.services.templates import image_inspect, template_save_imported
+from vms.services.templates import template_save_imported
 
 
 @admin.register(Host)

@@ -2,73 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-from dataclasses import dataclass
-from pathlib import Path
 
-from django.conf import settings
 from django.db import transaction
 
 from vms.hypervisor import HypervisorError
 from vms.models import Host, Template
 from vms.services.audit import audit_record
-from vms.services.errors import ServiceError
 from vms.services.hosts import hypervisor_for
-
-
-class ImageRejected(ServiceError):
-    """The image file is missing, outside the allowed folders, or not a usable qcow2."""
-
-
-@dataclass(frozen=True)
-class ImageFacts:
-    """What `qemu-img info` says about an image."""
-
-    path: str
-    format: str
-    virtual_size: int
-
-
-def image_inspect(*, path: str) -> ImageFacts:
-    """Check that `path` lies in an allowed import folder and is a standalone qcow2 image."""
-    real = _allowed_path(path)
-    if not real.is_file():
-        raise ImageRejected(f"Image {path} does not exist or is not a file.")
-    info = _qemu_img_info(real)
-    if info.get("format") != "qcow2":
-        raise ImageRejected(f"Image {path} is {info.get('format', 'unreadable')}, not qcow2.")
-    if info.get("backing-filename"):
-        raise ImageRejected(f"Image {path} has a backing file; import a standalone image.")
-    return ImageFacts(path=str(real), format="qcow2", virtual_size=int(str(info["virtual-size"])))
-
-
-def _allowed_path(path: str) -> Path:
-    real = Path(os.path.realpath(path))
-    for folder in settings.IMAGE_IMPORT_DIRS:
-        if real.is_relative_to(os.path.realpath(folder)):
-            return real
-    allowed = ", ".join(settings.IMAGE_IMPORT_DIRS)
-    raise ImageRejected(f"Image {path} is outside the folders images may come from ({allowed}).")
-
-
-def _qemu_img_info(path: Path) -> dict[str, object]:
-    try:
-        done = subprocess.run(
-            ["qemu-img", "info", "--output=json", "--force-share", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ImageRejected(f"Could not inspect {path}: {exc}") from exc
-    if done.returncode != 0:
-        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "unknown error"
-        raise ImageRejected(f"Image {path} is not a readable disk image: {reason}")
-    return dict(json.loads(done.stdout))
+from vms.services.images import ImageFacts, ImageRejected, image_inspect
 
 
 def base_volume_name(template_name: str) -> str:
@@ -114,7 +56,12 @@ def template_save_imported(*, template: Template, image_path: str) -> None:
     template.base_image_path = _upload_everywhere(name=template.name, facts=facts)
     with transaction.atomic():
         template.save()
-        audit_record(action="template.import", name=template.name, image=facts.path)
+        audit_record(
+            action="template.import",
+            name=template.name,
+            image=facts.path,
+            leaked_clusters=facts.leaked_clusters,
+        )
 
 
 def _upload_everywhere(*, name: str, facts: ImageFacts) -> str:
