@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 
+from vms.models import Host, Template
 from vms.services.images import ImageRejected, image_inspect
 
 pytestmark = pytest.mark.django_db
@@ -69,6 +72,10 @@ def secret(tmp_path: Path) -> Path:
     path.parent.mkdir()
     path.write_bytes(b"salaries\n".ljust(MIB, b"\0"))
     return path
+
+
+def base_volumes(hypervisor: Any, host: Host) -> set[str]:
+    return {v.name for v in hypervisor.list_volumes(pool=host.storage_pool, prefix="base-")}
 
 
 # --- finding 1: images that reach outside themselves -----------------------------------------
@@ -199,3 +206,58 @@ def test_virtual_size_is_limited(images, settings) -> None:
     assert image_inspect(path=str(qcow2(images / "one.qcow2", "1G"))).virtual_size == 1024**3
     with pytest.raises(ImageRejected, match="IMAGE_MAX_VIRTUAL_SIZE_GIB"):
         image_inspect(path=str(qcow2(images / "two.qcow2", "1025M")))
+
+
+def _admin_post(admin: Any, **image: Any) -> Any:
+    client = Client()
+    client.force_login(admin)
+    form = {
+        "name": "Hostile",
+        "vcpus": 1,
+        "memory_mib": 128,
+        "disk_gib": 1,
+        "console_type": "vnc",
+        "enabled": "on",
+        "persistent": "on",
+        "image_path": "",
+        **image,
+    }
+    return client.post("/admin/vms/template/add/", form)
+
+
+@pytest.mark.libvirt
+@pytest.mark.parametrize("how", ["upload", "path"])
+def test_admin_refuses_a_hostile_image_on_the_form_and_leaves_nothing(
+    admin_user_, local_host, hypervisor, images, secret, how
+) -> None:
+    hostile = _created_with_data_file(images, secret)
+    bases = base_volumes(hypervisor, local_host)
+    if how == "upload":
+        upload = SimpleUploadedFile("win.qcow2", hostile.read_bytes())
+        hostile.unlink()
+        response = _admin_post(admin_user_, image_upload=upload)
+    else:
+        response = _admin_post(admin_user_, image_path=str(hostile))
+    assert response.status_code == 200  # the form again, with the reason
+    errors = response.context["adminform"].form.non_field_errors()
+    assert len(errors) == 1 and "external data file" in errors[0], errors
+    assert "Traceback" not in response.content.decode()
+    assert not Template.objects.filter(name="Hostile").exists()
+    assert base_volumes(hypervisor, local_host) == bases
+    assert not (images / "uploads").exists() or not any((images / "uploads").iterdir())
+
+
+@pytest.mark.libvirt
+def test_admin_upload_of_a_sound_image_imports_it_and_keeps_no_copy(
+    admin_user_, local_host, hypervisor, images
+) -> None:
+    upload = SimpleUploadedFile("tiny.qcow2", qcow2(images / "tiny.qcow2", "64M").read_bytes())
+    response = _admin_post(admin_user_, name="Sound", image_upload=upload)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    template = Template.objects.get(name="Sound")
+    name = os.path.basename(template.base_image_path)
+    try:
+        assert name in base_volumes(hypervisor, local_host)
+        assert not any((images / "uploads").iterdir())
+    finally:
+        hypervisor.delete_volume(pool=local_host.storage_pool, name=name)
