@@ -1,5 +1,5 @@
 """Hostile golden images (issue 10): what template import refuses, built with the real
-qemu-img."""
+qemu-img, and base volumes that templates never share or lose while desktops use them."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
+from tests.fixtures import make_desktop
 from vms.models import Host, Template
 from vms.services.images import ImageRejected, image_inspect
+from vms.services.templates import template_import
 
 pytestmark = pytest.mark.django_db
 
@@ -255,9 +257,24 @@ def test_admin_upload_of_a_sound_image_imports_it_and_keeps_no_copy(
     response = _admin_post(admin_user_, name="Sound", image_upload=upload)
     assert response.status_code == 302, response.content.decode()[:2000]
     template = Template.objects.get(name="Sound")
-    name = os.path.basename(template.base_image_path)
-    try:
-        assert name in base_volumes(hypervisor, local_host)
-        assert not any((images / "uploads").iterdir())
-    finally:
-        hypervisor.delete_volume(pool=local_host.storage_pool, name=name)
+    assert os.path.basename(template.base_image_path) in base_volumes(hypervisor, local_host)
+    assert not any((images / "uploads").iterdir())
+
+
+# --- finding 8: one base volume per template, never lost while desktops use it ---------------
+
+
+@pytest.mark.libvirt
+def test_templates_whose_names_look_alike_get_their_own_base(local_host, employee, images) -> None:
+    # (local_host removes the bases the test imported.)
+    first = template_import(
+        name="Win 11", image_path=str(qcow2(images / "a.qcow2", "64M")), memory_mib=128
+    )
+    make_desktop(employee, first, host=local_host)
+    before = sha256(first.base_image_path)
+    other = images / "b.qcow2"  # another image, another file size
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", _pattern(images), other)
+    second = template_import(name="win-11", image_path=str(other), memory_mib=128)
+    assert second.base_image_path != first.base_image_path
+    assert sha256(first.base_image_path) == before  # its desktops keep their image
+    assert os.path.basename(second.base_image_path).startswith("base-win-11-")

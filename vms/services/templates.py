@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 
 from django.db import transaction
 
@@ -13,10 +14,20 @@ from vms.services.hosts import hypervisor_for
 from vms.services.images import ImageFacts, ImageRejected, image_inspect
 
 
-def base_volume_name(template_name: str) -> str:
-    """Pool volume name of a template's base image (never carries the desktop prefix)."""
+def base_volume_name(*, template_name: str, token: str) -> str:
+    """Pool volume name of a template's base image (never carries the desktop prefix).
+
+    The slug is for people reading `virsh vol-list`; the token makes the name unique, since
+    names like "Win 11" and "win-11" share a slug, and one template's import must never
+    find, replace or delete another template's base.
+    """
     slug = re.sub(r"[^a-z0-9]+", "-", template_name.lower()).strip("-")[:40] or "image"
-    return f"base-{slug}.qcow2"
+    return f"base-{slug}-{token}.qcow2"
+
+
+def base_volume_name_new(*, template_name: str) -> str:
+    """A base volume name no other template has (48 random bits)."""
+    return base_volume_name(template_name=template_name, token=secrets.token_hex(6))
 
 
 def template_import(
@@ -53,32 +64,34 @@ def template_save_imported(*, template: Template, image_path: str) -> None:
     facts = image_inspect(path=image_path)
     template.disk_gib = max(template.disk_gib, -(-facts.virtual_size // 1024**3))
     template.full_clean(exclude=["base_image_path", "assigned_users", "assigned_groups"])
-    template.base_image_path = _upload_everywhere(name=template.name, facts=facts)
+    volume = base_volume_name_new(template_name=template.name)
+    template.base_image_path = _upload_everywhere(volume=volume, facts=facts)
     with transaction.atomic():
         template.save()
         audit_record(
             action="template.import",
             name=template.name,
             image=facts.path,
+            volume=volume,
             leaked_clusters=facts.leaked_clusters,
         )
 
 
-def _upload_everywhere(*, name: str, facts: ImageFacts) -> str:
+def _upload_everywhere(*, volume: str, facts: ImageFacts) -> str:
     hosts = list(Host.objects.filter(enabled=True))
     if not hosts:
         raise ImageRejected("No enabled host is registered to receive the image.")
     paths = set()
     for host in hosts:
         try:
-            volume = hypervisor_for(host).import_base_volume(
-                pool=host.storage_pool, name=base_volume_name(name), source_path=facts.path
+            base = hypervisor_for(host).import_base_volume(
+                pool=host.storage_pool, name=volume, source_path=facts.path
             )
         except HypervisorError as exc:
             raise ImageRejected(
                 f"Host {host.name} could not take the image: {exc.message}"
             ) from exc
-        paths.add(volume.path)
+        paths.add(base.path)
     if len(paths) != 1:
         raise ImageRejected("The hosts' storage pools must share one path layout.")
     return paths.pop()
