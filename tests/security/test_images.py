@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from tests.fixtures import make_desktop
+from vms.hypervisor import HypervisorError
 from vms.models import Host, Template
 from vms.services.images import ImageRejected, image_inspect
+from vms.services.reconcile import reconcile_host
 from vms.services.templates import template_import
 
 pytestmark = pytest.mark.django_db
@@ -278,3 +281,45 @@ def test_templates_whose_names_look_alike_get_their_own_base(local_host, employe
     assert second.base_image_path != first.base_image_path
     assert sha256(first.base_image_path) == before  # its desktops keep their image
     assert os.path.basename(second.base_image_path).startswith("base-win-11-")
+
+
+@pytest.mark.libvirt
+def test_a_base_that_desktop_disks_use_is_never_replaced(
+    local_host, hypervisor, images, settings
+) -> None:
+    pool = local_host.storage_pool
+    name = f"{settings.NAME_PREFIX}base-{uuid.uuid4().hex[:6]}.qcow2"
+    base = hypervisor.import_base_volume(
+        pool=pool, name=name, source_path=str(qcow2(images / "a.qcow2", "64M"))
+    )
+    disk = hypervisor.clone_volume(
+        pool=pool,
+        name=f"{settings.NAME_PREFIX}{uuid.uuid4().hex[:6]}.qcow2",
+        base_path=base.path,
+        capacity_bytes=base.capacity_bytes,
+    )
+    before = sha256(base.path)
+    # A volume of that name whose size differs looks like an interrupted upload, which
+    # import_base_volume would delete and upload again: not while a disk is built on it.
+    other = images / "b.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", _pattern(images), other)  # bigger file
+    with pytest.raises(HypervisorError, match="desktop disk") as refused:
+        hypervisor.import_base_volume(pool=pool, name=name, source_path=str(other))
+    assert refused.value.permanent
+    assert disk.name in refused.value.message
+    assert sha256(base.path) == before
+
+
+@pytest.mark.libvirt
+def test_reconcile_never_removes_a_template_base(
+    local_host, hypervisor, employee, images, settings
+) -> None:
+    image = qcow2(images / "office.qcow2", "64M")
+    template = template_import(name="Office", image_path=str(image), memory_mib=128)
+    make_desktop(employee, template, host=local_host, status="stopped")
+    base = os.path.basename(template.base_image_path)
+    # A prefix that base names happen to start with: bases are still not orphans.
+    settings.NAME_PREFIX = "base-"
+    report = reconcile_host(host=local_host)
+    assert base not in report.removed_volumes
+    assert base in base_volumes(hypervisor, local_host)
