@@ -146,7 +146,7 @@ def _size_check(size: int, *, shown: str) -> None:
     limit = image_max_virtual_size_gib()
     if size > limit * GIB:
         raise ImageRejected(
-            f"Image {shown} has a virtual size of {size / GIB:.0f} GiB, over the limit of "
+            f"Image {shown} has a virtual size of {size / GIB:.4g} GiB, over the limit of "
             f"{limit} GiB (IMAGE_MAX_VIRTUAL_SIZE_GIB). Shrink the image, or raise the limit."
         )
 
