@@ -226,6 +226,11 @@ DEMO_GUEST_IMAGE = envcheck.read(
 IMAGE_IMPORT_DIRS = envcheck.read(
     env.list, "IMAGE_IMPORT_DIRS", default=["/var/lib/desktop-portal/images"]
 )
+# The largest virtual size a template image may have: a bigger one would be a disk no
+# desktop quota can hold, and qemu-img check's work grows with it. 65536 = MAX_DISK_GIB.
+IMAGE_MAX_VIRTUAL_SIZE_GIB = envcheck.read(env.int, "IMAGE_MAX_VIRTUAL_SIZE_GIB", default=200)
+if not 1 <= IMAGE_MAX_VIRTUAL_SIZE_GIB <= 65536:
+    raise ImproperlyConfigured("Environment variable IMAGE_MAX_VIRTUAL_SIZE_GIB must be 1..65536")
 
 # Console tickets live at most this long (DESIGN.md section 4 caps it at 60 s).
 CONSOLE_TICKET_TTL_S = envcheck.read(env.int, "CONSOLE_TICKET_TTL_S", default=30)

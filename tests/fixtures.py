@@ -113,6 +113,20 @@ def local_host(db: None) -> Iterator[Host]:
         hypervisor.undefine(name=domain.name)
     for volume in hypervisor.list_volumes(pool=host.storage_pool, prefix=name_prefix()):
         hypervisor.delete_volume(pool=host.storage_pool, name=volume.name)
+    remove_imported_bases(hypervisor, host.storage_pool)
+
+
+# A fixed token: every test shares one upload of the demo image.
+DEMO_BASE = base_volume_name(template_name="Demo desktop", token="tests")
+
+
+def remove_imported_bases(hypervisor: Any, pool: str) -> None:
+    """Delete the base volumes of the templates a test imported: their names are random,
+    so no later import reuses them. The demo fixture's shared base stays."""
+    paths = set(Template.objects.values_list("base_image_path", flat=True))
+    for volume in hypervisor.list_volumes(pool=pool, prefix="base-"):
+        if volume.path in paths and volume.name != DEMO_BASE:
+            hypervisor.delete_volume(pool=pool, name=volume.name)
 
 
 @pytest.fixture
@@ -121,7 +135,7 @@ def demo_template(local_host: Host, employee: Any) -> Template:
     image = settings.DEMO_GUEST_IMAGE
     assert Path(image).is_file(), f"demo guest image {image} is missing: run scripts/setup.sh"
     volume = get_hypervisor(local_host.libvirt_uri).import_base_volume(
-        pool=local_host.storage_pool, name=base_volume_name("Demo desktop"), source_path=image
+        pool=local_host.storage_pool, name=DEMO_BASE, source_path=image
     )
     template = Template.objects.create(
         name="Demo desktop", base_image_path=volume.path, vcpus=1, memory_mib=128, disk_gib=1

@@ -34,6 +34,8 @@ def _django_check(**env: str) -> subprocess.CompletedProcess[str]:
         ("DATABASE_URL", "nosuchdb://x"),
         ("CONSOLE_TICKET_TTL_S", "600"),
         ("SECRET_KEY", "short"),
+        ("IMAGE_MAX_VIRTUAL_SIZE_GIB", "big"),
+        ("IMAGE_MAX_VIRTUAL_SIZE_GIB", "0"),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
@@ -106,14 +108,19 @@ def test_healthz_all_green_with_worker_and_heartbeat(client, celery_worker, loca
 def test_first_run_setup_is_idempotent(settings) -> None:
     from django.contrib.auth import get_user_model
 
+    from tests.fixtures import remove_imported_bases
+    from vms.hypervisor import get_hypervisor
     from vms.models import Host, Template
     from vms.services.demo import DEMO_TEMPLATE, setup_single_machine
 
     made = setup_single_machine(env_passwords={"employee": "from-env-pw"})
-    assert {login.username for login in made} == {"admin", "employee", "helpdesk"}
-    assert get_user_model().objects.get(username="employee").check_password("from-env-pw")
-    template = Template.objects.get(name=DEMO_TEMPLATE)
-    assert template.assigned_groups.filter(name="employee").exists()
-    assert Host.objects.get(name="local").last_check_ok
-    assert setup_single_machine(env_passwords={}) == []
-    assert Template.objects.count() == 1
+    try:
+        assert {login.username for login in made} == {"admin", "employee", "helpdesk"}
+        assert get_user_model().objects.get(username="employee").check_password("from-env-pw")
+        template = Template.objects.get(name=DEMO_TEMPLATE)
+        assert template.assigned_groups.filter(name="employee").exists()
+        assert Host.objects.get(name="local").last_check_ok
+        assert setup_single_machine(env_passwords={}) == []
+        assert Template.objects.count() == 1
+    finally:  # the demo base has a random name: no later run would reuse it
+        remove_imported_bases(get_hypervisor(settings.LIBVIRT_URI), settings.STORAGE_POOL_NAME)

@@ -127,7 +127,7 @@ def test_import_template_command_refuses_bad_images(local_host, tmp_path, settin
     raw.write_bytes(b"\0" * 65536)
     with pytest.raises(CommandError, match="does not exist"):
         call_command("import_template", str(tmp_path / "missing.qcow2"), "--name", "x")
-    with pytest.raises(CommandError, match="raw, not qcow2"):
+    with pytest.raises(CommandError, match="is not a qcow2 image"):
         call_command("import_template", str(raw), "--name", "x")
     with pytest.raises(CommandError, match="outside the folders"):
         call_command("import_template", "/etc/passwd", "--name", "x")

@@ -29,8 +29,9 @@ from vms.models import (
 )
 from vms.services import desktops as desktop_services
 from vms.services.errors import ServiceError
+from vms.services.images import image_inspect
 from vms.services.placement import host_allocations
-from vms.services.templates import image_inspect, template_save_imported
+from vms.services.templates import template_save_imported
 
 
 @admin.register(Host)
@@ -93,27 +94,45 @@ class TemplateImportForm(forms.ModelForm):
             "assigned_groups",
         ]
 
+    saved_upload: Path | None = None
+
     def clean(self) -> dict[str, Any]:
-        """Check the image now (qemu-img info, allowed folders), so errors show on the form."""
+        """Check the image now (the same image_inspect as every import), so errors show
+        on the form."""
         data = super().clean() or {}
         if bool(data.get("image_path")) == bool(data.get("image_upload")):
             raise ValidationError("Give either an image path or an upload (one of the two).")
-        path = data.get("image_path") or _saved_upload(data["image_upload"])
+        upload = data.get("image_upload")
+        if upload:
+            # image_inspect only reads files inside IMAGE_IMPORT_DIRS, so the upload goes there.
+            self.saved_upload = _saved_upload(upload)
+        path = str(self.saved_upload) if upload else data["image_path"]
         try:
-            data["image_file"] = image_inspect(path=path).path
+            data["image_file"] = image_inspect(path=path, shown=getattr(upload, "name", "")).path
         except ServiceError as exc:
             raise ValidationError(exc.message) from exc
         return data
 
+    def full_clean(self) -> None:
+        super().full_clean()
+        if self._errors:  # refused here or by the model's own checks: keep no upload
+            self.discard_upload()
 
-def _saved_upload(upload: Any) -> str:
+    def discard_upload(self) -> None:
+        """Remove the saved upload: after a refusal, or once the hosts hold their copy."""
+        if self.saved_upload is not None:
+            self.saved_upload.unlink(missing_ok=True)
+            self.saved_upload = None
+
+
+def _saved_upload(upload: Any) -> Path:
     folder = Path(settings.IMAGE_IMPORT_DIRS[0]) / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{uuid.uuid4().hex}.qcow2"
     with target.open("wb") as out:
         for chunk in upload.chunks():
             out.write(chunk)
-    return str(target)
+    return target
 
 
 @admin.register(Template)
@@ -157,6 +176,8 @@ class TemplateAdmin(admin.ModelAdmin):
             template_save_imported(template=obj, image_path=form.cleaned_data["image_file"])
         except ServiceError as exc:
             raise PermissionDenied(exc.message) from exc
+        finally:
+            form.discard_upload()
 
     @admin.action(description="Enable the selected templates")
     def enable(self, request: HttpRequest, queryset: QuerySet[Template]) -> None:

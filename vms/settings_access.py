@@ -13,3 +13,8 @@ def name_prefix() -> str:
 def shutdown_timeout_s() -> float:
     """How long a graceful guest shutdown may take before the power is cut."""
     return float(settings.GUEST_SHUTDOWN_TIMEOUT_S)
+
+
+def image_max_virtual_size_gib() -> int:
+    """The largest virtual size (GiB) a template image may have."""
+    return int(settings.IMAGE_MAX_VIRTUAL_SIZE_GIB)

@@ -125,7 +125,7 @@ def test_a_disk_smaller_than_the_image_is_raised_to_fit(local_host, settings) ->
     ],
 )
 def test_image_paths_outside_the_allowed_folders_are_refused(path) -> None:
-    from vms.services.templates import ImageRejected, image_inspect
+    from vms.services.images import ImageRejected, image_inspect
 
     with pytest.raises(ImageRejected):
         image_inspect(path=path)

@@ -29,7 +29,9 @@ class Hypervisor(ABC):
     def import_base_volume(self, *, pool: str, name: str, source_path: str) -> VolumeInfo:
         """Copy a local image file into the pool (over a libvirt stream, so remote hosts work).
 
-        An existing complete volume of that name is returned as is.
+        An existing complete volume of that name is returned as is. An incomplete one (an
+        interrupted upload) is replaced, unless linked clones are built on it: then this
+        raises a permanent ``HypervisorError`` and the volume stays as it is.
         """
 
     @abstractmethod

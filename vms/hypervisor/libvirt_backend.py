@@ -231,6 +231,33 @@ def _lookup_volume_by_path(conn: Conn, path: str) -> Vol | None:
     return find()
 
 
+def _disks_built_on(p: Pool, path: str) -> list[str]:
+    """Names of the volumes in pool ``p`` whose backing file is ``path``."""
+    users = []
+    for vol in p.listAllVolumes(0):
+        try:
+            info = _volume_info(vol)
+        except libvirt.libvirtError:  # deleted while we looked
+            continue
+        if _same_path(info.backing_path, path):
+            users.append(info.name)
+    return sorted(users)
+
+
+def _refuse_replacing_a_used_base(p: Pool, vol: Vol, pool: str, name: str) -> None:
+    """A base with linked clones on it is their disk's lower half: replacing it (or
+    deleting it) would silently swap or destroy every desktop built on it."""
+    users = _disks_built_on(p, vol.path())
+    if users:
+        shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+        raise HypervisorError(
+            f"volume '{name}' in storage pool '{pool}' is the base of desktop disk(s) {shown}; "
+            "it is not replaced while they exist. Delete those desktops first, or import the "
+            "image under another name.",
+            permanent=True,
+        )
+
+
 def _is_pool_space_or_permission_problem(message: str) -> bool:
     return any(hint in message for hint in POOL_FULL_OR_READONLY_HINTS)
 
@@ -347,6 +374,7 @@ class LibvirtHypervisor(Hypervisor):
                 physical = vxml.parse_physical_bytes(vol.XMLDesc(0))
                 if physical is None or physical == file_size:
                     return _volume_info(vol)
+                _refuse_replacing_a_used_base(p, vol, pool, name)
                 log.warning(
                     "volume %s/%s is incomplete (%s of %d bytes); importing again",
                     pool,

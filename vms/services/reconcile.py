@@ -3,13 +3,14 @@
 - A desktop marked running whose guest stopped becomes `stopped`; one whose guest vanished
   becomes `error` with a message. A stopped desktop whose guest runs becomes `running`.
 - Domains and volumes that carry our name prefix but belong to no live desktop are
-  removed. Anything without the prefix is never touched.
+  removed. Anything without the prefix is never touched, nor is any template's base.
 - Desktops stuck in a transitional state (their task was lost) get their task again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -18,7 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from vms.hypervisor import DomainInfo, Hypervisor, PowerState, VolumeInfo
-from vms.models import Desktop, DesktopStatus, Host
+from vms.models import Desktop, DesktopStatus, Host, Template
 from vms.services import transitions
 from vms.services.audit import audit_record
 from vms.services.events import push_desktop_changed
@@ -114,8 +115,13 @@ def _remove_orphan_volumes(
     report: ReconcileReport,
 ) -> None:
     wanted = {desktop.volume_name for desktop in live.values()}
+    # Template bases are named without the prefix, but a short prefix ("b", "base-")
+    # would still match them: a base is never an orphan while its template exists.
+    bases = {
+        os.path.normpath(p) for p in Template.objects.values_list("base_image_path", flat=True)
+    }
     for volume in volumes:
-        if volume.name not in wanted:
+        if volume.name not in wanted and os.path.normpath(volume.path) not in bases:
             log.info("reconcile removes orphan volume %s", volume.name)
             hypervisor.delete_volume(pool=host.storage_pool, name=volume.name)
             report.removed_volumes.append(volume.name)

@@ -2,79 +2,32 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-from dataclasses import dataclass
-from pathlib import Path
+import secrets
 
-from django.conf import settings
 from django.db import transaction
 
 from vms.hypervisor import HypervisorError
 from vms.models import Host, Template
 from vms.services.audit import audit_record
-from vms.services.errors import ServiceError
 from vms.services.hosts import hypervisor_for
+from vms.services.images import ImageFacts, ImageRejected, image_inspect
 
 
-class ImageRejected(ServiceError):
-    """The image file is missing, outside the allowed folders, or not a usable qcow2."""
+def base_volume_name(*, template_name: str, token: str) -> str:
+    """Pool volume name of a template's base image (never carries the desktop prefix).
 
-
-@dataclass(frozen=True)
-class ImageFacts:
-    """What `qemu-img info` says about an image."""
-
-    path: str
-    format: str
-    virtual_size: int
-
-
-def image_inspect(*, path: str) -> ImageFacts:
-    """Check that `path` lies in an allowed import folder and is a standalone qcow2 image."""
-    real = _allowed_path(path)
-    if not real.is_file():
-        raise ImageRejected(f"Image {path} does not exist or is not a file.")
-    info = _qemu_img_info(real)
-    if info.get("format") != "qcow2":
-        raise ImageRejected(f"Image {path} is {info.get('format', 'unreadable')}, not qcow2.")
-    if info.get("backing-filename"):
-        raise ImageRejected(f"Image {path} has a backing file; import a standalone image.")
-    return ImageFacts(path=str(real), format="qcow2", virtual_size=int(str(info["virtual-size"])))
-
-
-def _allowed_path(path: str) -> Path:
-    real = Path(os.path.realpath(path))
-    for folder in settings.IMAGE_IMPORT_DIRS:
-        if real.is_relative_to(os.path.realpath(folder)):
-            return real
-    allowed = ", ".join(settings.IMAGE_IMPORT_DIRS)
-    raise ImageRejected(f"Image {path} is outside the folders images may come from ({allowed}).")
-
-
-def _qemu_img_info(path: Path) -> dict[str, object]:
-    try:
-        done = subprocess.run(
-            ["qemu-img", "info", "--output=json", "--force-share", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ImageRejected(f"Could not inspect {path}: {exc}") from exc
-    if done.returncode != 0:
-        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "unknown error"
-        raise ImageRejected(f"Image {path} is not a readable disk image: {reason}")
-    return dict(json.loads(done.stdout))
-
-
-def base_volume_name(template_name: str) -> str:
-    """Pool volume name of a template's base image (never carries the desktop prefix)."""
+    The slug is for people reading `virsh vol-list`; the token makes the name unique, since
+    names like "Win 11" and "win-11" share a slug, and one template's import must never
+    find, replace or delete another template's base.
+    """
     slug = re.sub(r"[^a-z0-9]+", "-", template_name.lower()).strip("-")[:40] or "image"
-    return f"base-{slug}.qcow2"
+    return f"base-{slug}-{token}.qcow2"
+
+
+def base_volume_name_new(*, template_name: str) -> str:
+    """A base volume name no other template has (48 random bits)."""
+    return base_volume_name(template_name=template_name, token=secrets.token_hex(6))
 
 
 def template_import(
@@ -111,27 +64,34 @@ def template_save_imported(*, template: Template, image_path: str) -> None:
     facts = image_inspect(path=image_path)
     template.disk_gib = max(template.disk_gib, -(-facts.virtual_size // 1024**3))
     template.full_clean(exclude=["base_image_path", "assigned_users", "assigned_groups"])
-    template.base_image_path = _upload_everywhere(name=template.name, facts=facts)
+    volume = base_volume_name_new(template_name=template.name)
+    template.base_image_path = _upload_everywhere(volume=volume, facts=facts)
     with transaction.atomic():
         template.save()
-        audit_record(action="template.import", name=template.name, image=facts.path)
+        audit_record(
+            action="template.import",
+            name=template.name,
+            image=facts.path,
+            volume=volume,
+            leaked_clusters=facts.leaked_clusters,
+        )
 
 
-def _upload_everywhere(*, name: str, facts: ImageFacts) -> str:
+def _upload_everywhere(*, volume: str, facts: ImageFacts) -> str:
     hosts = list(Host.objects.filter(enabled=True))
     if not hosts:
         raise ImageRejected("No enabled host is registered to receive the image.")
     paths = set()
     for host in hosts:
         try:
-            volume = hypervisor_for(host).import_base_volume(
-                pool=host.storage_pool, name=base_volume_name(name), source_path=facts.path
+            base = hypervisor_for(host).import_base_volume(
+                pool=host.storage_pool, name=volume, source_path=facts.path
             )
         except HypervisorError as exc:
             raise ImageRejected(
                 f"Host {host.name} could not take the image: {exc.message}"
             ) from exc
-        paths.add(volume.path)
+        paths.add(base.path)
     if len(paths) != 1:
         raise ImageRejected("The hosts' storage pools must share one path layout.")
     return paths.pop()
