@@ -72,3 +72,13 @@ def origins(values: list[str], name: str) -> list[str]:
                 f"Environment variable {name}: {value!r} must start with http:// or https://"
             )
     return values
+
+
+def token(value: str, name: str, *, min_length: int) -> str:
+    """A shared secret: empty (switched off) or at least `min_length` characters, no spaces."""
+    if value and (len(value) < min_length or any(c.isspace() for c in value)):
+        raise ImproperlyConfigured(
+            f"Environment variable {name} must be empty or at least {min_length} characters "
+            "without spaces"
+        )
+    return value

@@ -205,6 +205,13 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# /healthz shows each check's detail (host names, error text) to staff and to a monitor that
+# sends "Authorization: Bearer <HEALTHZ_TOKEN>"; everyone else gets only ok/unavailable.
+# Empty: no token access.
+HEALTHZ_TOKEN = envcheck.token(
+    envcheck.read(env.str, "HEALTHZ_TOKEN", default=""), "HEALTHZ_TOKEN", min_length=32
+)
+
 # Hypervisor defaults for the host that `scripts/run` registers on first start.
 LIBVIRT_URI = envcheck.read(env.str, "LIBVIRT_URI", default="qemu:///system")
 STORAGE_POOL_NAME = envcheck.read(env.str, "STORAGE_POOL_NAME", default="desktops")
