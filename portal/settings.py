@@ -256,6 +256,13 @@ AXES_FAILURE_LIMIT = envcheck.read(env.int, "LOGIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = 0.25  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+# Reverse proxies (the TLS proxy in front of the portal) whose X-Forwarded-For is believed:
+# comma-separated addresses or CIDR blocks. Empty: the peer is the client and the header is
+# ignored. Axes and the audit trail both take the client's address from this one rule.
+TRUSTED_PROXIES = envcheck.networks(
+    envcheck.read(env.list, "TRUSTED_PROXIES", default=[]), "TRUSTED_PROXIES"
+)
+AXES_CLIENT_IP_CALLABLE = "vms.web.client.client_ip"
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

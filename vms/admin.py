@@ -31,6 +31,7 @@ from vms.services import desktops as desktop_services
 from vms.services.errors import ServiceError
 from vms.services.placement import host_allocations
 from vms.services.templates import image_inspect, template_save_imported
+from vms.web.client import client_ip
 
 
 @admin.register(Host)
@@ -192,9 +193,7 @@ class DesktopAdmin(admin.ModelAdmin):
         done, refused = 0, []
         for desktop in queryset.select_related("host"):
             try:
-                service(
-                    actor=request.user, desktop=desktop, source_ip=request.META.get("REMOTE_ADDR")
-                )
+                service(actor=request.user, desktop=desktop, source_ip=client_ip(request))
                 done += 1
             except ServiceError as exc:
                 refused.append(f"{desktop.name}: {exc.message}")
