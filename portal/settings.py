@@ -193,8 +193,16 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 RECONCILE_INTERVAL_S = envcheck.read(env.int, "RECONCILE_INTERVAL_S", default=60)
 HOST_HEARTBEAT_INTERVAL_S = envcheck.read(env.int, "HOST_HEARTBEAT_INTERVAL_S", default=30)
+# Audit events and closed console sessions older than this are removed (hourly, by the
+# retention task, which records what it removed). 0: keep forever.
+AUDIT_RETENTION_DAYS = envcheck.read(env.int, "AUDIT_RETENTION_DAYS", default=365)
+if AUDIT_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured(
+        "Environment variable AUDIT_RETENTION_DAYS must be 0 (keep forever) or more"
+    )
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "vms.tasks.reconcile_all_hosts", "schedule": RECONCILE_INTERVAL_S},
+    "audit-retention": {"task": "vms.tasks.apply_audit_retention", "schedule": 3600},
     "host-heartbeat": {
         "task": "vms.tasks.heartbeat_all_hosts",
         "schedule": HOST_HEARTBEAT_INTERVAL_S,

@@ -38,6 +38,8 @@ def _django_check(**env: str) -> subprocess.CompletedProcess[str]:
         ("HEALTHZ_TOKEN", "a token with spaces that is long enough anyway"),
         ("TRUSTED_PROXIES", "10.0.0.5,proxy.example.com"),
         ("TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("AUDIT_RETENTION_DAYS", "-1"),
+        ("AUDIT_RETENTION_DAYS", "a year"),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
