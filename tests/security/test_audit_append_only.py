@@ -238,7 +238,7 @@ def _old_session(session: ConsoleSession, *, days: int) -> ConsoleSession:
             " ended_at, bytes_to_guest, bytes_from_guest, dropped_messages, close_reason)"
             " VALUES (%s, %s, 'view', '', 'channels', %s, %s, 0, 0, 0, '')",
             [
-                session.desktop_id,
+                session.desktop_id.hex,  # a uuid on PostgreSQL, 32 hex digits on SQLite
                 session.user_id,
                 timezone.now() - timedelta(days=days + 1),
                 timezone.now() - timedelta(days=days),
