@@ -7,6 +7,7 @@ instead stop with ImproperlyConfigured and say which variable is wrong.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -72,3 +73,28 @@ def origins(values: list[str], name: str) -> list[str]:
                 f"Environment variable {name}: {value!r} must start with http:// or https://"
             )
     return values
+
+
+def token(value: str, name: str, *, min_length: int) -> str:
+    """A shared secret: empty (switched off) or at least `min_length` characters, no spaces."""
+    if value and (len(value) < min_length or any(c.isspace() for c in value)):
+        raise ImproperlyConfigured(
+            f"Environment variable {name} must be empty or at least {min_length} characters "
+            "without spaces"
+        )
+    return value
+
+
+def networks(values: list[str], name: str) -> list[IPv4Network | IPv6Network]:
+    """Addresses or CIDR blocks (`10.0.0.5`, `10.0.0.0/24`, `fd00::/8`)."""
+    parsed = []
+    for value in (v.strip() for v in values):
+        if not value:
+            continue
+        try:
+            parsed.append(ip_network(value, strict=False))
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"Environment variable {name}: {value!r} is not an IP address or CIDR block"
+            ) from exc
+    return parsed

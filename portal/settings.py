@@ -193,8 +193,16 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 RECONCILE_INTERVAL_S = envcheck.read(env.int, "RECONCILE_INTERVAL_S", default=60)
 HOST_HEARTBEAT_INTERVAL_S = envcheck.read(env.int, "HOST_HEARTBEAT_INTERVAL_S", default=30)
+# Audit events and closed console sessions older than this are removed (hourly, by the
+# retention task, which records what it removed). 0: keep forever.
+AUDIT_RETENTION_DAYS = envcheck.read(env.int, "AUDIT_RETENTION_DAYS", default=365)
+if AUDIT_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured(
+        "Environment variable AUDIT_RETENTION_DAYS must be 0 (keep forever) or more"
+    )
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "vms.tasks.reconcile_all_hosts", "schedule": RECONCILE_INTERVAL_S},
+    "audit-retention": {"task": "vms.tasks.apply_audit_retention", "schedule": 3600},
     "host-heartbeat": {
         "task": "vms.tasks.heartbeat_all_hosts",
         "schedule": HOST_HEARTBEAT_INTERVAL_S,
@@ -205,6 +213,13 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": envcheck.read(env.int, "THUMBNAIL_INTERVAL_S", default=20),
     },
 }
+
+# /healthz shows each check's detail (host names, error text) to staff and to a monitor that
+# sends "Authorization: Bearer <HEALTHZ_TOKEN>"; everyone else gets only ok/unavailable.
+# Empty: no token access.
+HEALTHZ_TOKEN = envcheck.token(
+    envcheck.read(env.str, "HEALTHZ_TOKEN", default=""), "HEALTHZ_TOKEN", min_length=32
+)
 
 # Hypervisor defaults for the host that `scripts/run` registers on first start.
 LIBVIRT_URI = envcheck.read(env.str, "LIBVIRT_URI", default="qemu:///system")
@@ -264,6 +279,13 @@ AXES_FAILURE_LIMIT = envcheck.read(env.int, "LOGIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = 0.25  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+# Reverse proxies (the TLS proxy in front of the portal) whose X-Forwarded-For is believed:
+# comma-separated addresses or CIDR blocks. Empty: the peer is the client and the header is
+# ignored. Axes and the audit trail both take the client's address from this one rule.
+TRUSTED_PROXIES = envcheck.networks(
+    envcheck.read(env.list, "TRUSTED_PROXIES", default=[]), "TRUSTED_PROXIES"
+)
+AXES_CLIENT_IP_CALLABLE = "vms.web.client.client_ip"
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

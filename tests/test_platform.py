@@ -36,6 +36,12 @@ def _django_check(**env: str) -> subprocess.CompletedProcess[str]:
         ("SECRET_KEY", "short"),
         ("IMAGE_MAX_VIRTUAL_SIZE_GIB", "big"),
         ("IMAGE_MAX_VIRTUAL_SIZE_GIB", "0"),
+        ("HEALTHZ_TOKEN", "short"),
+        ("HEALTHZ_TOKEN", "a token with spaces that is long enough anyway"),
+        ("TRUSTED_PROXIES", "10.0.0.5,proxy.example.com"),
+        ("TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("AUDIT_RETENTION_DAYS", "-1"),
+        ("AUDIT_RETENTION_DAYS", "a year"),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
@@ -69,14 +75,14 @@ def test_deploy_check_is_clean_with_production_settings() -> None:
 
 
 @pytest.mark.django_db
-def test_healthz_reports_each_part_and_never_raises(client, settings, local_host) -> None:
+def test_healthz_reports_each_part_and_never_raises(admin_client, settings, local_host) -> None:
     from django.utils import timezone
 
     from vms.models import Host
 
     Host.objects.filter(pk=local_host.pk).update(last_checked_at=timezone.now(), last_check_ok=True)
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
-    response = client.get("/healthz")
+    response = admin_client.get("/healthz")  # the detail is for staff (or the token)
     body = response.json()
     assert response.status_code == 503
     assert set(body["checks"]) == {"database", "redis", "celery", "libvirt"}
@@ -87,18 +93,20 @@ def test_healthz_reports_each_part_and_never_raises(client, settings, local_host
 
 
 @pytest.mark.django_db
-def test_healthz_flags_a_stale_host(client, local_host) -> None:
-    response = client.get("/healthz")
+def test_healthz_flags_a_stale_host(admin_client, local_host) -> None:
+    response = admin_client.get("/healthz")
     assert response.json()["checks"]["libvirt"] == {"ok": False, "detail": "local: not checked yet"}
 
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.libvirt
-def test_healthz_all_green_with_worker_and_heartbeat(client, celery_worker, local_host) -> None:
+def test_healthz_all_green_with_worker_and_heartbeat(
+    admin_client, celery_worker, local_host
+) -> None:
     from vms.services.hosts import host_heartbeat
 
     assert host_heartbeat(host=local_host)
-    response = client.get("/healthz")
+    response = admin_client.get("/healthz")
     assert response.status_code == 200, response.content
     assert all(check["ok"] for check in response.json()["checks"].values())
 

@@ -32,6 +32,7 @@ from vms.services.errors import ServiceError
 from vms.services.images import image_inspect
 from vms.services.placement import host_allocations
 from vms.services.templates import template_save_imported
+from vms.web.client import client_ip
 
 
 @admin.register(Host)
@@ -213,9 +214,7 @@ class DesktopAdmin(admin.ModelAdmin):
         done, refused = 0, []
         for desktop in queryset.select_related("host"):
             try:
-                service(
-                    actor=request.user, desktop=desktop, source_ip=request.META.get("REMOTE_ADDR")
-                )
+                service(actor=request.user, desktop=desktop, source_ip=client_ip(request))
                 done += 1
             except ServiceError as exc:
                 refused.append(f"{desktop.name}: {exc.message}")
@@ -232,13 +231,11 @@ class DesktopAdmin(admin.ModelAdmin):
         self._each(request, queryset, desktop_services.desktop_delete)
 
 
-@admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "action", "actor", "desktop", "source_ip"]
-    list_filter = ["action"]
-    search_fields = ["action", "actor__username", "desktop__name"]
-    list_select_related = ["actor", "desktop"]
-    readonly_fields = ["created_at", "action", "actor", "desktop", "source_ip", "detail"]
+class AppendOnlyAdmin(admin.ModelAdmin):
+    """The audit trail is read-only here, for superusers too: no add, change or delete, and
+    no actions (the bulk delete included). Old rows go only by AUDIT_RETENTION_DAYS."""
+
+    actions = None
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -246,9 +243,21 @@ class AuditEventAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(AppendOnlyAdmin):
+    list_display = ["created_at", "action", "actor", "desktop", "source_ip"]
+    list_filter = ["action"]
+    search_fields = ["action", "actor__username", "desktop__name"]
+    list_select_related = ["actor", "desktop"]
+    readonly_fields = ["created_at", "action", "actor", "desktop", "source_ip", "detail"]
+
 
 @admin.register(ConsoleSession)
-class ConsoleSessionAdmin(admin.ModelAdmin):
+class ConsoleSessionAdmin(AppendOnlyAdmin):
     """Console sessions: the part of the audit trail people ask about most."""
 
     list_display = [
@@ -268,9 +277,3 @@ class ConsoleSessionAdmin(admin.ModelAdmin):
     search_fields = ["user__username", "desktop__name", "reason"]
     list_select_related = ["user", "desktop"]
     readonly_fields = [f.name for f in ConsoleSession._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -6,9 +6,11 @@ writes it to the database.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -17,6 +19,7 @@ from django.utils import timezone
 
 from portal.celery import app as celery_app
 from vms.models import Host
+from vms.roles import is_admin
 
 log = logging.getLogger(__name__)
 Check = dict[str, object]
@@ -80,3 +83,17 @@ def health_report() -> dict[str, Check]:
             log.warning("health check %s failed: %s", name, exc)
             report[name] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
     return report
+
+
+def health_detail_allowed(*, user: Any, authorization: str) -> bool:
+    """Whether a caller may see each check's detail: staff, or a monitor presenting
+    `Authorization: Bearer <HEALTHZ_TOKEN>` (compared in constant time). Strangers see only
+    whether the portal is healthy: host names and error text help an attacker."""
+    return is_admin(user) or _bearer_matches(authorization, expected=settings.HEALTHZ_TOKEN)
+
+
+def _bearer_matches(authorization: str, *, expected: str) -> bool:
+    scheme, _, presented = authorization.partition(" ")
+    if not expected or scheme.lower() != "bearer" or not presented:
+        return False
+    return hmac.compare_digest(presented.encode(), expected.encode())

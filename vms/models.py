@@ -1,17 +1,20 @@
 """The portal's data: hosts, templates, quotas, desktops and the audit trail.
 
 Models hold data and simple derived values only. They never call libvirt; state changes
-go through `vms.services`.
+go through `vms.services`. The audit trail (AuditEvent, ConsoleSession) is append-only
+here, in the ORM, and (PostgreSQL) in the database: see migration 0003.
 """
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import connections, models, transaction
 from django.db.models import Q
 
 MAX_VCPUS = 64
@@ -173,26 +176,102 @@ class Desktop(models.Model):
         return f"{self.name} ({self.owner})"
 
 
-class AuditEvent(models.Model):
-    """An append-only record of one state change or sensitive action."""
+class AppendOnlyError(Exception):
+    """Raised when code tries to delete or rewrite the audit trail (audit events, console
+    sessions). Rows are only ever added; retention removes old ones (`expire`)."""
+
+
+# The PostgreSQL triggers (migration 0003) let a DELETE through only for rows older than
+# this per-transaction setting, which only `AppendOnlyQuerySet.expire` sets.
+EXPIRE_BEFORE_SETTING = "vms.audit_expire_before"
+
+
+class AppendOnlyQuerySet(models.QuerySet):
+    """Refuses delete() and update(); `expire` is the one deliberate way to remove rows."""
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise AppendOnlyError(
+            f"{self.model.__name__} rows are append-only and cannot be deleted; "
+            "AUDIT_RETENTION_DAYS decides when old rows go"
+        )
+
+    delete.queryset_only = True  # type: ignore[attr-defined]  # like Django's: no Manager.delete()
+
+    def update(self, **kwargs: Any) -> int:
+        raise AppendOnlyError(f"{self.model.__name__} rows are append-only and cannot be changed")
+
+    def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("update_conflicts"):
+            raise AppendOnlyError(f"{self.model.__name__} rows are never upserted")
+        return super().bulk_create(objs, *args, **kwargs)
+
+    def expire(self, *, before: datetime) -> int:
+        """Delete the rows whose retention time (`model.RETENTION_FIELD`) is before `before`;
+        return how many. Only the retention service calls this."""
+        field: str = self.model.RETENTION_FIELD
+        old = self.filter(**{f"{field}__lt": before})
+        with transaction.atomic(using=self.db):  # a failure rolls the setting back too
+            _expiry_allow(using=self.db, before=before.isoformat())
+            removed = models.QuerySet.delete(old)[0]
+            _expiry_allow(using=self.db, before="")  # shut the door for the rest
+        return removed
+
+
+def _expiry_allow(*, using: str, before: str) -> None:
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config(%s, %s, true)", [EXPIRE_BEFORE_SETTING, before])
+
+
+class AppendOnlyModel(models.Model):
+    """A row that is written once: saving an existing row or deleting one is refused."""
+
+    RETENTION_FIELD: ClassVar[str]
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise AppendOnlyError(f"{type(self).__name__} rows are append-only")
+        kwargs["force_insert"] = True  # never an UPDATE of a row with the same id
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise AppendOnlyError(f"{type(self).__name__} rows are append-only and cannot be deleted")
+
+
+class AuditEvent(AppendOnlyModel):
+    """An append-only record of one state change or sensitive action.
+
+    The users and desktops it names cannot be deleted while it exists (PROTECT): deleting
+    them would blank or remove history. Users are deactivated; desktops are soft-deleted.
+    """
+
+    RETENTION_FIELD = "created_at"
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
+        on_delete=models.PROTECT,
         related_name="audit_events",
     )
     action = models.CharField(max_length=64, db_index=True)
     desktop = models.ForeignKey(
-        Desktop, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+        Desktop, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_events"
     )
     source_ip = models.GenericIPAddressField(null=True, blank=True)
     detail = models.JSONField(default=dict, blank=True)
 
+    objects = AppendOnlyQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at"]
+        base_manager_name = "objects"
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action}"
@@ -203,15 +282,39 @@ class ConsoleMode(models.TextChoices):
     VIEW = "view", "View only"
 
 
-class ConsoleSession(models.Model):
+# What closing a console session writes (vms.console.services); nothing else ever changes.
+CONSOLE_CLOSE_FIELDS = frozenset(
+    {"ended_at", "close_reason", "bytes_to_guest", "bytes_from_guest", "dropped_messages"}
+)
+
+
+class ConsoleSessionQuerySet(AppendOnlyQuerySet):
+    """The one update a session gets: its close, once, while it is open."""
+
+    def update(self, **kwargs: Any) -> int:
+        if kwargs.get("ended_at") is None or not set(kwargs) <= CONSOLE_CLOSE_FIELDS:
+            raise AppendOnlyError(
+                "A console session is only ever closed: an update sets ended_at and nothing "
+                f"but {sorted(CONSOLE_CLOSE_FIELDS)}"
+            )
+        if self.filter(ended_at__isnull=False).exists():
+            raise AppendOnlyError("A closed console session cannot be changed")
+        # Only open rows, even if one closed since the check above.
+        return models.QuerySet.update(self.filter(ended_at__isnull=True), **kwargs)
+
+
+class ConsoleSession(AppendOnlyModel):
     """One open (or finished) console connection: who, which desktop, how, and how much.
 
-    Written by the relay when it connects and when it closes.
+    Written by the relay when it connects and when it closes (the close fields, once); part
+    of the audit trail, so append-only like AuditEvent.
     """
 
-    desktop = models.ForeignKey(Desktop, on_delete=models.CASCADE, related_name="console_sessions")
+    RETENTION_FIELD = "ended_at"  # sessions still open are never removed
+
+    desktop = models.ForeignKey(Desktop, on_delete=models.PROTECT, related_name="console_sessions")
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="console_sessions"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="console_sessions"
     )
     mode = models.CharField(max_length=10, choices=ConsoleMode.choices)
     reason = models.TextField(blank=True, default="")
@@ -224,8 +327,11 @@ class ConsoleSession(models.Model):
     dropped_messages = models.PositiveIntegerField(default=0)
     close_reason = models.CharField(max_length=200, blank=True, default="")
 
+    objects = ConsoleSessionQuerySet.as_manager()
+
     class Meta:
         ordering = ["-started_at"]
+        base_manager_name = "objects"
         indexes = [
             models.Index(fields=["desktop", "ended_at"]),
             models.Index(fields=["user", "ended_at"]),

@@ -16,7 +16,7 @@ from celery import Task, shared_task
 from vms.console import services as console_services
 from vms.hypervisor import HypervisorError
 from vms.models import Host
-from vms.services import hosts, provisioning, reconcile, thumbnails
+from vms.services import audit, hosts, provisioning, reconcile, thumbnails
 
 log = logging.getLogger(__name__)
 MAX_RETRIES = 6
@@ -96,6 +96,12 @@ def reconcile_all_hosts() -> dict[str, str]:
             log.warning("reconcile skipped host %s: %s", host.name, exc.message)
             results[host.name] = f"unreachable: {exc.message}"
     return results
+
+
+@shared_task(acks_late=True)
+def apply_audit_retention() -> dict[str, int]:
+    """Remove audit rows older than AUDIT_RETENTION_DAYS (the only path that deletes any)."""
+    return audit.audit_retention_apply()
 
 
 @shared_task(acks_late=True)

@@ -10,7 +10,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from vms.health import health_report
+from vms.health import health_detail_allowed, health_report
 from vms.roles import is_helpdesk
 from vms.selectors import (
     console_watchers,
@@ -23,11 +23,17 @@ from vms.services.quotas import effective_quota, first_exceeded, usage
 
 @require_GET
 @never_cache
-def healthz(request: HttpRequest) -> JsonResponse:
-    """Database, Redis, Celery workers and libvirt hosts, each ok or an error."""
+def healthz(request: HttpRequest) -> HttpResponse:
+    """200 or 503. Staff and the monitoring token get database, Redis, Celery workers and
+    libvirt hosts, each ok or an error; everyone else gets `ok` or `unavailable`."""
     report = health_report()
     healthy = all(check["ok"] for check in report.values())
-    return JsonResponse({"ok": healthy, "checks": report}, status=200 if healthy else 503)
+    status = 200 if healthy else 503
+    authorization = request.headers.get("Authorization", "")
+    if not health_detail_allowed(user=request.user, authorization=authorization):
+        word = "ok" if healthy else "unavailable"
+        return HttpResponse(word, status=status, content_type="text/plain; charset=utf-8")
+    return JsonResponse({"ok": healthy, "checks": report}, status=status)
 
 
 @login_required
