@@ -16,6 +16,8 @@ from django.test import Client
 from tests.servers import daphne_command, free_port, running
 
 ORIGIN = "http://127.0.0.1:8000"
+# The relays run as if behind the TLS proxy on loopback: they believe its X-Forwarded-For.
+PROXY = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ def channels_relay(django_db_setup: None) -> Iterator[Relay]:
         port=port,
         log_name="test-relay-daphne.log",
         ALLOWED_HOSTS="127.0.0.1,localhost",
+        TRUSTED_PROXIES=PROXY,
         CSRF_TRUSTED_ORIGINS=ORIGIN,
         CONSOLE_RECHECK_S="1",
     ):
@@ -49,6 +52,7 @@ def gateway_relay(django_db_setup: None) -> Iterator[Relay]:
         port=port,
         log_name="test-gateway.log",
         ALLOWED_HOSTS="127.0.0.1,localhost",
+        TRUSTED_PROXIES=PROXY,
         CSRF_TRUSTED_ORIGINS=ORIGIN,
         CONSOLE_HANDSHAKE_TIMEOUT_S="3",
         CONSOLE_RECHECK_S="1",
@@ -90,14 +94,21 @@ def mint_ticket(user: Any, desktop: Any, **body: str) -> dict[str, Any]:
 
 
 async def _handshake(
-    url: str, ticket: str, origin: str, cookie: str | None, after: bytes
+    url: str,
+    ticket: str,
+    origin: str,
+    cookie: str | None,
+    after: bytes,
+    forwarded_for: str | None = None,
 ) -> Outcome:
-    headers = {"Cookie": cookie} if cookie else None
+    headers = {"Cookie": cookie} if cookie else {}
+    if forwarded_for:
+        headers["X-Forwarded-For"] = forwarded_for
     async with websockets.connect(
         url,
         subprotocols=["binary", f"ticket.{ticket}"],
         origin=origin,
-        additional_headers=headers,
+        additional_headers=headers or None,
         open_timeout=10,
     ) as ws:
         try:
@@ -168,10 +179,11 @@ def connect(
     origin: str = ORIGIN,
     cookie: str | None = None,
     after: bytes = b"",
+    forwarded_for: str | None = None,
 ) -> Outcome:
     """Open a console through `relay` and do the browser's side of the RFB handshake."""
     url = f"{relay}/ws/console/{desktop.pk}/"
     try:
-        return asyncio.run(_handshake(url, ticket, origin, cookie, after))
+        return asyncio.run(_handshake(url, ticket, origin, cookie, after, forwarded_for))
     except websockets.InvalidStatus as refused:
         return Outcome(refused.response.status_code, "refused at the upgrade")

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from ipaddress import ip_network
 
 import pytest
 import redis
@@ -30,7 +31,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tests.fixtures import make_desktop, wait_for_status
-from tests.relay.conftest import ORIGIN, connect, mint_ticket, rfb_handshake, session_cookie
+from tests.relay.conftest import ORIGIN, PROXY, connect, mint_ticket, rfb_handshake, session_cookie
 from tests.servers import ROOT, daphne_command, free_port, running, server_env
 from vms.console.leases import KEY_PREFIX as LEASE_PREFIX
 from vms.console.services import arm_lock_name, console_sessions_reap
@@ -85,6 +86,18 @@ def test_ticket_presented_from_another_address_is_refused(relay, employee, deskt
     ticket = token_ticket(employee, desktop_row, remote_addr="192.0.2.7")["ticket"]
     outcome = connect(relay.url, desktop_row, ticket, cookie=session_cookie(employee))
     assert outcome.code == 4403
+
+
+def test_relays_bind_to_the_client_a_trusted_proxy_reports(relay, employee, desktop_row, settings):
+    settings.TRUSTED_PROXIES = [ip_network(PROXY)]
+    api = APIClient(REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR="192.0.2.9")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=employee).key}")
+    url = f"/api/desktops/{desktop_row.pk}/console/"
+    ticket = api.post(url, {}, format="json").json()["ticket"]
+    assert connect(relay.url, desktop_row, ticket, forwarded_for="192.0.2.9").code == NO_GUEST
+    ticket = api.post(url, {}, format="json").json()["ticket"]
+    assert connect(relay.url, desktop_row, ticket, forwarded_for="192.0.2.10").code == 4403
+    assert ConsoleSession.objects.get().source_ip == "192.0.2.9"
 
 
 def test_gateway_binds_browser_tickets_to_their_address(gateway_relay, employee, desktop_row):

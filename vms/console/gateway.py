@@ -59,6 +59,7 @@ from vms.console.leases import console_lease_renew
 from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
 from vms.console.services import DisplayUnreachable
 from vms.models import ConsoleMode, Desktop, DesktopStatus
+from vms.web.client import client_address
 
 log = logging.getLogger(__name__)
 
@@ -188,11 +189,13 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
         )
 
     def source_ip(self) -> str | None:
+        """The browser's address: the peer's, or the one a trusted proxy reports."""
         try:
-            address = str(self.client_address[0])
+            peer = str(self.client_address[0])
         except (IndexError, TypeError):
             return None
-        return address or None
+        forwarded_for = str(self.headers.get("X-Forwarded-For") or "")
+        return client_address(remote_addr=peer, forwarded_for=forwarded_for)
 
     # -- the session -----------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtoco
 from vms.console.services import DisplayUnreachable
 from vms.models import ConsoleMode, ConsoleSession, DesktopStatus
 from vms.services.events import desktop_group
+from vms.web.client import client_address
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
@@ -195,5 +196,10 @@ def _user_id(scope: dict[str, Any]) -> int | None:
 
 
 def _ip(scope: dict[str, Any]) -> str | None:
+    """The browser's address: the peer's, or the one a trusted proxy reports for it (the
+    same rule as the API's, so address-bound tickets match)."""
     client = scope.get("client")
-    return client[0] if client else None
+    if not client:
+        return None
+    forwarded_for = scope_header(scope, b"x-forwarded-for") or ""
+    return client_address(remote_addr=str(client[0]), forwarded_for=forwarded_for)
