@@ -23,6 +23,7 @@ from django.contrib.auth.models import Group
 from rest_framework.test import APIClient
 
 from tests.servers import server_env
+from vms.console.leases import KEY_PREFIX as LEASE_PREFIX
 from vms.hypervisor import get_hypervisor
 from vms.models import Desktop, Host, Template
 from vms.roles import EMPLOYEE_GROUP, HELPDESK_GROUP
@@ -199,33 +200,38 @@ def worker_name() -> str:
 
 _running_workers: list[str] = []
 QUIET_TIMEOUT_S = 120
+# The servers' Redis (broker, Channels layer, console leases), fixed before any test can
+# point settings elsewhere (some stop a private Redis and leave settings aimed at it).
+SERVERS_REDIS_URL = settings.REDIS_URL
+SERVER_FIXTURES = {"celery_worker", "channels_relay", "gateway_relay", "portal_url"}
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    """Before any fixture of a test is torn down (the test database is emptied, guests
-    are removed), wait until the servers the suite runs are quiet: the worker has no task
-    in hand or queued, and no relay still carries a console (a relay drops a session's
-    lease only after recording its end). A late write would otherwise collide with the
-    flush's TRUNCATE (a deadlock seen on a fresh machine)."""
-    wait_until_servers_quiet()
-    yield
+    """Before any fixture of a test that used the suite's servers is torn down (the test
+    database is emptied, guests are removed), wait until those servers are quiet: the
+    worker has no task in hand or queued, and no relay still carries a console (a relay
+    drops a session's lease only after recording its end). A late write would otherwise
+    collide with the flush's TRUNCATE (a deadlock seen on a fresh machine)."""
+    uses_servers = not SERVER_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+    still_busy = servers_busy_after_waiting() if uses_servers else ""
+    result = yield  # the fixtures are torn down in any case
+    if still_busy:
+        raise AssertionError(f"servers still busy {QUIET_TIMEOUT_S} s after the test: {still_busy}")
+    return result
 
 
-def wait_until_servers_quiet(*, timeout: float = QUIET_TIMEOUT_S) -> None:
+def servers_busy_after_waiting(*, timeout: float = QUIET_TIMEOUT_S) -> str:
+    """Wait until the servers are quiet; what still keeps them busy at the deadline."""
     deadline = time.monotonic() + timeout
-    busy = _servers_busy()
-    while busy:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"servers still busy {timeout:.0f} s after the test: {busy}")
+    while (busy := _servers_busy()) and time.monotonic() < deadline:
         time.sleep(0.1)
-        busy = _servers_busy()
+    return busy
 
 
 def _servers_busy() -> str:
-    from vms.console.leases import console_leases_count
-
-    if leases := console_leases_count():
+    leases = sum(1 for _ in _servers_redis().scan_iter(match=f"{LEASE_PREFIX}*", count=500))
+    if leases:
         return f"{leases} console(s) still open in a relay"
     return _worker_busy()
 
@@ -233,24 +239,28 @@ def _servers_busy() -> str:
 def _worker_busy() -> str:
     if not _running_workers:
         return ""
-    from portal.celery import app
-
-    queued = [q for q in ("portal", "host.local") if _broker().llen(q)]
+    queued = [queue for queue in ("portal", "host.local") if _servers_redis().llen(queue)]
     if queued:
         return f"tasks queued on {queued}"
-    inspect = app.control.inspect(destination=_running_workers, timeout=5)
-    for kind in ("active", "reserved", "scheduled"):
-        replies = getattr(inspect, kind)()
-        if replies is None:
-            return f"the worker did not answer '{kind}'"
-        if any(replies.values()):
-            return f"{kind} tasks: {[t.get('name') for tasks in replies.values() for t in tasks]}"
+    from portal.celery import app
+
+    with app.connection_for_write(url=SERVERS_REDIS_URL) as connection:
+        inspect = app.control.inspect(
+            destination=_running_workers, timeout=5, connection=connection
+        )
+        for kind in ("active", "reserved", "scheduled"):
+            replies = getattr(inspect, kind)()
+            if replies is None:
+                return f"the worker did not answer '{kind}'"
+            if any(replies.values()):
+                names = [task.get("name") for tasks in replies.values() for task in tasks]
+                return f"{kind} tasks: {names}"
     return ""
 
 
 @functools.cache
-def _broker() -> redis.Redis:
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+def _servers_redis() -> redis.Redis:
+    return redis.Redis.from_url(SERVERS_REDIS_URL, socket_timeout=5)
 
 
 def _wait_for_worker(worker: subprocess.Popen[bytes]) -> None:

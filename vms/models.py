@@ -2,7 +2,7 @@
 
 Models hold data and simple derived values only. They never call libvirt; state changes
 go through `vms.services`. The audit trail (AuditEvent, ConsoleSession) is append-only
-here, in the ORM, and (PostgreSQL) in the database: see migration 0003.
+here, in the ORM, and (PostgreSQL) in the database: see migration 0002.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class AppendOnlyError(Exception):
     sessions). Rows are only ever added; retention removes old ones (`expire`)."""
 
 
-# The PostgreSQL triggers (migration 0003) let a DELETE through only for rows older than
+# The PostgreSQL triggers (migration 0002) let a DELETE through only for rows older than
 # this per-transaction setting, which only `AppendOnlyQuerySet.expire` sets.
 EXPIRE_BEFORE_SETTING = "vms.audit_expire_before"
 

@@ -99,11 +99,11 @@ async def _handshake(
     origin: str,
     cookie: str | None,
     after: bytes,
-    forwarded_for: str | None = None,
+    forwarded_for: str | list[str] | None = None,
 ) -> Outcome:
-    headers = {"Cookie": cookie} if cookie else {}
-    if forwarded_for:
-        headers["X-Forwarded-For"] = forwarded_for
+    headers = [("Cookie", cookie)] if cookie else []
+    lines = [forwarded_for] if isinstance(forwarded_for, str) else forwarded_for or []
+    headers += [("X-Forwarded-For", line) for line in lines]  # one header line each
     async with websockets.connect(
         url,
         subprotocols=["binary", f"ticket.{ticket}"],
@@ -179,7 +179,7 @@ def connect(
     origin: str = ORIGIN,
     cookie: str | None = None,
     after: bytes = b"",
-    forwarded_for: str | None = None,
+    forwarded_for: str | list[str] | None = None,
 ) -> Outcome:
     """Open a console through `relay` and do the browser's side of the RFB handshake."""
     url = f"{relay}/ws/console/{desktop.pk}/"

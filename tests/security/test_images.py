@@ -323,3 +323,17 @@ def test_reconcile_never_removes_a_template_base(
     report = reconcile_host(host=local_host)
     assert base not in report.removed_volumes
     assert base in base_volumes(hypervisor, local_host)
+
+
+@pytest.mark.libvirt
+def test_an_import_that_fails_on_one_host_leaves_no_base_on_the_others(
+    local_host, hypervisor, images
+) -> None:
+    Host.objects.create(
+        name="second", libvirt_uri=local_host.libvirt_uri, storage_pool="dpt-no-such-pool"
+    )
+    before = base_volumes(hypervisor, local_host)
+    with pytest.raises(ImageRejected, match="Host second could not take the image"):
+        template_import(name="Half", image_path=str(qcow2(images / "a.qcow2")), memory_mib=128)
+    assert base_volumes(hypervisor, local_host) == before
+    assert not Template.objects.filter(name="Half").exists()

@@ -194,7 +194,8 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
             peer = str(self.client_address[0])
         except (IndexError, TypeError):
             return None
-        forwarded_for = str(self.headers.get("X-Forwarded-For") or "")
+        # Every X-Forwarded-For line, in order, as Django joins them for the API.
+        forwarded_for = ",".join(self.headers.get_all("X-Forwarded-For") or [])
         return client_address(remote_addr=peer, forwarded_for=forwarded_for)
 
     # -- the session -----------------------------------------------------------------------

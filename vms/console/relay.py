@@ -17,6 +17,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.db import DatabaseError
 from redis.exceptions import LockError
 
 from vms.console import services
@@ -138,9 +139,14 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
 
         while True:
             await asyncio.sleep(settings.CONSOLE_RECHECK_S)
-            allowed = await database_sync_to_async(services.console_session_keep)(
-                session_id=self.session_id, relay=RELAY_NAME
-            )
+            try:
+                allowed = await database_sync_to_async(services.console_session_keep)(
+                    session_id=self.session_id, relay=RELAY_NAME
+                )
+            except DatabaseError:
+                # The database is away for a moment: keep watching rather than stop.
+                log.exception("console session %s: access re-check failed", self.session_id)
+                continue
             if not allowed:
                 await self._close(CLOSE_FORBIDDEN, "Access to this desktop ended.")
                 return
@@ -201,5 +207,10 @@ def _ip(scope: dict[str, Any]) -> str | None:
     client = scope.get("client")
     if not client:
         return None
-    forwarded_for = scope_header(scope, b"x-forwarded-for") or ""
+    # Every X-Forwarded-For line, in order, as Django joins them for the API.
+    forwarded_for = ",".join(
+        bytes(value).decode("latin-1")
+        for key, value in scope.get("headers", [])
+        if key == b"x-forwarded-for"
+    )
     return client_address(remote_addr=str(client[0]), forwarded_for=forwarded_for)

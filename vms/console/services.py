@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import io
+import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from django.utils import timezone
 from vms.console.leases import (
     console_lease_drop,
     console_lease_renew,
-    console_leases_held,
+    console_leases_lapsed,
     lease_seconds,
 )
 from vms.console.tickets import (
@@ -51,6 +52,7 @@ from vms.services.errors import InvalidTransition, ServiceError, ServiceUnavaila
 from vms.services.events import push_console_sessions
 from vms.services.hosts import hypervisor_for
 
+log = logging.getLogger(__name__)
 # The relay sets a fresh VNC password per session; it only has to outlive the handshake.
 SESSION_PASSWORD_VALID_S = 30
 # QEMU keeps one password per display: whoever sets one holds the desktop's arm lock
@@ -256,9 +258,11 @@ def console_session_may_continue(*, session_id: int) -> bool:
 
 
 def console_session_keep(*, session_id: int, relay: str) -> bool:
-    """Renew the session's lease for its relay; whether the session may go on."""
+    """Whether the session may go on; if so, renew its lease for its relay."""
+    if not console_session_may_continue(session_id=session_id):
+        return False
     console_lease_renew(session_id=session_id, relay=relay)
-    return console_session_may_continue(session_id=session_id)
+    return True
 
 
 def console_sessions_reap(*, now: datetime | None = None) -> int:
@@ -281,7 +285,12 @@ def console_sessions_reap(*, now: datetime | None = None) -> int:
             relay__in=RELAYS_WITH_LEASES, started_at__lte=now - timedelta(seconds=lease_seconds())
         ).values_list("pk", flat=True)
     )
-    for session_id in set(relay_rows) - console_leases_held(session_ids=relay_rows):
+    try:
+        lapsed = console_leases_lapsed(session_ids=relay_rows, now=now)
+    except (OSError, redis.RedisError) as exc:
+        log.warning("console leases unreadable; no relay session closed: %s", exc)
+        return closed
+    for session_id in lapsed:
         console_session_close(session_id=session_id, reason="the relay carrying it went away")
         closed += 1
     return closed

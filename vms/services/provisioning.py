@@ -125,11 +125,11 @@ def _boot(desktop: Desktop, hypervisor: Hypervisor) -> None:
     hypervisor.start(name=desktop.domain_name)
     if _advance(desktop, old=S.STARTING, new=S.RUNNING, progress="ready", last_error=""):
         return
-    # Force-stopped while it booted: the guest just started must not outlive that.
+    # Force-stopped while it booted (the forced stop waits for this boot's lock): the
+    # guest just started must not outlive that; power it off as the stop would.
     desktop.refresh_from_db(fields=["status"])
-    if desktop.status in (S.STOPPING, S.STOPPED):
-        hypervisor.destroy(name=desktop.domain_name)
-        _advance(desktop, old=S.STOPPING, new=S.STOPPED, progress="")
+    if desktop.status == S.STOPPING:
+        _power_off(desktop, force=True)
 
 
 def desktop_boot(*, desktop_id: UUID | str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 
@@ -12,6 +13,8 @@ from vms.models import Host, Template
 from vms.services.audit import audit_record
 from vms.services.hosts import hypervisor_for
 from vms.services.images import ImageFacts, ImageRejected, image_inspect
+
+log = logging.getLogger(__name__)
 
 
 def base_volume_name(*, template_name: str, token: str) -> str:
@@ -65,20 +68,25 @@ def template_save_imported(*, template: Template, image_path: str) -> None:
     template.disk_gib = max(template.disk_gib, -(-facts.virtual_size // 1024**3))
     template.full_clean(exclude=["base_image_path", "assigned_users", "assigned_groups"])
     volume = base_volume_name_new(template_name=template.name)
-    template.base_image_path = _upload_everywhere(volume=volume, facts=facts)
-    with transaction.atomic():
-        template.save()
-        audit_record(
-            action="template.import",
-            name=template.name,
-            image=facts.path,
-            volume=volume,
-            leaked_clusters=facts.leaked_clusters,
-        )
-
-
-def _upload_everywhere(*, volume: str, facts: ImageFacts) -> str:
     hosts = list(Host.objects.filter(enabled=True))
+    try:
+        template.base_image_path = _upload_everywhere(hosts=hosts, volume=volume, facts=facts)
+        with transaction.atomic():
+            template.save()
+            audit_record(
+                action="template.import",
+                name=template.name,
+                image=facts.path,
+                volume=volume,
+                leaked_clusters=facts.leaked_clusters,
+            )
+    except BaseException:
+        # Nothing half-made: the random name means nobody else would ever reuse it.
+        _remove_everywhere(hosts=hosts, volume=volume)
+        raise
+
+
+def _upload_everywhere(*, hosts: list[Host], volume: str, facts: ImageFacts) -> str:
     if not hosts:
         raise ImageRejected("No enabled host is registered to receive the image.")
     paths = set()
@@ -95,3 +103,11 @@ def _upload_everywhere(*, volume: str, facts: ImageFacts) -> str:
     if len(paths) != 1:
         raise ImageRejected("The hosts' storage pools must share one path layout.")
     return paths.pop()
+
+
+def _remove_everywhere(*, hosts: list[Host], volume: str) -> None:
+    for host in hosts:
+        try:
+            hypervisor_for(host).delete_volume(pool=host.storage_pool, name=volume)
+        except HypervisorError as exc:
+            log.warning("could not remove base %s from host %s: %s", volume, host.name, exc)
