@@ -135,7 +135,7 @@ def test_image_paths_outside_the_allowed_folders_are_refused(path) -> None:
 def test_no_ticket_password_or_session_id_in_logs(
     caplog, employee, fake_template, fake_host, api_for
 ) -> None:
-    from vms.console.admission import ConsoleClosed, console_admit
+    from vms.console.admission import ConsoleClosed, Knock, console_admit
     from vms.models import DesktopStatus
 
     caplog.set_level(logging.DEBUG)
@@ -146,14 +146,16 @@ def test_no_ticket_password_or_session_id_in_logs(
     codes = []
     for user_id in (employee.pk + 1000, employee.pk):  # a stolen ticket, then the owner
         with pytest.raises(ConsoleClosed) as closed:
-            console_admit(
+            knock = Knock(
                 origin="http://127.0.0.1",
+                host="127.0.0.1",
+                secure=False,
                 protocols=["binary", f"ticket.{ticket}"],
-                session_user_id=user_id,
-                relay="channels",
                 source_ip="127.0.0.1",
                 desktop_id=str(desktop.pk),
+                session_user_id=user_id,
             )
+            console_admit(knock=knock, relay="channels")
         codes.append(closed.value.code)
     assert codes == [4403, 4401]  # refused, and the refusal used the ticket up
     logged = caplog.text
