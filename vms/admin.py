@@ -27,12 +27,22 @@ from vms.models import (
     Quota,
     Template,
 )
-from vms.services import desktops as desktop_services
+from vms.roles import DesktopRole, is_admin
+from vms.services.actions import actions_for
+from vms.services.desktops import desktop_act
 from vms.services.errors import ServiceError
 from vms.services.images import image_inspect
 from vms.services.placement import host_allocations
 from vms.services.templates import template_save_imported
 from vms.web.client import client_ip
+
+
+def _admin_site_permission(request: HttpRequest) -> bool:
+    """Who may use the admin site: the portal's one definition of an administrator."""
+    return bool(request.user.is_active and is_admin(request.user))
+
+
+admin.site.has_permission = _admin_site_permission  # type: ignore[method-assign]
 
 
 @admin.register(Host)
@@ -202,7 +212,15 @@ class DesktopAdmin(admin.ModelAdmin):
     search_fields = ["name", "owner__username", "domain_name"]
     list_select_related = ["owner", "template", "host"]
     readonly_fields = [f.name for f in Desktop._meta.fields]
-    actions = ["bulk_stop", "bulk_delete"]
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        """Django's actions plus one bulk action per action of the table admins may run."""
+        found = super().get_actions(request)
+        for entry in actions_for(role=DesktopRole.ADMIN):
+            name = f"bulk_{entry.name.replace('-', '_')}"
+            description = f"{entry.label} the selected desktops"
+            found[name] = (_bulk(entry.name), name, description)
+        return found
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -210,25 +228,27 @@ class DesktopAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # deleting a row would orphan its guest: use the bulk delete action
 
-    def _each(self, request: HttpRequest, queryset: QuerySet[Desktop], service: Any) -> None:
+
+def _bulk(action: str) -> Any:
+    """The admin bulk action that runs `action` on each selected desktop."""
+
+    def run(
+        modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Desktop]
+    ) -> None:
         done, refused = 0, []
         for desktop in queryset.select_related("host"):
             try:
-                service(actor=request.user, desktop=desktop, source_ip=client_ip(request))
+                desktop_act(
+                    actor=request.user, desktop=desktop, action=action, source_ip=client_ip(request)
+                )
                 done += 1
             except ServiceError as exc:
                 refused.append(f"{desktop.name}: {exc.message}")
-        self.message_user(request, f"{done} desktop(s) accepted.", messages.SUCCESS)
+        modeladmin.message_user(request, f"{done} desktop(s) accepted.", messages.SUCCESS)
         for line in refused:
-            self.message_user(request, line, messages.WARNING)
+            modeladmin.message_user(request, line, messages.WARNING)
 
-    @admin.action(description="Stop the selected desktops")
-    def bulk_stop(self, request: HttpRequest, queryset: QuerySet[Desktop]) -> None:
-        self._each(request, queryset, desktop_services.desktop_stop)
-
-    @admin.action(description="Delete the selected desktops (domain and disk)")
-    def bulk_delete(self, request: HttpRequest, queryset: QuerySet[Desktop]) -> None:
-        self._each(request, queryset, desktop_services.desktop_delete)
+    return run
 
 
 class AppendOnlyAdmin(admin.ModelAdmin):

@@ -123,6 +123,10 @@ class Quota(models.Model):
 
 
 class DesktopStatus(models.TextChoices):
+    """A desktop's state; the allowed moves are vms.services.transitions.TRANSITIONS. The
+    labels (Django's, from the member names: "Running") are what people read on the
+    pages and in the live push's `status_label`."""
+
     PROVISIONING = "provisioning"
     STARTING = "starting"
     RUNNING = "running"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 HELPDESK_GROUP = "helpdesk"
@@ -26,3 +27,21 @@ def is_helpdesk(user: AnyUser) -> bool:
 def sees_all_desktops(user: AnyUser) -> bool:
     """Whether the user may see desktops they do not own."""
     return is_admin(user) or is_helpdesk(user)
+
+
+class DesktopRole(enum.Enum):
+    """In which role someone acts on a desktop they can see."""
+
+    OWNER = "owner"
+    HELPDESK = "helpdesk"
+    ADMIN = "admin"
+
+
+def desktop_role(user: AnyUser, *, owner_id: int) -> DesktopRole:
+    """The strongest role `user` has on a desktop of `owner_id` (visibility is checked
+    elsewhere: an employee never reaches another user's desktop)."""
+    if is_admin(user):
+        return DesktopRole.ADMIN
+    if user.pk == owner_id:
+        return DesktopRole.OWNER
+    return DesktopRole.HELPDESK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +12,8 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from vms.models import ConsoleSession, Desktop, DesktopStatus, Template
-from vms.roles import sees_all_desktops
+from vms.roles import desktop_role, sees_all_desktops
+from vms.services.actions import actions_for, actions_valid_in
 
 
 def templates_for_user(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Template]:
@@ -105,3 +107,33 @@ def helpdesk_search(*, query: str, limit: int = 20) -> list[tuple[Any, list[Desk
     for desktop in desktops:
         by_owner[desktop.owner_id].append(desktop)
     return [(user, by_owner[user.pk]) for user in users]
+
+
+@dataclass(frozen=True)
+class ActionButton:
+    """One action button on a page: hidden while the desktop's state does not allow it
+    (the live push shows and hides it as the state changes)."""
+
+    name: str
+    label: str
+    confirm: str
+    danger: bool
+    valid_now: bool
+
+
+def action_buttons(
+    *, user: AbstractBaseUser | AnonymousUser, desktop: Desktop
+) -> list[ActionButton]:
+    """The page buttons of the actions `user` may run on `desktop` (from the table)."""
+    valid = set(actions_valid_in(desktop.status))
+    role = desktop_role(user, owner_id=desktop.owner_id)
+    return [
+        ActionButton(
+            name=action.name,
+            label=action.label,
+            confirm=action.confirm.format(name=desktop.name),
+            danger=bool(action.confirm),
+            valid_now=action.name in valid,
+        )
+        for action in actions_for(role=role, on_pages=True)
+    ]

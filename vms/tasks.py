@@ -17,6 +17,7 @@ from vms.console import services as console_services
 from vms.hypervisor import HypervisorError
 from vms.models import Host
 from vms.services import audit, hosts, provisioning, reconcile, thumbnails
+from vms.services.actions import ACTIONS, DesktopAction
 
 log = logging.getLogger(__name__)
 MAX_RETRIES = 6
@@ -39,49 +40,24 @@ def _run(task: Task, desktop_id: str, work: Callable[[], None], *, cleanup: bool
         raise task.retry(exc=exc, countdown=min(2**task.request.retries, 60)) from exc
 
 
-desktop_task = shared_task(bind=True, acks_late=True, max_retries=MAX_RETRIES)
+def _desktop_task(action: DesktopAction) -> Task:
+    """The Celery task `vms.tasks.desktop_<action>`: run the action's worker function."""
+    worker = getattr(provisioning, action.worker)
+
+    def run(self: Task, desktop_id: str) -> None:
+        _run(self, desktop_id, lambda: worker(desktop_id=desktop_id, **action.worker_kwargs),
+             cleanup=action.undo_on_failure)  # fmt: skip
+
+    run.__name__ = run.__qualname__ = action.task_name
+    task: Task = shared_task(
+        bind=True, acks_late=True, max_retries=MAX_RETRIES, name=f"vms.tasks.{action.task_name}"
+    )(run)
+    return task
 
 
-@desktop_task
-def provision_desktop(self: Task, desktop_id: str) -> None:
-    _run(
-        self,
-        desktop_id,
-        lambda: provisioning.desktop_provision(desktop_id=desktop_id),
-        cleanup=True,
-    )
-
-
-@desktop_task
-def start_desktop(self: Task, desktop_id: str) -> None:
-    _run(self, desktop_id, lambda: provisioning.desktop_boot(desktop_id=desktop_id), cleanup=False)
-
-
-@desktop_task
-def stop_desktop(self: Task, desktop_id: str, force: bool = False) -> None:
-    _run(
-        self,
-        desktop_id,
-        lambda: provisioning.desktop_power_off(desktop_id=desktop_id, force=force),
-        cleanup=False,
-    )
-
-
-@desktop_task
-def reboot_desktop(self: Task, desktop_id: str) -> None:
-    _run(
-        self, desktop_id, lambda: provisioning.desktop_restart(desktop_id=desktop_id), cleanup=False
-    )
-
-
-@desktop_task
-def delete_desktop(self: Task, desktop_id: str) -> None:
-    _run(
-        self,
-        desktop_id,
-        lambda: provisioning.desktop_teardown(desktop_id=desktop_id),
-        cleanup=False,
-    )
+# One task per action of the table (vms.services.actions), named after it.
+DESKTOP_TASKS: dict[str, Task] = {name: _desktop_task(a) for name, a in ACTIONS.items()}
+globals().update({task.__name__: task for task in DESKTOP_TASKS.values()})
 
 
 @shared_task(acks_late=True)

@@ -1,5 +1,5 @@
 // The dashboard: live status, launch progress and console notices without reloading.
-import { connectLive, renderWatchers } from "./live.js";
+import { confirmBeforeSubmit, connectLive, renderDesktopState, renderWatchers } from "./live.js";
 
 const STEPS = ["queued", "cloning", "defining", "starting", "ready"];
 const LABELS = { queued: "Queued", cloning: "Cloning disk", defining: "Defining",
@@ -12,10 +12,7 @@ function updateRow(desktop) {
     return;
   }
   if (desktop.status === "deleted") { row.remove(); return; }
-  const status = row.querySelector("[data-field=status]");
-  status.textContent = desktop.status.charAt(0).toUpperCase() + desktop.status.slice(1);
-  status.className = `status status-${desktop.status}`;
-  row.querySelector("[data-field=last_error]").textContent = desktop.last_error;
+  renderDesktopState(row, desktop);
   const bar = row.querySelector("progress");
   const busy = desktop.status === "provisioning" || desktop.status === "starting";
   bar.hidden = !busy;
@@ -24,7 +21,6 @@ function updateRow(desktop) {
   bar.textContent = LABELS[desktop.progress] || "";
   bar.setAttribute("aria-valuetext", LABELS[desktop.progress] || desktop.status);
   row.querySelector("[data-field=progress]").textContent = busy ? LABELS[desktop.progress] || "" : "";
-  row.dataset.status = desktop.status;
 }
 
 connectLive({
@@ -35,8 +31,4 @@ connectLive({
   },
 });
 
-document.querySelectorAll("form[data-confirm]").forEach((form) => {
-  form.addEventListener("submit", (event) => {
-    if (!window.confirm(form.dataset.confirm)) event.preventDefault();
-  });
-});
+confirmBeforeSubmit();

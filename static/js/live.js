@@ -23,6 +23,19 @@ export function connectLive({ onDesktop = () => {}, onWatchers = () => {}, watch
   open();
 }
 
+// Redraw what every page shows of a desktop in its row: the status (its label comes from
+// the server) and the action buttons the new state allows.
+export function renderDesktopState(row, desktop) {
+  const status = row.querySelector("[data-field=status]");
+  status.textContent = desktop.status_label;
+  status.className = `status status-${desktop.status}`;
+  row.querySelector("[data-field=last_error]").textContent = desktop.last_error;
+  for (const form of row.querySelectorAll("form[data-action]")) {
+    form.hidden = !desktop.actions.includes(form.dataset.action);
+  }
+  row.dataset.status = desktop.status;
+}
+
 // Who else has this desktop's console open: the owner's notice. An entry with `until`
 // (a SPICE client file) is dropped when its password stops working.
 export function renderWatchers(container, desktopName, watchers) {
@@ -44,5 +57,14 @@ export function renderWatchers(container, desktopName, watchers) {
       () => renderWatchers(container, desktopName, current),
       next - now + 100,
     );
+  }
+}
+
+// Actions that destroy something ask first (their form carries data-confirm).
+export function confirmBeforeSubmit() {
+  for (const form of document.querySelectorAll("form[data-confirm]")) {
+    form.addEventListener("submit", (event) => {
+      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+    });
   }
 }

@@ -65,7 +65,7 @@ def test_same_task_to_two_workers_and_delivered_again(
     desktop_id = response.json()["id"]
     for _ in range(3):  # the launch's own message and three more copies of it
         celery_app.send_task(
-            "vms.tasks.provision_desktop", args=[desktop_id], queue=faulty_host.queue_name
+            "vms.tasks.desktop_provision", args=[desktop_id], queue=faulty_host.queue_name
         )
 
     desktop = wait_for_status(desktop_id, DesktopStatus.RUNNING, timeout=60)

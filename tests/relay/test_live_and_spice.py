@@ -16,7 +16,7 @@ from tests.relay.conftest import ORIGIN, mint_ticket, rfb_handshake, session_coo
 from vms.console.services import console_session_open
 from vms.console.tickets import TicketClaim
 from vms.models import ConsoleSession, DesktopStatus, Template
-from vms.services.desktops import desktop_stop
+from vms.services.desktops import desktop_act
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,7 +53,7 @@ def test_live_feed_pushes_state_changes_and_the_owners_notice(
                 console_session_open, claim=claim, relay="channels", source_ip=None
             )
             watchers = await _next_message(ws, "watchers")
-            await asyncio.to_thread(desktop_stop, actor=employee, desktop=desktop)
+            await asyncio.to_thread(desktop_act, actor=employee, desktop=desktop, action="stop")
             changed = await _next_message(ws, "desktop")
             return changed, watchers
 
@@ -131,7 +131,7 @@ def test_console_closes_when_the_desktop_stops(
             additional_headers={"Cookie": cookie},
         ) as ws:
             await rfb_handshake(ws)  # the session is up
-            await asyncio.to_thread(desktop_stop, actor=employee, desktop=desktop)
+            await asyncio.to_thread(desktop_act, actor=employee, desktop=desktop, action="stop")
             try:
                 while True:
                     await asyncio.wait_for(ws.recv(), 30)

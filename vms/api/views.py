@@ -23,7 +23,8 @@ from vms.console.services import console_ticket_issue
 from vms.console.tickets import TicketBinding
 from vms.models import Desktop
 from vms.selectors import desktops_visible_to, templates_for_user
-from vms.services import desktops as desktop_services
+from vms.services.actions import ACTIONS, DesktopAction, actions_offered
+from vms.services.desktops import desktop_act, desktop_create
 from vms.web.client import client_ip
 
 
@@ -56,7 +57,7 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def create(self, request: Request) -> Response:
         params = DesktopCreateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        desktop = desktop_services.desktop_create(
+        desktop = desktop_create(
             user=request.user,
             template_id=params.validated_data["template"],
             name=params.validated_data["name"],
@@ -66,27 +67,7 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     @extend_schema(request=None, responses={202: ActionAcceptedSerializer})
     def destroy(self, request: Request, pk: str | None = None) -> Response:
-        return self._act(desktop_services.desktop_delete, "deletion")
-
-    @extend_schema(request=None, responses={202: ActionAcceptedSerializer})
-    @action(detail=True, methods=["post"])
-    def start(self, request: Request, pk: str | None = None) -> Response:
-        return self._act(desktop_services.desktop_start, "start")
-
-    @extend_schema(request=None, responses={202: ActionAcceptedSerializer})
-    @action(detail=True, methods=["post"])
-    def stop(self, request: Request, pk: str | None = None) -> Response:
-        return self._act(desktop_services.desktop_stop, "stop")
-
-    @extend_schema(request=None, responses={202: ActionAcceptedSerializer})
-    @action(detail=True, methods=["post"])
-    def reboot(self, request: Request, pk: str | None = None) -> Response:
-        return self._act(desktop_services.desktop_reboot, "reboot")
-
-    @extend_schema(request=None, responses={202: ActionAcceptedSerializer})
-    @action(detail=True, methods=["post"], url_path="force-stop")
-    def force_stop(self, request: Request, pk: str | None = None) -> Response:
-        return self._act(desktop_services.desktop_force_stop, "forced stop")
+        return self.act(_delete_action().name)
 
     @extend_schema(request=ConsoleRequestSerializer, responses={200: ConsoleTicketSerializer})
     @action(detail=True, methods=["post"])
@@ -111,11 +92,18 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         }
         return Response(ConsoleTicketSerializer(body).data)
 
-    def _act(self, service: Callable[..., None], what: str) -> Response:
+    def act(self, action: str) -> Response:
+        """Run one action of the table on the desktop of this URL (404 if not visible)."""
         desktop: Desktop = self.get_object()
-        service(actor=self.request.user, desktop=desktop, source_ip=client_ip(self.request))
+        desktop_act(
+            actor=self.request.user,
+            desktop=desktop,
+            action=action,
+            source_ip=client_ip(self.request),
+        )
         desktop.refresh_from_db()
-        body = {"detail": f"The {what} was accepted.", "desktop": DesktopSerializer(desktop).data}
+        label = ACTIONS[action].label
+        body = {"detail": f"{label} was accepted.", "desktop": DesktopSerializer(desktop).data}
         return Response(body, status=status.HTTP_202_ACCEPTED)
 
 
@@ -123,3 +111,30 @@ def _ticket_binding(request: Request) -> str:
     """A browser session's ticket needs that session; an API token's, the caller's address
     (a script has no session cookie to show the relay)."""
     return TicketBinding.SESSION if request.auth is None else TicketBinding.ADDRESS
+
+
+def _delete_action() -> DesktopAction:
+    (entry,) = [a for a in actions_offered() if a.http_method == "DELETE"]
+    return entry
+
+
+def _action_route(entry: DesktopAction) -> Callable[..., Response]:
+    """`POST /api/desktops/{id}/<action>/` for one action of the table."""
+
+    def route(self: DesktopViewSet, request: Request, pk: str | None = None) -> Response:
+        return self.act(entry.name)
+
+    route.__name__ = entry.name.replace("-", "_")
+    route.__doc__ = f"{entry.label}: 202, or 409 when the desktop's state does not allow it."
+    documented = extend_schema(
+        request=None,
+        responses={202: ActionAcceptedSerializer},
+        operation_id=f"desktops_{entry.name.replace('-', '_')}",
+    )(route)
+    return action(detail=True, methods=["post"], url_path=entry.name)(documented)
+
+
+# The action routes come from the table: one per offered POST action.
+for _entry in actions_offered():
+    if _entry.http_method == "POST":
+        setattr(DesktopViewSet, _entry.name.replace("-", "_"), _action_route(_entry))

@@ -1,7 +1,8 @@
-"""User-facing desktop actions: launch, start, stop, force-stop, reboot, delete.
+"""User-facing desktop writes: launch (`desktop_create`) and every action of the table in
+`vms.services.actions` (`desktop_act`).
 
-Each one checks the state table, writes the new state by compare-and-set, records an
-audit event and queues the worker task on commit. The libvirt work happens in
+Each checks the state table, writes the new state by compare-and-set, records an audit
+event and queues the worker task on commit. The libvirt work happens in
 `vms.services.provisioning`, run by the Celery tasks.
 """
 
@@ -13,21 +14,20 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 
 from vms.hypervisor.naming import domain_name, volume_name
-from vms.models import Desktop, DesktopStatus, Template
-from vms.roles import is_admin
+from vms.models import Desktop, Template
+from vms.roles import desktop_role
 from vms.selectors import templates_for_user
 from vms.services import transitions
+from vms.services.actions import ACTIONS, DesktopAction, action_get
 from vms.services.audit import audit_record
-from vms.services.errors import InvalidTransition, NotAssigned
+from vms.services.errors import InvalidTransition, NotAssigned, ServiceError
 from vms.services.events import push_desktop_changed
 from vms.services.placement import host_choose
 from vms.services.queue import broker_check, enqueue_desktop_task
 from vms.services.quotas import quota_check
 from vms.settings_access import name_prefix
 
-S = DesktopStatus
 NAME_MAX = 100
-VERBS = {S.STARTING: "started", S.STOPPING: "stopped", S.DELETING: "deleted"}
 
 
 def desktop_create(
@@ -54,7 +54,7 @@ def desktop_create(
             template=template.name,
         )
         push_desktop_changed(desktop_id=desktop.pk)
-        enqueue_desktop_task("provision_desktop", desktop=desktop)
+        enqueue_desktop_task(ACTIONS["provision"], desktop=desktop)
     return desktop
 
 
@@ -76,132 +76,61 @@ def _insert(*, user: AbstractBaseUser, template: Template, name: str) -> Desktop
     return desktop
 
 
-def desktop_start(
-    *, actor: AbstractBaseUser, desktop: Desktop, source_ip: str | None = None
+def desktop_act(
+    *, actor: AbstractBaseUser, desktop: Desktop, action: str, source_ip: str | None = None
 ) -> None:
-    """Power on a stopped (or failed) desktop."""
-    _move_and_queue(
-        actor=actor,
-        desktop=desktop,
-        new=S.STARTING,
-        allowed_from=[S.STOPPED, S.ERROR],
-        task="start_desktop",
-        action="desktop.start",
-        source_ip=source_ip,
-    )
+    """Run one action of the table on `desktop` for `actor` (who can already see it).
 
-
-def desktop_stop(
-    *, actor: AbstractBaseUser, desktop: Desktop, source_ip: str | None = None
-) -> None:
-    """Ask the guest to shut down; the worker powers it off after a timeout."""
-    _move_and_queue(
-        actor=actor,
-        desktop=desktop,
-        new=S.STOPPING,
-        allowed_from=[S.RUNNING],
-        task="stop_desktop",
-        action="desktop.stop",
-        source_ip=source_ip,
-    )
-
-
-def desktop_force_stop(
-    *, actor: AbstractBaseUser, desktop: Desktop, source_ip: str | None = None
-) -> None:
-    """Pull the plug: power off at once, also while booting or stopping gracefully."""
-    broker_check()
-    with transaction.atomic():
-        left: str | None
-        if Desktop.objects.filter(pk=desktop.pk, status=S.STOPPING).exists():
-            left = S.STOPPING
-        else:
-            left = transitions.move_from_any(
-                desktop_id=desktop.pk,
-                new=S.STOPPING,
-                allowed_from=transitions.sources_of(S.STOPPING),
-            )
-        _after_move(
-            actor=actor,
-            desktop=desktop,
-            left=left,
-            new=S.STOPPING,
-            action="desktop.force_stop",
-            source_ip=source_ip,
-        )
-        enqueue_desktop_task("stop_desktop", desktop=desktop, force=True)
-
-
-def desktop_reboot(
-    *, actor: AbstractBaseUser, desktop: Desktop, source_ip: str | None = None
-) -> None:
-    """Reboot a running desktop (its state stays `running`)."""
-    broker_check()
-    with transaction.atomic():
-        if not Desktop.objects.filter(pk=desktop.pk, status=S.RUNNING).exists():
-            raise InvalidTransition(_refusal(desktop, "rebooted"))
-        audit_record(action="desktop.reboot", actor=actor, desktop=desktop, source_ip=source_ip)
-        enqueue_desktop_task("reboot_desktop", desktop=desktop)
-
-
-def desktop_delete(
-    *, actor: AbstractBaseUser, desktop: Desktop, source_ip: str | None = None
-) -> None:
-    """Delete a desktop: its domain and volume are removed by the worker.
-
-    Only the owner and admins may delete; help-desk staff may not.
+    Moves the desktop by compare-and-set from one of the action's starting states, records
+    the audit event and queues the action's work on commit; 409 (InvalidTransition) when
+    the desktop's state does not allow it, 403 when the actor's role does not.
     """
-    if actor.pk != desktop.owner_id and not is_admin(actor):
-        raise PermissionDenied("Only the owner or an administrator may delete a desktop.")
-    _move_and_queue(
-        actor=actor,
-        desktop=desktop,
-        new=S.DELETING,
-        allowed_from=transitions.sources_of(S.DELETING),
-        task="delete_desktop",
-        action="desktop.delete",
-        source_ip=source_ip,
-    )
-
-
-def _move_and_queue(
-    *,
-    actor: AbstractBaseUser,
-    desktop: Desktop,
-    new: str,
-    allowed_from: list[str],
-    task: str,
-    action: str,
-    source_ip: str | None,
-) -> None:
+    entry = action_get(action)
+    if entry is None or not entry.offered:
+        raise ServiceError(f"There is no desktop action '{action}'.")
+    if desktop_role(actor, owner_id=desktop.owner_id) not in entry.roles:
+        raise PermissionDenied(f"You may not {entry.label.lower()} this desktop.")
     broker_check()
     with transaction.atomic():
-        left = transitions.move_from_any(
-            desktop_id=desktop.pk, allowed_from=allowed_from, new=new, progress="", last_error=""
+        left = _move(desktop=desktop, entry=entry)
+        if left is None:
+            desktop.refresh_from_db(fields=["status"])
+            raise InvalidTransition(_refusal(desktop, entry))
+        detail = {"old": left, "new": entry.moves_to} if entry.moves_to else {}
+        audit_record(
+            action=entry.audit_verb, actor=actor, desktop=desktop, source_ip=source_ip, **detail
         )
-        _after_move(
-            actor=actor, desktop=desktop, left=left, new=new, action=action, source_ip=source_ip
-        )
-        enqueue_desktop_task(task, desktop=desktop)
+        if entry.moves_to:
+            push_desktop_changed(desktop_id=desktop.pk)
+        enqueue_desktop_task(entry, desktop=desktop)
 
 
-def _after_move(
-    *,
-    actor: AbstractBaseUser,
-    desktop: Desktop,
-    left: str | None,
-    new: str,
-    action: str,
-    source_ip: str | None,
-) -> None:
-    if left is None:
-        desktop.refresh_from_db(fields=["status"])
-        raise InvalidTransition(_refusal(desktop, new))
-    audit_record(
-        action=action, actor=actor, desktop=desktop, source_ip=source_ip, old=left, new=new
+def _move(*, desktop: Desktop, entry: DesktopAction) -> str | None:
+    """Leave one of the action's starting states; the state left, or None."""
+    if entry.moves_to is None or (entry.repeatable and _is_in(desktop, entry.moves_to)):
+        # No move (reboot), or asked again while already moving (force during a stop).
+        current = _status_if_in(desktop, entry.sources)
+        return current
+    return transitions.move_from_any(
+        desktop_id=desktop.pk,
+        allowed_from=sorted(entry.sources),
+        new=entry.moves_to,
+        progress="",
+        last_error="",
     )
-    push_desktop_changed(desktop_id=desktop.pk)
 
 
-def _refusal(desktop: Desktop, wanted: str) -> str:
-    return f"The desktop is {desktop.status}; it cannot be {VERBS.get(wanted, wanted)} now."
+def _is_in(desktop: Desktop, status: str) -> bool:
+    return Desktop.objects.filter(pk=desktop.pk, status=status).exists()
+
+
+def _status_if_in(desktop: Desktop, states: frozenset[str]) -> str | None:
+    row = Desktop.objects.select_for_update().filter(pk=desktop.pk, status__in=states)
+    return row.values_list("status", flat=True).first()
+
+
+def _refusal(desktop: Desktop, entry: DesktopAction) -> str:
+    return (
+        f"The desktop is {desktop.get_status_display().lower()}; "
+        f"{entry.label.lower()} is not possible now."
+    )

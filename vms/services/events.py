@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from vms.models import Desktop
 from vms.selectors import console_watchers
+from vms.services.actions import actions_valid_in
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ def desktop_payload(desktop: Desktop) -> dict[str, object]:
         "id": str(desktop.pk),
         "name": desktop.name,
         "status": desktop.status,
+        "status_label": desktop.get_status_display(),
+        # Offered actions the new state allows; a page shows those of its buttons.
+        "actions": actions_valid_in(desktop.status),
         "progress": desktop.progress,
         "last_error": desktop.last_error,
     }

@@ -20,6 +20,7 @@ from kombu.exceptions import OperationalError
 
 from portal.celery import app as celery_app
 from vms.models import Desktop
+from vms.services.actions import DesktopAction
 from vms.services.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -47,20 +48,18 @@ def broker_check() -> None:
         client.close()
 
 
-def enqueue_desktop_task(task: str, *, desktop: Desktop, **kwargs: object) -> None:
-    """Send `vms.tasks.<task>(desktop_id)` to the desktop's host queue after commit."""
+def enqueue_desktop_task(action: DesktopAction, *, desktop: Desktop) -> None:
+    """Send the action's task `vms.tasks.desktop_<action>(desktop_id)` to the desktop's
+    host queue after commit."""
     assert desktop.host is not None, "a desktop is placed on a host before work is queued"
-    transaction.on_commit(
-        partial(_send, f"vms.tasks.{task}", str(desktop.pk), desktop.host.queue_name, kwargs)
-    )
+    name = f"vms.tasks.{action.task_name}"
+    transaction.on_commit(partial(_send, name, str(desktop.pk), desktop.host.queue_name))
 
 
-def _send(name: str, desktop_id: str, queue: str, kwargs: dict[str, object]) -> None:
+def _send(name: str, desktop_id: str, queue: str) -> None:
     try:
         with celery_app.connection_for_write(broker_url()) as connection:
-            celery_app.send_task(
-                name, args=[desktop_id], kwargs=kwargs, queue=queue, connection=connection
-            )
+            celery_app.send_task(name, args=[desktop_id], queue=queue, connection=connection)
     except OperationalError:
         # The row already says what should happen; reconcile re-queues stalled desktops.
         log.warning("could not queue %s for desktop %s; reconcile will retry", name, desktop_id)

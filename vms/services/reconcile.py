@@ -21,6 +21,7 @@ from django.utils import timezone
 from vms.hypervisor import DomainInfo, Hypervisor, PowerState, VolumeInfo
 from vms.models import Desktop, DesktopStatus, Host, Template
 from vms.services import transitions
+from vms.services.actions import action_resuming
 from vms.services.audit import audit_record
 from vms.services.events import push_desktop_changed
 from vms.services.hosts import hypervisor_for
@@ -31,12 +32,6 @@ log = logging.getLogger(__name__)
 S = DesktopStatus
 # A transitional state older than this means the task that should end it was lost.
 STALL_AFTER = timedelta(minutes=3)
-RETRY_TASK = {
-    S.PROVISIONING: "provision_desktop",
-    S.STARTING: "start_desktop",
-    S.STOPPING: "stop_desktop",
-    S.DELETING: "delete_desktop",
-}
 
 
 @dataclass
@@ -130,7 +125,7 @@ def _remove_orphan_volumes(
 def _requeue_stalled(desktops: Iterable[Desktop], report: ReconcileReport) -> None:
     cutoff = timezone.now() - STALL_AFTER
     for desktop in desktops:
-        task = RETRY_TASK.get(desktop.status)
-        if task and desktop.status_changed_at < cutoff:
-            enqueue_desktop_task(task, desktop=desktop)
+        action = action_resuming(desktop.status)
+        if action and desktop.status_changed_at < cutoff:
+            enqueue_desktop_task(action, desktop=desktop)
             report.requeued.append(desktop.domain_name)

@@ -12,7 +12,8 @@ from django.views.decorators.http import require_POST
 from vms.selectors import (
     desktops_visible_to,
 )
-from vms.services import desktops
+from vms.services.actions import action_get
+from vms.services.desktops import desktop_act, desktop_create
 from vms.services.errors import ServiceError
 from vms.web.client import client_ip
 
@@ -23,7 +24,7 @@ def launch(request: HttpRequest) -> HttpResponse:
     """Launch a desktop from the dashboard (the form twin of POST /api/desktops/)."""
     try:
         template_id = int(request.POST.get("template", ""))
-        desktop = desktops.desktop_create(
+        desktop = desktop_create(
             user=request.user,
             template_id=template_id,
             name=request.POST.get("name", ""),
@@ -38,29 +39,22 @@ def launch(request: HttpRequest) -> HttpResponse:
     return redirect("dashboard")
 
 
-ACTIONS = {
-    "start": desktops.desktop_start,
-    "stop": desktops.desktop_stop,
-    "force-stop": desktops.desktop_force_stop,
-    "reboot": desktops.desktop_reboot,
-    "delete": desktops.desktop_delete,
-}
-
-
 @login_required
 @require_POST
 def desktop_action(request: HttpRequest, pk: str, action: str) -> HttpResponse:
-    """Power actions and delete from the pages (404 unless the user may see the desktop)."""
+    """Any action of the table from the pages (404 unless the user may see the desktop)."""
     desktop = get_object_or_404(desktops_visible_to(user=request.user), pk=pk)
-    service = ACTIONS.get(action)
-    if service is None:
+    entry = action_get(action)
+    if entry is None or not entry.offered:
         raise Http404("No such action.")
     try:
-        service(actor=request.user, desktop=desktop, source_ip=client_ip(request))
+        desktop_act(
+            actor=request.user, desktop=desktop, action=action, source_ip=client_ip(request)
+        )
     except ServiceError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"{desktop.name}: {action.replace('-', ' ')} requested.")
+        messages.success(request, f"{desktop.name}: {entry.label.lower()} requested.")
     return redirect(_safe_next(request) or "dashboard")
 
 

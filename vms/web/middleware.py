@@ -7,6 +7,8 @@ from collections.abc import Callable
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 
+from vms.roles import is_admin
+
 
 class StaffOnlyAdminMiddleware:
     """Answer 403 when a logged-in user who is not staff opens an admin page.
@@ -20,6 +22,6 @@ class StaffOnlyAdminMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         user = request.user
-        if request.path.startswith("/admin/") and user.is_authenticated and not user.is_staff:
+        if request.path.startswith("/admin/") and user.is_authenticated and not is_admin(user):
             raise PermissionDenied("The admin pages are for administrators.")
         return self.get_response(request)

@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET
 from vms.health import health_detail_allowed, health_report
 from vms.roles import is_helpdesk
 from vms.selectors import (
+    action_buttons,
     console_watchers,
     desktops_visible_to,
     helpdesk_search,
@@ -44,6 +45,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     watchers = console_watchers(desktop_ids=[d.pk for d in desktops])
     for desktop in desktops:
         desktop.watchers = watchers[str(desktop.pk)]  # type: ignore[attr-defined]
+        desktop.buttons = action_buttons(user=request.user, desktop=desktop)  # type: ignore[attr-defined]
     quota, used = effective_quota(user=request.user), usage(user=request.user)
     templates = list(templates_for_user(user=request.user))
     for template in templates:
@@ -54,12 +56,6 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "desktops": desktops,
         "quota": quota,
         "used": used,
-        "desktop_actions": [
-            ("start", "Start"),
-            ("stop", "Stop"),
-            ("reboot", "Reboot"),
-            ("delete", "Delete"),
-        ],
     }
     return render(request, "vms/dashboard.html", context)
 
@@ -72,9 +68,8 @@ def helpdesk(request: HttpRequest) -> HttpResponse:
         raise PermissionDenied("This page is for help-desk staff.")
     query = request.GET.get("q", "").replace("\x00", "").strip()[:100]
     results = helpdesk_search(query=query) if query else []
-    context = {
-        "query": query,
-        "results": results,
-        "power_actions": [("start", "Start"), ("stop", "Stop"), ("reboot", "Reboot")],
-    }
+    for _person, desktops in results:
+        for desktop in desktops:
+            desktop.buttons = action_buttons(user=request.user, desktop=desktop)  # type: ignore[attr-defined]
+    context = {"query": query, "results": results}
     return render(request, "vms/helpdesk.html", context)

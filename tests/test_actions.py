@@ -1,0 +1,180 @@
+"""The action table (vms.services.actions) drives everything: each action works end to end
+on libvirt's test driver, and an action, state or label missing anywhere fails here."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import libvirt
+import pytest
+from django.contrib import admin
+from django.test import Client, RequestFactory
+from django.urls import reverse
+
+from tests.fixtures import make_desktop
+from vms import tasks
+from vms.models import AuditEvent, Desktop, DesktopStatus
+from vms.roles import DesktopRole
+from vms.services import provisioning, transitions
+from vms.services.actions import (
+    ACTIONS,
+    DesktopAction,
+    action_resuming,
+    actions_offered,
+    actions_valid_in,
+    table_check,
+)
+from vms.services.desktops import desktop_act, desktop_create
+
+pytestmark = pytest.mark.django_db
+
+TEST_POOL = "default-pool"
+
+
+def test_the_table_agrees_with_the_transitions_table() -> None:
+    assert table_check() == []
+    from_deleted = dataclasses.replace(ACTIONS["start"], only_from=frozenset({"deleted"}))
+    assert table_check([from_deleted]) == ["start: deleted -> starting is not allowed"]
+
+
+def test_every_state_has_a_label_and_every_transitional_state_a_resuming_action() -> None:
+    for status in DesktopStatus:
+        assert status.label and status.label != status.value, status
+        assert status in transitions.TRANSITIONS, status
+    for action in ACTIONS.values():
+        stuck_in = action.stalls_in or action.moves_to
+        if stuck_in:
+            assert action_resuming(stuck_in) is not None, stuck_in
+
+
+@pytest.mark.parametrize("action", actions_offered(), ids=lambda a: a.name)
+def test_every_offered_action_is_reachable_everywhere(
+    action: DesktopAction, admin_user_, employee, fake_template, django_capture_on_commit_callbacks
+) -> None:
+    assert action.label and action.audit_verb.startswith("desktop.")
+    assert callable(getattr(provisioning, action.worker))
+    assert tasks.DESKTOP_TASKS[action.name].name == f"vms.tasks.{action.task_name}"
+    schema = _schema()
+    if action.http_method == "POST":
+        assert "post" in schema["paths"][f"/api/desktops/{{id}}/{action.name}/"]
+    else:
+        assert action.http_method.lower() in schema["paths"]["/api/desktops/{id}/"]
+    assert f"bulk_{action.name.replace('-', '_')}" in _admin_actions(admin_user_)
+
+    # The page route takes it, and a page offers it as a button in a state that allows it.
+    desktop = make_desktop(employee, fake_template, status=sorted(action.sources)[0])
+    page = Client()
+    page.force_login(admin_user_)
+    if action.on_pages:
+        helpdesk_page = page.get("/helpdesk/", {"q": employee.username}).content.decode()
+        assert f'data-action="{action.name}"' in helpdesk_page
+    with django_capture_on_commit_callbacks(execute=False):
+        answer = page.post(
+            reverse("desktop-action", kwargs={"pk": desktop.pk, "action": action.name})
+        )
+    assert answer.status_code == 302
+    assert AuditEvent.objects.filter(desktop=desktop, action=action.audit_verb).exists()
+
+
+@pytest.fixture
+def test_driver() -> Iterator[libvirt.virConnect]:
+    """Holds libvirt's test driver open, so the state made in this test lives on."""
+    conn = libvirt.open("test:///default")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def provisioned(
+    test_driver, fake_template, employee, django_capture_on_commit_callbacks
+) -> Desktop:
+    """A desktop launched through the service and provisioned by its worker on the test
+    driver (the task body runs here, in-process, instead of on a worker)."""
+    _base_volume(test_driver, fake_template.base_image_path)
+    with django_capture_on_commit_callbacks(execute=False):
+        desktop = desktop_create(user=employee, template_id=fake_template.pk)
+    _work(ACTIONS["provision"], desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == DesktopStatus.RUNNING, desktop.last_error
+    return desktop
+
+
+@pytest.mark.parametrize("action", actions_offered(), ids=lambda a: a.name)
+def test_each_action_end_to_end_on_the_test_driver(
+    action: DesktopAction,
+    provisioned: Desktop,
+    employee,
+    admin_user_,
+    django_capture_on_commit_callbacks,
+) -> None:
+    def actor(step: DesktopAction) -> Any:
+        return employee if DesktopRole.OWNER in step.roles else admin_user_
+
+    for step in _path_to(action.sources, start=provisioned.status):
+        _act(step, provisioned, actor(step), django_capture_on_commit_callbacks)
+    _act(action, provisioned, actor(action), django_capture_on_commit_callbacks)
+    provisioned.refresh_from_db()
+    assert provisioned.status == action.ends_in, provisioned.last_error
+    assert AuditEvent.objects.filter(desktop=provisioned, action=action.audit_verb).exists()
+    assert set(actions_valid_in(provisioned.status)) == {
+        a.name for a in actions_offered() if provisioned.status in a.sources
+    }
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _act(action: DesktopAction, desktop: Desktop, actor: Any, capture: Any) -> None:
+    """Ask for the action as a person would, then run the task it queued."""
+    with capture(execute=False) as queued:
+        desktop_act(actor=actor, desktop=desktop, action=action.name)
+    assert queued, f"{action.name} queued nothing"
+    _work(action, desktop)
+
+
+def _work(action: DesktopAction, desktop: Desktop) -> None:
+    result = tasks.DESKTOP_TASKS[action.name].apply(args=[str(desktop.pk)])
+    assert result.successful(), result.traceback
+
+
+def _path_to(wanted: frozenset[str], *, start: str) -> list[DesktopAction]:
+    """The shortest run of offered actions that brings a desktop from `start` into one of
+    the `wanted` states (by where each action leaves it)."""
+    queue: deque[tuple[str, list[DesktopAction]]] = deque([(start, [])])
+    seen = {start}
+    while queue:
+        state, path = queue.popleft()
+        if state in wanted:
+            return path
+        for action in actions_offered():
+            if state in action.sources and action.ends_in not in seen:
+                seen.add(action.ends_in)
+                queue.append((action.ends_in, [*path, action]))
+    raise AssertionError(f"no run of actions reaches {sorted(wanted)} from {start}")
+
+
+def _base_volume(conn: libvirt.virConnect, path: str) -> None:
+    pool = conn.storagePoolLookupByName(TEST_POOL)
+    name = path.rsplit("/", 1)[1]
+    if name in pool.listVolumes():
+        return
+    pool.createXML(
+        f"<volume><name>{name}</name><capacity unit='bytes'>{2**30}</capacity>"
+        "<target><format type='qcow2'/></target></volume>",
+        0,
+    )
+
+
+def _schema() -> dict[str, Any]:
+    from drf_spectacular.generators import SchemaGenerator
+
+    return dict(SchemaGenerator().get_schema(request=None, public=True))
+
+
+def _admin_actions(user: Any) -> dict[str, Any]:
+    request = RequestFactory().get("/admin/vms/desktop/")
+    request.user = user
+    return dict(admin.site._registry[Desktop].get_actions(request))

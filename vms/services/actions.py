@@ -1,0 +1,183 @@
+"""The desktop actions: one declarative table that everything else reads.
+
+An action has one name end to end: the service call `desktop_act(action=...)`, the Celery
+task that runs its worker function, the API route `POST /api/desktops/{id}/<name>/`, the
+page's button and the admin's bulk action. Adding an action is one entry here plus its
+worker function in `vms.services.provisioning`.
+
+The states an action may start from default to every state the transitions table lets
+reach its transitional state; an entry may narrow them (never widen: `table_check`
+refuses a move the transitions table forbids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from vms.models import DesktopStatus
+from vms.roles import DesktopRole as Role
+from vms.services import transitions
+
+S = DesktopStatus
+
+
+EVERYONE = frozenset(Role)
+
+
+@dataclass(frozen=True)
+class DesktopAction:
+    """One desktop action (see the module docstring)."""
+
+    name: str
+    label: str
+    # The state the desktop moves to at once; None: it keeps its state (e.g. reboot).
+    moves_to: str | None
+    # Where the worker function leaves it when it is done.
+    ends_in: str
+    # The worker function in vms.services.provisioning that does the libvirt work.
+    worker: str
+    roles: frozenset[Role] = EVERYONE
+    # Narrower starting states than the transitions table allows (None: all it allows).
+    only_from: frozenset[str] | None = None
+    # The desktop already in `moves_to` may ask again (e.g. force-stop during a stop).
+    repeatable: bool = False
+    # Offered to people (buttons, API routes, admin); False for the worker-side ones.
+    offered: bool = True
+    # A button on the dashboard and help-desk pages (the API and the admin have them all).
+    on_pages: bool = True
+    confirm: str = ""
+    worker_kwargs: dict[str, object] = field(default_factory=dict)
+    # The API: POST /api/desktops/{id}/<name>/, or DELETE /api/desktops/{id}/ for "DELETE".
+    http_method: str = "POST"
+    # When the work fails for good, remove what it made (a half-provisioned desktop).
+    undo_on_failure: bool = False
+    # A desktop found stuck in this state waits for this action's work (reconcile
+    # requeues it); by default the state the action moves to.
+    stalls_in: str | None = None
+
+    @property
+    def audit_verb(self) -> str:
+        return f"desktop.{self.name.replace('-', '_')}"
+
+    @property
+    def task_name(self) -> str:
+        return f"desktop_{self.name.replace('-', '_')}"
+
+    @property
+    def sources(self) -> frozenset[str]:
+        """The states the action may start from."""
+        if self.only_from is not None:
+            chosen = self.only_from
+        elif self.moves_to is None:
+            chosen = frozenset({self.ends_in})
+        else:
+            chosen = frozenset(transitions.sources_of(self.moves_to))
+        if self.repeatable and self.moves_to is not None:
+            chosen |= {self.moves_to}
+        return chosen
+
+
+ACTIONS: dict[str, DesktopAction] = {
+    action.name: action
+    for action in (
+        DesktopAction(
+            name="provision",
+            label="Provision",
+            moves_to=None,
+            ends_in=S.RUNNING,
+            worker="desktop_provision",
+            offered=False,
+            only_from=frozenset({S.PROVISIONING}),
+            stalls_in=S.PROVISIONING,
+            undo_on_failure=True,
+        ),
+        DesktopAction(
+            name="start",
+            label="Start",
+            moves_to=S.STARTING,
+            ends_in=S.RUNNING,
+            worker="desktop_boot",
+            only_from=frozenset({S.STOPPED, S.ERROR}),
+        ),
+        DesktopAction(
+            name="stop",
+            label="Stop",
+            moves_to=S.STOPPING,
+            ends_in=S.STOPPED,
+            worker="desktop_power_off",
+            only_from=frozenset({S.RUNNING}),
+        ),
+        DesktopAction(
+            name="force-stop",
+            label="Force stop",
+            moves_to=S.STOPPING,
+            ends_in=S.STOPPED,
+            worker="desktop_power_off",
+            repeatable=True,
+            worker_kwargs={"force": True},
+            on_pages=False,
+        ),
+        DesktopAction(
+            name="reboot",
+            label="Reboot",
+            moves_to=None,
+            ends_in=S.RUNNING,
+            worker="desktop_restart",
+        ),
+        DesktopAction(
+            name="delete",
+            label="Delete",
+            moves_to=S.DELETING,
+            ends_in=S.DELETED,
+            worker="desktop_teardown",
+            roles=frozenset({Role.OWNER, Role.ADMIN}),
+            confirm="Delete {name}? Its disk is removed for good.",
+            http_method="DELETE",
+        ),
+    )
+}
+
+
+def action_get(name: str) -> DesktopAction | None:
+    return ACTIONS.get(name)
+
+
+def actions_offered() -> list[DesktopAction]:
+    """The actions people may ask for, in the table's order."""
+    return [action for action in ACTIONS.values() if action.offered]
+
+
+def actions_for(*, role: Role, on_pages: bool = False) -> list[DesktopAction]:
+    """The offered actions `role` may run (only those with page buttons if asked)."""
+    return [
+        action
+        for action in actions_offered()
+        if role in action.roles and (action.on_pages or not on_pages)
+    ]
+
+
+def actions_valid_in(status: str) -> list[str]:
+    """Names of the offered actions a desktop in `status` allows (for the live pages)."""
+    return [action.name for action in actions_offered() if status in action.sources]
+
+
+def action_resuming(status: str) -> DesktopAction | None:
+    """The action whose work a desktop stuck in `status` waits for (reconcile requeues
+    it); the first in the table when several share the state."""
+    for action in ACTIONS.values():
+        if (action.stalls_in or action.moves_to) == status:
+            return action
+    return None
+
+
+def table_check(actions: Iterable[DesktopAction] = ACTIONS.values()) -> list[str]:
+    """What is wrong with the table: immediate moves the transitions table forbids."""
+    problems = []
+    for action in actions:
+        if action.moves_to is None:
+            continue
+        for source in action.sources - {action.moves_to}:
+            if not transitions.can_move(old=source, new=action.moves_to):
+                problems.append(f"{action.name}: {source} -> {action.moves_to} is not allowed")
+    return problems
