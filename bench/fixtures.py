@@ -14,8 +14,9 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.core.management import call_command
 
 from bench.common import LIBVIRT_URI, POOL, POOL_PATH, PREFIX, log
+from tests.factories import DesktopFactory
 from vms.hypervisor import get_hypervisor
-from vms.models import Desktop, DesktopStatus, Host, Template
+from vms.models import Desktop, Host, Template
 from vms.roles import EMPLOYEE_GROUP, HELPDESK_GROUP
 from vms.services.demo import setup_roles
 
@@ -95,15 +96,13 @@ def session_key(user: object) -> str:
 
 def running_desktop(owner: object, host: Host, template: Template, *, domain: str) -> Desktop:
     """A desktop row that says 'running' on `domain` (for the echo host; no libvirt work)."""
-    return Desktop.objects.create(
+    desktop: Desktop = DesktopFactory(
         owner=owner,
         template=template,
         host=host,
         name="echo display",
-        status=DesktopStatus.RUNNING,
         domain_name=domain,
         volume_name=f"{domain}.qcow2",
-        vcpus=1,
         memory_mib=128,
-        disk_gib=1,
     )
+    return desktop

@@ -22,6 +22,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from rest_framework.test import APIClient
 
+from tests.factories import DesktopFactory
 from tests.servers import server_env
 from vms.console.leases import KEY_PREFIX as LEASE_PREFIX
 from vms.hypervisor import get_hypervisor
@@ -288,13 +289,6 @@ def wait_for_status(desktop_id: Any, wanted: str, *, timeout: float = 90) -> Des
 
 
 def make_desktop(owner: Any, template: Template, **fields: Any) -> Desktop:
-    """A desktop row (no guest behind it): running, 1 vCPU, 256 MiB, 1 GiB unless told."""
-    values: dict[str, Any] = {
-        "host": Host.objects.filter(name="fake").first(),
-        "name": "desktop",
-        "status": "running",
-        "vcpus": 1,
-        "memory_mib": 256,
-        "disk_gib": 1,
-    }
-    return Desktop.objects.create(owner=owner, template=template, **{**values, **fields})
+    """A desktop row (no guest behind it), through the one factory."""
+    desktop: Desktop = DesktopFactory(owner=owner, template=template, **fields)
+    return desktop

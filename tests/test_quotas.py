@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import Group
 
-from vms.models import Desktop, DesktopStatus, Quota
+from tests.fixtures import make_desktop
+from vms.models import DesktopStatus, Quota
 from vms.services.quotas import Limits, effective_quota, first_exceeded, usage
 
 pytestmark = pytest.mark.django_db
@@ -40,14 +41,8 @@ def test_user_quota_overrides_groups(employee) -> None:
 
 def test_usage_ignores_deleted_and_failed_desktops(employee, fake_template) -> None:
     for status in (DesktopStatus.RUNNING, DesktopStatus.DELETED, DesktopStatus.ERROR):
-        Desktop.objects.create(
-            owner=employee,
-            template=fake_template,
-            name=status,
-            status=status,
-            vcpus=2,
-            memory_mib=300,
-            disk_gib=4,
+        make_desktop(
+            employee, fake_template, name=status, status=status, vcpus=2, memory_mib=300, disk_gib=4
         )
     assert usage(user=employee) == Limits(1, 2, 300, 4)
 

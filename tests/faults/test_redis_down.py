@@ -18,6 +18,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.test import Client
 
+from tests.fixtures import make_desktop
 from vms.models import AuditEvent, Desktop, DesktopStatus, Quota
 from vms.services.events import user_group
 
@@ -60,25 +61,11 @@ def test_redis_down_refuses_actions_renders_pages_and_recovers(
     launched = api.post("/api/desktops/", {"template": fake_template.pk}, format="json")
     assert launched.status_code == 202, launched.content
     assert queued(server, fake_host.queue_name) == 1  # the task went to this Redis
-    running = Desktop.objects.create(
-        owner=employee,
-        template=fake_template,
-        host=fake_host,
-        name="Still-listed-while-Redis-is-down",
-        status=DesktopStatus.RUNNING,
-        vcpus=1,
-        memory_mib=256,
-        disk_gib=1,
+    running = make_desktop(
+        employee, fake_template, host=fake_host, name="Still-listed-while-Redis-is-down"
     )
-    stopped = Desktop.objects.create(
-        owner=employee,
-        template=fake_template,
-        host=fake_host,
-        name="off",
-        status=DesktopStatus.STOPPED,
-        vcpus=1,
-        memory_mib=256,
-        disk_gib=1,
+    stopped = make_desktop(
+        employee, fake_template, host=fake_host, name="off", status=DesktopStatus.STOPPED
     )
 
     server.stop()
