@@ -42,23 +42,23 @@ from redis.exceptions import LockError
 from websockify import websocketproxy, websockifyserver
 from websockify.websocket import WebSocketWantReadError, WebSocketWantWriteError
 
-from vms.console import services
-from vms.console.admission import (
+from vms.console.guest import guest_connect_blocking
+from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
+from vms.models import ConsoleMode, Desktop, DesktopStatus
+from vms.services import consoles as services
+from vms.services.consoles import (
     BINARY_PROTOCOL,
     CLOSE_FORBIDDEN,
     CLOSE_PROTOCOL,
     CLOSE_STOPPED,
     CLOSE_UNREACHABLE,
     ConsoleClosed,
+    DisplayUnreachable,
     Knock,
     console_admit,
     forwarded_secure,
 )
-from vms.console.guest import guest_connect_blocking
-from vms.console.leases import console_lease_renew
-from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
-from vms.console.services import DisplayUnreachable
-from vms.models import ConsoleMode, Desktop, DesktopStatus
+from vms.services.consoles.leases import console_lease_renew
 from vms.web.client import client_address
 
 log = logging.getLogger(__name__)

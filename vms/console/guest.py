@@ -15,14 +15,14 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from vms.console.rfb import SECURITY_VNC_AUTH, RfbProtocolError, UpstreamHandshake
-from vms.console.services import (
+from vms.models import ConsoleSession
+from vms.services.consoles.arming import (
     ARM_LOCK_TIMEOUT_S,
     GuestAccess,
     arm_lock_name,
     console_arm,
     console_arm_lock,
 )
-from vms.models import ConsoleSession
 
 HANDSHAKE_TIMEOUT_S = 10.0
 

@@ -20,26 +20,24 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.db import DatabaseError
 from redis.exceptions import LockError
 
-from vms.console import services
-from vms.console.admission import (
+from vms.console.guest import GuestLink, guest_connect
+from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
+from vms.models import ConsoleMode, ConsoleSession, DesktopStatus
+from vms.services import consoles as services
+from vms.services.consoles import (
     BINARY_PROTOCOL,
     CLOSE_FORBIDDEN,
     CLOSE_PROTOCOL,
     CLOSE_STOPPED,
     CLOSE_UNREACHABLE,
     ConsoleClosed,
+    DisplayUnreachable,
     Knock,
     console_admit,
-    scope_header,
-    scope_is_secure,
 )
-from vms.console.guest import GuestLink, guest_connect
-from vms.console.leases import console_lease_renew
-from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
-from vms.console.services import DisplayUnreachable
-from vms.models import ConsoleMode, ConsoleSession, DesktopStatus
+from vms.services.consoles.leases import console_lease_renew
 from vms.services.events import desktop_group
-from vms.web.client import client_address
+from vms.web.client import client_address, scope_header, scope_is_secure
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024

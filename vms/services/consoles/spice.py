@@ -1,0 +1,68 @@
+"""SPICE desktops in virt-viewer: a .vv file instead of the in-browser relay."""
+
+from __future__ import annotations
+
+import configparser
+import io
+import secrets
+
+import redis
+from django.core.exceptions import PermissionDenied
+
+from vms.hypervisor import ConsoleEndpoint, HypervisorError
+from vms.models import ConsoleMode, ConsoleType, Desktop
+from vms.selectors import SPICE_FILE_RELAY, SPICE_FILE_VALID_S
+from vms.services.consoles.arming import console_arm_lock
+from vms.services.consoles.errors import ConsoleRefused, DisplayUnreachable
+from vms.services.consoles.sessions import console_session_close, console_session_open
+from vms.services.consoles.tickets import TicketClaim
+from vms.services.hosts import hypervisor_for
+
+
+def spice_file_issue(*, claim: TicketClaim, source_ip: str | None) -> str:
+    """Redeem-time half of the SPICE flow: a virt-viewer (.vv) file whose password works
+    for `SPICE_FILE_VALID_S`.
+
+    Only for SPICE desktops: a VNC password in a file would skip the relay and its
+    view-only filter. virt-viewer has no view-only mode we could enforce, so the claim must
+    be for full control (owners, or help-desk with a reason). The session stays open, and
+    the owner sees the notice, for as long as the password works.
+    """
+    if claim.mode != ConsoleMode.FULL:
+        raise PermissionDenied("A SPICE client file gives full control; ask for a full console.")
+    desktop = Desktop.objects.select_related("host", "template").get(pk=claim.desktop_id)
+    if desktop.template.console_type != ConsoleType.SPICE:
+        raise ConsoleRefused("This desktop's display is VNC; open it in the browser.")
+    session = console_session_open(claim=claim, relay=SPICE_FILE_RELAY, source_ip=source_ip)
+    password = secrets.token_urlsafe(18)
+    try:
+        with console_arm_lock(desktop_id=desktop.pk):
+            hypervisor = hypervisor_for(desktop.host)
+            hypervisor.set_console_password(
+                name=desktop.domain_name, password=password, valid_for_s=SPICE_FILE_VALID_S
+            )
+            endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
+    except (HypervisorError, redis.RedisError) as exc:
+        console_session_close(session_id=session.pk, reason="display unreachable")
+        raise DisplayUnreachable("The desktop's display cannot be reached right now.") from exc
+    return virt_viewer_file(title=desktop.name, endpoint=endpoint, password=password)
+
+
+def virt_viewer_file(*, title: str, endpoint: ConsoleEndpoint, password: str) -> str:
+    """The [virt-viewer] file remote-viewer opens; it asks the client to delete it."""
+    config = configparser.ConfigParser(interpolation=None)
+    config["virt-viewer"] = {
+        "type": endpoint.type,
+        "host": endpoint.host,
+        "port": str(endpoint.port),
+        "password": password,
+        "title": title.replace("\n", " "),
+        "delete-this-file": "1",
+        "toggle-fullscreen": "shift+f11",
+        "release-cursor": "shift+f12",
+    }
+    if endpoint.tls_port:
+        config["virt-viewer"]["tls-port"] = str(endpoint.tls_port)
+    out = io.StringIO()
+    config.write(out)
+    return out.getvalue()
