@@ -38,7 +38,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connections
-from redis.exceptions import LockError
 from websockify import websocketproxy, websockifyserver
 from websockify.websocket import WebSocketWantReadError, WebSocketWantWriteError
 
@@ -237,7 +236,7 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
             self.client_filter = ClientMessageFilter(view_only=opened.mode == ConsoleMode.VIEW)
             try:
                 return guest_connect_blocking(opened)
-            except (OSError, RfbProtocolError, DisplayUnreachable, LockError) as exc:
+            except (OSError, RfbProtocolError, DisplayUnreachable) as exc:
                 log.warning("console session %s: guest display unreachable: %s", opened.pk, exc)
                 raise ConsoleClosed(
                     CLOSE_UNREACHABLE, "The desktop's display did not answer."

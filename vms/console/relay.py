@@ -18,7 +18,6 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.db import DatabaseError
-from redis.exceptions import LockError
 
 from vms.console.guest import GuestLink, guest_connect
 from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
@@ -73,7 +72,7 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
     async def _join_guest(self, session: ConsoleSession) -> None:
         try:
             self.guest = await guest_connect(session)
-        except (OSError, RfbProtocolError, TimeoutError, DisplayUnreachable, LockError) as exc:
+        except (OSError, RfbProtocolError, TimeoutError, DisplayUnreachable) as exc:
             log.warning("console session %s: guest display unreachable: %s", self.session_id, exc)
             await self._close(CLOSE_UNREACHABLE, "The desktop's display did not answer.")
             return

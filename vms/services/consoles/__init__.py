@@ -15,7 +15,7 @@ from vms.services.consoles.admission import (
     forwarded_secure,
     origin_allowed,
 )
-from vms.services.consoles.arming import GuestAccess, console_arm, console_arm_lock
+from vms.services.consoles.arming import GuestAccess, console_arm
 from vms.services.consoles.errors import (
     CLOSE_BAD_TICKET,
     CLOSE_FORBIDDEN,
@@ -65,7 +65,6 @@ __all__ = [
     "TooManyConsoles",
     "console_admit",
     "console_arm",
-    "console_arm_lock",
     "console_mode_default",
     "console_session_close",
     "console_session_keep",

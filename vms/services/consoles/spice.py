@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import configparser
 import io
-import secrets
 
-import redis
 from django.core.exceptions import PermissionDenied
 
-from vms.hypervisor import ConsoleEndpoint, HypervisorError
+from vms.hypervisor import ConsoleEndpoint
 from vms.models import ConsoleMode, ConsoleType, Desktop
-from vms.selectors import SPICE_FILE_RELAY, SPICE_FILE_VALID_S
-from vms.services.consoles.arming import console_arm_lock
-from vms.services.consoles.errors import ConsoleRefused, DisplayUnreachable
-from vms.services.consoles.sessions import console_session_close, console_session_open
+from vms.selectors import SPICE_FILE_RELAY
+from vms.services.consoles.arming import console_arm
+from vms.services.consoles.errors import ConsoleRefused
+from vms.services.consoles.sessions import console_session_open
 from vms.services.consoles.tickets import TicketClaim
-from vms.services.hosts import hypervisor_for
 
 
 def spice_file_issue(*, claim: TicketClaim, source_ip: str | None) -> str:
@@ -34,18 +31,10 @@ def spice_file_issue(*, claim: TicketClaim, source_ip: str | None) -> str:
     if desktop.template.console_type != ConsoleType.SPICE:
         raise ConsoleRefused("This desktop's display is VNC; open it in the browser.")
     session = console_session_open(claim=claim, relay=SPICE_FILE_RELAY, source_ip=source_ip)
-    password = secrets.token_urlsafe(18)
-    try:
-        with console_arm_lock(desktop_id=desktop.pk):
-            hypervisor = hypervisor_for(desktop.host)
-            hypervisor.set_console_password(
-                name=desktop.domain_name, password=password, valid_for_s=SPICE_FILE_VALID_S
-            )
-            endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
-    except (HypervisorError, redis.RedisError) as exc:
-        console_session_close(session_id=session.pk, reason="display unreachable")
-        raise DisplayUnreachable("The desktop's display cannot be reached right now.") from exc
-    return virt_viewer_file(title=desktop.name, endpoint=endpoint, password=password)
+    with console_arm(session=session) as access:
+        return virt_viewer_file(
+            title=desktop.name, endpoint=access.endpoint, password=access.password
+        )
 
 
 def virt_viewer_file(*, title: str, endpoint: ConsoleEndpoint, password: str) -> str:
