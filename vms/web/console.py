@@ -14,7 +14,7 @@ from vms.selectors import (
     console_watchers,
     desktops_visible_to,
 )
-from vms.services.consoles import console_mode_default, console_ticket_redeem, spice_file_issue
+from vms.services.consoles import console_mode_default, console_spice_file_issue
 from vms.services.errors import ServiceError
 from vms.services.thumbnails import thumbnail_path
 from vms.web.client import client_ip
@@ -41,12 +41,13 @@ def console_page(request: HttpRequest, pk: str) -> HttpResponse:
 def spice_file(request: HttpRequest, pk: str) -> HttpResponse:
     """Trade a console ticket for a virt-viewer file (SPICE desktops)."""
     desktop = get_object_or_404(desktops_visible_to(user=request.user), pk=pk)
-    claim = console_ticket_redeem(ticket=request.POST.get("ticket", ""))
-    if claim is None or claim.user_id != request.user.pk or claim.desktop_id != str(desktop.pk):
-        messages.error(request, "The console ticket is invalid, used or expired. Try again.")
-        return redirect("console", pk=desktop.pk)
     try:
-        content = spice_file_issue(claim=claim, source_ip=client_ip(request))
+        content = console_spice_file_issue(
+            user=request.user,
+            desktop=desktop,
+            ticket=request.POST.get("ticket", ""),
+            source_ip=client_ip(request),
+        )
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect("console", pk=desktop.pk)

@@ -36,7 +36,7 @@ from vms.services.consoles.sessions import (
     console_session_open,
     console_sessions_reap,
 )
-from vms.services.consoles.spice import spice_file_issue
+from vms.services.consoles.spice import console_spice_file_issue
 from vms.services.consoles.tickets import (
     IssuedTicket,
     TicketBinding,
@@ -70,9 +70,9 @@ __all__ = [
     "console_session_keep",
     "console_session_open",
     "console_sessions_reap",
+    "console_spice_file_issue",
     "console_ticket_issue",
     "console_ticket_redeem",
     "forwarded_secure",
     "origin_allowed",
-    "spice_file_issue",
 ]

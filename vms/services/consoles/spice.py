@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import io
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 
 from vms.hypervisor import ConsoleEndpoint
@@ -13,21 +14,25 @@ from vms.selectors import SPICE_FILE_RELAY
 from vms.services.consoles.arming import console_arm
 from vms.services.consoles.errors import ConsoleRefused
 from vms.services.consoles.sessions import console_session_open
-from vms.services.consoles.tickets import TicketClaim
+from vms.services.consoles.tickets import console_ticket_redeem
 
 
-def spice_file_issue(*, claim: TicketClaim, source_ip: str | None) -> str:
-    """Redeem-time half of the SPICE flow: a virt-viewer (.vv) file whose password works
-    for `SPICE_FILE_VALID_S`.
+def console_spice_file_issue(
+    *, user: AbstractBaseUser, desktop: Desktop, ticket: str, source_ip: str | None
+) -> str:
+    """Trade a console ticket for a virt-viewer (.vv) file whose password works for
+    `SPICE_FILE_VALID_S`; `desktop` is one the user may see.
 
     Only for SPICE desktops: a VNC password in a file would skip the relay and its
-    view-only filter. virt-viewer has no view-only mode we could enforce, so the claim must
+    view-only filter. virt-viewer has no view-only mode we could enforce, so the ticket must
     be for full control (owners, or help-desk with a reason). The session stays open, and
     the owner sees the notice, for as long as the password works.
     """
+    claim = console_ticket_redeem(ticket=ticket)
+    if claim is None or claim.user_id != user.pk or claim.desktop_id != str(desktop.pk):
+        raise ConsoleRefused("The console ticket is invalid, used or expired. Try again.")
     if claim.mode != ConsoleMode.FULL:
         raise PermissionDenied("A SPICE client file gives full control; ask for a full console.")
-    desktop = Desktop.objects.select_related("host", "template").get(pk=claim.desktop_id)
     if desktop.template.console_type != ConsoleType.SPICE:
         raise ConsoleRefused("This desktop's display is VNC; open it in the browser.")
     session = console_session_open(claim=claim, relay=SPICE_FILE_RELAY, source_ip=source_ip)
