@@ -43,11 +43,9 @@ from websockify.websocket import WebSocketWantReadError, WebSocketWantWriteError
 
 from vms.console.guest import guest_connect_blocking
 from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
-from vms.models import ConsoleMode, Desktop, DesktopStatus
-from vms.services import consoles as services
+from vms.models import ConsoleMode
 from vms.services.consoles import (
     BINARY_PROTOCOL,
-    CLOSE_FORBIDDEN,
     CLOSE_PROTOCOL,
     CLOSE_STOPPED,
     CLOSE_UNREACHABLE,
@@ -55,9 +53,10 @@ from vms.services.consoles import (
     DisplayUnreachable,
     Knock,
     console_admit,
+    console_session_close,
+    console_session_keep,
     forwarded_secure,
 )
-from vms.services.consoles.leases import console_lease_renew
 from vms.web.client import client_address
 
 log = logging.getLogger(__name__)
@@ -232,7 +231,6 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
             opened = console_admit(knock=self.knock(), relay=RELAY_NAME)
             self.session_id = opened.pk
             self.desktop_id = str(opened.desktop_id)
-            console_lease_renew(session_id=opened.pk, relay=RELAY_NAME)
             self.client_filter = ClientMessageFilter(view_only=opened.mode == ConsoleMode.VIEW)
             try:
                 return guest_connect_blocking(opened)
@@ -410,32 +408,21 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
     def _recheck(self) -> None:
         """Close when the user may no longer see the desktop or it stopped running."""
         assert self.session_id is not None
-        status: str | None = None
         try:
-            allowed = services.console_session_keep(session_id=self.session_id, relay=RELAY_NAME)
-            if not allowed:
-                status = (
-                    Desktop.objects.filter(pk=self.desktop_id)
-                    .values_list("status", flat=True)
-                    .first()
-                )
+            closing = console_session_keep(session_id=self.session_id, relay=RELAY_NAME)
         except Exception:
             log.exception("console session %s: access re-check failed", self.session_id)
             return
         finally:
             connections.close_all()
-        if allowed:
-            return
-        if status is not None and status != DesktopStatus.RUNNING:
-            # What the Channels relay says when the services announce the change.
-            raise ConsoleClosed(CLOSE_STOPPED, f"The desktop is {status}.")
-        raise ConsoleClosed(CLOSE_FORBIDDEN, "Access to this desktop ended.")
+        if closing is not None:
+            raise closing
 
     def _record_close(self) -> None:
         if self.session_id is None:
             return
         try:
-            services.console_session_close(
+            console_session_close(
                 session_id=self.session_id,
                 reason=self.close_reason,
                 bytes_to_guest=self.bytes_to_guest,

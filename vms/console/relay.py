@@ -22,10 +22,8 @@ from django.db import DatabaseError
 from vms.console.guest import GuestLink, guest_connect
 from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
 from vms.models import ConsoleMode, ConsoleSession, DesktopStatus
-from vms.services import consoles as services
 from vms.services.consoles import (
     BINARY_PROTOCOL,
-    CLOSE_FORBIDDEN,
     CLOSE_PROTOCOL,
     CLOSE_STOPPED,
     CLOSE_UNREACHABLE,
@@ -33,8 +31,9 @@ from vms.services.consoles import (
     DisplayUnreachable,
     Knock,
     console_admit,
+    console_session_close,
+    console_session_keep,
 )
-from vms.services.consoles.leases import console_lease_renew
 from vms.services.events import desktop_group
 from vms.web.client import client_address, scope_header, scope_is_secure
 
@@ -65,7 +64,6 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
             return
         self.session_id = opened.pk
         self.desktop_id = str(opened.desktop_id)
-        await database_sync_to_async(console_lease_renew)(session_id=opened.pk, relay=RELAY_NAME)
         self.client_filter = ClientMessageFilter(view_only=opened.mode == ConsoleMode.VIEW)
         await self._join_guest(opened)
 
@@ -137,15 +135,15 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
         while True:
             await asyncio.sleep(settings.CONSOLE_RECHECK_S)
             try:
-                allowed = await database_sync_to_async(services.console_session_keep)(
+                closing = await database_sync_to_async(console_session_keep)(
                     session_id=self.session_id, relay=RELAY_NAME
                 )
             except DatabaseError:
                 # The database is away for a moment: keep watching rather than stop.
                 log.exception("console session %s: access re-check failed", self.session_id)
                 continue
-            if not allowed:
-                await self._close(CLOSE_FORBIDDEN, "Access to this desktop ended.")
+            if closing is not None:
+                await self._close(closing.code, closing.reason)
                 return
 
     async def desktop_changed(self, event: dict[str, Any]) -> None:
@@ -172,7 +170,7 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(
                 desktop_group(self.desktop_id), self.channel_name
             )
-            await database_sync_to_async(services.console_session_close)(
+            await database_sync_to_async(console_session_close)(
                 session_id=self.session_id,
                 reason=self.close_reason,
                 bytes_to_guest=self.bytes_to_guest,

@@ -24,6 +24,7 @@ from vms.services.consoles.errors import (
     ConsoleClosed,
     TooManyConsoles,
 )
+from vms.services.consoles.leases import console_lease_renew
 from vms.services.consoles.sessions import console_session_open
 from vms.services.consoles.tickets import TicketBinding, TicketClaim, console_ticket_redeem
 from vms.services.errors import InvalidTransition
@@ -102,7 +103,7 @@ class Knock:
 
 def console_admit(*, knock: Knock, relay: str) -> ConsoleSession:
     """Check the Origin, redeem the ticket, check who presents it, re-check the user's
-    rights and the desktop, and record the session."""
+    rights and the desktop, record the session and start its lease for `relay`."""
     if not origin_allowed(knock.origin, host=knock.host, secure=knock.secure):
         raise ConsoleClosed(CLOSE_FORBIDDEN, "This page's origin may not open consoles.")
     claim = console_ticket_redeem(ticket=ticket_from_protocols(knock.protocols))
@@ -112,13 +113,15 @@ def console_admit(*, knock: Knock, relay: str) -> ConsoleSession:
     if knock.desktop_id is not None and claim.desktop_id != knock.desktop_id:
         raise ConsoleClosed(CLOSE_FORBIDDEN, "This console ticket is for another desktop.")
     try:
-        return console_session_open(claim=claim, relay=relay, source_ip=knock.source_ip)
+        session = console_session_open(claim=claim, relay=relay, source_ip=knock.source_ip)
     except PermissionDenied as exc:
         raise ConsoleClosed(CLOSE_FORBIDDEN, str(exc) or "Access refused.") from exc
     except InvalidTransition as exc:
         raise ConsoleClosed(CLOSE_NOT_RUNNING, exc.message) from exc
     except TooManyConsoles as exc:
         raise ConsoleClosed(CLOSE_TOO_MANY, exc.message) from exc
+    console_lease_renew(session_id=session.pk, relay=relay)
+    return session
 
 
 def _presenter_check(claim: TicketClaim, knock: Knock) -> None:

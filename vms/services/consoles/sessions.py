@@ -18,6 +18,7 @@ from django.utils import timezone
 from vms.models import ConsoleSession, Desktop, DesktopStatus
 from vms.selectors import SPICE_FILE_RELAY, SPICE_FILE_VALID_S, desktops_visible_to
 from vms.services.audit import audit_record
+from vms.services.consoles.errors import CLOSE_FORBIDDEN, CLOSE_STOPPED, ConsoleClosed
 from vms.services.consoles.leases import (
     console_lease_drop,
     console_lease_renew,
@@ -129,12 +130,21 @@ def console_session_may_continue(*, session_id: int) -> bool:
     )
 
 
-def console_session_keep(*, session_id: int, relay: str) -> bool:
-    """Whether the session may go on; if so, renew its lease for its relay."""
-    if not console_session_may_continue(session_id=session_id):
-        return False
-    console_lease_renew(session_id=session_id, relay=relay)
-    return True
+def console_session_keep(*, session_id: int, relay: str) -> ConsoleClosed | None:
+    """A relay's periodic re-check: None when the session may go on (its lease for `relay`
+    is renewed); otherwise how the relay closes it."""
+    if console_session_may_continue(session_id=session_id):
+        console_lease_renew(session_id=session_id, relay=relay)
+        return None
+    status = (
+        ConsoleSession.objects.filter(pk=session_id)
+        .values_list("desktop__status", flat=True)
+        .first()
+    )
+    if status is not None and status != DesktopStatus.RUNNING:
+        # What the relays say when the services announce the change.
+        return ConsoleClosed(CLOSE_STOPPED, f"The desktop is {status}.")
+    return ConsoleClosed(CLOSE_FORBIDDEN, "Access to this desktop ended.")
 
 
 def console_sessions_reap(*, now: datetime | None = None) -> int:
