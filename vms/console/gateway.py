@@ -95,7 +95,7 @@ class HandshakeTooSlow(Exception):
     """The upgrade did not finish within CONSOLE_HANDSHAKE_TIMEOUT_S."""
 
 
-class _GatewayWebSocket(websockifyserver.CompatibleWebSocket):
+class _GatewayWebSocket(websockifyserver.CompatibleWebSocket):  # type: ignore[misc,unused-ignore]
     """websockify's server-side WebSocket, choosing subprotocols through the handler, and
     refusing messages over MAX_MESSAGE_BYTES before it buffers them (websockify itself
     waits for a whole frame of any announced length)."""
@@ -125,7 +125,7 @@ class _GatewayWebSocket(websockifyserver.CompatibleWebSocket):
             self._previous_sendmsg = None
 
 
-class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
+class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore[misc,unused-ignore]
     """One browser's console session, in its own forked process (see the module docstring)."""
 
     SocketClass = _GatewayWebSocket
@@ -440,7 +440,7 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
         )
 
 
-class ConsoleGateway(websocketproxy.WebSocketProxy):
+class ConsoleGateway(websocketproxy.WebSocketProxy):  # type: ignore[misc,unused-ignore]
     """websockify's forking WebSocket server, serving only console upgrades."""
 
     def __init__(self, *, listen_host: str, listen_port: int) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -37,12 +38,15 @@ from vms.services.consoles import (
 from vms.services.events import desktop_group
 from vms.web.client import client_address, scope_header, scope_is_secure
 
+if TYPE_CHECKING:
+    from asgiref.typing import WebSocketReceiveEvent
+
 log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
 RELAY_NAME = "channels"
 
 
-class ConsoleRelayConsumer(AsyncWebsocketConsumer):
+class ConsoleRelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc,unused-ignore]
     """One browser's console session (see the module docstring)."""
 
     guest: GuestLink | None = None
@@ -89,7 +93,7 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
         # connections; the byte pump touches no database, and the hop halved throughput
         # (bench/README.md). Every other message keeps the default.
         if message["type"] == "websocket.receive":
-            await self.websocket_receive(message)
+            await self.websocket_receive(cast("WebSocketReceiveEvent", message))
             return
         await super().dispatch(message)
 
@@ -132,11 +136,13 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
     async def _watch_access(self) -> None:
         from django.conf import settings
 
+        session_id = self.session_id
+        assert session_id is not None
         while True:
             await asyncio.sleep(settings.CONSOLE_RECHECK_S)
             try:
                 closing = await database_sync_to_async(console_session_keep)(
-                    session_id=self.session_id, relay=RELAY_NAME
+                    session_id=session_id, relay=RELAY_NAME
                 )
             except DatabaseError:
                 # The database is away for a moment: keep watching rather than stop.
@@ -179,7 +185,7 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
             )
 
 
-def _knock(scope: dict[str, Any]) -> Knock:
+def _knock(scope: Mapping[str, Any]) -> Knock:
     return Knock(
         origin=scope_header(scope, b"origin"),
         host=scope_header(scope, b"host"),
@@ -191,12 +197,12 @@ def _knock(scope: dict[str, Any]) -> Knock:
     )
 
 
-def _user_id(scope: dict[str, Any]) -> int | None:
+def _user_id(scope: Mapping[str, Any]) -> int | None:
     user = scope.get("user")
     return user.pk if user is not None and user.is_authenticated else None
 
 
-def _ip(scope: dict[str, Any]) -> str | None:
+def _ip(scope: Mapping[str, Any]) -> str | None:
     """The browser's address: the peer's, or the one a trusted proxy reports for it (the
     same rule as the API's, so address-bound tickets match)."""
     client = scope.get("client")

@@ -9,7 +9,7 @@ WebSockets (the console relay, the live feed) read the same facts from their ASG
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
@@ -49,7 +49,7 @@ def client_address(*, remote_addr: str, forwarded_for: str) -> str | None:
     return str(address)
 
 
-def scope_header(scope: dict[str, Any], name: bytes) -> str | None:
+def scope_header(scope: Mapping[str, Any], name: bytes) -> str | None:
     """One header of an ASGI scope, decoded as HTTP headers are (latin-1)."""
     for key, value in scope.get("headers", []):
         if key == name:
@@ -57,14 +57,14 @@ def scope_header(scope: dict[str, Any], name: bytes) -> str | None:
     return None
 
 
-def scope_is_secure(scope: dict[str, Any]) -> bool:
+def scope_is_secure(scope: Mapping[str, Any]) -> bool:
     """Whether the browser reached us over TLS (directly, or through the TLS proxy)."""
     if scope.get("scheme") in ("wss", "https"):
         return True
     return forwarded_secure(scope_header(scope, b"x-forwarded-proto"))
 
 
-def scope_origin_allowed(scope: dict[str, Any]) -> bool:
+def scope_origin_allowed(scope: Mapping[str, Any]) -> bool:
     """`origin_allowed` for a Channels WebSocket."""
     return origin_allowed(
         scope_header(scope, b"origin"),

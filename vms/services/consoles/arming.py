@@ -21,7 +21,6 @@ import redis.asyncio
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from redis.asyncio.lock import Lock as AsyncLock
-from redis.exceptions import LockError
 from redis.lock import Lock
 
 from vms.hypervisor import ConsoleEndpoint, HypervisorError
@@ -78,9 +77,11 @@ class console_arm:
             self._lock_name(), timeout=ARM_LOCK_TIMEOUT_S, blocking_timeout=ARM_LOCK_TIMEOUT_S
         )
         try:
-            _taken_or_raise(lock.acquire())
+            taken = lock.acquire()
         except LOCK_FAILURES as exc:
             raise _lock_failed(self.session, exc) from exc
+        if not taken:
+            raise _lock_failed(self.session, None)
         self._lock = lock
         try:
             return _arm(self.session)
@@ -111,10 +112,13 @@ class console_arm:
             self._lock_name(), timeout=ARM_LOCK_TIMEOUT_S, blocking_timeout=ARM_LOCK_TIMEOUT_S
         )
         try:
-            _taken_or_raise(await lock.acquire())
+            taken = await lock.acquire()
         except LOCK_FAILURES as exc:
             await client.aclose()
             raise await sync_to_async(_lock_failed)(self.session, exc) from exc
+        if not taken:
+            await client.aclose()
+            raise await sync_to_async(_lock_failed)(self.session, None)
         self._async_client, self._async_lock = client, lock
         try:
             return await sync_to_async(_arm)(self.session)
@@ -143,6 +147,8 @@ class console_arm:
 def _arm(session: ConsoleSession) -> GuestAccess:
     """Set the display's one-off password through libvirt and find where it listens."""
     desktop = Desktop.objects.select_related("host").get(pk=session.desktop_id)
+    if desktop.host is None:  # a running desktop always has one
+        raise _guest_unreachable(session, "the desktop is on no host")
     password, valid_for_s = _one_off_password(session)
     try:
         hypervisor = hypervisor_for(desktop.host)
@@ -151,9 +157,14 @@ def _arm(session: ConsoleSession) -> GuestAccess:
         )
         endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
     except HypervisorError as exc:
-        console_session_close(session_id=session.pk, reason=f"guest unreachable: {exc.message}")
-        raise DisplayUnreachable(UNREACHABLE) from exc
+        raise _guest_unreachable(session, exc.message) from exc
     return GuestAccess(endpoint=endpoint, password=password)
+
+
+def _guest_unreachable(session: ConsoleSession, detail: str) -> DisplayUnreachable:
+    """libvirt could not arm the display: the session ends."""
+    console_session_close(session_id=session.pk, reason=f"guest unreachable: {detail}")
+    return DisplayUnreachable(UNREACHABLE)
 
 
 def _one_off_password(session: ConsoleSession) -> tuple[str, int]:
@@ -164,14 +175,9 @@ def _one_off_password(session: ConsoleSession) -> tuple[str, int]:
     return secrets.token_urlsafe(6)[:8], SESSION_PASSWORD_VALID_S
 
 
-def _taken_or_raise(taken: bool) -> None:
-    if not taken:
-        raise LockError("the desktop's arm lock was not free in time")
-
-
-def _lock_failed(session: ConsoleSession, exc: Exception) -> DisplayUnreachable:
-    """The lock could not be taken: nothing was armed; the session ends."""
-    log.warning("console session %s: arm lock unavailable: %s", session.pk, exc)
+def _lock_failed(session: ConsoleSession, exc: Exception | None) -> DisplayUnreachable:
+    """The lock could not be had (`exc` None: not free in time); the session ends."""
+    log.warning("console session %s: arm lock unavailable: %s", session.pk, exc or "busy")
     console_session_close(session_id=session.pk, reason="display unreachable")
     return DisplayUnreachable(UNREACHABLE)
 

@@ -38,7 +38,7 @@ def console_running_check(*, desktop: Desktop) -> None:
 
 def console_cap_check(*, user: AbstractBaseUser) -> None:
     """Raise when the user is at their cap of open console sessions."""
-    open_sessions = console_sessions_open().filter(user=user).count()
+    open_sessions = console_sessions_open().filter(user_id=user.pk).count()
     if open_sessions >= settings.CONSOLE_MAX_SESSIONS_PER_USER:
         raise TooManyConsoles(
             f"You already have {open_sessions} consoles open; close one to open another."
