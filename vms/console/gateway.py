@@ -131,7 +131,6 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore
     SocketClass = _GatewayWebSocket
 
     session_id: int | None = None
-    desktop_id: str | None = None
     client_filter: ClientMessageFilter | None = None
     bytes_to_guest = 0
     bytes_from_guest = 0
@@ -230,7 +229,6 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore
         try:
             opened = console_admit(knock=self.knock(), relay=RELAY_NAME)
             self.session_id = opened.pk
-            self.desktop_id = str(opened.desktop_id)
             self.client_filter = ClientMessageFilter(view_only=opened.mode == ConsoleMode.VIEW)
             try:
                 return guest_connect_blocking(opened)
