@@ -1,6 +1,6 @@
 """The bench-only seam that points a desktop's console at the VNC-like echo server.
 
-Both relays reach a guest only through ``vms.console.services.console_arm``, which asks the
+Both relays reach a guest only through ``vms.services.consoles.console_arm``, which asks the
 desktop's host (``hypervisor_for(host)`` -> ``get_hypervisor(host.libvirt_uri)``) to set a
 one-off password and to report where the display listens. The bench registers a host whose
 libvirt URI is libvirt's own test driver loaded with a node description written by the

@@ -37,9 +37,8 @@ from bench.common import (
 from bench.echo_seam import ECHO_DOMAIN, PASSWORD_ENV, URI_ENV, write_echo_node
 from bench.fixtures import make_user, running_desktop
 from vms.console.rfb import UpstreamHandshake
-from vms.console.services import console_ticket_issue
-from vms.console.tickets import TicketBinding
 from vms.models import ConsoleSession, Desktop, Host, Template
+from vms.services.consoles import TicketBinding, console_ticket_issue
 
 FBUR = b"\x03\x01" + struct.pack(">HHHH", 0, 0, 1024, 768)  # incremental update request
 REPLY_TO_FBUR = 10

@@ -24,10 +24,10 @@ from rest_framework.test import APIClient
 
 from tests.factories import DesktopFactory
 from tests.servers import server_env
-from vms.console.leases import KEY_PREFIX as LEASE_PREFIX
 from vms.hypervisor import get_hypervisor
 from vms.models import Desktop, Host, Template
 from vms.roles import EMPLOYEE_GROUP, HELPDESK_GROUP
+from vms.services.consoles.leases import KEY_PREFIX as LEASE_PREFIX
 from vms.services.templates import base_volume_name
 from vms.settings_access import name_prefix
 

@@ -286,7 +286,7 @@ class ConsoleMode(models.TextChoices):
     VIEW = "view", "View only"
 
 
-# What closing a console session writes (vms.console.services); nothing else ever changes.
+# What closing a console session writes (vms.services.consoles); nothing else ever changes.
 CONSOLE_CLOSE_FIELDS = frozenset(
     {"ended_at", "close_reason", "bytes_to_guest", "bytes_from_guest", "dropped_messages"}
 )

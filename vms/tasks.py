@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 from celery import Task, shared_task
 
-from vms.console import services as console_services
 from vms.hypervisor import HypervisorError
 from vms.models import Host
 from vms.services import audit, hosts, provisioning, reconcile, thumbnails
+from vms.services import consoles as console_services
 from vms.services.actions import ACTIONS, DesktopAction
 
 log = logging.getLogger(__name__)

@@ -33,11 +33,12 @@ from rest_framework.test import APIClient
 from tests.fixtures import make_desktop, wait_for_status
 from tests.relay.conftest import ORIGIN, PROXY, connect, mint_ticket, rfb_handshake, session_cookie
 from tests.servers import ROOT, daphne_command, free_port, running, server_env
-from vms.console.leases import KEY_PREFIX as LEASE_PREFIX
-from vms.console.leases import lease_seconds
-from vms.console.services import arm_lock_name, console_sessions_reap
 from vms.models import ConsoleSession, Desktop, DesktopStatus, Template
 from vms.selectors import console_watchers
+from vms.services.consoles.arming import arm_lock_name
+from vms.services.consoles.leases import KEY_PREFIX as LEASE_PREFIX
+from vms.services.consoles.leases import lease_seconds
+from vms.services.consoles.sessions import console_sessions_reap
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -13,9 +13,8 @@ from django.test import Client
 
 from tests.fixtures import make_desktop, wait_for_status
 from tests.relay.conftest import ORIGIN, mint_ticket, rfb_handshake, session_cookie
-from vms.console.services import console_session_open
-from vms.console.tickets import TicketClaim
 from vms.models import ConsoleSession, DesktopStatus, Template
+from vms.services.consoles import TicketClaim, console_session_open
 from vms.services.desktops import desktop_act
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -14,8 +14,8 @@ from django.conf import settings
 
 from tests.fixtures import make_desktop, wait_for_status
 from tests.relay.conftest import connect, mint_ticket, random_tickets, session_cookie
-from vms.console.tickets import _key
 from vms.models import ConsoleSession, Desktop, DesktopStatus
+from vms.services.consoles.tickets import _key
 from vms.services.transitions import compare_and_set
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -135,8 +135,8 @@ def test_image_paths_outside_the_allowed_folders_are_refused(path) -> None:
 def test_no_ticket_password_or_session_id_in_logs(
     caplog, employee, fake_template, fake_host, api_for
 ) -> None:
-    from vms.console.admission import ConsoleClosed, Knock, console_admit
     from vms.models import DesktopStatus
+    from vms.services.consoles import ConsoleClosed, Knock, console_admit
 
     caplog.set_level(logging.DEBUG)
     desktop = make_desktop(employee, fake_template, name="logged", status=DesktopStatus.RUNNING)

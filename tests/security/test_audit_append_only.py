@@ -17,9 +17,9 @@ from django.test import Client
 from django.utils import timezone
 
 from tests.fixtures import make_desktop
-from vms.console.services import console_session_close
 from vms.models import AppendOnlyError, AuditEvent, ConsoleSession, Desktop
 from vms.services.audit import audit_record
+from vms.services.consoles import console_session_close
 from vms.tasks import apply_audit_retention
 
 pytestmark = pytest.mark.django_db

@@ -8,7 +8,7 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from vms.console.services import DisplayUnreachable, TooManyConsoles
+from vms.services.consoles import DisplayUnreachable, TooManyConsoles
 from vms.services.errors import (
     InvalidTransition,
     NoHostAvailable,

@@ -19,11 +19,10 @@ from vms.api.serializers import (
     DesktopSerializer,
     TemplateSerializer,
 )
-from vms.console.services import console_ticket_issue
-from vms.console.tickets import TicketBinding
 from vms.models import Desktop
 from vms.selectors import desktops_visible_to, templates_for_user
 from vms.services.actions import ACTIONS, DesktopAction, actions_offered
+from vms.services.consoles import TicketBinding, console_ticket_issue
 from vms.services.desktops import desktop_act, desktop_create
 from vms.web.client import client_ip
 
@@ -107,7 +106,7 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return Response(body, status=status.HTTP_202_ACCEPTED)
 
 
-def _ticket_binding(request: Request) -> str:
+def _ticket_binding(request: Request) -> TicketBinding:
     """A browser session's ticket needs that session; an API token's, the caller's address
     (a script has no session cookie to show the relay)."""
     return TicketBinding.SESSION if request.auth is None else TicketBinding.ADDRESS

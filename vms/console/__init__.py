@@ -1,1 +1,2 @@
-"""The in-browser console: tickets, the RFB protocol, the relay and the gateway."""
+"""Console transports: the Channels relay, the websockify gateway, the guest link and the
+RFB protocol. The rules they apply live in vms.services.consoles."""

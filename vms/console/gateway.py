@@ -38,27 +38,25 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connections
-from redis.exceptions import LockError
 from websockify import websocketproxy, websockifyserver
 from websockify.websocket import WebSocketWantReadError, WebSocketWantWriteError
 
-from vms.console import services
-from vms.console.admission import (
+from vms.console.guest import guest_connect_blocking
+from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
+from vms.models import ConsoleMode
+from vms.services.consoles import (
     BINARY_PROTOCOL,
-    CLOSE_FORBIDDEN,
     CLOSE_PROTOCOL,
     CLOSE_STOPPED,
     CLOSE_UNREACHABLE,
     ConsoleClosed,
+    DisplayUnreachable,
     Knock,
     console_admit,
+    console_session_close,
+    console_session_keep,
     forwarded_secure,
 )
-from vms.console.guest import guest_connect_blocking
-from vms.console.leases import console_lease_renew
-from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
-from vms.console.services import DisplayUnreachable
-from vms.models import ConsoleMode, Desktop, DesktopStatus
 from vms.web.client import client_address
 
 log = logging.getLogger(__name__)
@@ -97,7 +95,7 @@ class HandshakeTooSlow(Exception):
     """The upgrade did not finish within CONSOLE_HANDSHAKE_TIMEOUT_S."""
 
 
-class _GatewayWebSocket(websockifyserver.CompatibleWebSocket):
+class _GatewayWebSocket(websockifyserver.CompatibleWebSocket):  # type: ignore[misc,unused-ignore]
     """websockify's server-side WebSocket, choosing subprotocols through the handler, and
     refusing messages over MAX_MESSAGE_BYTES before it buffers them (websockify itself
     waits for a whole frame of any announced length)."""
@@ -127,13 +125,12 @@ class _GatewayWebSocket(websockifyserver.CompatibleWebSocket):
             self._previous_sendmsg = None
 
 
-class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
+class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore[misc,unused-ignore]
     """One browser's console session, in its own forked process (see the module docstring)."""
 
     SocketClass = _GatewayWebSocket
 
     session_id: int | None = None
-    desktop_id: str | None = None
     client_filter: ClientMessageFilter | None = None
     bytes_to_guest = 0
     bytes_from_guest = 0
@@ -232,12 +229,10 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
         try:
             opened = console_admit(knock=self.knock(), relay=RELAY_NAME)
             self.session_id = opened.pk
-            self.desktop_id = str(opened.desktop_id)
-            console_lease_renew(session_id=opened.pk, relay=RELAY_NAME)
             self.client_filter = ClientMessageFilter(view_only=opened.mode == ConsoleMode.VIEW)
             try:
                 return guest_connect_blocking(opened)
-            except (OSError, RfbProtocolError, DisplayUnreachable, LockError) as exc:
+            except (OSError, RfbProtocolError, DisplayUnreachable) as exc:
                 log.warning("console session %s: guest display unreachable: %s", opened.pk, exc)
                 raise ConsoleClosed(
                     CLOSE_UNREACHABLE, "The desktop's display did not answer."
@@ -411,32 +406,21 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
     def _recheck(self) -> None:
         """Close when the user may no longer see the desktop or it stopped running."""
         assert self.session_id is not None
-        status: str | None = None
         try:
-            allowed = services.console_session_keep(session_id=self.session_id, relay=RELAY_NAME)
-            if not allowed:
-                status = (
-                    Desktop.objects.filter(pk=self.desktop_id)
-                    .values_list("status", flat=True)
-                    .first()
-                )
+            closing = console_session_keep(session_id=self.session_id, relay=RELAY_NAME)
         except Exception:
             log.exception("console session %s: access re-check failed", self.session_id)
             return
         finally:
             connections.close_all()
-        if allowed:
-            return
-        if status is not None and status != DesktopStatus.RUNNING:
-            # What the Channels relay says when the services announce the change.
-            raise ConsoleClosed(CLOSE_STOPPED, f"The desktop is {status}.")
-        raise ConsoleClosed(CLOSE_FORBIDDEN, "Access to this desktop ended.")
+        if closing is not None:
+            raise closing
 
     def _record_close(self) -> None:
         if self.session_id is None:
             return
         try:
-            services.console_session_close(
+            console_session_close(
                 session_id=self.session_id,
                 reason=self.close_reason,
                 bytes_to_guest=self.bytes_to_guest,
@@ -454,7 +438,7 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):
         )
 
 
-class ConsoleGateway(websocketproxy.WebSocketProxy):
+class ConsoleGateway(websocketproxy.WebSocketProxy):  # type: ignore[misc,unused-ignore]
     """websockify's forking WebSocket server, serving only console upgrades."""
 
     def __init__(self, *, listen_host: str, listen_port: int) -> None:

@@ -1,7 +1,7 @@
 """Reaching a guest's display: arm it with a one-off password and authenticate to it.
 
-QEMU keeps one VNC password per display, so the arm step and the handshake that uses
-the password run under a per-desktop Redis lock, shared by both relays (and processes).
+QEMU keeps one VNC password per display, so the handshake that uses the password runs
+inside `console_arm`, which holds the desktop's arm lock (vms.services.consoles.arming).
 """
 
 from __future__ import annotations
@@ -10,19 +10,9 @@ import asyncio
 import socket
 from dataclasses import dataclass
 
-import redis.asyncio
-from asgiref.sync import sync_to_async
-from django.conf import settings
-
 from vms.console.rfb import SECURITY_VNC_AUTH, RfbProtocolError, UpstreamHandshake
-from vms.console.services import (
-    ARM_LOCK_TIMEOUT_S,
-    GuestAccess,
-    arm_lock_name,
-    console_arm,
-    console_arm_lock,
-)
 from vms.models import ConsoleSession
+from vms.services.consoles import GuestAccess, console_arm
 
 HANDSHAKE_TIMEOUT_S = 10.0
 
@@ -39,17 +29,8 @@ class GuestLink:
 
 async def guest_connect(session: ConsoleSession) -> GuestLink:
     """Arm the guest and complete the VNC handshake (asyncio, for the Channels relay)."""
-    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
-    try:
-        async with client.lock(
-            arm_lock_name(session.desktop_id),
-            timeout=ARM_LOCK_TIMEOUT_S,
-            blocking_timeout=ARM_LOCK_TIMEOUT_S,
-        ):
-            access = await sync_to_async(console_arm)(session=session)
-            return await asyncio.wait_for(_handshake(access), HANDSHAKE_TIMEOUT_S)
-    finally:
-        await client.aclose()
+    async with console_arm(session=session) as access:
+        return await asyncio.wait_for(_handshake(access), HANDSHAKE_TIMEOUT_S)
 
 
 async def _handshake(access: GuestAccess) -> GuestLink:
@@ -70,8 +51,7 @@ async def _handshake(access: GuestAccess) -> GuestLink:
 
 def guest_connect_blocking(session: ConsoleSession) -> tuple[socket.socket, bytes, bytes]:
     """The same for the websockify gateway: a connected socket, ServerInit and leftover."""
-    with console_arm_lock(desktop_id=session.desktop_id):
-        access = console_arm(session=session)
+    with console_arm(session=session) as access:
         return _handshake_blocking(access)
 
 

@@ -13,40 +13,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.db import DatabaseError
-from redis.exceptions import LockError
 
-from vms.console import services
-from vms.console.admission import (
+from vms.console.guest import GuestLink, guest_connect
+from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
+from vms.models import ConsoleMode, ConsoleSession, DesktopStatus
+from vms.services.consoles import (
     BINARY_PROTOCOL,
-    CLOSE_FORBIDDEN,
     CLOSE_PROTOCOL,
     CLOSE_STOPPED,
     CLOSE_UNREACHABLE,
     ConsoleClosed,
+    DisplayUnreachable,
     Knock,
     console_admit,
-    scope_header,
-    scope_is_secure,
+    console_session_close,
+    console_session_keep,
 )
-from vms.console.guest import GuestLink, guest_connect
-from vms.console.leases import console_lease_renew
-from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
-from vms.console.services import DisplayUnreachable
-from vms.models import ConsoleMode, ConsoleSession, DesktopStatus
 from vms.services.events import desktop_group
-from vms.web.client import client_address
+from vms.web.client import client_address, scope_header, scope_is_secure
+
+if TYPE_CHECKING:
+    from asgiref.typing import WebSocketReceiveEvent
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
 RELAY_NAME = "channels"
 
 
-class ConsoleRelayConsumer(AsyncWebsocketConsumer):
+class ConsoleRelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc,unused-ignore]
     """One browser's console session (see the module docstring)."""
 
     guest: GuestLink | None = None
@@ -68,14 +68,13 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
             return
         self.session_id = opened.pk
         self.desktop_id = str(opened.desktop_id)
-        await database_sync_to_async(console_lease_renew)(session_id=opened.pk, relay=RELAY_NAME)
         self.client_filter = ClientMessageFilter(view_only=opened.mode == ConsoleMode.VIEW)
         await self._join_guest(opened)
 
     async def _join_guest(self, session: ConsoleSession) -> None:
         try:
             self.guest = await guest_connect(session)
-        except (OSError, RfbProtocolError, TimeoutError, DisplayUnreachable, LockError) as exc:
+        except (OSError, RfbProtocolError, TimeoutError, DisplayUnreachable) as exc:
             log.warning("console session %s: guest display unreachable: %s", self.session_id, exc)
             await self._close(CLOSE_UNREACHABLE, "The desktop's display did not answer.")
             return
@@ -94,7 +93,7 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
         # connections; the byte pump touches no database, and the hop halved throughput
         # (bench/README.md). Every other message keeps the default.
         if message["type"] == "websocket.receive":
-            await self.websocket_receive(message)
+            await self.websocket_receive(cast("WebSocketReceiveEvent", message))
             return
         await super().dispatch(message)
 
@@ -137,18 +136,20 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
     async def _watch_access(self) -> None:
         from django.conf import settings
 
+        session_id = self.session_id
+        assert session_id is not None
         while True:
             await asyncio.sleep(settings.CONSOLE_RECHECK_S)
             try:
-                allowed = await database_sync_to_async(services.console_session_keep)(
-                    session_id=self.session_id, relay=RELAY_NAME
+                closing = await database_sync_to_async(console_session_keep)(
+                    session_id=session_id, relay=RELAY_NAME
                 )
             except DatabaseError:
                 # The database is away for a moment: keep watching rather than stop.
                 log.exception("console session %s: access re-check failed", self.session_id)
                 continue
-            if not allowed:
-                await self._close(CLOSE_FORBIDDEN, "Access to this desktop ended.")
+            if closing is not None:
+                await self._close(closing.code, closing.reason)
                 return
 
     async def desktop_changed(self, event: dict[str, Any]) -> None:
@@ -175,7 +176,7 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(
                 desktop_group(self.desktop_id), self.channel_name
             )
-            await database_sync_to_async(services.console_session_close)(
+            await database_sync_to_async(console_session_close)(
                 session_id=self.session_id,
                 reason=self.close_reason,
                 bytes_to_guest=self.bytes_to_guest,
@@ -184,7 +185,7 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):
             )
 
 
-def _knock(scope: dict[str, Any]) -> Knock:
+def _knock(scope: Mapping[str, Any]) -> Knock:
     return Knock(
         origin=scope_header(scope, b"origin"),
         host=scope_header(scope, b"host"),
@@ -196,12 +197,12 @@ def _knock(scope: dict[str, Any]) -> Knock:
     )
 
 
-def _user_id(scope: dict[str, Any]) -> int | None:
+def _user_id(scope: Mapping[str, Any]) -> int | None:
     user = scope.get("user")
     return user.pk if user is not None and user.is_authenticated else None
 
 
-def _ip(scope: dict[str, Any]) -> str | None:
+def _ip(scope: Mapping[str, Any]) -> str | None:
     """The browser's address: the peer's, or the one a trusted proxy reports for it (the
     same rule as the API's, so address-bound tickets match)."""
     client = scope.get("client")

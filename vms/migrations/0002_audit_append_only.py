@@ -14,7 +14,7 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
-# What closing a console session writes (vms.console.services.console_session_close).
+# What closing a console session writes (vms.services.consoles.console_session_close).
 CLOSE_FIELDS = "ARRAY[{}]".format(
     ", ".join(
         f"'{name}'"

@@ -10,12 +10,11 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from vms.console.services import default_mode, spice_file_issue
-from vms.console.tickets import ticket_redeem
 from vms.selectors import (
     console_watchers,
     desktops_visible_to,
 )
+from vms.services.consoles import console_mode_default, console_spice_file_issue
 from vms.services.errors import ServiceError
 from vms.services.thumbnails import thumbnail_path
 from vms.web.client import client_ip
@@ -30,7 +29,7 @@ def console_page(request: HttpRequest, pk: str) -> HttpResponse:
     context = {
         "desktop": desktop,
         "is_owner": desktop.owner_id == request.user.pk,
-        "mode": default_mode(user=request.user, desktop=desktop),
+        "mode": console_mode_default(user=request.user, desktop=desktop),
         "watchers": console_watchers(desktop_ids=[desktop.pk])[str(desktop.pk)],
     }
     return render(request, "vms/console.html", context)
@@ -42,12 +41,13 @@ def console_page(request: HttpRequest, pk: str) -> HttpResponse:
 def spice_file(request: HttpRequest, pk: str) -> HttpResponse:
     """Trade a console ticket for a virt-viewer file (SPICE desktops)."""
     desktop = get_object_or_404(desktops_visible_to(user=request.user), pk=pk)
-    claim = ticket_redeem(ticket=request.POST.get("ticket", ""))
-    if claim is None or claim.user_id != request.user.pk or claim.desktop_id != str(desktop.pk):
-        messages.error(request, "The console ticket is invalid, used or expired. Try again.")
-        return redirect("console", pk=desktop.pk)
     try:
-        content = spice_file_issue(claim=claim, source_ip=client_ip(request))
+        content = console_spice_file_issue(
+            user=request.user,
+            desktop=desktop,
+            ticket=request.POST.get("ticket", ""),
+            source_ip=client_ip(request),
+        )
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect("console", pk=desktop.pk)

@@ -12,9 +12,9 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from vms.console.admission import scope_origin_allowed
 from vms.selectors import desktops_visible_to
 from vms.services.events import desktop_group, user_group
+from vms.web.client import scope_origin_allowed
 
 MAX_WATCHED = 200
 

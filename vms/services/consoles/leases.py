@@ -14,7 +14,7 @@ from datetime import datetime
 import redis
 from django.conf import settings
 
-from vms.console.tickets import redis_client
+from vms.services.consoles.store import redis_client
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "console-lease:"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -16,36 +15,24 @@ from django.core.exceptions import PermissionDenied
 from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
 
-from vms.console.services import (
-    TooManyConsoles,
-    console_session_open,
-)
-from vms.console.tickets import TicketBinding, TicketClaim, ticket_redeem
 from vms.models import ConsoleSession
+from vms.services.consoles.errors import (
+    CLOSE_BAD_TICKET,
+    CLOSE_FORBIDDEN,
+    CLOSE_NOT_RUNNING,
+    CLOSE_TOO_MANY,
+    ConsoleClosed,
+    TooManyConsoles,
+)
+from vms.services.consoles.leases import console_lease_renew
+from vms.services.consoles.sessions import console_session_open
+from vms.services.consoles.tickets import TicketBinding, TicketClaim, console_ticket_redeem
 from vms.services.errors import InvalidTransition
 
 log = logging.getLogger(__name__)
 TICKET_PROTOCOL_PREFIX = "ticket."
 # The subprotocol the relays agree to; the ticket rides beside it, never in the URL.
 BINARY_PROTOCOL = "binary"
-
-
-class ConsoleClosed(Exception):
-    """Close the console WebSocket with `code` and a human-readable `reason`."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-CLOSE_BAD_TICKET = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_NOT_RUNNING = 4409
-CLOSE_TOO_MANY = 4429
-CLOSE_PROTOCOL = 4400
-CLOSE_STOPPED = 4410
-CLOSE_UNREACHABLE = 4502
 
 
 def origin_allowed(origin: str | None, *, host: str | None, secure: bool) -> bool:
@@ -79,30 +66,6 @@ def _trusted_origin(origin: str) -> bool:
         is_same_domain(parts.netloc, urlsplit(pattern).netloc[1:])
         for pattern in trusted
         if "*" in pattern and urlsplit(pattern).scheme == parts.scheme
-    )
-
-
-def scope_header(scope: dict[str, Any], name: bytes) -> str | None:
-    """One header of an ASGI scope, decoded as HTTP headers are (latin-1)."""
-    for key, value in scope.get("headers", []):
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
-def scope_is_secure(scope: dict[str, Any]) -> bool:
-    """Whether the browser reached us over TLS (directly, or through the TLS proxy)."""
-    if scope.get("scheme") in ("wss", "https"):
-        return True
-    return forwarded_secure(scope_header(scope, b"x-forwarded-proto"))
-
-
-def scope_origin_allowed(scope: dict[str, Any]) -> bool:
-    """`origin_allowed` for a Channels WebSocket."""
-    return origin_allowed(
-        scope_header(scope, b"origin"),
-        host=scope_header(scope, b"host"),
-        secure=scope_is_secure(scope),
     )
 
 
@@ -140,23 +103,25 @@ class Knock:
 
 def console_admit(*, knock: Knock, relay: str) -> ConsoleSession:
     """Check the Origin, redeem the ticket, check who presents it, re-check the user's
-    rights and the desktop, and record the session."""
+    rights and the desktop, record the session and start its lease for `relay`."""
     if not origin_allowed(knock.origin, host=knock.host, secure=knock.secure):
         raise ConsoleClosed(CLOSE_FORBIDDEN, "This page's origin may not open consoles.")
-    claim = ticket_redeem(ticket=ticket_from_protocols(knock.protocols))
+    claim = console_ticket_redeem(ticket=ticket_from_protocols(knock.protocols))
     if claim is None:
         raise ConsoleClosed(CLOSE_BAD_TICKET, "The console ticket is invalid, used or expired.")
     _presenter_check(claim, knock)
     if knock.desktop_id is not None and claim.desktop_id != knock.desktop_id:
         raise ConsoleClosed(CLOSE_FORBIDDEN, "This console ticket is for another desktop.")
     try:
-        return console_session_open(claim=claim, relay=relay, source_ip=knock.source_ip)
+        session = console_session_open(claim=claim, relay=relay, source_ip=knock.source_ip)
     except PermissionDenied as exc:
         raise ConsoleClosed(CLOSE_FORBIDDEN, str(exc) or "Access refused.") from exc
     except InvalidTransition as exc:
         raise ConsoleClosed(CLOSE_NOT_RUNNING, exc.message) from exc
     except TooManyConsoles as exc:
         raise ConsoleClosed(CLOSE_TOO_MANY, exc.message) from exc
+    console_lease_renew(session_id=session.pk, relay=relay)
+    return session
 
 
 def _presenter_check(claim: TicketClaim, knock: Knock) -> None:

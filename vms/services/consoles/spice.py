@@ -1,0 +1,62 @@
+"""SPICE desktops in virt-viewer: a .vv file instead of the in-browser relay."""
+
+from __future__ import annotations
+
+import configparser
+import io
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
+
+from vms.hypervisor import ConsoleEndpoint
+from vms.models import ConsoleMode, ConsoleType, Desktop
+from vms.selectors import SPICE_FILE_RELAY
+from vms.services.consoles.arming import console_arm
+from vms.services.consoles.errors import ConsoleRefused
+from vms.services.consoles.sessions import console_session_open
+from vms.services.consoles.tickets import console_ticket_redeem
+
+
+def console_spice_file_issue(
+    *, user: AbstractBaseUser, desktop: Desktop, ticket: str, source_ip: str | None
+) -> str:
+    """Trade a console ticket for a virt-viewer (.vv) file whose password works for
+    `SPICE_FILE_VALID_S`; `desktop` is one the user may see.
+
+    Only for SPICE desktops: a VNC password in a file would skip the relay and its
+    view-only filter. virt-viewer has no view-only mode we could enforce, so the ticket must
+    be for full control (owners, or help-desk with a reason). The session stays open, and
+    the owner sees the notice, for as long as the password works.
+    """
+    claim = console_ticket_redeem(ticket=ticket)
+    if claim is None or claim.user_id != user.pk or claim.desktop_id != str(desktop.pk):
+        raise ConsoleRefused("The console ticket is invalid, used or expired. Try again.")
+    if claim.mode != ConsoleMode.FULL:
+        raise PermissionDenied("A SPICE client file gives full control; ask for a full console.")
+    if desktop.template.console_type != ConsoleType.SPICE:
+        raise ConsoleRefused("This desktop's display is VNC; open it in the browser.")
+    session = console_session_open(claim=claim, relay=SPICE_FILE_RELAY, source_ip=source_ip)
+    with console_arm(session=session) as access:
+        return virt_viewer_file(
+            title=desktop.name, endpoint=access.endpoint, password=access.password
+        )
+
+
+def virt_viewer_file(*, title: str, endpoint: ConsoleEndpoint, password: str) -> str:
+    """The [virt-viewer] file remote-viewer opens; it asks the client to delete it."""
+    config = configparser.ConfigParser(interpolation=None)
+    config["virt-viewer"] = {
+        "type": endpoint.type,
+        "host": endpoint.host,
+        "port": str(endpoint.port),
+        "password": password,
+        "title": title.replace("\n", " "),
+        "delete-this-file": "1",
+        "toggle-fullscreen": "shift+f11",
+        "release-cursor": "shift+f12",
+    }
+    if endpoint.tls_port:
+        config["virt-viewer"]["tls-port"] = str(endpoint.tls_port)
+    out = io.StringIO()
+    config.write(out)
+    return out.getvalue()
