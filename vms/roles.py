@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+
+from django.contrib.auth.models import AnonymousUser, User
 
 HELPDESK_GROUP = "helpdesk"
 EMPLOYEE_GROUP = "employee"
 
-# A request's user: a User or an AnonymousUser (kept loose: no django-stubs here).
-AnyUser = Any
+# Who makes a request: the portal keeps Django's own User model (AUTH_USER_MODEL is not
+# swapped), or nobody yet.
+RequestUser = User | AnonymousUser
 
 
-def is_admin(user: AnyUser) -> bool:
+def is_admin(user: RequestUser) -> bool:
     """Staff and superusers administer the portal and see every desktop."""
     return bool(user.is_authenticated and (user.is_staff or user.is_superuser))
 
 
-def is_helpdesk(user: AnyUser) -> bool:
+def is_helpdesk(user: RequestUser) -> bool:
     """Help-desk staff may look at and power-cycle any user's desktop, not delete it."""
     if not user.is_authenticated:
         return False
     return is_admin(user) or user.groups.filter(name=HELPDESK_GROUP).exists()
 
 
-def sees_all_desktops(user: AnyUser) -> bool:
+def sees_all_desktops(user: RequestUser) -> bool:
     """Whether the user may see desktops they do not own."""
     return is_admin(user) or is_helpdesk(user)
 
@@ -37,7 +39,7 @@ class DesktopRole(enum.Enum):
     ADMIN = "admin"
 
 
-def desktop_role(user: AnyUser, *, owner_id: int) -> DesktopRole:
+def desktop_role(user: RequestUser, *, owner_id: int) -> DesktopRole:
     """The strongest role `user` has on a desktop of `owner_id` (visibility is checked
     elsewhere: an employee never reaches another user's desktop)."""
     if is_admin(user):

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
@@ -16,7 +16,7 @@ from vms.roles import desktop_role, sees_all_desktops
 from vms.services.actions import actions_for, actions_valid_in
 
 
-def templates_for_user(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Template]:
+def templates_for_user(*, user: User | AnonymousUser) -> QuerySet[Template]:
     """Enabled templates assigned to the user directly or through one of their groups."""
     if not user.is_authenticated:
         return Template.objects.none()
@@ -25,7 +25,7 @@ def templates_for_user(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Te
 
 
 def desktops_visible_to(
-    *, user: AbstractBaseUser | AnonymousUser, owner_username: str | None = None
+    *, user: User | AnonymousUser, owner_username: str | None = None
 ) -> QuerySet[Desktop]:
     """Desktops the user may see: their own; help-desk and admins see everyone's.
 
@@ -44,7 +44,7 @@ def desktops_visible_to(
     return desktops
 
 
-def users_matching(*, query: str, limit: int = 20) -> QuerySet[AbstractBaseUser]:
+def users_matching(*, query: str, limit: int = 20) -> QuerySet[User]:
     """Active users whose username or name contains `query` (help-desk search)."""
     term = query.strip()
     users = get_user_model().objects.filter(is_active=True)
@@ -121,9 +121,7 @@ class ActionButton:
     valid_now: bool
 
 
-def action_buttons(
-    *, user: AbstractBaseUser | AnonymousUser, desktop: Desktop
-) -> list[ActionButton]:
+def action_buttons(*, user: User | AnonymousUser, desktop: Desktop) -> list[ActionButton]:
     """The page buttons of the actions `user` may run on `desktop` (from the table)."""
     valid = set(actions_valid_in(desktop.status))
     role = desktop_role(user, owner_id=desktop.owner_id)

@@ -9,7 +9,7 @@ event and queues the worker task on commit. The libvirt work happens in
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 
@@ -31,7 +31,7 @@ NAME_MAX = 100
 
 
 def desktop_create(
-    *, user: AbstractBaseUser, template_id: int, name: str = "", source_ip: str | None = None
+    *, user: User, template_id: int, name: str = "", source_ip: str | None = None
 ) -> Desktop:
     """Launch a new desktop of a template assigned to `user`.
 
@@ -58,7 +58,7 @@ def desktop_create(
     return desktop
 
 
-def _insert(*, user: AbstractBaseUser, template: Template, name: str) -> Desktop:
+def _insert(*, user: User, template: Template, name: str) -> Desktop:
     host = host_choose(template=template)
     desktop = Desktop(
         owner=user,
@@ -77,7 +77,7 @@ def _insert(*, user: AbstractBaseUser, template: Template, name: str) -> Desktop
 
 
 def desktop_act(
-    *, actor: AbstractBaseUser, desktop: Desktop, action: str, source_ip: str | None = None
+    *, actor: User, desktop: Desktop, action: str, source_ip: str | None = None
 ) -> None:
     """Run one action of the table on `desktop` for `actor` (who can already see it).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from uuid import UUID
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -17,7 +18,7 @@ from vms.services.actions import actions_valid_in
 log = logging.getLogger(__name__)
 
 
-def desktop_group(desktop_id: object) -> str:
+def desktop_group(desktop_id: UUID | str) -> str:
     """Channels group of everyone watching one desktop."""
     return f"desktop.{desktop_id}"
 
@@ -41,12 +42,12 @@ def desktop_payload(desktop: Desktop) -> dict[str, object]:
     }
 
 
-def push_desktop_changed(*, desktop_id: object) -> None:
+def push_desktop_changed(*, desktop_id: UUID | str) -> None:
     """After commit, send the desktop's fresh state to its watchers."""
     transaction.on_commit(partial(_push, desktop_id))
 
 
-def _push(desktop_id: object) -> None:
+def _push(desktop_id: UUID | str) -> None:
     desktop = Desktop.objects.filter(pk=desktop_id).first()
     layer = get_channel_layer()
     if desktop is None or layer is None:
@@ -60,12 +61,12 @@ def _push(desktop_id: object) -> None:
         log.warning("could not push the state of desktop %s", desktop_id)
 
 
-def push_console_sessions(*, desktop_id: object) -> None:
+def push_console_sessions(*, desktop_id: UUID | str) -> None:
     """After commit, tell the owner's pages who else is on the desktop's console now."""
     transaction.on_commit(partial(_push_watchers, desktop_id))
 
 
-def _push_watchers(desktop_id: object) -> None:
+def _push_watchers(desktop_id: UUID | str) -> None:
     owner_id = Desktop.objects.filter(pk=desktop_id).values_list("owner_id", flat=True).first()
     layer = get_channel_layer()
     if owner_id is None or layer is None:

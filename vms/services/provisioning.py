@@ -43,6 +43,13 @@ def _load(desktop_id: UUID | str) -> Desktop | None:
     return Desktop.objects.select_related("host", "template", "owner").filter(pk=desktop_id).first()
 
 
+def _hypervisor(desktop: Desktop) -> Hypervisor:
+    """The hypervisor of the desktop's host (desktops are placed before any work)."""
+    if desktop.host is None:
+        raise HypervisorError(f"desktop {desktop.pk} is on no host", permanent=True)
+    return hypervisor_for(desktop.host)
+
+
 def _set_progress(desktop: Desktop, step: str) -> None:
     Desktop.objects.filter(pk=desktop.pk, status=desktop.status).update(progress=step)
     push_desktop_changed(desktop_id=desktop.pk)
@@ -83,7 +90,7 @@ def domain_spec(desktop: Desktop) -> DomainSpec:
 
 def _volume_path(desktop: Desktop) -> str:
     assert desktop.host is not None
-    volume = hypervisor_for(desktop.host).clone_volume(
+    volume = _hypervisor(desktop).clone_volume(
         pool=desktop.host.storage_pool,
         name=desktop.volume_name,
         base_path=desktop.template.base_image_path,
@@ -109,7 +116,7 @@ def desktop_provision(*, desktop_id: UUID | str) -> None:
 
 
 def _provision(desktop: Desktop) -> None:
-    hypervisor = hypervisor_for(desktop.host)
+    hypervisor = _hypervisor(desktop)
     _set_progress(desktop, "cloning")
     spec = domain_spec(desktop)
     _set_progress(desktop, "defining")
@@ -142,7 +149,7 @@ def desktop_boot(*, desktop_id: UUID | str) -> None:
 
 
 def _boot_defined(desktop: Desktop) -> None:
-    hypervisor = hypervisor_for(desktop.host)
+    hypervisor = _hypervisor(desktop)
     # A desktop that failed before its domain existed is rebuilt from scratch.
     info = hypervisor.define_domain(domain_spec(desktop))
     Desktop.objects.filter(pk=desktop.pk).exclude(domain_uuid=info.uuid).update(
@@ -170,7 +177,7 @@ def _power_off_if_stopping(*, desktop_id: UUID | str, force: bool) -> None:
 
 
 def _power_off(desktop: Desktop, *, force: bool) -> None:
-    hypervisor = hypervisor_for(desktop.host)
+    hypervisor = _hypervisor(desktop)
     if force:
         hypervisor.destroy(name=desktop.domain_name)
     else:
@@ -194,7 +201,7 @@ def desktop_restart(*, desktop_id: UUID | str) -> None:
         return
     _guarded(
         desktop,
-        lambda: hypervisor_for(desktop.host).reboot(name=desktop.domain_name),
+        lambda: _hypervisor(desktop).reboot(name=desktop.domain_name),
         cleanup=False,
     )
 
@@ -208,7 +215,7 @@ def desktop_teardown(*, desktop_id: UUID | str) -> None:
 
 
 def _teardown(desktop: Desktop) -> None:
-    _remove_resources(desktop, hypervisor_for(desktop.host))
+    _remove_resources(desktop, _hypervisor(desktop))
     _advance(desktop, old=S.DELETING, new=S.DELETED, deleted_at=timezone.now(), progress="")
 
 
@@ -258,7 +265,7 @@ def desktop_fail(*, desktop_id: UUID | str, message: str, cleanup: bool) -> None
 
 def _cleanup_quietly(desktop: Desktop) -> None:
     try:
-        _remove_resources(desktop, hypervisor_for(desktop.host))
+        _remove_resources(desktop, _hypervisor(desktop))
     except HypervisorError as exc:
         # Reconcile removes what is left once libvirt answers again.
         log.warning("cleanup of desktop %s left resources: %s", desktop.pk, exc.message)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Count, Max, Sum
 
 from vms.models import Desktop, DesktopStatus, Quota, Template
@@ -36,7 +36,7 @@ class Limits:
     max_disk_gib: int
 
 
-def effective_quota(*, user: AbstractBaseUser) -> Limits:
+def effective_quota(*, user: User) -> Limits:
     """The limits that apply to `user` (see the module docstring)."""
     own = Quota.objects.filter(user=user).first()
     if own is not None:
@@ -49,7 +49,7 @@ def effective_quota(*, user: AbstractBaseUser) -> Limits:
     return Limits(**settings.DEFAULT_QUOTA)
 
 
-def usage(*, user: AbstractBaseUser) -> Limits:
+def usage(*, user: User) -> Limits:
     """What the user's desktops hold now, in the same four dimensions."""
     totals = (
         Desktop.objects.filter(owner=user)
@@ -79,7 +79,7 @@ def first_exceeded(*, limits: Limits, used: Limits, template: Template) -> Quota
     return None
 
 
-def quota_check(*, user: AbstractBaseUser, template: Template) -> None:
+def quota_check(*, user: User, template: Template) -> None:
     """Raise QuotaExceeded if one more desktop of `template` is over the user's quota.
 
     Call it inside the transaction that inserts the desktop, after locking the user row.

@@ -8,7 +8,7 @@ reason. The desktop must be running, and each user has a cap on open sessions.
 from __future__ import annotations
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 
 from vms.models import ConsoleMode, Desktop, DesktopStatus
@@ -17,7 +17,7 @@ from vms.services.consoles.errors import ConsoleRefused, TooManyConsoles
 from vms.services.errors import InvalidTransition
 
 
-def console_mode_check(*, user: AbstractBaseUser, desktop: Desktop, mode: str, reason: str) -> None:
+def console_mode_check(*, user: User, desktop: Desktop, mode: str, reason: str) -> None:
     """Raise unless `user` may open `desktop` in `mode` (visibility is checked by the caller)."""
     if mode not in ConsoleMode.values:
         raise ConsoleRefused("The mode must be 'full' or 'view'.")
@@ -25,7 +25,7 @@ def console_mode_check(*, user: AbstractBaseUser, desktop: Desktop, mode: str, r
         raise PermissionDenied("Taking control of another user's desktop needs a reason.")
 
 
-def console_mode_default(*, user: AbstractBaseUser, desktop: Desktop) -> str:
+def console_mode_default(*, user: User, desktop: Desktop) -> str:
     """Owners get full control; help-desk and admins look (view-only) unless they ask."""
     return "full" if desktop.owner_id == user.pk else "view"
 
@@ -36,7 +36,7 @@ def console_running_check(*, desktop: Desktop) -> None:
         raise InvalidTransition(f"The desktop is {desktop.status}; start it to open its console.")
 
 
-def console_cap_check(*, user: AbstractBaseUser) -> None:
+def console_cap_check(*, user: User) -> None:
     """Raise when the user is at their cap of open console sessions."""
     open_sessions = console_sessions_open().filter(user_id=user.pk).count()
     if open_sessions >= settings.CONSOLE_MAX_SESSIONS_PER_USER:

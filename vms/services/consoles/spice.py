@@ -5,7 +5,7 @@ from __future__ import annotations
 import configparser
 import io
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 
 from vms.hypervisor import ConsoleEndpoint
@@ -18,7 +18,7 @@ from vms.services.consoles.tickets import console_ticket_redeem
 
 
 def console_spice_file_issue(
-    *, user: AbstractBaseUser, desktop: Desktop, ticket: str, source_ip: str | None
+    *, user: User, desktop: Desktop, ticket: str, source_ip: str | None
 ) -> str:
     """Trade a console ticket for a virt-viewer (.vv) file whose password works for
     `SPICE_FILE_VALID_S`; `desktop` is one the user may see.

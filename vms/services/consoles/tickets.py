@@ -17,7 +17,7 @@ from typing import cast
 
 import redis
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.utils import timezone
 
 from vms.models import Desktop
@@ -70,7 +70,7 @@ class IssuedTicket:
 
 def console_ticket_issue(
     *,
-    user: AbstractBaseUser,
+    user: User,
     desktop: Desktop,
     mode: str | None,
     reason: str,
