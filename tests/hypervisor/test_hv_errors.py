@@ -6,7 +6,7 @@ import libvirt
 import pytest
 
 from vms.hypervisor import HypervisorError, LibvirtHypervisor
-from vms.hypervisor.errors import from_libvirt_error, is_connection_lost
+from vms.hypervisor.libvirt_errors import from_libvirt_error, is_connection_lost
 
 
 def fake_error(code: int, message: str) -> libvirt.libvirtError:

@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from .errors import HypervisorError, from_libvirt_error, is_connection_lost
+from .errors import HypervisorError
+from .libvirt_errors import from_libvirt_error, is_connection_lost
 
 __all__ = ["LibvirtConnection", "silence_libvirt_stderr"]
 

@@ -23,12 +23,9 @@ from PIL import Image, UnidentifiedImageError
 from . import xml as vxml
 from .base import Hypervisor
 from .connection import LibvirtConnection
-from .errors import (
-    POOL_FULL_OR_READONLY_HINTS,
-    HypervisorError,
-    from_libvirt_error,
-)
+from .errors import HypervisorError
 from .kvmprobe import run_kvm_probe
+from .libvirt_errors import POOL_FULL_OR_READONLY_HINTS, from_libvirt_error
 from .types import ConsoleEndpoint, DomainInfo, DomainSpec, PowerState, VolumeInfo
 
 __all__ = ["LibvirtHypervisor"]
