@@ -34,7 +34,7 @@ from bench.common import (
     start_server,
     stop_server,
 )
-from bench.echo_seam import ECHO_DOMAIN, PASSWORD_ENV, URI_ENV, write_echo_node
+from bench.echo_seam import ECHO_DOMAIN, PASSWORD_ENV, write_echo_node
 from bench.fixtures import make_user, running_desktop
 from vms.console.rfb import UpstreamHandshake
 from vms.models import ConsoleSession, Desktop, Host, Template
@@ -215,7 +215,7 @@ class RelayRig:
         host = Host.objects.create(name="echo", libvirt_uri=uri, storage_pool="none", enabled=False)
         self.user = make_user("relay-bench")
         self.desktop = running_desktop(self.user, host, self.template, domain=ECHO_DOMAIN)
-        env = {URI_ENV: uri, PASSWORD_ENV: str(self.password_file)}
+        env = {PASSWORD_ENV: str(self.password_file)}
         port = free_port()
         self.daphne = start_server(daphne_command(port, "bench.echo_asgi:application"),
                                    name="relay-daphne", port=port, **env)  # fmt: skip

@@ -23,7 +23,8 @@ import websockets
 from tests.faults.support import libvirtd_start, libvirtd_stop, qemu_pid, wait_until
 from tests.fixtures import wait_for_status
 from tests.relay.conftest import ORIGIN, connect, mint_ticket, session_cookie
-from vms.hypervisor import HypervisorError, LibvirtHypervisor
+from vms.hypervisor import HypervisorError
+from vms.hypervisor.libvirt_backend import LibvirtHypervisor
 from vms.models import Desktop, DesktopStatus, Quota
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]

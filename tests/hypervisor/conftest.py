@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import libvirt
 import pytest
 
-from vms.hypervisor import Hypervisor, HypervisorError, LibvirtHypervisor, get_hypervisor
+from vms.hypervisor import Hypervisor, HypervisorError, get_hypervisor
+from vms.hypervisor.libvirt_backend import LibvirtHypervisor
 
 from .support import SYSTEM_POOL, SYSTEM_POOL_PATH, SYSTEM_URI, TEST_URI
 

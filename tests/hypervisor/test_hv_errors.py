@@ -5,7 +5,8 @@ from __future__ import annotations
 import libvirt
 import pytest
 
-from vms.hypervisor import HypervisorError, LibvirtHypervisor
+from vms.hypervisor import HypervisorError
+from vms.hypervisor.libvirt_backend import LibvirtHypervisor
 from vms.hypervisor.libvirt_errors import from_libvirt_error, is_connection_lost
 
 

@@ -13,12 +13,12 @@ from vms.hypervisor import (
     GraphicsType,
     Hypervisor,
     HypervisorError,
-    LibvirtHypervisor,
     PowerState,
     domain_name,
     get_hypervisor,
     volume_name,
 )
+from vms.hypervisor.libvirt_backend import LibvirtHypervisor
 
 from .support import TEST_DRIVER_POOL, TEST_URI
 

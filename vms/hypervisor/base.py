@@ -15,7 +15,7 @@ __all__ = ["Hypervisor"]
 
 
 class Hypervisor(ABC):
-    """One hypervisor host (a libvirt URI)."""
+    """One hypervisor host, named by a URI whose scheme picked this backend (``registry``)."""
 
     uri: str
 

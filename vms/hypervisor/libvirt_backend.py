@@ -1,8 +1,10 @@
-"""``Hypervisor`` implemented with libvirt-python, for any libvirt URI.
+"""``Hypervisor`` implemented with libvirt-python, registered for ``qemu`` and ``test`` URIs.
 
 Works against ``qemu:///system`` (production), ``qemu+ssh://host/system`` (remote hosts:
 uploads use libvirt streams, nothing assumes a shared file system) and ``test:///default``
-(libvirt's in-process test driver, used by the fast tests).
+(libvirt's in-process test driver, used by the fast tests). libvirt's other drivers (Xen,
+ESXi, Hyper-V) are not registered: the domains built here are QEMU's (see
+docs/hypervisors.md for what each would need).
 """
 
 from __future__ import annotations
@@ -26,9 +28,14 @@ from .connection import LibvirtConnection
 from .errors import HypervisorError
 from .kvmprobe import run_kvm_probe
 from .libvirt_errors import POOL_FULL_OR_READONLY_HINTS, from_libvirt_error
+from .registry import register_backend
 from .types import ConsoleEndpoint, DomainInfo, DomainSpec, PowerState, VolumeInfo
 
-__all__ = ["LibvirtHypervisor"]
+__all__ = ["LIBVIRT_SCHEMES", "LibvirtHypervisor"]
+
+# The URI schemes (before any '+transport') this backend serves: QEMU/KVM hosts, and
+# libvirt's in-process test driver.
+LIBVIRT_SCHEMES: Final[tuple[str, ...]] = ("qemu", "test")
 
 log = logging.getLogger(__name__)
 
@@ -800,3 +807,6 @@ class LibvirtHypervisor(Hypervisor):
         if _is_local_qemu(self.uri):
             return run_kvm_probe()
         return True
+
+
+register_backend(LIBVIRT_SCHEMES, LibvirtHypervisor)
