@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.common import LIBVIRT_URI, POOL, POOL_PATH, PREFIX, log, median
 from vms.hypervisor import get_hypervisor
+from vms.hypervisor.libvirt_backend import LibvirtHypervisor
 from vms.models import Host, Template
 
 GIB = 1024**3
@@ -48,6 +49,7 @@ def _blocks(path: str) -> int:
 
 def run(*, template: Template, host: Host, quick: bool) -> dict[str, Any]:
     hv = get_hypervisor(LIBVIRT_URI)
+    assert isinstance(hv, LibvirtHypervisor)  # full_copy_volume is the libvirt backend's own
     hv.ensure_pool(name=POOL, path=POOL_PATH)
     linked_reps, full_reps = (5, 1) if quick else (15, 5)
     data = 64 * MIB if quick else 1 * GIB

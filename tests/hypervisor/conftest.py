@@ -36,7 +36,7 @@ def test_driver_conn() -> Iterator[libvirt.virConnect]:
 
 
 @pytest.fixture
-def hv(test_driver_conn: libvirt.virConnect) -> Hypervisor:
+def hv(test_driver_conn: libvirt.virConnect) -> LibvirtHypervisor:
     """A hypervisor on libvirt's test driver (fresh object, shared driver state)."""
     return LibvirtHypervisor(TEST_URI)
 

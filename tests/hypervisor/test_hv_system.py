@@ -25,6 +25,7 @@ from vms.hypervisor import (
     volume_name,
 )
 from vms.hypervisor.kvmprobe import cpu_has_virtualization, run_kvm_probe
+from vms.hypervisor.libvirt_backend import LibvirtHypervisor
 
 from .support import (
     DEMO_GUEST_IMAGE,
@@ -271,6 +272,7 @@ def test_no_kvm_without_cpu_virtualization_flags(system_hv: Hypervisor) -> None:
 def test_full_copy_has_no_backing_file(
     system_hv: Hypervisor, system_names: str, blank_base: str
 ) -> None:
+    assert isinstance(system_hv, LibvirtHypervisor)  # full copies are only the bench's
     name = f"{system_names}copy.qcow2"
     vol = system_hv.full_copy_volume(pool=SYSTEM_POOL, name=name, base_path=blank_base)
     assert vol.backing_path is None

@@ -214,7 +214,7 @@ def test_clone_of_missing_base_is_permanent(hv: Hypervisor, prefix: str) -> None
 
 
 def test_full_copy_volume(
-    hv: Hypervisor, prefix: str, test_driver_conn: libvirt.virConnect
+    hv: LibvirtHypervisor, prefix: str, test_driver_conn: libvirt.virConnect
 ) -> None:
     base = make_base(test_driver_conn, f"{prefix}base.qcow2")
     copy = hv.full_copy_volume(pool=TEST_DRIVER_POOL, name=f"{prefix}copy.qcow2", base_path=base)

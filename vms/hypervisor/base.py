@@ -44,10 +44,6 @@ class Hypervisor(ABC):
         """
 
     @abstractmethod
-    def full_copy_volume(self, *, pool: str, name: str, base_path: str) -> VolumeInfo:
-        """Create an independent full copy of ``base_path`` (slow; for benchmarks)."""
-
-    @abstractmethod
     def delete_volume(self, *, pool: str, name: str) -> None:
         """Delete a volume; a missing volume (or pool) is not an error."""
 

@@ -503,6 +503,12 @@ class LibvirtHypervisor(Hypervisor):
         return self._call(f"creating linked clone '{name}' of {base_path} in '{pool}'", op)
 
     def full_copy_volume(self, *, pool: str, name: str, base_path: str) -> VolumeInfo:
+        """Create an independent full copy of ``base_path`` (slow).
+
+        Not part of ``Hypervisor``: the portal only makes linked clones. The bench measures
+        a full copy against them (bench/clone.py), and the tests check it.
+        """
+
         def op(conn: Conn) -> VolumeInfo:
             p = _require_pool(conn, pool)
             vol = _lookup_volume(p, name)
