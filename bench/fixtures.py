@@ -54,7 +54,7 @@ def local_host() -> Host:
     hv.ensure_pool(name=POOL, path=POOL_PATH)
     host, _ = Host.objects.get_or_create(
         name="local",
-        defaults={"libvirt_uri": LIBVIRT_URI, "storage_pool": POOL, "capacity_vcpus": 64,
+        defaults={"uri": LIBVIRT_URI, "storage_pool": POOL, "capacity_vcpus": 64,
                   "capacity_memory_mib": 16384},
     )  # fmt: skip
     return host

@@ -212,7 +212,7 @@ class RelayRig:
         self.servers.append(self.echo)
         self.echo_port = echo_port
         uri = write_echo_node(WORK / "echo-node.xml", port=echo_port)
-        host = Host.objects.create(name="echo", libvirt_uri=uri, storage_pool="none", enabled=False)
+        host = Host.objects.create(name="echo", uri=uri, storage_pool="none", enabled=False)
         self.user = make_user("relay-bench")
         self.desktop = running_desktop(self.user, host, self.template, domain=ECHO_DOMAIN)
         env = {PASSWORD_ENV: str(self.password_file)}

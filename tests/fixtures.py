@@ -84,9 +84,7 @@ def api_for() -> Callable[[Any], APIClient]:
 def fake_host(db: None) -> Host:
     """A host on libvirt's test driver whose queue no worker consumes: for tests of the
     request side only (nothing boots)."""
-    return Host.objects.create(
-        name="fake", libvirt_uri="test:///default", storage_pool="default-pool"
-    )
+    return Host.objects.create(name="fake", uri="test:///default", storage_pool="default-pool")
 
 
 @pytest.fixture
@@ -106,9 +104,9 @@ def local_host(db: None) -> Iterator[Host]:
     """Host 'local' on the real libvirtd, with the test storage pool. Every domain and
     volume with the tests' name prefix is removed afterwards, whatever the test did."""
     host = Host.objects.create(
-        name="local", libvirt_uri=settings.LIBVIRT_URI, storage_pool=settings.STORAGE_POOL_NAME
+        name="local", uri=settings.LIBVIRT_URI, storage_pool=settings.STORAGE_POOL_NAME
     )
-    hypervisor = get_hypervisor(host.libvirt_uri)
+    hypervisor = get_hypervisor(host.uri)
     hypervisor.ensure_pool(name=host.storage_pool, path=settings.STORAGE_POOL_PATH)
     yield host
     for domain in hypervisor.list_domains(prefix=name_prefix()):
@@ -136,7 +134,7 @@ def demo_template(local_host: Host, employee: Any) -> Template:
     """The demo guest image (built by scripts/setup.sh) as a template for employees."""
     image = settings.DEMO_GUEST_IMAGE
     assert Path(image).is_file(), f"demo guest image {image} is missing: run scripts/setup.sh"
-    volume = get_hypervisor(local_host.libvirt_uri).import_base_volume(
+    volume = get_hypervisor(local_host.uri).import_base_volume(
         pool=local_host.storage_pool, name=DEMO_BASE, source_path=image
     )
     template = Template.objects.create(
@@ -148,7 +146,7 @@ def demo_template(local_host: Host, employee: Any) -> Template:
 
 @pytest.fixture
 def hypervisor(local_host: Host) -> Any:
-    return get_hypervisor(local_host.libvirt_uri)
+    return get_hypervisor(local_host.uri)
 
 
 @pytest.fixture(scope="session")

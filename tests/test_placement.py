@@ -16,11 +16,9 @@ def test_picks_the_host_with_most_free_memory_and_skips_full_and_disabled(
     fake_template, employee
 ) -> None:
     fake = Host.objects.get(name="fake")
-    roomy = Host.objects.create(
-        name="roomy", libvirt_uri="test:///default", capacity_memory_mib=8192
-    )
+    roomy = Host.objects.create(name="roomy", uri="test:///default", capacity_memory_mib=8192)
     Host.objects.create(
-        name="off", libvirt_uri="test:///default", enabled=False, capacity_memory_mib=1_000_000
+        name="off", uri="test:///default", enabled=False, capacity_memory_mib=1_000_000
     )
     make_desktop(employee, fake_template, host=roomy, memory_mib=4096)
     fake.capacity_memory_mib = 2048

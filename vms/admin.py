@@ -49,7 +49,7 @@ admin.site.has_permission = _admin_site_permission  # type: ignore[method-assign
 class HostAdmin(admin.ModelAdmin):
     list_display = [
         "name",
-        "libvirt_uri",
+        "uri",
         "enabled",
         "vcpus",
         "memory",

@@ -23,10 +23,18 @@ MAX_DISK_GIB = 64 * 1024
 
 
 class Host(models.Model):
-    """A hypervisor host reached through a libvirt URI; desktops are placed on one."""
+    """A hypervisor host reached through a URI; desktops are placed on one.
+
+    The URI's scheme picks the backend that drives the host (``vms.hypervisor.registry``).
+    """
 
     name = models.SlugField(max_length=50, unique=True)
-    libvirt_uri = models.CharField(max_length=255)
+    uri = models.CharField(
+        "URI",
+        max_length=255,
+        help_text="How to reach the hypervisor, e.g. qemu:///system or "
+        "qemu+ssh://root@hv1/system. The scheme picks the backend (docs/hypervisors.md).",
+    )
     storage_pool = models.CharField(max_length=100, default="desktops")
     enabled = models.BooleanField(default=True)
     capacity_vcpus = models.PositiveIntegerField(default=16)

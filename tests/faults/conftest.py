@@ -113,7 +113,7 @@ def faulty_host(local_host: Host, demo_template: Any) -> Host:
     redis.Redis.from_url(settings.REDIS_URL).delete("host.faulty")  # from an earlier run
     Host.objects.filter(pk=local_host.pk).update(enabled=False)
     return Host.objects.create(
-        name="faulty", libvirt_uri=local_host.libvirt_uri, storage_pool=local_host.storage_pool
+        name="faulty", uri=local_host.uri, storage_pool=local_host.storage_pool
     )
 
 

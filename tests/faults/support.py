@@ -18,7 +18,7 @@ from vms.settings_access import name_prefix
 
 def libvirt_objects(host: Host) -> tuple[list[str], list[str]]:
     """Names of every domain and volume with the tests' prefix (on the host's pool)."""
-    hypervisor = get_hypervisor(host.libvirt_uri)
+    hypervisor = get_hypervisor(host.uri)
     domains = [d.name for d in hypervisor.list_domains(prefix=name_prefix())]
     volumes = [
         v.name for v in hypervisor.list_volumes(pool=host.storage_pool, prefix=name_prefix())

@@ -40,7 +40,7 @@ def tiny_pool(local_host: Host) -> Iterator[Path]:
     POOL_PATH.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(POOL_PATH)], check=True)
     try:
-        get_hypervisor(local_host.libvirt_uri).ensure_pool(name=POOL_NAME, path=str(POOL_PATH))
+        get_hypervisor(local_host.uri).ensure_pool(name=POOL_NAME, path=str(POOL_PATH))
         Host.objects.filter(pk=local_host.pk).update(storage_pool=POOL_NAME)
         yield POOL_PATH
     finally:
@@ -81,7 +81,7 @@ def test_launch_into_a_broken_pool_fails_cleanly(
         assert f"storage pool '{POOL_NAME}' {problem}" in desktop.last_error
         assert_quota_counts(employee, [])
 
-    hypervisor = get_hypervisor(local_host.libvirt_uri)
+    hypervisor = get_hypervisor(local_host.uri)
     assert hypervisor.list_domains(prefix=name_prefix()) == []
     assert hypervisor.list_volumes(pool=POOL_NAME, prefix=name_prefix()) == []
     assert not [p for p in tiny_pool.iterdir() if p.name.startswith(name_prefix())]

@@ -23,7 +23,7 @@ def broken_host(db: None) -> Host:
     """A host whose last heartbeat failed, with a name and error a stranger must not see."""
     return Host.objects.create(
         name=SECRET_HOST,
-        libvirt_uri=f"qemu+ssh://root@{SECRET_HOST}.internal/system",
+        uri=f"qemu+ssh://root@{SECRET_HOST}.internal/system",
         last_checked_at=timezone.now(),
         last_check_ok=False,
         last_check_error=SECRET_ERROR,

@@ -329,9 +329,7 @@ def test_reconcile_never_removes_a_template_base(
 def test_an_import_that_fails_on_one_host_leaves_no_base_on_the_others(
     local_host, hypervisor, images
 ) -> None:
-    Host.objects.create(
-        name="second", libvirt_uri=local_host.libvirt_uri, storage_pool="dpt-no-such-pool"
-    )
+    Host.objects.create(name="second", uri=local_host.uri, storage_pool="dpt-no-such-pool")
     before = base_volumes(hypervisor, local_host)
     with pytest.raises(ImageRejected, match="Host second could not take the image"):
         template_import(name="Half", image_path=str(qcow2(images / "a.qcow2")), memory_mib=128)

@@ -86,6 +86,6 @@ def setup_single_machine(*, env_passwords: dict[str, str]) -> list[NewLogin]:
     host = host_ensure_local()
     if not host_heartbeat(host=host):
         host.refresh_from_db()
-        log.error("libvirt at %s is not usable: %s", host.libvirt_uri, host.last_check_error)
+        log.error("libvirt at %s is not usable: %s", host.uri, host.last_check_error)
     setup_demo_template()
     return setup_demo_users(env_passwords=env_passwords)

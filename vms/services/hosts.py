@@ -1,4 +1,4 @@
-"""Hypervisor hosts: reaching their libvirt, the health heartbeat, the local host."""
+"""Hypervisor hosts: reaching their hypervisor, the health heartbeat, the local host."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ LOCAL_HOST_NAME = "local"
 
 def hypervisor_for(host: Host) -> Hypervisor:
     """The (per-process, cached) hypervisor adapter of a host."""
-    return get_hypervisor(host.libvirt_uri)
+    return get_hypervisor(host.uri)
 
 
 def host_virt_type(host: Host) -> str:
@@ -53,8 +53,8 @@ def host_ensure_local() -> Host:
     """Register the machine's own libvirt as host 'local' (first run of the portal)."""
     host, created = Host.objects.get_or_create(
         name=LOCAL_HOST_NAME,
-        defaults={"libvirt_uri": settings.LIBVIRT_URI, "storage_pool": settings.STORAGE_POOL_NAME},
+        defaults={"uri": settings.LIBVIRT_URI, "storage_pool": settings.STORAGE_POOL_NAME},
     )
     if created:
-        log.info("registered host %s at %s", host.name, host.libvirt_uri)
+        log.info("registered host %s at %s", host.name, host.uri)
     return host

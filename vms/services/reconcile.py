@@ -56,9 +56,7 @@ def reconcile_host(*, host: Host) -> ReconcileReport:
     # Another Host row may name the same libvirt (and pool): its desktops are not orphans.
     owned = {
         d.domain_name: d
-        for d in Desktop.objects.filter(host__libvirt_uri=host.libvirt_uri).exclude(
-            status=S.DELETED
-        )
+        for d in Desktop.objects.filter(host__uri=host.uri).exclude(status=S.DELETED)
     }
     _remove_orphan_domains(hypervisor, domains, owned, report)
     _remove_orphan_volumes(hypervisor, host, volumes, owned, report)
