@@ -31,6 +31,7 @@ from vms.roles import DesktopRole, is_admin
 from vms.services.actions import actions_for
 from vms.services.desktops import desktop_act
 from vms.services.errors import ServiceError
+from vms.services.hosts import host_check_uri
 from vms.services.images import image_inspect
 from vms.services.placement import host_allocations
 from vms.services.templates import template_save_imported
@@ -45,8 +46,19 @@ def _admin_site_permission(request: HttpRequest) -> bool:
 admin.site.has_permission = _admin_site_permission  # type: ignore[method-assign]
 
 
+class HostForm(forms.ModelForm):
+    """A host's URI must name a kind of host some backend serves (docs/hypervisors.md)."""
+
+    def clean_uri(self) -> str:
+        try:
+            return host_check_uri(self.cleaned_data["uri"])
+        except ServiceError as exc:
+            raise ValidationError(exc.message) from exc
+
+
 @admin.register(Host)
 class HostAdmin(admin.ModelAdmin):
+    form = HostForm
     list_display = [
         "name",
         "uri",

@@ -17,7 +17,7 @@ from __future__ import annotations
 from .base import Hypervisor
 from .errors import HypervisorError
 from .naming import domain_name, is_ours, volume_name
-from .registry import get_hypervisor, register_backend, registered_schemes
+from .registry import backend_for, get_hypervisor, register_backend, registered_schemes
 from .types import (
     ConsoleEndpoint,
     DomainInfo,
@@ -38,6 +38,7 @@ __all__ = [
     "PowerState",
     "VirtType",
     "VolumeInfo",
+    "backend_for",
     "domain_name",
     "get_hypervisor",
     "is_ours",

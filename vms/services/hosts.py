@@ -7,8 +7,9 @@ import logging
 from django.conf import settings
 from django.utils import timezone
 
-from vms.hypervisor import Hypervisor, HypervisorError, get_hypervisor
+from vms.hypervisor import Hypervisor, HypervisorError, backend_for, get_hypervisor
 from vms.models import Host
+from vms.services.errors import ServiceError
 
 log = logging.getLogger(__name__)
 LOCAL_HOST_NAME = "local"
@@ -17,6 +18,17 @@ LOCAL_HOST_NAME = "local"
 def hypervisor_for(host: Host) -> Hypervisor:
     """The (per-process, cached) hypervisor adapter of a host."""
     return get_hypervisor(host.uri)
+
+
+def host_check_uri(uri: str) -> str:
+    """`uri` stripped, when a registered backend serves its scheme (checked before a host
+    is saved, so an unusable URI is refused on the form, not at the first launch)."""
+    uri = uri.strip()
+    try:
+        backend_for(uri)  # selects the backend only; nothing is connected to
+    except HypervisorError as exc:
+        raise ServiceError(exc.message) from exc
+    return uri
 
 
 def host_virt_type(host: Host) -> str:
