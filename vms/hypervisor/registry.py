@@ -38,7 +38,7 @@ BackendFactory = Callable[[str], Hypervisor]
 # Modules that register the backends shipped with the portal (imported on first lookup).
 BUILTIN_BACKENDS: Final[tuple[str, ...]] = ("vms.hypervisor.libvirt_backend",)
 
-HELP: Final = "see docs/hypervisors.md"
+_HELP: Final = "see docs/hypervisors.md"
 _SCHEME: Final = re.compile(r"[a-z][a-z0-9.-]*")
 
 _factories: dict[str, BackendFactory] = {}
@@ -119,12 +119,12 @@ def backend_for(uri: str) -> BackendFactory:
     if not scheme:
         raise HypervisorError(
             f"the host's URI has no scheme (or cannot be parsed); write it like qemu:///system or "
-            f"qemu+ssh://root@hv1/system (this portal serves: {known}; {HELP})",
+            f"qemu+ssh://root@hv1/system (this portal serves: {known}; {_HELP})",
             permanent=True,
         )
     raise HypervisorError(
         f"no hypervisor backend serves '{scheme}' URIs (this portal serves: {known}); "
-        f"correct the host's URI or add a backend ({HELP})",
+        f"correct the host's URI or add a backend ({_HELP})",
         permanent=True,
     )
 
