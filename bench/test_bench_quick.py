@@ -76,7 +76,10 @@ def test_quick_bench_produces_every_figure(tmp_path: Path) -> None:
     for figure in figures:
         value = figure["value"]
         assert isinstance(value, int | float) and math.isfinite(value), figure
-        assert value > 0, figure
+        # "Added latency" is relay minus raw loopback: sub-millisecond, and in the quick
+        # run's short samples noise can put it below zero (seen: -0.1 ms at p99).
+        if "added round-trip latency" not in figure["name"]:
+            assert value > 0, figure
         if figure["baseline"]:
             assert figure["baseline_value"] > 0 and figure["ratio"] > 0, figure
     markdown = (tmp_path / "latest.md").read_text()
