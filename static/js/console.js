@@ -16,7 +16,8 @@ let rfb = null;
 
 const CLOSE_MESSAGES = {
   4400: "The console connection sent something invalid and was closed.",
-  4401: "The console ticket expired or was already used. Press Reconnect.",
+  1009: "The console sent a message that was too large and was closed. Press Reconnect.",
+  4401: "The console ticket expired or was used, or your login ended. Press Reconnect (log in again if asked).",
   4403: "Access to this console was refused.",
   4409: "The desktop is not running. Start it, then press Reconnect.",
   4410: "The desktop stopped.",
