@@ -75,6 +75,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",
     "vms.web.middleware.StaffOnlyAdminMiddleware",
+    "vms.web.middleware.MethodNotAllowedPageMiddleware",
 ]
 
 AUTHENTICATION_BACKENDS = [
@@ -143,7 +144,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
-LOGOUT_REDIRECT_URL = "login"
+# None: LogoutView renders registration/logged_out.html, which says the logout happened.
+LOGOUT_REDIRECT_URL = None
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
