@@ -7,6 +7,9 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+# The ASGI server never forks, so it may pool its database connections (portal/settings.py
+# says why it should); DB_POOL_MAX_SIZE=0 turns the pool off.
+os.environ.setdefault("DB_POOL_MAX_SIZE", "10")
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up first)

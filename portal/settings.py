@@ -119,10 +119,25 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
-# Under ASGI each request may run on a different thread, and a persistent connection per
-# thread exhausts PostgreSQL's slots under load (the bench saw 500s with 60 s): close after
-# each request unless a deployment sets DB_CONN_MAX_AGE knowingly.
-DATABASES["default"]["CONN_MAX_AGE"] = envcheck.read(env.int, "DB_CONN_MAX_AGE", default=0)
+# Under ASGI every request runs on a thread of its own, and each thread opens its own
+# connection: 50 concurrent requests meant 50 connections per process, and the bench ran
+# PostgreSQL out of slots. A pool bounds them (requests beyond it wait for a free one).
+# Only processes that never fork may pool (portal/asgi.py turns it on for the ASGI server):
+# a pool's connections copied into a forked Celery or gateway child would share sockets.
+DB_POOL_MAX_SIZE = envcheck.read(env.int, "DB_POOL_MAX_SIZE", default=0)
+if DB_POOL_MAX_SIZE < 0:
+    raise ImproperlyConfigured("DB_POOL_MAX_SIZE must be 0 (no pool) or a positive size")
+if DB_POOL_MAX_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DB_POOL_MAX_SIZE,
+        "timeout": envcheck.read(env.float, "DB_POOL_TIMEOUT_S", default=10.0),
+    }
+# Without a pool, close after each request unless a deployment sets DB_CONN_MAX_AGE
+# knowingly (persistent connections per ASGI thread are what exhausted the slots).
+DATABASES["default"]["CONN_MAX_AGE"] = (
+    0 if DB_POOL_MAX_SIZE else envcheck.read(env.int, "DB_CONN_MAX_AGE", default=0)
+)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -42,6 +42,8 @@ def _django_check(**env: str) -> subprocess.CompletedProcess[str]:
         ("TRUSTED_PROXIES", "10.0.0.0/33"),
         ("AUDIT_RETENTION_DAYS", "-1"),
         ("AUDIT_RETENTION_DAYS", "a year"),
+        ("DB_POOL_MAX_SIZE", "-1"),
+        ("DB_POOL_MAX_SIZE", "many"),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
