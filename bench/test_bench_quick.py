@@ -52,6 +52,7 @@ EXPECTED = [
 ]
 
 
+@pytest.mark.libvirt  # it boots real guests: not a fast test
 @pytest.mark.timeout(900)
 def test_quick_bench_produces_every_figure(tmp_path: Path) -> None:
     done = subprocess.run(
