@@ -142,7 +142,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "dashboard"
+LOGIN_REDIRECT_URL = "home"  # picks the page by role (vms.web.pages.home)
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
