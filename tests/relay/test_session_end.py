@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
 import websockets
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
@@ -17,8 +21,24 @@ from vms.models import AuditEvent, ConsoleSession
 from vms.services.consoles import CLOSE_ENDED_BY_OWNER
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
+T = TypeVar("T")
 
 
+def _closing_its_connection(fn: Callable[..., T]) -> Callable[..., T]:
+    """For code run in a worker thread: Django opens a connection per thread, and one left
+    open would keep the test database from being dropped."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> T:
+        try:
+            return fn(*args)
+        finally:
+            connection.close()
+
+    return wrapper
+
+
+@_closing_its_connection
 def _open_session(desktop, user, timeout: float = 15) -> ConsoleSession:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -29,6 +49,7 @@ def _open_session(desktop, user, timeout: float = 15) -> ConsoleSession:
     raise AssertionError("the relay did not record the help-desk session")
 
 
+@_closing_its_connection
 def _owner_ends(owner, desktop, session) -> int:
     client = Client()
     client.force_login(owner)
