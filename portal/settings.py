@@ -158,7 +158,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "dashboard"
+LOGIN_REDIRECT_URL = "home"  # picks the page by role (vms.web.pages.home)
 # None: LogoutView renders registration/logged_out.html, which says the logout happened.
 LOGOUT_REDIRECT_URL = None
 

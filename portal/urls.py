@@ -8,10 +8,16 @@ from vms.web import account, actions, console, pages
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
+    path("home/", pages.home, name="home"),
     path("healthz", pages.healthz, name="healthz"),
     path("helpdesk/", pages.helpdesk, name="helpdesk"),
     path("desktops/launch/", actions.launch, name="launch"),
     path("desktops/<uuid:pk>/console/", console.console_page, name="console"),
+    path(
+        "desktops/<uuid:pk>/console/sessions/end/",
+        pages.console_session_end_view,
+        name="console-session-end",
+    ),
     path("desktops/<uuid:pk>/console.vv", console.spice_file, name="spice-file"),
     path("desktops/<uuid:pk>/thumbnail.png", console.thumbnail, name="thumbnail"),
     path("desktops/<uuid:pk>/<slug:action>/", actions.desktop_action, name="desktop-action"),

@@ -7,12 +7,12 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import F, Q, QuerySet
+from django.contrib.auth.models import AnonymousUser, Group, User
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from vms.models import ConsoleSession, Desktop, DesktopStatus, Template
-from vms.roles import desktop_role, sees_all_desktops
+from vms.roles import HELPDESK_GROUP, desktop_role, is_admin, sees_all_desktops
 from vms.services.actions import actions_for, actions_valid_in
 
 
@@ -44,8 +44,18 @@ def desktops_visible_to(
     return desktops
 
 
-def users_matching(*, query: str, limit: int = 20) -> QuerySet[User]:
-    """Active users whose username or name contains `query` (help-desk search)."""
+def users_matching(
+    *,
+    query: str,
+    limit: int = 20,
+    employees_only: bool = False,
+    with_desktops_only: bool = False,
+) -> QuerySet[User]:
+    """Active users whose username or name contains `query` (help-desk search).
+
+    `employees_only` leaves out help-desk staff and admins; `with_desktops_only` leaves out
+    users without a live (not deleted) desktop. Both narrow the one query.
+    """
     term = query.strip()
     users = get_user_model().objects.filter(is_active=True)
     if term:
@@ -54,6 +64,13 @@ def users_matching(*, query: str, limit: int = 20) -> QuerySet[User]:
             | Q(first_name__icontains=term)
             | Q(last_name__icontains=term)
         )
+    if employees_only:
+        staff = Q(is_staff=True) | Q(is_superuser=True)
+        helpdesk = Exists(Group.objects.filter(user=OuterRef("pk"), name=HELPDESK_GROUP))
+        users = users.exclude(staff).exclude(helpdesk)
+    if with_desktops_only:
+        live = Desktop.objects.filter(owner=OuterRef("pk")).exclude(status=DesktopStatus.DELETED)
+        users = users.filter(Exists(live))
     return users.order_by("username")[:limit]
 
 
@@ -72,21 +89,30 @@ def console_sessions_open() -> QuerySet[ConsoleSession]:
     return ConsoleSession.objects.filter(ended_at__isnull=True).exclude(expired_file)
 
 
-def console_watchers(*, desktop_ids: list[Any]) -> dict[str, list[dict[str, str]]]:
+def console_watchers(*, desktop_ids: list[Any]) -> dict[str, list[dict[str, Any]]]:
     """Open console sessions by people other than the owner, per desktop (one query).
 
-    A SPICE file's entry says until when its password works, so pages can drop it then.
+    Each entry says who, the mode, the reason given for taking control, since when (ISO
+    8601, for the page to show in local time) and the session's id (for the owner's End
+    button). A SPICE file's entry says until when its password works, so pages can drop it
+    then.
     """
     sessions = (
         console_sessions_open()
         .filter(desktop_id__in=desktop_ids)
         .exclude(user_id=F("desktop__owner_id"))
-        .values_list("desktop_id", "user__username", "mode", "relay", "started_at")
+        .values_list("pk", "desktop_id", "user__username", "mode", "reason", "relay", "started_at")
         .order_by("started_at")
     )
-    watchers: dict[str, list[dict[str, str]]] = {str(pk): [] for pk in desktop_ids}
-    for desktop_id, username, mode, relay, started_at in sessions:
-        entry = {"user": username, "mode": mode}
+    watchers: dict[str, list[dict[str, Any]]] = {str(pk): [] for pk in desktop_ids}
+    for session_id, desktop_id, username, mode, reason, relay, started_at in sessions:
+        entry: dict[str, Any] = {
+            "session": session_id,
+            "user": username,
+            "mode": mode,
+            "reason": reason,
+            "since": started_at.isoformat(),
+        }
         if relay == SPICE_FILE_RELAY:
             until = started_at + timedelta(seconds=SPICE_FILE_VALID_S)
             entry["until"] = until.isoformat()
@@ -94,9 +120,34 @@ def console_watchers(*, desktop_ids: list[Any]) -> dict[str, list[dict[str, str]
     return watchers
 
 
-def helpdesk_search(*, query: str, limit: int = 20) -> list[tuple[Any, list[Desktop]]]:
-    """Users matching `query`, each with their live desktops (two queries in all)."""
-    users = list(users_matching(query=query, limit=limit))
+def console_sessions_endable_by(*, user: User | AnonymousUser) -> QuerySet[ConsoleSession]:
+    """Other people's console sessions on desktops `user` may end: their own desktops, or
+    any desktop for an admin (the owner's End button)."""
+    if not user.is_authenticated:
+        return ConsoleSession.objects.none()
+    sessions = ConsoleSession.objects.exclude(user_id=F("desktop__owner_id")).select_related(
+        "desktop", "user"
+    )
+    return sessions if is_admin(user) else sessions.filter(desktop__owner=user)
+
+
+def helpdesk_search(
+    *,
+    query: str,
+    limit: int = 20,
+    employees_only: bool = False,
+    with_desktops_only: bool = False,
+) -> list[tuple[Any, list[Desktop]]]:
+    """Users matching `query` (narrowed as `users_matching` says), each with their live
+    desktops: two queries in all, however many users and desktops match."""
+    users = list(
+        users_matching(
+            query=query,
+            limit=limit,
+            employees_only=employees_only,
+            with_desktops_only=with_desktops_only,
+        )
+    )
     desktops = (
         Desktop.objects.exclude(status=DesktopStatus.DELETED)
         .filter(owner__in=users)

@@ -22,6 +22,7 @@ const CLOSE_MESSAGES = {
   4409: "The desktop is not running. Start it, then press Reconnect.",
   4410: "The desktop stopped.",
   4429: "You have too many consoles open. Close one and press Reconnect.",
+  4460: "The desktop's owner (or an admin) ended this console session.",
   4502: "The desktop's display did not answer. Try again in a moment.",
 };
 

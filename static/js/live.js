@@ -36,20 +36,16 @@ export function renderDesktopState(row, desktop) {
   row.dataset.status = desktop.status;
 }
 
-// Who else has this desktop's console open: the owner's notice. An entry with `until`
-// (a SPICE client file) is dropped when its password stops working.
+// Who else has this desktop's console open: the owner's notice (the markup of
+// templates/vms/_watchers.html): who, viewing or in control (with the reason given), since
+// when in local time, and an End button per session. An entry with `until` (a SPICE client
+// file, which the portal cannot cut off) has no End button and is dropped when its
+// password stops working.
 export function renderWatchers(container, desktopName, watchers) {
   const now = Date.now();
   const current = watchers.filter((w) => !w.until || Date.parse(w.until) > now);
-  container.replaceChildren();
+  container.replaceChildren(...current.map((w) => watcherEntry(container, desktopName, w)));
   container.hidden = current.length === 0;
-  for (const watcher of current) {
-    const line = document.createElement("p");
-    const how = watcher.mode === "view" ? "is viewing" : "has taken control of";
-    const client = watcher.until ? " with a SPICE client" : "";
-    line.textContent = `${watcher.user} (help desk) ${how} ${desktopName}${client}.`;
-    container.append(line);
-  }
   const next = Math.min(...current.filter((w) => w.until).map((w) => Date.parse(w.until)));
   clearTimeout(container.expiryTimer);
   if (Number.isFinite(next)) {
@@ -58,6 +54,58 @@ export function renderWatchers(container, desktopName, watchers) {
       next - now + 100,
     );
   }
+}
+
+function watcherEntry(container, desktopName, watcher) {
+  const entry = document.createElement("div");
+  entry.className = "watcher";
+  entry.dataset.session = watcher.session;
+  const line = document.createElement("p");
+  const who = document.createElement("strong");
+  who.textContent = watcher.user;
+  const how = watcher.mode === "view" ? "is viewing" : "is in control of";
+  const client = watcher.until ? " with a SPICE client" : "";
+  line.append(who, ` (help desk) ${how} ${desktopName}${client} `);
+  const since = document.createElement("span");
+  since.className = "watcher-since";
+  const time = document.createElement("time");
+  time.dateTime = watcher.since;
+  time.textContent = new Date(watcher.since).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  since.append("\u00b7 since ", time);
+  line.append(since);
+  if (watcher.mode !== "view" && watcher.reason) {
+    const reason = document.createElement("span");
+    reason.className = "watcher-reason";
+    reason.textContent = `\u00b7 Reason: “${watcher.reason}”`;
+    line.append(" ", reason);
+  }
+  entry.append(line);
+  if (!watcher.until) entry.append(watcherEndForm(container, watcher));
+  return entry;
+}
+
+// The same form the page renders; static/js/watchers.js sends it without leaving the page.
+function watcherEndForm(container, watcher) {
+  const form = document.createElement("form");
+  form.method = "post";
+  form.action = container.dataset.endUrl;
+  form.className = "watcher-end";
+  const fields = { csrfmiddlewaretoken: container.dataset.csrf, session: watcher.session,
+                   next: container.dataset.next };
+  for (const [name, value] of Object.entries(fields)) {
+    const input = document.createElement("input");
+    input.type = "hidden";
+    input.name = name;
+    input.value = value;
+    form.append(input);
+  }
+  const button = document.createElement("button");
+  button.type = "submit";
+  button.className = "small danger";
+  button.textContent = "End";
+  button.setAttribute("aria-label", `End ${watcher.user}'s session`);
+  form.append(button);
+  return form;
 }
 
 // Actions that destroy something ask first (their form carries data-confirm).

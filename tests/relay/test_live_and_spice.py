@@ -58,7 +58,8 @@ def test_live_feed_pushes_state_changes_and_the_owners_notice(
 
     changed, watchers = asyncio.run(scenario())
     assert (changed["desktop"]["id"], changed["desktop"]["status"]) == (str(desktop.pk), "stopping")
-    assert watchers["watchers"] == [{"user": helpdesk_user.username, "mode": "view"}]
+    [entry] = watchers["watchers"]
+    assert (entry["user"], entry["mode"], entry["reason"]) == (helpdesk_user.username, "view", "")
 
 
 def test_live_feed_refuses_anonymous_and_foreign_origins(channels_relay, employee) -> None:

@@ -33,6 +33,7 @@ from vms.services.consoles import (
     Knock,
     console_admit,
     console_session_close,
+    console_session_group,
     console_session_keep,
 )
 from vms.services.events import desktop_group
@@ -79,6 +80,8 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc,unused-
             await self._close(CLOSE_UNREACHABLE, "The desktop's display did not answer.")
             return
         await self.channel_layer.group_add(desktop_group(self.desktop_id), self.channel_name)
+        # The owner's End button reaches this relay through the session's own group.
+        await self.channel_layer.group_add(console_session_group(session.pk), self.channel_name)
         self.browser_side = DownstreamHandshake()
         await self.send(bytes_data=self.browser_side.start())
         # The guest's ServerInit goes to the browser as soon as its ClientInit arrives.
@@ -160,6 +163,10 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc,unused-
     async def console_watchers(self, event: dict[str, Any]) -> None:
         """Group message for the owner's pages; a relay has nothing to do with it."""
 
+    async def console_session_ended(self, event: dict[str, Any]) -> None:
+        """Group message from `console_session_end`: the owner ended this session."""
+        await self._close(int(event["code"]), str(event["reason"]))
+
     async def _close(self, code: int, reason: str) -> None:
         self.close_reason = reason
         await self.close(code=code, reason=reason)
@@ -175,6 +182,9 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc,unused-
         if self.session_id is not None:
             await self.channel_layer.group_discard(
                 desktop_group(self.desktop_id), self.channel_name
+            )
+            await self.channel_layer.group_discard(
+                console_session_group(self.session_id), self.channel_name
             )
             await database_sync_to_async(console_session_close)(
                 session_id=self.session_id,

@@ -3,23 +3,30 @@ database only, never libvirt; live state arrives over /ws/desktops/."""
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
 from vms.health import health_detail_allowed, health_report
-from vms.roles import is_helpdesk
+from vms.roles import RequestUser, is_admin, is_helpdesk
 from vms.selectors import (
     action_buttons,
+    console_sessions_endable_by,
     console_watchers,
     desktops_visible_to,
     helpdesk_search,
     templates_for_user,
 )
+from vms.services.consoles import console_session_end
+from vms.services.errors import ServiceError
 from vms.services.quotas import effective_quota, first_exceeded, usage
+from vms.web.client import client_ip
+from vms.web.helpdesk_filters import FILTERS, helpdesk_search_from
 
 
 @require_GET
@@ -63,13 +70,71 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def helpdesk(request: HttpRequest) -> HttpResponse:
-    """Help-desk: find a user by name and reach their desktops (view-only by default)."""
+    """Help-desk: find users by name, narrowed by filters, and reach their desktops
+    (view-only by default). One row per desktop, grouped by user."""
     if not is_helpdesk(request.user):
         raise PermissionDenied("This page is for help-desk staff.")
-    query = request.GET.get("q", "").replace("\x00", "").strip()[:100]
-    results = helpdesk_search(query=query) if query else []
+    search = helpdesk_search_from(request.GET)
+    results = []
+    if search.wanted:
+        results = helpdesk_search(
+            query=search.query,
+            employees_only=search.employees_only,
+            with_desktops_only=search.with_desktops_only,
+        )
     for _person, desktops in results:
         for desktop in desktops:
             desktop.buttons = action_buttons(user=request.user, desktop=desktop)  # type: ignore[attr-defined]
-    context = {"query": query, "results": results}
-    return render(request, "vms/helpdesk.html", context)
+    context = {"search": search, "results": results, "filters": FILTERS}
+    status = 400 if search.errors else 200
+    return render(request, "vms/helpdesk.html", context, status=status)
+
+
+@login_required
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    """Where a login lands (LOGIN_REDIRECT_URL): help-desk staff on the help desk, everyone
+    else on their desktops. "My desktops" stays in the navigation for both."""
+    return redirect("helpdesk" if _works_the_help_desk(request.user) else "dashboard")
+
+
+def _works_the_help_desk(user: RequestUser) -> bool:
+    """Help-desk staff who are not admins (admins keep their dashboard and admin link)."""
+    return is_helpdesk(user) and not is_admin(user)
+
+
+@login_required
+@require_POST
+def console_session_end_view(request: HttpRequest, pk: str) -> HttpResponse:
+    """The owner's End button: end someone else's console session on this desktop (404
+    unless the user owns the desktop or is an admin, and the session is on it).
+
+    A form post returns to `next`; the notice's script asks for JSON and stays put.
+    """
+    sessions = console_sessions_endable_by(user=request.user).filter(desktop_id=pk)
+    session = get_object_or_404(sessions, pk=_int_or_404(request.POST.get("session", "")))
+    try:
+        console_session_end(actor=request.user, session=session, source_ip=client_ip(request))
+    except ServiceError as exc:
+        ended, text = False, exc.message
+    else:
+        ended, text = True, f"You ended {session.user.get_username()}'s console session."
+    if request.headers.get("Accept") == "application/json":
+        return JsonResponse({"detail": text}, status=200 if ended else 409)
+    (messages.success if ended else messages.error)(request, text)
+    return redirect(_return_to(request) or "dashboard")
+
+
+def _int_or_404(value: str) -> int:
+    if not value.isdigit() or len(value) > 18:
+        raise Http404("No such console session.")
+    return int(value)
+
+
+def _return_to(request: HttpRequest) -> str | None:
+    """The `next` page to return to, if it is one of ours (no open redirect)."""
+    target = request.POST.get("next", "")
+    allowed = url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
+    return target if target and allowed else None

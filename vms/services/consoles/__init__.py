@@ -3,7 +3,7 @@ their leases and SPICE files. The relays in vms.console only move bytes and spea
 
     tickets    console_ticket_issue / console_ticket_redeem
     admission  console_admit: Origin, ticket, presenter, then console_session_open
-    sessions   console_session_open / _close / _keep, console_sessions_reap
+    sessions   console_session_open / _close / _keep / _end, console_sessions_reap
     arming     console_arm: a one-off display password under the desktop's arm lock
     spice      the virt-viewer file of a SPICE desktop
 """
@@ -18,6 +18,7 @@ from vms.services.consoles.admission import (
 from vms.services.consoles.arming import GuestAccess, console_arm
 from vms.services.consoles.errors import (
     CLOSE_BAD_TICKET,
+    CLOSE_ENDED_BY_OWNER,
     CLOSE_FORBIDDEN,
     CLOSE_NOT_RUNNING,
     CLOSE_PROTOCOL,
@@ -32,6 +33,8 @@ from vms.services.consoles.errors import (
 from vms.services.consoles.rules import console_mode_default
 from vms.services.consoles.sessions import (
     console_session_close,
+    console_session_end,
+    console_session_group,
     console_session_keep,
     console_session_open,
     console_sessions_reap,
@@ -48,6 +51,7 @@ from vms.services.consoles.tickets import (
 __all__ = [
     "BINARY_PROTOCOL",
     "CLOSE_BAD_TICKET",
+    "CLOSE_ENDED_BY_OWNER",
     "CLOSE_FORBIDDEN",
     "CLOSE_NOT_RUNNING",
     "CLOSE_PROTOCOL",
@@ -67,6 +71,8 @@ __all__ = [
     "console_arm",
     "console_mode_default",
     "console_session_close",
+    "console_session_end",
+    "console_session_group",
     "console_session_keep",
     "console_session_open",
     "console_sessions_reap",

@@ -11,6 +11,8 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_RUNNING = 4409
 CLOSE_STOPPED = 4410
 CLOSE_TOO_MANY = 4429
+# The desktop's owner (or an admin) ended this help-desk session from the owner's notice.
+CLOSE_ENDED_BY_OWNER = 4460
 CLOSE_UNREACHABLE = 4502
 
 

@@ -1,24 +1,35 @@
 """Console sessions: opening one when a relay admits a browser, keeping it while the
-user may still see the running desktop, closing it once, and reaping sessions nobody
-carries any more.
+user may still see the running desktop, closing it once, ending someone else's session on
+the owner's word, and reaping sessions nobody carries any more.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import redis
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.utils import timezone
 
 from vms.models import ConsoleSession, Desktop, DesktopStatus
+from vms.roles import is_admin
 from vms.selectors import SPICE_FILE_RELAY, SPICE_FILE_VALID_S, desktops_visible_to
 from vms.services.audit import audit_record
-from vms.services.consoles.errors import CLOSE_FORBIDDEN, CLOSE_STOPPED, ConsoleClosed
+from vms.services.consoles.errors import (
+    CLOSE_ENDED_BY_OWNER,
+    CLOSE_FORBIDDEN,
+    CLOSE_STOPPED,
+    ConsoleClosed,
+    ConsoleRefused,
+)
 from vms.services.consoles.leases import (
     console_lease_drop,
     console_lease_renew,
@@ -35,6 +46,19 @@ from vms.services.events import push_console_sessions
 
 log = logging.getLogger(__name__)
 RELAYS_WITH_LEASES = ("channels", "gateway")
+# The close reasons of a session its owner (or an admin) ended, and what the relays tell
+# the browser of the person whose console it was.
+ENDED_BY_OWNER = "ended by the desktop's owner"
+ENDED_BY_ADMIN = "ended by an admin"
+ENDED_MESSAGES = {
+    ENDED_BY_OWNER: "The desktop's owner ended this console session.",
+    ENDED_BY_ADMIN: "An admin ended this console session.",
+}
+
+
+def console_session_group(session_id: int) -> str:
+    """Channels group of the relay carrying one console session."""
+    return f"console-session.{session_id}"
 
 
 def console_session_open(
@@ -83,8 +107,13 @@ def console_session_close(
     bytes_from_guest: int = 0,
     dropped_messages: int = 0,
     ended_at: datetime | None = None,
-) -> None:
-    """Record the end of a session (once), drop its lease and tell the owner's pages."""
+) -> bool:
+    """Record the end of a session (once), drop its lease and tell the owner's pages.
+
+    Returns whether this call ended it. A session its owner ended is already closed when
+    its relay lets go; the relay's byte counts then go into a `console.tally` audit row
+    (the session row is append-only).
+    """
     with transaction.atomic():
         closed = ConsoleSession.objects.filter(pk=session_id, ended_at__isnull=True).update(
             ended_at=ended_at or timezone.now(),
@@ -101,8 +130,28 @@ def console_session_close(
                 bytes_from_guest=bytes_from_guest,
                 dropped_messages=dropped_messages,
             )
+        elif bytes_to_guest or bytes_from_guest or dropped_messages:
+            _audit_tally_of_ended(
+                session_id=session_id,
+                bytes_to_guest=bytes_to_guest,
+                bytes_from_guest=bytes_from_guest,
+                dropped_messages=dropped_messages,
+            )
     # After the row: a test (or reconcile) that sees no lease sees the end recorded.
     console_lease_drop(session_id=session_id)
+    return bool(closed)
+
+
+def _audit_tally_of_ended(*, session_id: int, **counts: Any) -> None:
+    session = ConsoleSession.objects.select_related("desktop", "user").get(pk=session_id)
+    if session.close_reason in ENDED_MESSAGES:
+        audit_record(
+            action="console.tally",
+            actor=session.user,
+            desktop=session.desktop,
+            session=session_id,
+            **counts,
+        )
 
 
 def _audit_close(*, session_id: int, reason: str, **counts: Any) -> None:
@@ -116,6 +165,52 @@ def _audit_close(*, session_id: int, reason: str, **counts: Any) -> None:
         **counts,
     )
     push_console_sessions(desktop_id=session.desktop_id)
+
+
+def console_session_end(
+    *, actor: User, session: ConsoleSession, source_ip: str | None = None
+) -> None:
+    """The desktop's owner (or an admin) ends someone else's console session on it.
+
+    The end is recorded at once (the owner's notice drops it, the user's session cap frees
+    up) with a `console.end` audit row naming who ended it; then the relay carrying the
+    session is told to drop the connection with CLOSE_ENDED_BY_OWNER. (The websockify
+    gateway hears it at its next re-check, within CONSOLE_RECHECK_S.)
+    """
+    desktop = session.desktop
+    actor_owns = desktop.owner_id == actor.pk
+    if session.user_id == desktop.owner_id or not (actor_owns or is_admin(actor)):
+        raise PermissionDenied("Only the desktop's owner or an admin may end this session.")
+    if session.relay == SPICE_FILE_RELAY:
+        raise ConsoleRefused(
+            "A SPICE client talks to the desktop directly; the portal cannot end its session."
+        )
+    reason = ENDED_BY_OWNER if actor_owns else ENDED_BY_ADMIN
+    with transaction.atomic():
+        if not console_session_close(session_id=session.pk, reason=reason):
+            raise ConsoleRefused("That console session had already ended.")
+        audit_record(
+            action="console.end",
+            actor=actor,
+            desktop=desktop,
+            source_ip=source_ip,
+            session=session.pk,
+            user=session.user.get_username(),
+            mode=session.mode,
+        )
+        transaction.on_commit(partial(_tell_relay_to_drop, session.pk, ENDED_MESSAGES[reason]))
+
+
+def _tell_relay_to_drop(session_id: int, message: str) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    event = {"type": "console.session.ended", "code": CLOSE_ENDED_BY_OWNER, "reason": message}
+    try:
+        async_to_sync(layer.group_send)(console_session_group(session_id), event)
+    except (redis.RedisError, OSError):
+        # The relay's next re-check (console_session_keep) closes it all the same.
+        log.warning("could not tell the relay of console session %s to close", session_id)
 
 
 def console_session_may_continue(*, session_id: int) -> bool:
@@ -136,11 +231,13 @@ def console_session_keep(*, session_id: int, relay: str) -> ConsoleClosed | None
     if console_session_may_continue(session_id=session_id):
         console_lease_renew(session_id=session_id, relay=relay)
         return None
-    status = (
+    status, close_reason = (
         ConsoleSession.objects.filter(pk=session_id)
-        .values_list("desktop__status", flat=True)
+        .values_list("desktop__status", "close_reason")
         .first()
-    )
+    ) or (None, "")
+    if close_reason in ENDED_MESSAGES:
+        return ConsoleClosed(CLOSE_ENDED_BY_OWNER, ENDED_MESSAGES[close_reason])
     if status is not None and status != DesktopStatus.RUNNING:
         # What the relays say when the services announce the change.
         return ConsoleClosed(CLOSE_STOPPED, f"The desktop is {status}.")
