@@ -12,6 +12,7 @@ urlpatterns = [
     path("helpdesk/", pages.helpdesk, name="helpdesk"),
     path("desktops/launch/", actions.launch, name="launch"),
     path("desktops/<uuid:pk>/console/", console.console_page, name="console"),
+    path("desktops/<uuid:pk>/console/state/", console.console_state, name="console-state"),
     path("desktops/<uuid:pk>/console.vv", console.spice_file, name="spice-file"),
     path("desktops/<uuid:pk>/thumbnail.png", console.thumbnail, name="thumbnail"),
     path("desktops/<uuid:pk>/<slug:action>/", actions.desktop_action, name="desktop-action"),
