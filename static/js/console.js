@@ -133,26 +133,35 @@ function autoConnectNext() {
   if (delay === undefined) return;
   setStatus("The desktop is running again; connecting…");
   clearTimeout(autoConnectTimer);
-  // Help-desk staff come back view-only: control is taken again on purpose, with a reason.
-  autoConnectTimer = setTimeout(() => connect({ wantedMode: isOwner ? mode : "view" }), delay);
+  autoConnectTimer = setTimeout(() => connect(), delay);
+}
+
+// Help-desk staff who lose the connection come back view-only: control is taken again on
+// purpose, with a reason, never by a reconnect.
+function dropControl() {
+  if (!isOwner) {
+    mode = "view";
+    reason = "";
+  }
 }
 
 // --- the connection ---------------------------------------------------------------------
 
+// Ask for a ticket first: if the portal refuses (say, taking control without a reason), the
+// connection the page has stays as it is.
 async function connect({ wantedMode = mode, wantedReason = reason } = {}) {
   clearTimeout(autoConnectTimer);
-  disconnect();
   setStatus("Connecting…");
   let ticket;
   try {
     ticket = await requestTicket(wantedMode, wantedReason);
   } catch (error) {
-    if (!isOwner) mode = "view"; // no connection, so no control either
-    setControls();
-    setStatus(error.message, "error");
-    autoConnectNext();
+    const still = connected ? ` The console stays connected (${howConnected()}).` : "";
+    setStatus(error.message + still, "error");
+    if (!connected) autoConnectNext();
     return;
   }
+  disconnect();
   mode = ticket.mode;
   reason = mode === "full" ? wantedReason : "";
   setControls();
@@ -177,8 +186,7 @@ function openConsole(ticket) {
     if (session !== rfb) return;
     connected = true;
     autoConnectLeft = [];
-    const how = mode === "view" ? "view only" : "full control";
-    setStatus(`Connected (${how}).`, "ok");
+    setStatus(`Connected (${howConnected()}).`, "ok");
     document.body.dataset.console = "connected";
     setControls();
     session.focus();
@@ -186,12 +194,16 @@ function openConsole(ticket) {
   session.addEventListener("disconnect", (event) => onDisconnect(session, event.detail.clean));
 }
 
+function howConnected() {
+  return mode === "view" ? "view only" : "full control";
+}
+
 function onDisconnect(session, clean) {
   if (session !== rfb) return; // an older connection, replaced on purpose
   const wasConnected = connected;
   connected = false;
   document.body.dataset.console = "disconnected";
-  if (!isOwner) mode = "view";
+  dropControl();
   setControls();
   if (desktop.status !== "running") {
     setStatus(offlineText(desktop), "info");
@@ -314,13 +326,16 @@ function oskKeydown(event) {
 }
 
 function oskInput(event) {
-  if (event.isComposing) return; // a word being composed arrives whole at compositionend
+  // A word being composed (predictive keyboards) arrives whole at compositionend.
+  if (event.isComposing || event.inputType === "insertCompositionText") return;
   if (event.inputType === "deleteContentBackward") {
     pressKeys([{ ...OSK_SPECIAL_KEYS.Backspace, shift: false }]);
   } else if (event.inputType === "insertLineBreak" || event.inputType === "insertParagraph") {
     oskType("\n");
-  } else if (event.data) {
-    oskType(event.data);
+  } else if (event.inputType.startsWith("insert")) {
+    // A paste into the field carries no `data`: what it added is the field minus the filler.
+    const text = event.data ?? osk.value.replace(OSK_FILLER, "");
+    if (text) oskType(text);
   }
   oskReset();
 }
@@ -397,6 +412,7 @@ if (takeControl) {
     event.preventDefault();
     const given = document.getElementById("control-reason").value.trim();
     if (given) connect({ wantedMode: "full", wantedReason: given });
+    else setStatus("Say why you are taking control: the reason is recorded.", "error");
   });
   document.getElementById("btn-release").addEventListener("click", () => {
     connect({ wantedMode: "view", wantedReason: "" });
