@@ -44,9 +44,8 @@ function buildLayout() {
   return layout;
 }
 
-export const US_LAYOUT = buildLayout();
+const US_LAYOUT = buildLayout();
 const SHIFT = { keysym: KeyTable.XK_Shift_L, code: "ShiftLeft" };
-const BACKSPACE = { keysym: KeyTable.XK_BackSpace, code: "Backspace" };
 
 // The key presses for `text`, and the characters no key of the layout types (each once).
 // Windows line ends ("\r\n") and lone "\r" become one Return.
@@ -71,10 +70,6 @@ export function pressKey(rfb, key) {
   rfb.sendKey(key.keysym, key.code, false);
   if (key.shift) rfb.sendKey(SHIFT.keysym, SHIFT.code, false);
   return key.shift ? 4 : 2;
-}
-
-export function pressBackspace(rfb) {
-  return pressKey(rfb, { ...BACKSPACE, shift: false });
 }
 
 // How a skipped character reads in a sentence: visible ones quoted, others by code point.
