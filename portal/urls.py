@@ -18,6 +18,7 @@ urlpatterns = [
         pages.console_session_end_view,
         name="console-session-end",
     ),
+    path("desktops/<uuid:pk>/console/state/", console.console_state, name="console-state"),
     path("desktops/<uuid:pk>/console.vv", console.spice_file, name="spice-file"),
     path("desktops/<uuid:pk>/thumbnail.png", console.thumbnail, name="thumbnail"),
     path("desktops/<uuid:pk>/<slug:action>/", actions.desktop_action, name="desktop-action"),

@@ -3,8 +3,8 @@
 // and hands it to noVNC. The ticket travels as a WebSocket subprotocol, never in a URL.
 import RFB from "../vendor/novnc/core/rfb.js";
 import KeyTable from "../vendor/novnc/core/input/keysym.js";
-import keysyms from "../vendor/novnc/core/input/keysymdef.js";
 import { connectLive, renderWatchers } from "./live.js";
+import { describeChar, keystrokesFor, pressKey } from "./keystrokes.js";
 
 const root = document.getElementById("console");
 const screen = document.getElementById("screen");
@@ -13,6 +13,17 @@ const isOwner = root.dataset.owner === "true";
 let mode = root.dataset.mode;
 let reason = "";
 let rfb = null;
+let connected = false;
+let desktop = JSON.parse(document.getElementById("desktop-state-initial").textContent);
+
+// QEMU's VNC server spaces key events 10 ms apart (its key-delay-ms); typing no faster
+// keeps its input queue short, so nothing is dropped however long the text.
+const KEY_EVENT_MS = 10;
+// After the desktop comes back to "running", connect by itself: once after a short
+// delay, and once more if that fails. Never more, until the next start.
+const AUTO_CONNECT_DELAYS_MS = [1000, 4000];
+let autoConnectLeft = [];
+let autoConnectTimer = null;
 
 const CLOSE_MESSAGES = {
   4400: "The console connection sent something invalid and was closed.",
@@ -36,12 +47,12 @@ function csrfToken() {
   return match ? decodeURIComponent(match[1]) : "";
 }
 
-async function requestTicket() {
+async function requestTicket(wantedMode, wantedReason) {
   const response = await fetch(root.dataset.ticketUrl, {
     method: "POST",
     credentials: "same-origin",
     headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
-    body: JSON.stringify({ mode, reason }),
+    body: JSON.stringify({ mode: wantedMode, reason: wantedReason }),
   });
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
@@ -55,57 +66,296 @@ function socketUrl(path) {
   return `${scheme}//${window.location.host}${path}`;
 }
 
+// --- what the page offers, from the mode and the desktop's state ---------------------
+
+// Keys go nowhere while view-only or not connected: their controls say so (disabled,
+// with a note in the paste panel) instead of doing nothing when used.
 function setControls() {
   const viewOnly = mode === "view";
+  const canType = !viewOnly && connected;
   document.querySelectorAll("[data-needs-control]").forEach((el) => {
-    el.toggleAttribute("disabled", viewOnly);
-    el.classList.toggle("disabled", viewOnly);
+    el.toggleAttribute("disabled", !canType);
+    el.classList.toggle("disabled", !canType);
   });
+  const note = document.getElementById("paste-note");
+  note.hidden = canType;
+  note.textContent = viewOnly ? "View only: take control to type." : "Not connected: nothing can be typed now.";
+  const takeControl = document.getElementById("take-control");
+  if (takeControl) {
+    const inControl = mode === "full" && connected;
+    takeControl.hidden = mode === "full";
+    document.getElementById("control-held").hidden = !inControl;
+    document.getElementById("control-reason-shown").textContent = inControl ? `Reason: ${reason}` : "";
+  }
 }
 
-async function connect() {
-  disconnect();
+// What the page says about a desktop that is not running (status_label is the server's).
+function offlineText(state) {
+  const label = state.status_label.toLowerCase();
+  if (state.status === "error") {
+    return `This desktop is in ${label}${state.last_error ? `: ${state.last_error}` : "."}`;
+  }
+  if (state.status === "starting" || state.status === "provisioning") {
+    return `This desktop is ${label}… The console connects when it is running.`;
+  }
+  if (state.status === "stopping" || state.status === "deleting") return `This desktop is ${label}…`;
+  return `This desktop is ${label}.`;
+}
+
+// Show or hide the "not running" panel and the action buttons its state allows.
+function renderOffline(state) {
+  const panel = document.getElementById("desktop-offline");
+  if (!panel) return;
+  panel.hidden = state.status === "running";
+  document.getElementById("desktop-offline-text").textContent = offlineText(state);
+  for (const form of panel.querySelectorAll("form[data-action]")) {
+    form.hidden = !state.actions.includes(form.dataset.action);
+  }
+}
+
+function onDesktopState(state) {
+  const wasRunning = desktop.status === "running";
+  desktop = state;
+  renderOffline(state);
+  if (state.status !== "running") {
+    autoConnectLeft = [];
+    clearTimeout(autoConnectTimer);
+    setStatus(offlineText(state), state.status === "error" ? "error" : "info");
+    return;
+  }
+  if (!wasRunning && !connected) {
+    autoConnectLeft = [...AUTO_CONNECT_DELAYS_MS];
+    autoConnectNext();
+  }
+}
+
+function autoConnectNext() {
+  const delay = autoConnectLeft.shift();
+  if (delay === undefined) return;
+  setStatus("The desktop is running again; connecting…");
+  clearTimeout(autoConnectTimer);
+  autoConnectTimer = setTimeout(() => connect(), delay);
+}
+
+// Help-desk staff who lose the connection come back view-only: control is taken again on
+// purpose, with a reason, never by a reconnect.
+function dropControl() {
+  if (!isOwner) {
+    mode = "view";
+    reason = "";
+  }
+}
+
+// --- the connection ---------------------------------------------------------------------
+
+// Ask for a ticket first: if the portal refuses (say, taking control without a reason), the
+// connection the page has stays as it is.
+async function connect({ wantedMode = mode, wantedReason = reason } = {}) {
+  clearTimeout(autoConnectTimer);
   setStatus("Connecting…");
   let ticket;
   try {
-    ticket = await requestTicket();
+    ticket = await requestTicket(wantedMode, wantedReason);
   } catch (error) {
-    setStatus(error.message, "error");
+    const still = connected ? ` The console stays connected (${howConnected()}).` : "";
+    setStatus(error.message + still, "error");
+    if (!connected) autoConnectNext();
     return;
   }
+  disconnect();
   mode = ticket.mode;
+  reason = mode === "full" ? wantedReason : "";
   setControls();
+  openConsole(ticket);
+}
+
+function openConsole(ticket) {
   const socket = new WebSocket(socketUrl(ticket.url), ["binary", `ticket.${ticket.ticket}`]);
   socket.binaryType = "arraybuffer";
+  const session = new RFB(screen, socket, { shared: true });
+  rfb = session;
+  window.portalConsole = session; // for people debugging from the browser's console
   socket.addEventListener("close", (event) => {
+    if (session !== rfb) return;
     const message = CLOSE_MESSAGES[event.code] || event.reason;
     if (message) setStatus(message, event.code === 1000 ? "info" : "error");
   });
-  rfb = new RFB(screen, socket, { shared: true });
-  window.portalConsole = rfb; // for people debugging from the browser's console
-  rfb.viewOnly = mode === "view"; // a courtesy: the relay enforces view-only itself
-  rfb.scaleViewport = document.getElementById("btn-scale").getAttribute("aria-pressed") === "true";
-  rfb.addEventListener("connect", () => {
-    const how = mode === "view" ? "view only" : "full control";
-    setStatus(`Connected (${how}).`, "ok");
+  session.viewOnly = mode === "view"; // a courtesy: the relay enforces view-only itself
+  session.scaleViewport = document.getElementById("btn-scale").getAttribute("aria-pressed") === "true";
+  followScreenShape(session);
+  session.addEventListener("connect", () => {
+    if (session !== rfb) return;
+    connected = true;
+    autoConnectLeft = [];
+    setStatus(`Connected (${howConnected()}).`, "ok");
     document.body.dataset.console = "connected";
-    rfb.focus();
+    setControls();
+    session.focus();
   });
-  rfb.addEventListener("disconnect", (event) => {
-    document.body.dataset.console = "disconnected";
-    if (statusLine.dataset.kind !== "error") {
-      setStatus(event.detail.clean ? "Disconnected." : "The connection was lost. Press Reconnect.",
-        event.detail.clean ? "info" : "error");
-    }
-  });
+  session.addEventListener("disconnect", (event) => onDisconnect(session, event.detail.clean));
+}
+
+function howConnected() {
+  return mode === "view" ? "view only" : "full control";
+}
+
+function onDisconnect(session, clean) {
+  if (session !== rfb) return; // an older connection, replaced on purpose
+  const wasConnected = connected;
+  connected = false;
+  document.body.dataset.console = "disconnected";
+  dropControl();
+  setControls();
+  if (desktop.status !== "running") {
+    setStatus(offlineText(desktop), "info");
+  } else if (!wasConnected && autoConnectLeft.length) {
+    autoConnectNext();
+  } else if (statusLine.dataset.kind !== "error") {
+    setStatus(clean ? "Disconnected." : "The connection was lost. Press Reconnect.",
+      clean ? "info" : "error");
+  }
 }
 
 function disconnect() {
   if (rfb) {
-    rfb.disconnect();
+    const old = rfb;
     rfb = null;
+    connected = false;
+    old.disconnect();
+    setControls();
   }
 }
+
+// Give the screen area the shape of the guest's screen, so the scaled picture fills the
+// width (on a phone too) instead of floating in a tall black box.
+function followScreenShape(session) {
+  const canvas = screen.querySelector("canvas");
+  if (!canvas) return;
+  const apply = () => {
+    if (session === rfb && canvas.width > 0 && canvas.height > 0) {
+      screen.style.setProperty("--guest-aspect", `${canvas.width} / ${canvas.height}`);
+      screen.style.setProperty("--guest-height", `${canvas.height}px`);
+    }
+  };
+  new MutationObserver(apply).observe(canvas, { attributes: true, attributeFilter: ["width", "height"] });
+  apply();
+}
+
+// --- typing -----------------------------------------------------------------------------
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+let typingQueue = Promise.resolve();
+
+// Press keys one after another, whoever asks (paste, the on-screen keyboard): one queue,
+// so what is typed arrives in order. Resolves to how many were pressed.
+function pressKeys(keys) {
+  const job = typingQueue.then(async () => {
+    let pressed = 0;
+    for (const key of keys) {
+      if (!rfb || !connected || mode === "view") break;
+      await sleep(pressKey(rfb, key) * KEY_EVENT_MS);
+      pressed += 1;
+    }
+    return pressed;
+  });
+  typingQueue = job.catch(() => 0);
+  return job;
+}
+
+function skippedNote(skipped) {
+  if (!skipped.length) return "";
+  const shown = skipped.slice(0, 10).map(describeChar).join(", ");
+  const more = skipped.length > 10 ? ` and ${skipped.length - 10} more` : "";
+  return ` Skipped what a US keyboard cannot type: ${shown}${more}.`;
+}
+
+async function typeText(text) {
+  const { strokes, skipped } = keystrokesFor(text);
+  const typed = await pressKeys(strokes);
+  return { typed, total: strokes.length, skipped };
+}
+
+async function pasteAsKeystrokes() {
+  if (!connected || mode === "view") {
+    setStatus("Not connected with control: nothing was typed.", "error");
+    return;
+  }
+  const button = document.getElementById("btn-paste");
+  button.disabled = true;
+  setStatus("Typing…");
+  const { typed, total, skipped } = await typeText(document.getElementById("paste-text").value);
+  setControls();
+  const plural = (n) => `${n} character${n === 1 ? "" : "s"}`;
+  const what = typed === total ? `Typed ${plural(typed)}.` : `Typed ${typed} of ${plural(total)}; the connection ended.`;
+  setStatus(what + skippedNote(skipped), typed === total && !skipped.length ? "ok" : "error");
+}
+
+// --- the on-screen keyboard (phones and tablets) ---------------------------------------
+
+const osk = document.getElementById("osk-input");
+const OSK_SPECIAL_KEYS = {
+  Backspace: { keysym: KeyTable.XK_BackSpace, code: "Backspace" },
+  Escape: { keysym: KeyTable.XK_Escape, code: "Escape" },
+  ArrowUp: { keysym: KeyTable.XK_Up, code: "ArrowUp" },
+  ArrowDown: { keysym: KeyTable.XK_Down, code: "ArrowDown" },
+  ArrowLeft: { keysym: KeyTable.XK_Left, code: "ArrowLeft" },
+  ArrowRight: { keysym: KeyTable.XK_Right, code: "ArrowRight" },
+};
+// A character stays in the field, so that the keyboard's Backspace has something to
+// delete (and says so with an input event) even when the field looks empty.
+const OSK_FILLER = "_";
+
+function oskReset() {
+  osk.value = OSK_FILLER;
+  osk.setSelectionRange(OSK_FILLER.length, OSK_FILLER.length);
+}
+
+async function oskType(text) {
+  const { skipped } = await typeText(text);
+  if (skipped.length) setStatus(skippedNote(skipped).trim(), "error");
+}
+
+function oskKeydown(event) {
+  if (event.isComposing) return;
+  if (event.key === "Enter" || event.key === "Tab") {
+    event.preventDefault();
+    oskType(event.key === "Enter" ? "\n" : "\t");
+  } else if (OSK_SPECIAL_KEYS[event.key]) {
+    event.preventDefault();
+    pressKeys([{ ...OSK_SPECIAL_KEYS[event.key], shift: false }]);
+  }
+}
+
+function oskInput(event) {
+  // A word being composed (predictive keyboards) arrives whole at compositionend.
+  if (event.isComposing || event.inputType === "insertCompositionText") return;
+  if (event.inputType === "deleteContentBackward") {
+    pressKeys([{ ...OSK_SPECIAL_KEYS.Backspace, shift: false }]);
+  } else if (event.inputType === "insertLineBreak" || event.inputType === "insertParagraph") {
+    oskType("\n");
+  } else if (event.inputType.startsWith("insert")) {
+    // A paste into the field carries no `data`: what it added is the field minus the filler.
+    const text = event.data ?? osk.value.replace(OSK_FILLER, "");
+    if (text) oskType(text);
+  }
+  oskReset();
+}
+
+if (osk) {
+  osk.addEventListener("keydown", oskKeydown);
+  osk.addEventListener("input", oskInput);
+  osk.addEventListener("compositionend", (event) => {
+    if (event.data) oskType(event.data);
+    oskReset();
+  });
+  document.getElementById("btn-keyboard").addEventListener("click", () => {
+    oskReset();
+    osk.focus(); // in the tap's own handler: only then do phones open their keyboard
+    setStatus("Keyboard open: what you type goes to the desktop.", "ok");
+  });
+}
+
+// --- key combinations -------------------------------------------------------------------
 
 const COMBOS = {
   esc: [[KeyTable.XK_Escape, "Escape"]],
@@ -124,14 +374,21 @@ function sendCombo(keys) {
   [...keys].reverse().forEach(([sym, code]) => rfb.sendKey(sym, code, false));
 }
 
-function typeText(text) {
-  for (const char of text) {
-    const sym = char === "\n" ? KeyTable.XK_Return : keysyms.lookup(char.codePointAt(0));
-    rfb.sendKey(sym, null);
+// Ctrl-Alt-Del restarts many guests on the spot: a person confirms it first.
+function ctrlAltDel() {
+  if (!rfb || !connected) return;
+  if (window.confirm(`Send Ctrl-Alt-Del to ${desktop.name}? Many systems restart at once.`)) {
+    rfb.sendCtrlAltDel();
+    setStatus("Ctrl-Alt-Del sent.", "ok");
+  } else {
+    setStatus("Ctrl-Alt-Del not sent.");
   }
+  rfb.focus();
 }
 
-document.getElementById("btn-cad").addEventListener("click", () => rfb && rfb.sendCtrlAltDel());
+// --- wiring -----------------------------------------------------------------------------
+
+document.getElementById("btn-cad").addEventListener("click", ctrlAltDel);
 document.getElementById("send-keys").addEventListener("change", (event) => {
   if (rfb && COMBOS[event.target.value]) sendCombo(COMBOS[event.target.value]);
   event.target.value = "";
@@ -141,24 +398,25 @@ document.getElementById("btn-scale").addEventListener("click", (event) => {
   const scaled = event.currentTarget.getAttribute("aria-pressed") !== "true";
   event.currentTarget.setAttribute("aria-pressed", String(scaled));
   event.currentTarget.textContent = scaled ? "Scale to window" : "Actual size (1:1)";
+  screen.classList.toggle("actual-size", !scaled);
   if (rfb) rfb.scaleViewport = scaled;
 });
 document.getElementById("btn-fullscreen").addEventListener("click", () => {
   if (document.fullscreenElement) document.exitFullscreen();
   else screen.requestFullscreen();
 });
-document.getElementById("btn-reconnect").addEventListener("click", connect);
-document.getElementById("btn-paste").addEventListener("click", () => {
-  if (rfb) typeText(document.getElementById("paste-text").value);
-});
+document.getElementById("btn-reconnect").addEventListener("click", () => connect());
+document.getElementById("btn-paste").addEventListener("click", pasteAsKeystrokes);
 const takeControl = document.getElementById("take-control");
 if (takeControl) {
   takeControl.addEventListener("submit", (event) => {
     event.preventDefault();
-    reason = document.getElementById("control-reason").value.trim();
-    if (!reason) return;
-    mode = "full";
-    connect();
+    const given = document.getElementById("control-reason").value.trim();
+    if (given) connect({ wantedMode: "full", wantedReason: given });
+    else setStatus("Say why you are taking control: the reason is recorded.", "error");
+  });
+  document.getElementById("btn-release").addEventListener("click", () => {
+    connect({ wantedMode: "view", wantedReason: "" });
   });
 }
 
@@ -169,7 +427,7 @@ if (spiceForm) {
   spiceForm.addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
-      const ticket = await requestTicket();
+      const ticket = await requestTicket(mode, reason);
       document.getElementById("spice-ticket").value = ticket.ticket;
       spiceForm.submit();
       setStatus("Connection file downloaded; open it with remote-viewer.", "ok");
@@ -180,8 +438,10 @@ if (spiceForm) {
   setStatus("Ready.", "ok");
 } else {
   setControls();
-  connect();
+  if (desktop.status === "running") connect();
+  else onDesktopState(desktop);
 }
+
 const watchersBanner = document.getElementById("watchers");
 connectLive({
   watch: [root.dataset.desktop],
@@ -190,9 +450,17 @@ connectLive({
       renderWatchers(watchersBanner, watchersBanner.dataset.name, watchers);
     }
   },
-  onDesktop: (desktop) => {
-    if (desktop.id === root.dataset.desktop && desktop.status !== "running") {
-      setStatus(`The desktop is ${desktop.status}.`, "error");
-    }
+  onDesktop: (state) => {
+    if (state.id === root.dataset.desktop) onDesktopState(state);
   },
 });
+
+// Each time the live feed (re)opens, read the state once: a change made before the feed
+// was subscribed (a quick start right after this page loaded) is otherwise never seen.
+async function refreshState() {
+  const response = await fetch(root.dataset.stateUrl, { credentials: "same-origin" });
+  if (response.ok) onDesktopState(await response.json());
+}
+new MutationObserver(() => {
+  if (document.body.dataset.live === "connected") refreshState().catch(() => {});
+}).observe(document.body, { attributes: true, attributeFilter: ["data-live"] });

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
 from vms.selectors import (
+    action_buttons,
     console_watchers,
     desktops_visible_to,
 )
 from vms.services.consoles import console_mode_default, console_spice_file_issue
 from vms.services.errors import ServiceError
+from vms.services.events import desktop_payload
 from vms.services.thumbnails import thumbnail_path
 from vms.web.client import client_ip
+
+CONSOLE_ACTIONS = frozenset({"start"})
+"""The actions of the table the console page offers (while the desktop is not running)."""
 
 
 @login_required
@@ -26,13 +31,34 @@ from vms.web.client import client_ip
 def console_page(request: HttpRequest, pk: str) -> HttpResponse:
     """The in-browser console of one desktop (404 unless the user may see it)."""
     desktop = get_object_or_404(desktops_visible_to(user=request.user), pk=pk)
+    # A stopped desktop's console offers to start it, and nothing else: the other actions
+    # live on the dashboard, away from the screen a person is working in.
+    desktop.buttons = [  # type: ignore[attr-defined]
+        button
+        for button in action_buttons(user=request.user, desktop=desktop)
+        if button.name in CONSOLE_ACTIONS
+    ]
     context = {
         "desktop": desktop,
+        "state": desktop_payload(desktop),
         "is_owner": desktop.owner_id == request.user.pk,
         "mode": console_mode_default(user=request.user, desktop=desktop),
         "watchers": console_watchers(desktop_ids=[desktop.pk])[str(desktop.pk)],
     }
     return render(request, "vms/console.html", context)
+
+
+@login_required
+@require_GET
+@never_cache
+def console_state(request: HttpRequest, pk: str) -> JsonResponse:
+    """The desktop's state as the live feed sends it (404 unless the user may see it).
+
+    The console page reads it once its live feed is open, so a change that happened between
+    rendering the page and subscribing (a start finishing quickly) is not missed.
+    """
+    desktop = get_object_or_404(desktops_visible_to(user=request.user), pk=pk)
+    return JsonResponse(desktop_payload(desktop))
 
 
 @login_required
