@@ -53,9 +53,10 @@ def browser() -> Iterator[Browser]:
     del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
-def logged_in_page(browser: Browser, portal_url: str, username: str) -> Page:
-    """A fresh browser context (its own cookies) logged in through the real login form."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+def logged_in_page(browser: Browser, portal_url: str, username: str, **context: Any) -> Page:
+    """A fresh browser context (its own cookies; a 1280x900 screen unless `context` says
+    otherwise, e.g. a phone's) logged in through the real login form."""
+    context = browser.new_context(**(context or {"viewport": {"width": 1280, "height": 900}}))
     page = context.new_page()
     page.goto(f"{portal_url}/login/")
     page.fill("#id_username", username)

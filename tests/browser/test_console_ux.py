@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import connection
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import wait_for_text
+from tests.browser.conftest import logged_in_page, wait_for_text
 from tests.fixtures import wait_for_status
 from vms.models import ConsoleSession, Desktop
 from vms.services.desktops import desktop_create
@@ -62,13 +62,7 @@ def running_desktop(owner: Any, template: Any) -> Desktop:
 
 def logged_in(browser: Browser, portal_url: str, username: str, **options: Any) -> Page:
     """A fresh context (its own cookies and screen) logged in through the login form."""
-    page = browser.new_context(**(options or DESKTOP)).new_page()
-    page.goto(f"{portal_url}/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", "pw-for-tests")
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{portal_url}/")
-    return page
+    return logged_in_page(browser, portal_url, username, **(options or DESKTOP))
 
 
 def open_console(page: Page, portal_url: str, desktop: Desktop, how: str) -> None:

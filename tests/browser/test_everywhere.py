@@ -39,19 +39,19 @@ def test_not_found_page_has_the_portal_style_and_a_way_back(browser, portal_url,
 
 
 def test_error_page_fits_a_phone(browser, portal_url, employee) -> None:
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
-    page = context.new_page()
-    page.goto(f"{portal_url}/login/")
-    page.fill("#id_username", employee.username)
-    page.fill("#id_password", "pw-for-tests")
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{portal_url}/")
+    page = logged_in_page(
+        browser,
+        portal_url,
+        employee.username,
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+    )
     response = page.goto(f"{portal_url}/desktops/launch/")  # a GET of a form's target
     assert response is not None and response.status == 405
     assert page.get_by_role("heading", name="not meant to be opened directly").is_visible()
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.screenshot(path=str(SHOTS / "error-405-phone.png"), full_page=True)
-    context.close()
+    page.context.close()
 
 
 def test_logout_link_asks_then_logs_out_and_says_so(browser, portal_url, employee) -> None:
