@@ -202,8 +202,8 @@ def _panel(request: HttpRequest, desktop: Desktop) -> dict[str, Any]:
         for entry in actions_for(role=DesktopRole.ADMIN)
         if entry.name in valid
     ]
-    thumbnail = ""
-    if desktop.thumbnail_at is not None and desktop.status != S.DELETED:
+    thumbnail = ""  # a stopped desktop's last screen is history, not its screen
+    if desktop.thumbnail_at is not None and desktop.status == S.RUNNING:
         stamp = int(desktop.thumbnail_at.timestamp())
         thumbnail = f"{reverse('thumbnail', args=[desktop.pk])}?at={stamp}"
     console = reverse("console", args=[desktop.pk]) if desktop.status == S.RUNNING else ""

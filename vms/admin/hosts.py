@@ -45,6 +45,11 @@ class HostForm(forms.ModelForm):
     class Meta:
         model = Host
         fields = ["name", "uri", "storage_pool", "enabled", *CAPACITY_FIELDS]
+        labels = {
+            "capacity_vcpus": "vCPUs",
+            "capacity_memory_mib": "Memory (MiB)",
+            "capacity_disk_gib": "Disk (GiB)",
+        }
 
     unchecked_because = ""
     read_from_host = ""
@@ -56,7 +61,7 @@ class HostForm(forms.ModelForm):
                 field = self.fields[name]
                 field.required = False
                 field.initial = self.initial.get(name)  # not the model's 16 vCPUs
-                field.help_text = "Leave empty to take what the host has (read when you save)."
+                field.help_text = "Empty: what the host has, read when you save."
 
     def clean_uri(self) -> str:
         try:
@@ -136,6 +141,21 @@ class HostAdmin(admin.ModelAdmin):
     form = HostForm
     list_display = ["name", "uri", "enabled", "vcpus", "memory", "disk", "health", "virt_type"]
     readonly_fields = ["last_checked_at", "last_check_ok", "last_check_error", "virt_type"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        capacity = "What the desktops placed on this host may use in total."
+        if obj is None:
+            capacity += (
+                " Empty fields take what the host has when you save; "
+                "“Read capacity from the host” fills them in now. More than it has is refused."
+            )
+        sets: list[Any] = [
+            (None, {"fields": ["name", "uri", "storage_pool", "enabled"]}),
+            ("Capacity for desktops", {"fields": CAPACITY_FIELDS, "description": capacity}),
+        ]
+        if obj is not None:  # the heartbeat's findings exist only once the host does
+            sets.append(("Health (from the heartbeat)", {"fields": self.readonly_fields}))
+        return sets
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Host]:
         live = ~Q(desktops__status__in=NOT_COUNTED)  # what placement counts as allocated
