@@ -72,7 +72,10 @@ def test_admin_imports_assigns_and_sets_a_quota_the_employee_meets(
     assert template.assigned_groups.filter(name="employee").exists()
 
     page.goto(f"{portal_url}/admin/vms/quota/add/")
-    page.select_option("#id_group", label="employee")
+    # The group is picked by typing its name (an autocomplete, not a list of every group).
+    page.locator("#id_group + .select2 .select2-selection").click()
+    page.fill(".select2-container--open .select2-search__field", "empl")
+    page.locator(".select2-results__option", has_text="employee").click()
     page.fill("#id_max_desktops", "1")
     page.click("input[name=_save]")
     page.wait_for_url(f"{portal_url}/admin/vms/quota/")

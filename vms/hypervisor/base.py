@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from .types import ConsoleEndpoint, DomainInfo, DomainSpec, PowerState, VolumeInfo
+from .errors import HypervisorError
+from .types import (
+    ConsoleEndpoint,
+    DomainInfo,
+    DomainSpec,
+    HostCapacity,
+    PowerState,
+    VolumeInfo,
+)
 
 __all__ = ["Hypervisor"]
 
@@ -108,3 +116,12 @@ class Hypervisor(ABC):
         Cached per URI for the life of the process. Raises a transient ``HypervisorError``
         only when the hypervisor cannot be asked at all (nothing is cached then).
         """
+
+    def host_capacity(self, *, pool: str) -> HostCapacity:
+        """The host's CPUs and memory, and the size of storage pool ``pool`` (for the
+        capacity a new host is registered with). Not abstract: a backend that cannot tell
+        says so, and the admin enters the figures by hand."""
+        raise HypervisorError(
+            f"{type(self).__name__} cannot report a host's capacity; enter it by hand",
+            permanent=True,
+        )

@@ -27,9 +27,16 @@ from .base import Hypervisor
 from .connection import LibvirtConnection
 from .errors import HypervisorError
 from .kvmprobe import run_kvm_probe
-from .libvirt_errors import POOL_FULL_OR_READONLY_HINTS, from_libvirt_error
+from .libvirt_errors import POOL_FULL_OR_READONLY_HINTS, RETRY_NOTE, from_libvirt_error
 from .registry import register_backend
-from .types import ConsoleEndpoint, DomainInfo, DomainSpec, PowerState, VolumeInfo
+from .types import (
+    ConsoleEndpoint,
+    DomainInfo,
+    DomainSpec,
+    HostCapacity,
+    PowerState,
+    VolumeInfo,
+)
 
 __all__ = ["LIBVIRT_SCHEMES", "LibvirtHypervisor"]
 
@@ -813,6 +820,23 @@ class LibvirtHypervisor(Hypervisor):
         if _is_local_qemu(self.uri):
             return run_kvm_probe()
         return True
+
+    def host_capacity(self, *, pool: str) -> HostCapacity:
+        def op(conn: Conn) -> HostCapacity:
+            # getInfo(): [model, memory MiB, active CPUs, MHz, NUMA nodes, sockets, cores,
+            # threads]; a pool's info(): [state, capacity, allocation, available] in bytes.
+            info = conn.getInfo()
+            found = _lookup_pool(conn, pool)
+            pool_gib = int(found.info()[1]) // 2**30 if found is not None else None
+            return HostCapacity(cpus=int(info[2]), memory_mib=int(info[1]), pool_gib=pool_gib)
+
+        try:
+            return self._call("reading the host's CPUs, memory and storage pool", op)
+        except HypervisorError as err:
+            # Asked once, for a person at a form: nothing will retry this call.
+            raise HypervisorError(
+                err.message.removesuffix(RETRY_NOTE), permanent=err.permanent
+            ) from None
 
 
 register_backend(LIBVIRT_SCHEMES, LibvirtHypervisor)

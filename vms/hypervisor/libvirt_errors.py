@@ -15,11 +15,15 @@ from .errors import HypervisorError
 
 __all__ = [
     "POOL_FULL_OR_READONLY_HINTS",
+    "RETRY_NOTE",
     "from_libvirt_error",
     "is_connection_lost",
     "is_transient_code",
     "scrub",
 ]
+
+# Appended to the message of a transient error: a task will try again.
+RETRY_NOTE: Final = " (the hypervisor may be restarting; will retry)"
 
 # Codes that say "the connection or the daemon had a problem", not "your request is wrong".
 _TRANSIENT_CODES: Final[frozenset[int]] = frozenset(
@@ -138,5 +142,5 @@ def from_libvirt_error(
     """
     text = scrub(_text(err), *secrets)
     transient = is_transient_code(_code(err), text)
-    suffix = " (the hypervisor may be restarting; will retry)" if transient else ""
+    suffix = RETRY_NOTE if transient else ""
     return HypervisorError(f"{what} failed: {text}{suffix}", permanent=not transient)

@@ -12,6 +12,7 @@ __all__ = [
     "DomainInfo",
     "DomainSpec",
     "GraphicsType",
+    "HostCapacity",
     "PowerState",
     "VirtType",
     "VolumeInfo",
@@ -92,3 +93,16 @@ class ConsoleEndpoint:
     host: str
     port: int
     tls_port: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class HostCapacity:
+    """What a host has for desktops, as its hypervisor reports it.
+
+    ``pool_gib`` is the size of the named storage pool's file system, ``None`` when the host
+    has no such pool yet (it is created on the first heartbeat).
+    """
+
+    cpus: int
+    memory_mib: int
+    pool_gib: int | None

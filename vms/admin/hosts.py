@@ -1,0 +1,234 @@
+"""Hypervisor hosts: registering one (its URI must name a kind of host some backend serves,
+and its capacity comes from the host itself), and what each has allocated, as bars."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import Q, QuerySet, Sum
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.timesince import timesince
+
+from vms.hypervisor import HostCapacity
+from vms.models import Host
+from vms.services.errors import ServiceError
+from vms.services.hosts import host_capacity_read, host_check_uri
+from vms.services.quotas import NOT_COUNTED
+
+CAPACITY_FIELDS = ["capacity_vcpus", "capacity_memory_mib", "capacity_disk_gib"]
+READ_CAPACITY = "_read_capacity"  # the add form's "Read capacity from the host" button
+
+
+def capacity_summary(found: HostCapacity, pool: str) -> str:
+    disk = (
+        f"pool '{pool}' {found.pool_gib} GiB"
+        if found.pool_gib is not None
+        else (f"no pool '{pool}' yet")
+    )
+    return f"{found.cpus} CPUs, {found.memory_mib} MiB of memory, {disk}"
+
+
+class HostForm(forms.ModelForm):
+    """A host's URI must name a kind of host some backend serves (docs/hypervisors.md).
+
+    A new host's capacity is read from the host: empty fields take what it has, and a
+    figure above what it has is refused. When the host cannot be reached, the form says
+    so; figures typed by hand are then saved unchecked (`unchecked_because` says why).
+    """
+
+    class Meta:
+        model = Host
+        fields = ["name", "uri", "storage_pool", "enabled", *CAPACITY_FIELDS]
+        labels = {
+            "capacity_vcpus": "vCPUs",
+            "capacity_memory_mib": "Memory (MiB)",
+            "capacity_disk_gib": "Disk (GiB)",
+        }
+
+    unchecked_because = ""
+    read_from_host = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance._state.adding:
+            for name in CAPACITY_FIELDS:
+                field = self.fields[name]
+                field.required = False
+                field.initial = self.initial.get(name)  # not the model's 16 vCPUs
+                field.help_text = "Empty: what the host has, read when you save."
+
+    def clean_uri(self) -> str:
+        try:
+            return host_check_uri(self.cleaned_data["uri"])
+        except ServiceError as exc:
+            raise ValidationError(exc.message) from exc
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not self.instance._state.adding or self.has_error("uri") or "uri" not in data:
+            return data
+        pool = data.get("storage_pool") or "desktops"
+        try:
+            found = host_capacity_read(uri=data["uri"], pool=pool)
+        except ServiceError as exc:
+            self._unreachable(data, exc.message)
+            return data
+        self.read_from_host = capacity_summary(found, pool)
+        self._fill_and_check(data, found, pool)
+        return data
+
+    def _unreachable(self, data: dict[str, Any], reason: str) -> None:
+        if any(data.get(name) is None for name in CAPACITY_FIELDS):
+            self.add_error(
+                None,
+                f"{reason} Correct the URI, or enter the host's vCPUs, memory and disk "
+                "by hand to register it anyway.",
+            )
+        else:
+            self.unchecked_because = reason
+
+    def _fill_and_check(self, data: dict[str, Any], found: HostCapacity, pool: str) -> None:
+        has = {
+            "capacity_vcpus": (found.cpus, f"The host has {found.cpus} CPUs"),
+            "capacity_memory_mib": (
+                found.memory_mib,
+                f"The host has {found.memory_mib} MiB of memory",
+            ),
+            "capacity_disk_gib": (found.pool_gib, f"Pool '{pool}' has {found.pool_gib} GiB"),
+        }
+        for name, (available, said) in has.items():
+            value = data.get(name)
+            if available is None:  # no pool yet: its size is unknown
+                if value is None:
+                    self.add_error(
+                        name,
+                        f"The host has no storage pool '{pool}' yet, so its size is unknown: "
+                        "enter the disk space desktops may use.",
+                    )
+            elif value is None:
+                data[name] = available  # cleaned_data: it reaches the instance
+            elif value > available:
+                self.add_error(name, f"{said}; enter {available} or less.")
+
+
+def _bar(used: int, capacity: int, unit: str) -> str:
+    """A capacity bar with the figures in words beside it (the bar alone says nothing to a
+    screen reader, and colours are not the only sign: 'over' is written out)."""
+    over = used > capacity
+    return format_html(
+        '<span class="capacity{}"><meter min="0" max="{}" low="{}" high="{}" optimum="0" '
+        'value="{}" aria-hidden="true"></meter><span>{} / {} {}{}</span></span>',
+        " over" if over else "",
+        capacity,
+        capacity * 0.7,
+        capacity * 0.9,
+        min(used, capacity),
+        used,
+        capacity,
+        unit,
+        " (over)" if over else "",
+    )
+
+
+@admin.register(Host)
+class HostAdmin(admin.ModelAdmin):
+    form = HostForm
+    list_display = ["name", "uri", "enabled", "vcpus", "memory", "disk", "health", "virt_type"]
+    readonly_fields = ["last_checked_at", "last_check_ok", "last_check_error", "virt_type"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        capacity = "What the desktops placed on this host may use in total."
+        if obj is None:
+            capacity += (
+                " Empty fields take what the host has when you save; "
+                "“Read capacity from the host” fills them in now. More than it has is refused."
+            )
+        sets: list[Any] = [
+            (None, {"fields": ["name", "uri", "storage_pool", "enabled"]}),
+            ("Capacity for desktops", {"fields": CAPACITY_FIELDS, "description": capacity}),
+        ]
+        if obj is not None:  # the heartbeat's findings exist only once the host does
+            sets.append(("Health (from the heartbeat)", {"fields": self.readonly_fields}))
+        return sets
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Host]:
+        live = ~Q(desktops__status__in=NOT_COUNTED)  # what placement counts as allocated
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                used_vcpus=Sum("desktops__vcpus", filter=live),
+                used_memory_mib=Sum("desktops__memory_mib", filter=live),
+                used_disk_gib=Sum("desktops__disk_gib", filter=live),
+            )
+        )
+
+    @admin.display(description="vCPUs used")
+    def vcpus(self, host: Host) -> str:
+        return _bar(getattr(host, "used_vcpus", 0) or 0, host.capacity_vcpus, "")
+
+    @admin.display(description="Memory used")
+    def memory(self, host: Host) -> str:
+        return _bar(getattr(host, "used_memory_mib", 0) or 0, host.capacity_memory_mib, "MiB")
+
+    @admin.display(description="Disk used")
+    def disk(self, host: Host) -> str:
+        return _bar(getattr(host, "used_disk_gib", 0) or 0, host.capacity_disk_gib, "GiB")
+
+    @admin.display(description="Health", ordering="last_check_ok")
+    def health(self, host: Host) -> str:
+        if host.last_checked_at is None:
+            return format_html('<span class="host-health">{}</span>', "Not checked yet")
+        ago = f"{timesince(host.last_checked_at)} ago"
+        if host.last_check_ok:
+            return format_html('<span class="host-health ok">OK, {}</span>', ago)
+        return format_html(
+            '<span class="host-health bad" title="{}">Failing, {}: {}</span>',
+            host.last_check_error,
+            ago,
+            host.last_check_error[:80],
+        )
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        if request.method == "POST" and READ_CAPACITY in request.POST:
+            return self._prefilled_add_form(request)
+        return super().add_view(request, form_url, extra_context)
+
+    def _prefilled_add_form(self, request: HttpRequest) -> HttpResponse:
+        """The add form again, with the capacity the host reports filled in (or why not)."""
+        typed = {
+            name: request.POST.get(name, "").strip() for name in ("name", "uri", "storage_pool")
+        }
+        typed["enabled"] = "1" if request.POST.get("enabled") else ""
+        pool = typed["storage_pool"] or "desktops"
+        try:
+            found = host_capacity_read(uri=typed["uri"], pool=pool)
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"Read from the host: {capacity_summary(found, pool)}.")
+            typed |= {
+                "capacity_vcpus": str(found.cpus),
+                "capacity_memory_mib": str(found.memory_mib),
+            }
+            if found.pool_gib is not None:
+                typed["capacity_disk_gib"] = str(found.pool_gib)
+        return HttpResponseRedirect(f"{reverse('admin:vms_host_add')}?{urlencode(typed)}")
+
+    def save_model(self, request: HttpRequest, obj: Host, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if form.read_from_host:
+            messages.info(request, f"Checked against the host: {form.read_from_host}.")
+        if form.unchecked_because:
+            messages.warning(
+                request,
+                f"{form.unchecked_because} The capacity you entered was saved unchecked.",
+            )

@@ -1,0 +1,137 @@
+"""Templates: created by importing a qcow2 image (by server path or upload), then assigned."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count, Q, QuerySet
+from django.http import HttpRequest
+
+from vms.models import DesktopStatus, Template
+from vms.services.errors import ServiceError
+from vms.services.images import image_inspect
+from vms.services.templates import template_save_imported
+
+
+class TemplateImportForm(forms.ModelForm):
+    """Create a template by importing a qcow2 image, by server path or upload."""
+
+    image_path = forms.CharField(
+        required=False, help_text="Path of a qcow2 file in one of IMAGE_IMPORT_DIRS."
+    )
+    image_upload = forms.FileField(required=False, help_text="Or upload a qcow2 file.")
+
+    class Meta:
+        model = Template
+        fields = [
+            "name",
+            "description",
+            "os_label",
+            "vcpus",
+            "memory_mib",
+            "disk_gib",
+            "console_type",
+            "persistent",
+            "enabled",
+            "assigned_users",
+            "assigned_groups",
+        ]
+
+    saved_upload: Path | None = None
+
+    def clean(self) -> dict[str, Any]:
+        """Check the image now (the same image_inspect as every import), so errors show
+        on the form."""
+        data = super().clean() or {}
+        if bool(data.get("image_path")) == bool(data.get("image_upload")):
+            raise ValidationError("Give either an image path or an upload (one of the two).")
+        upload = data.get("image_upload")
+        if upload:
+            # image_inspect only reads files inside IMAGE_IMPORT_DIRS, so the upload goes there.
+            self.saved_upload = _saved_upload(upload)
+        path = str(self.saved_upload) if upload else data["image_path"]
+        try:
+            data["image_file"] = image_inspect(path=path, shown=getattr(upload, "name", "")).path
+        except ServiceError as exc:
+            raise ValidationError(exc.message) from exc
+        return data
+
+    def full_clean(self) -> None:
+        super().full_clean()
+        if self._errors:  # refused here or by the model's own checks: keep no upload
+            self.discard_upload()
+
+    def discard_upload(self) -> None:
+        """Remove the saved upload: after a refusal, or once the hosts hold their copy."""
+        if self.saved_upload is not None:
+            self.saved_upload.unlink(missing_ok=True)
+            self.saved_upload = None
+
+
+def _saved_upload(upload: Any) -> Path:
+    folder = Path(settings.IMAGE_IMPORT_DIRS[0]) / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{uuid.uuid4().hex}.qcow2"
+    with target.open("wb") as out:
+        for chunk in upload.chunks():
+            out.write(chunk)
+    return target
+
+
+@admin.register(Template)
+class TemplateAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "os_label",
+        "vcpus",
+        "memory_mib",
+        "disk_gib",
+        "console_type",
+        "enabled",
+        "desktop_count",
+    ]
+    list_filter = ["enabled", "console_type"]
+    filter_horizontal = ["assigned_users", "assigned_groups"]
+    search_fields = ["name"]
+    actions = ["enable", "disable"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Template]:
+        live = ~Q(desktops__status=DesktopStatus.DELETED)
+        return super().get_queryset(request).annotate(live_desktops=Count("desktops", filter=live))
+
+    @admin.display(description="Desktops", ordering="live_desktops")
+    def desktop_count(self, template: Template) -> int:
+        return int(getattr(template, "live_desktops", 0))
+
+    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = TemplateImportForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["base_image_path"] if obj is not None else []
+
+    def save_model(self, request: HttpRequest, obj: Template, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        try:
+            template_save_imported(template=obj, image_path=form.cleaned_data["image_file"])
+        except ServiceError as exc:
+            raise PermissionDenied(exc.message) from exc
+        finally:
+            form.discard_upload()
+
+    @admin.action(description="Enable the selected templates")
+    def enable(self, request: HttpRequest, queryset: QuerySet[Template]) -> None:
+        queryset.update(enabled=True)
+
+    @admin.action(description="Disable the selected templates")
+    def disable(self, request: HttpRequest, queryset: QuerySet[Template]) -> None:
+        queryset.update(enabled=False)
