@@ -20,6 +20,15 @@ function queueOf(id) {
   return queues.get(id);
 }
 
+// Updates pushed live so far, per desktop: a snapshot fetched meanwhile is older than
+// them and must not be shown after them (the row would step back).
+const pushed = new Map();
+
+function onPushed(desktop) {
+  pushed.set(desktop.id, (pushed.get(desktop.id) || 0) + 1);
+  onDesktop(desktop);
+}
+
 function onDesktop(desktop) {
   const queue = queueOf(desktop.id);
   queue.pending.push(desktop);
@@ -120,21 +129,24 @@ function refreshStateSoon() {
 }
 
 async function refreshState() {
+  const pushedBefore = new Map(pushed);
   const response = await fetch(stateUrl, { headers: { Accept: "application/json" } });
   if (!response.ok) return;
   const state = await response.json();
   renderMeters(state.meters);
   renderLaunchButtons(state.refusals);
+  const stale = (id) => (pushed.get(id) || 0) !== (pushedBefore.get(id) || 0);
   const present = new Set(state.desktops.map((desktop) => desktop.id));
   for (const row of document.querySelectorAll("tr[data-desktop]")) {
-    if (!present.has(row.dataset.desktop)) onDesktop({ id: row.dataset.desktop, status: "deleted" });
+    const id = row.dataset.desktop;
+    if (!present.has(id) && !stale(id)) onDesktop({ id, status: "deleted" });
   }
   for (const desktop of state.desktops) {
     const row = document.querySelector(`tr[data-desktop="${desktop.id}"]`);
     // Only what changed: a repeat of the shown state would hold the queue for nothing.
-    if (!row || row.dataset.status !== desktop.status || row.dataset.progress !== desktop.progress) {
-      onDesktop(desktop);
-    }
+    const changed = !row || row.dataset.status !== desktop.status
+      || row.dataset.progress !== desktop.progress;
+    if (changed && !stale(desktop.id)) onDesktop(desktop);
   }
 }
 
@@ -180,7 +192,7 @@ new MutationObserver(() => {
 }).observe(document.body, { attributes: true, attributeFilter: ["data-live"] });
 
 connectLive({
-  onDesktop,
+  onDesktop: onPushed,
   onWatchers: (desktopId, watchers) => {
     const banner = document.querySelector(`[data-watchers="${desktopId}"]`);
     if (banner) renderWatchers(banner, banner.dataset.name, watchers);
