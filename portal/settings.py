@@ -296,6 +296,8 @@ AXES_FAILURE_LIMIT = envcheck.read(env.int, "LOGIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = 0.25  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+# A lock-out answers with the login page, the username kept and the minutes left.
+AXES_LOCKOUT_CALLABLE = "vms.web.login.lockout_response"
 # Reverse proxies (the TLS proxy in front of the portal) whose X-Forwarded-For is believed:
 # comma-separated addresses or CIDR blocks. Empty: the peer is the client and the header is
 # ignored. Axes and the audit trail both take the client's address from this one rule.

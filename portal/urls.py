@@ -1,10 +1,10 @@
 """Top-level URL routes."""
 
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from vms.web import account, actions, console, pages
+from vms.web.login import PortalLoginView
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
@@ -22,7 +22,7 @@ urlpatterns = [
     path("desktops/<uuid:pk>/console.vv", console.spice_file, name="spice-file"),
     path("desktops/<uuid:pk>/thumbnail.png", console.thumbnail, name="thumbnail"),
     path("desktops/<uuid:pk>/<slug:action>/", actions.desktop_action, name="desktop-action"),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("login/", PortalLoginView.as_view(), name="login"),
     path("logout/", account.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/", include("vms.api.urls")),

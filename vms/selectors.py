@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from vms.models import ConsoleSession, Desktop, DesktopStatus, Template
 from vms.roles import HELPDESK_GROUP, desktop_role, is_admin, sees_all_desktops
-from vms.services.actions import actions_for, actions_valid_in
+from vms.services.actions import actions_for, actions_valid_in, busy_label_of
 
 
 def templates_for_user(*, user: User | AnonymousUser) -> QuerySet[Template]:
@@ -174,7 +174,7 @@ class ActionButton:
 
 def action_buttons(*, user: User | AnonymousUser, desktop: Desktop) -> list[ActionButton]:
     """The page buttons of the actions `user` may run on `desktop` (from the table)."""
-    valid = set(actions_valid_in(desktop.status))
+    valid = set(actions_valid_in(desktop.status, progress=desktop.progress))
     role = desktop_role(user, owner_id=desktop.owner_id)
     return [
         ActionButton(
@@ -186,3 +186,9 @@ def action_buttons(*, user: User | AnonymousUser, desktop: Desktop) -> list[Acti
         )
         for action in actions_for(role=role, on_pages=True)
     ]
+
+
+def desktop_status_label(desktop: Desktop) -> str:
+    """What pages show as the desktop's state: a busy action's label while one is under
+    way ("Rebooting…"), otherwise the state's own label."""
+    return busy_label_of(desktop.progress) or desktop.get_status_display()

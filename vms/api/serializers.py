@@ -5,6 +5,8 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from vms.models import Desktop, Template
+from vms.services.desktops import NAME_MAX, desktop_name_clean
+from vms.services.errors import InvalidName
 
 
 class TemplateSerializer(serializers.ModelSerializer):
@@ -51,19 +53,45 @@ class DesktopSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+def _desktop_name(value: str) -> str:
+    """The same rule as the pages (the service's `desktop_name_clean`), as a field error."""
+    try:
+        return desktop_name_clean(value)
+    except InvalidName as exc:
+        raise serializers.ValidationError(exc.message) from exc
+
+
+# The same words as the service's refusal (`desktop_name_clean`).
+NAME_TOO_LONG = {"max_length": f"The name is too long: at most {NAME_MAX} characters."}
+
+
 class DesktopCreateSerializer(serializers.Serializer):
     template = serializers.IntegerField(min_value=1)
-    name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    name = serializers.CharField(
+        max_length=NAME_MAX,
+        required=False,
+        allow_blank=True,
+        default="",
+        error_messages=NAME_TOO_LONG,
+    )
 
     def validate_name(self, value: str) -> str:
-        if any(not ch.isprintable() for ch in value):
-            raise serializers.ValidationError("The name may not contain control characters.")
-        return value.strip()
+        return _desktop_name(value)
 
     def validate_template(self, value: int) -> int:
         if not Template.objects.filter(pk=value).exists():
             raise serializers.ValidationError("No such template.")
         return value
+
+
+class DesktopRenameSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=NAME_MAX, error_messages=NAME_TOO_LONG)
+
+    def validate_name(self, value: str) -> str:
+        cleaned = _desktop_name(value)
+        if not cleaned:
+            raise serializers.ValidationError("Give the desktop a name.")
+        return cleaned
 
 
 class ActionAcceptedSerializer(serializers.Serializer):

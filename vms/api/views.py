@@ -16,6 +16,7 @@ from vms.api.serializers import (
     ConsoleRequestSerializer,
     ConsoleTicketSerializer,
     DesktopCreateSerializer,
+    DesktopRenameSerializer,
     DesktopSerializer,
     TemplateSerializer,
 )
@@ -23,7 +24,7 @@ from vms.models import Desktop
 from vms.selectors import desktops_visible_to, templates_for_user
 from vms.services.actions import ACTIONS, DesktopAction, actions_offered
 from vms.services.consoles import TicketBinding, console_ticket_issue
-from vms.services.desktops import desktop_act, desktop_create
+from vms.services.desktops import desktop_act, desktop_create, desktop_rename
 from vms.web.client import client_ip
 
 
@@ -63,6 +64,21 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             source_ip=client_ip(request),
         )
         return Response(DesktopSerializer(desktop).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=DesktopRenameSerializer, responses={200: DesktopSerializer})
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        """Rename the desktop: `{"name": ...}` (owner and admin; 404 if not visible)."""
+        desktop: Desktop = self.get_object()
+        params = DesktopRenameSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        desktop_rename(
+            actor=request.user,
+            desktop=desktop,
+            name=params.validated_data["name"],
+            source_ip=client_ip(request),
+        )
+        desktop.refresh_from_db()
+        return Response(DesktopSerializer(desktop).data)
 
     @extend_schema(request=None, responses={202: ActionAcceptedSerializer})
     def destroy(self, request: Request, pk: str | None = None) -> Response:

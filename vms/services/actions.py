@@ -55,6 +55,10 @@ class DesktopAction:
     # A desktop found stuck in this state waits for this action's work (reconcile
     # requeues it); by default the state the action moves to.
     stalls_in: str | None = None
+    # An action that keeps the state (moves_to None) but takes a while: while its work
+    # runs the desktop's progress note is the action's name, and pages show this label
+    # instead of the state (reboot: "Rebooting…"); the worker clears the note when done.
+    busy_label: str = ""
 
     @property
     def audit_verb(self) -> str:
@@ -124,6 +128,7 @@ ACTIONS: dict[str, DesktopAction] = {
             moves_to=None,
             ends_in=S.RUNNING,
             worker="desktop_restart",
+            busy_label="Rebooting…",
         ),
         DesktopAction(
             name="delete",
@@ -157,9 +162,21 @@ def actions_for(*, role: Role, on_pages: bool = False) -> list[DesktopAction]:
     ]
 
 
-def actions_valid_in(status: str) -> list[str]:
-    """Names of the offered actions a desktop in `status` allows (for the live pages)."""
-    return [action.name for action in actions_offered() if status in action.sources]
+def actions_valid_in(status: str, *, progress: str = "") -> list[str]:
+    """Names of the offered actions a desktop in `status` allows (for the live pages);
+    an action already under way (its name is the progress note) is not offered again."""
+    return [
+        action.name
+        for action in actions_offered()
+        if status in action.sources and not (action.busy_label and action.name == progress)
+    ]
+
+
+def busy_label_of(progress: str) -> str:
+    """The label pages show for a desktop whose progress note names a busy action
+    (e.g. "Rebooting…"), or "" when no such action is under way."""
+    action = ACTIONS.get(progress)
+    return action.busy_label if action is not None else ""
 
 
 def action_resuming(status: str) -> DesktopAction | None:

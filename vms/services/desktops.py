@@ -14,13 +14,13 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 
 from vms.hypervisor.naming import domain_name, volume_name
-from vms.models import Desktop, Template
-from vms.roles import desktop_role
+from vms.models import Desktop, DesktopStatus, Template
+from vms.roles import DesktopRole, desktop_role
 from vms.selectors import templates_for_user
 from vms.services import transitions
 from vms.services.actions import ACTIONS, DesktopAction, action_get
 from vms.services.audit import audit_record
-from vms.services.errors import InvalidTransition, NotAssigned, ServiceError
+from vms.services.errors import InvalidName, InvalidTransition, NotAssigned, ServiceError
 from vms.services.events import push_desktop_changed
 from vms.services.placement import host_choose
 from vms.services.queue import broker_check, enqueue_desktop_task
@@ -38,6 +38,7 @@ def desktop_create(
     The quota check and the insert share one transaction under a lock on the user's row,
     so concurrent launches by one user cannot overshoot the quota.
     """
+    name = desktop_name_clean(name)
     broker_check()
     template = templates_for_user(user=user).filter(pk=template_id).first()
     if template is None:
@@ -67,12 +68,54 @@ def _insert(*, user: User, template: Template, name: str) -> Desktop:
         vcpus=template.vcpus,
         memory_mib=template.memory_mib,
         disk_gib=template.disk_gib,
-        name=(name.strip() or template.name)[:NAME_MAX],
+        name=name or template.name[:NAME_MAX],
         progress="queued",
     )
     desktop.domain_name = domain_name(name_prefix(), str(desktop.pk))
     desktop.volume_name = volume_name(name_prefix(), str(desktop.pk))
     desktop.save(force_insert=True)
+    return desktop
+
+
+def desktop_name_clean(name: str) -> str:
+    """`name` as it is stored: trimmed; InvalidName when it is too long or holds control
+    characters (tabs, line breaks, invisible formatting marks). May be empty."""
+    cleaned = name.strip()
+    if len(cleaned) > NAME_MAX:
+        raise InvalidName(f"The name is too long: at most {NAME_MAX} characters.")
+    if any(not char.isprintable() for char in cleaned):
+        raise InvalidName("The name may not contain control characters such as line breaks.")
+    return cleaned
+
+
+# Who may rename a desktop: the people who may also delete it.
+RENAMERS = frozenset({DesktopRole.OWNER, DesktopRole.ADMIN})
+
+
+def desktop_rename(
+    *, actor: User, desktop: Desktop, name: str, source_ip: str | None = None
+) -> Desktop:
+    """Give `desktop` (which `actor` can already see) a new name, with an audit row."""
+    if desktop_role(actor, owner_id=desktop.owner_id) not in RENAMERS:
+        raise PermissionDenied("You may not rename this desktop.")
+    new = desktop_name_clean(name)
+    if not new:
+        raise InvalidName("Give the desktop a name.")
+    with transaction.atomic():
+        row = Desktop.objects.select_for_update().get(pk=desktop.pk)
+        if row.status in (DesktopStatus.DELETING, DesktopStatus.DELETED):
+            raise InvalidTransition("The desktop is being deleted; it cannot be renamed.")
+        Desktop.objects.filter(pk=row.pk).update(name=new)
+        audit_record(
+            action="desktop.rename",
+            actor=actor,
+            desktop=row,
+            source_ip=source_ip,
+            old=row.name,
+            new=new,
+        )
+        push_desktop_changed(desktop_id=row.pk)
+    desktop.name = new
     return desktop
 
 
@@ -100,7 +143,10 @@ def desktop_act(
         audit_record(
             action=entry.audit_verb, actor=actor, desktop=desktop, source_ip=source_ip, **detail
         )
-        if entry.moves_to:
+        if entry.busy_label:
+            # Pages show the busy label until the worker clears the note.
+            Desktop.objects.filter(pk=desktop.pk).update(progress=entry.name)
+        if entry.moves_to or entry.busy_label:
             push_desktop_changed(desktop_id=desktop.pk)
         enqueue_desktop_task(entry, desktop=desktop)
 

@@ -33,3 +33,7 @@ class NoHostAvailable(ServiceError):
 
 class ServiceUnavailable(ServiceError):
     """A backing service (the task broker) is down; nothing was changed."""
+
+
+class InvalidName(ServiceError):
+    """A desktop name that cannot be stored (too long, control characters, empty)."""

@@ -12,7 +12,7 @@ from django.db import transaction
 from redis.exceptions import RedisError
 
 from vms.models import Desktop
-from vms.selectors import console_watchers
+from vms.selectors import console_watchers, desktop_status_label
 from vms.services.actions import actions_valid_in
 
 log = logging.getLogger(__name__)
@@ -34,11 +34,14 @@ def desktop_payload(desktop: Desktop) -> dict[str, object]:
         "id": str(desktop.pk),
         "name": desktop.name,
         "status": desktop.status,
-        "status_label": desktop.get_status_display(),
+        "status_label": desktop_status_label(desktop),
         # Offered actions the new state allows; a page shows those of its buttons.
-        "actions": actions_valid_in(desktop.status),
+        "actions": actions_valid_in(desktop.status, progress=desktop.progress),
         "progress": desktop.progress,
         "last_error": desktop.last_error,
+        # What it holds against the quota: the owner's dashboard refreshes its meters
+        # and Launch buttons when these or the state change.
+        "size": [desktop.vcpus, desktop.memory_mib, desktop.disk_gib],
     }
 
 

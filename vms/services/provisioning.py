@@ -195,7 +195,8 @@ def _reset_disk(desktop: Desktop, hypervisor: Hypervisor) -> None:
 
 
 def desktop_restart(*, desktop_id: UUID | str) -> None:
-    """Reboot a running guest; the state stays `running`."""
+    """Reboot a running guest; the state stays `running`. The "reboot" progress note
+    that `desktop_act` set (pages show "Rebooting…") is cleared once libvirt is done."""
     desktop = _load(desktop_id)
     if desktop is None or desktop.status != S.RUNNING:
         return
@@ -204,6 +205,14 @@ def desktop_restart(*, desktop_id: UUID | str) -> None:
         lambda: _hypervisor(desktop).reboot(name=desktop.domain_name),
         cleanup=False,
     )
+    _clear_progress(desktop, step="reboot")
+
+
+def _clear_progress(desktop: Desktop, *, step: str) -> None:
+    """Drop the progress note `step` if it is still the desktop's note (a stop or a
+    failure in between has already replaced it)."""
+    if Desktop.objects.filter(pk=desktop.pk, progress=step).update(progress=""):
+        push_desktop_changed(desktop_id=desktop.pk)
 
 
 def desktop_teardown(*, desktop_id: UUID | str) -> None:

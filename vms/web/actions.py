@@ -1,4 +1,5 @@
-"""Form actions from the pages: launch, power actions and delete (through the services)."""
+"""Form actions from the pages: launch, rename, power actions and delete (through the
+services)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from django.shortcuts import get_object_or_404, redirect
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
+from vms.models import Desktop
 from vms.selectors import (
     desktops_visible_to,
 )
 from vms.services.actions import action_get
-from vms.services.desktops import desktop_act, desktop_create
+from vms.services.desktops import desktop_act, desktop_create, desktop_rename
 from vms.services.errors import ServiceError
 from vms.web.client import client_ip
 
@@ -35,7 +37,8 @@ def launch(request: HttpRequest) -> HttpResponse:
     except ServiceError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"{desktop.name} is being prepared.")
+        # Tagged with the desktop's id: the dashboard turns it into "… is running" live.
+        messages.success(request, f"{desktop.name} is being prepared.", extra_tags=str(desktop.pk))
     return redirect("dashboard")
 
 
@@ -44,6 +47,8 @@ def launch(request: HttpRequest) -> HttpResponse:
 def desktop_action(request: HttpRequest, pk: str, action: str) -> HttpResponse:
     """Any action of the table from the pages (404 unless the user may see the desktop)."""
     desktop = get_object_or_404(desktops_visible_to(user=request.user), pk=pk)
+    if action == RENAME:
+        return _rename(request, desktop)
     entry = action_get(action)
     if entry is None or not entry.offered:
         raise Http404("No such action.")
@@ -55,6 +60,28 @@ def desktop_action(request: HttpRequest, pk: str, action: str) -> HttpResponse:
         messages.error(request, exc.message)
     else:
         messages.success(request, f"{desktop.name}: {entry.label.lower()} requested.")
+    return redirect(_safe_next(request) or "dashboard")
+
+
+# Renaming changes no state and queues no work, so it is no action of the table; it
+# shares the table's route (desktops/<id>/<action>/), which the table never names so.
+RENAME = "rename"
+
+
+def _rename(request: HttpRequest, desktop: Desktop) -> HttpResponse:
+    """The form twin of PATCH /api/desktops/{id}/ {"name"}."""
+    old_name = desktop.name
+    try:
+        desktop_rename(
+            actor=request.user,
+            desktop=desktop,
+            name=request.POST.get("name", ""),
+            source_ip=client_ip(request),
+        )
+    except ServiceError as exc:
+        messages.error(request, f"{old_name} was not renamed: {exc.message}")
+    else:
+        messages.success(request, f"{old_name} is now called {desktop.name}.")
     return redirect(_safe_next(request) or "dashboard")
 
 

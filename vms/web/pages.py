@@ -13,18 +13,21 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from vms.health import health_detail_allowed, health_report
+from vms.models import Template
 from vms.roles import RequestUser, is_admin, is_helpdesk
 from vms.selectors import (
     action_buttons,
     console_sessions_endable_by,
     console_watchers,
+    desktop_status_label,
     desktops_visible_to,
     helpdesk_search,
     templates_for_user,
 )
 from vms.services.consoles import console_session_end
 from vms.services.errors import ServiceError
-from vms.services.quotas import effective_quota, first_exceeded, usage
+from vms.services.events import desktop_payload
+from vms.services.quotas import Limits, effective_quota, first_exceeded, usage
 from vms.web.client import client_ip
 from vms.web.helpdesk_filters import FILTERS, helpdesk_search_from
 
@@ -46,25 +49,73 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
+@never_cache
 def dashboard(request: HttpRequest) -> HttpResponse:
-    """The employee's home: assigned templates, own desktops and the quota meter."""
+    """The employee's home: assigned templates, own desktops and the quota meter.
+
+    `?part=state` answers, as JSON, what the page shows live: the quota meters, which
+    Launch buttons are refused, and each desktop as the live push sends it. The page asks
+    for it when its live feed (re)connects (events sent before then were missed) and when
+    a desktop comes, goes or changes state or size.
+    """
+    if request.GET.get("part") == "state":
+        return JsonResponse(_live_state(request.user))
     desktops = list(desktops_visible_to(user=request.user).filter(owner=request.user))
     watchers = console_watchers(desktop_ids=[d.pk for d in desktops])
     for desktop in desktops:
         desktop.watchers = watchers[str(desktop.pk)]  # type: ignore[attr-defined]
         desktop.buttons = action_buttons(user=request.user, desktop=desktop)  # type: ignore[attr-defined]
-    quota, used = effective_quota(user=request.user), usage(user=request.user)
-    templates = list(templates_for_user(user=request.user))
-    for template in templates:
-        refusal = first_exceeded(limits=quota, used=used, template=template)
-        template.refusal = refusal.message if refusal else ""  # type: ignore[attr-defined]
+        desktop.status_label = desktop_status_label(desktop)  # type: ignore[attr-defined]
+    quota, used, templates = _limits(request.user)
     context = {
         "templates": templates,
         "desktops": desktops,
-        "quota": quota,
-        "used": used,
+        "meters": _meters(quota, used),
     }
     return render(request, "vms/dashboard.html", context)
+
+
+def _limits(user: RequestUser) -> tuple[Limits, Limits, list[Template]]:
+    """The user's quota, what they use, and their templates, each with `refusal`: why
+    one more desktop of it would be refused ("" when it would not)."""
+    quota, used = effective_quota(user=user), usage(user=user)  # type: ignore[arg-type]
+    templates = list(templates_for_user(user=user))
+    for template in templates:
+        refusal = first_exceeded(limits=quota, used=used, template=template)
+        template.refusal = refusal.message if refusal else ""  # type: ignore[attr-defined]
+    return quota, used, templates
+
+
+# The quota meters in the order shown: (limit field, label, unit).
+METERS = (
+    ("max_desktops", "Desktops", ""),
+    ("max_vcpus", "vCPUs", ""),
+    ("max_memory_mib", "Memory", "MiB"),
+    ("max_disk_gib", "Disk", "GiB"),
+)
+
+
+def _meters(quota: Limits, used: Limits) -> list[dict[str, object]]:
+    return [
+        {
+            "key": key,
+            "label": label,
+            "unit": unit,
+            "used": getattr(used, key),
+            "limit": getattr(quota, key),
+        }
+        for key, label, unit in METERS
+    ]
+
+
+def _live_state(user: RequestUser) -> dict[str, object]:
+    quota, used, templates = _limits(user)
+    desktops = desktops_visible_to(user=user).filter(owner=user)
+    return {
+        "meters": _meters(quota, used),
+        "refusals": {str(t.pk): t.refusal for t in templates},  # type: ignore[attr-defined]
+        "desktops": [desktop_payload(desktop) for desktop in desktops],
+    }
 
 
 @login_required
