@@ -76,6 +76,8 @@ def test_admin_imports_assigns_and_sets_a_quota_the_employee_meets(
     page.locator("#id_group + .select2 .select2-selection").click()
     page.fill(".select2-container--open .select2-search__field", "empl")
     page.locator(".select2-results__option", has_text="employee").click()
+    # The pick lands a moment after the click (the results list re-renders as it loads).
+    page.locator("#select2-id_group-container", has_text="employee").wait_for()
     page.fill("#id_max_desktops", "1")
     page.click("input[name=_save]")
     page.wait_for_url(f"{portal_url}/admin/vms/quota/")
