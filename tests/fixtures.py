@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,42 +156,33 @@ def celery_worker(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker (prefork, 2 processes) on the test database and test Redis."""
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    env = server_env()
-    log = open(ROOT / "var" / "test-worker.log", "wb")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "portal",
-            "worker",
-            "-Q",
-            "portal,host.local",
-            "-c",
-            "2",
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            worker_name(),
-            "--loglevel",
-            "INFO",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    _wait_for_worker(worker)
-    _running_workers.append(worker_name())
-    yield worker
-    _running_workers.clear()
-    worker.send_signal(signal.SIGTERM)
+    with running_worker(queues="portal,host.local", name=worker_name()) as worker:
+        yield worker
+
+
+@contextmanager
+def running_worker(*, queues: str, name: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A Celery worker for `queues` on the test database and Redis, until the block ends;
+    the teardown hook waits for it to be quiet like the suite's own worker."""
+    log = open(ROOT / "var" / f"test-worker-{name.split('@')[0]}.log", "wb")
+    command = [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", queues,
+               "-c", "2", "--without-gossip", "--without-mingle", "-n", name,
+               "--loglevel", "INFO"]  # fmt: skip
+    worker = subprocess.Popen(command, cwd=ROOT, env=server_env(), stdout=log, stderr=log)
     try:
-        worker.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-    log.close()
+        _wait_for_worker(worker, name)
+        _running_workers.append(name)
+        yield worker
+    finally:
+        if name in _running_workers:
+            _running_workers.remove(name)
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
 
 
 def worker_name() -> str:
@@ -262,15 +254,15 @@ def _servers_redis() -> redis.Redis:
     return redis.Redis.from_url(SERVERS_REDIS_URL, socket_timeout=5)
 
 
-def _wait_for_worker(worker: subprocess.Popen[bytes]) -> None:
+def _wait_for_worker(worker: subprocess.Popen[bytes], name: str) -> None:
     from portal.celery import app
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        assert worker.poll() is None, "the Celery worker exited; see var/test-worker.log"
-        if app.control.ping(timeout=0.5):
+        assert worker.poll() is None, f"the Celery worker {name} exited; see var/test-worker-*.log"
+        if app.control.ping(destination=[name], timeout=0.5):
             return
-    raise AssertionError("the Celery worker did not answer within 60 s")
+    raise AssertionError(f"the Celery worker {name} did not answer within 60 s")
 
 
 def wait_for_status(desktop_id: Any, wanted: str, *, timeout: float = 90) -> Desktop:

@@ -36,6 +36,13 @@ class Host(models.Model):
         "qemu+ssh://root@hv1/system. The scheme picks the backend (docs/hypervisors.md).",
     )
     storage_pool = models.CharField(max_length=100, default="desktops")
+    console_address = models.GenericIPAddressField(
+        "console address",
+        default="127.0.0.1",
+        help_text="Where this host's guests' displays (VNC, SPICE) listen; the console relays "
+        "connect there. 127.0.0.1 for the portal's own machine, the management-network "
+        "address for a remote host. Never a public address.",
+    )
     enabled = models.BooleanField(default=True)
     capacity_vcpus = models.PositiveIntegerField(default=16)
     capacity_memory_mib = models.PositiveIntegerField(default=16384)

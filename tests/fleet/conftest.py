@@ -4,11 +4,22 @@ and daemons, when the test's scope ends."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+
+from tests.fixtures import running_worker
+from tests.relay.conftest import channels_relay, gateway_relay, relay  # noqa: F401
+from vms.hypervisor import get_hypervisor
+from vms.models import Host
+from vms.services.hosts import host_register
+from vms.settings_access import name_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_HOST = ROOT / "scripts" / "lab-host"
@@ -34,3 +45,19 @@ def lab_hosts() -> Iterator[Callable[[str], str]]:
     yield up
     failures = [lab_host("down", name) for name in reversed(started)]
     assert all(f.returncode == 0 for f in failures), [f.stderr for f in failures]
+
+
+@pytest.fixture
+def lab_host_in_portal(lab_hosts: Callable[[str], str], celery_worker: Any) -> Iterator[Host]:
+    """Lab host 'laba' registered in the portal (capacity read from it, its storage pool on
+    the shared directory) with a Celery worker of its own for queue host.laba, as
+    `scripts/lab-host join` does."""
+    uri = lab_hosts("laba")
+    host = host_register(name="laba", uri=uri, console_address=urlsplit(uri).hostname or "")
+    assert host.last_check_ok, host.last_check_error
+    name = f"lab{os.getpid()}@{socket.gethostname()}"
+    with running_worker(queues=host.queue_name, name=name):
+        yield host
+    hypervisor = get_hypervisor(uri)
+    for domain in hypervisor.list_domains(prefix=name_prefix()):
+        hypervisor.undefine(name=domain.name)

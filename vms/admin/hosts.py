@@ -44,7 +44,7 @@ class HostForm(forms.ModelForm):
 
     class Meta:
         model = Host
-        fields = ["name", "uri", "storage_pool", "enabled", *CAPACITY_FIELDS]
+        fields = ["name", "uri", "console_address", "storage_pool", "enabled", *CAPACITY_FIELDS]
         labels = {
             "capacity_vcpus": "vCPUs",
             "capacity_memory_mib": "Memory (MiB)",
@@ -150,7 +150,7 @@ class HostAdmin(admin.ModelAdmin):
                 "“Read capacity from the host” fills them in now. More than it has is refused."
             )
         sets: list[Any] = [
-            (None, {"fields": ["name", "uri", "storage_pool", "enabled"]}),
+            (None, {"fields": ["name", "uri", "console_address", "storage_pool", "enabled"]}),
             ("Capacity for desktops", {"fields": CAPACITY_FIELDS, "description": capacity}),
         ]
         if obj is not None:  # the heartbeat's findings exist only once the host does

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from vms.hypervisor import HostCapacity, Hypervisor, HypervisorError, backend_for, get_hypervisor
 from vms.models import Host
+from vms.services.audit import audit_record
 from vms.services.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -141,3 +142,37 @@ def host_ensure_local() -> Host:
             host.capacity_disk_gib,
         )
     return host
+
+
+def host_register(*, name: str, uri: str, console_address: str) -> Host:
+    """Register (or update) host `name` at `uri`, with the capacity it really has, and
+    check it once so placement may use it at once. Idempotent: a lab host that comes up
+    again keeps its row, its desktops and the admin's changes to its capacity."""
+    uri = host_check_uri(uri)
+    found = host_capacity_read(uri=uri, pool=settings.STORAGE_POOL_NAME)
+    defaults = {
+        "capacity_vcpus": found.cpus,
+        "capacity_memory_mib": found.memory_mib,
+        "storage_pool": settings.STORAGE_POOL_NAME,
+    }
+    if found.pool_gib is not None:
+        defaults["capacity_disk_gib"] = found.pool_gib
+    host, created = Host.objects.get_or_create(
+        name=name, defaults={"uri": uri, "console_address": console_address, **defaults}
+    )
+    if not created:
+        Host.objects.filter(pk=host.pk).update(
+            uri=uri, console_address=console_address, enabled=True
+        )
+        host.refresh_from_db()
+    audit_record(action="host.register", name=name, uri=uri, created=created)
+    host_heartbeat(host=host)
+    host.refresh_from_db()  # the heartbeat's verdict
+    return host
+
+
+def host_disable(*, name: str) -> None:
+    """Take host `name` out of placement (its row, desktops and history stay)."""
+    if not Host.objects.filter(name=name).update(enabled=False):
+        raise ServiceError(f"There is no host named {name!r}.")
+    audit_record(action="host.disable", name=name)

@@ -85,6 +85,7 @@ def domain_spec(desktop: Desktop) -> DomainSpec:
         desktop_id=str(desktop.pk),
         console_password=secrets.token_urlsafe(6),
         console_password_valid_to=timezone.now(),
+        listen_address=desktop.host.console_address,
     )
 
 
