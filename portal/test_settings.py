@@ -19,3 +19,5 @@ from portal.settings import *  # noqa: F403
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 AXES_ENABLED = True
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405 - WhiteNoise warns when it is absent
+# The suite's servers outlive database flushes (see tests/server_middleware.py).
+MIDDLEWARE = [*MIDDLEWARE, "tests.server_middleware.ContentTypeCacheReset"]  # noqa: F405

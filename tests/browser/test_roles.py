@@ -80,6 +80,9 @@ def test_admin_imports_assigns_and_sets_a_quota_the_employee_meets(
     page.locator("#select2-id_group-container", has_text="employee").wait_for()
     page.fill("#id_max_desktops", "1")
     page.click("input[name=_save]")
+    page.wait_for_load_state()
+    errors = page.locator(".errornote, .errorlist").all_inner_texts()
+    assert not errors, errors
     page.wait_for_url(f"{portal_url}/admin/vms/quota/")
     assert Quota.objects.get(group=Group.objects.get(name="employee")).max_desktops == 1
 
