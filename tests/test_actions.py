@@ -16,7 +16,7 @@ from django.urls import reverse
 
 from tests.fixtures import make_desktop
 from vms import tasks
-from vms.models import AuditEvent, Desktop, DesktopStatus
+from vms.models import AuditEvent, Desktop, DesktopStatus, Host
 from vms.roles import DesktopRole
 from vms.services import provisioning, transitions
 from vms.services.actions import (
@@ -77,6 +77,22 @@ def test_every_offered_action_is_reachable_everywhere(
         )
     assert answer.status_code == 302
     assert AuditEvent.objects.filter(desktop=desktop, action=action.audit_verb).exists()
+
+
+@pytest.fixture(autouse=True)
+def migratable_hosts(fake_host: Host) -> None:
+    """A second host on the test driver, and network addresses for both, so "migrate" has
+    somewhere to go. The test driver talks to no network: these addresses (in the lab
+    hosts' range) are never contacted."""
+    Host.objects.filter(pk=fake_host.pk).update(console_address="10.213.250.2")
+    Host.objects.create(
+        name="fake2",
+        uri="test:///default",
+        storage_pool="default-pool",
+        console_address="10.213.251.2",
+        last_check_ok=True,
+    )
+    Host.objects.filter(pk=fake_host.pk).update(last_check_ok=True)
 
 
 @pytest.fixture

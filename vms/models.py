@@ -147,6 +147,7 @@ class DesktopStatus(models.TextChoices):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
+    MIGRATING = "migrating"
     DELETING = "deleting"
     DELETED = "deleted"
     ERROR = "error"
@@ -170,6 +171,14 @@ class Desktop(models.Model):
     name = models.CharField(max_length=100)
     status = models.CharField(
         max_length=20, choices=DesktopStatus.choices, default=DesktopStatus.PROVISIONING
+    )
+    # While migrating: the host it is moving to (placement counts it there already).
+    migrate_to = models.ForeignKey(
+        Host,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="incoming_desktops",
     )
     last_error = models.TextField(blank=True, default="")
     # The step a launch has reached, for the progress bar (see services.progress).

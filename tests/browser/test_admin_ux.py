@@ -132,6 +132,7 @@ def test_desktops_list_page_actions_and_bulk_stop_that_asks_first(
         "Stop",
         "Force stop",
         "Reboot",
+        "Migrate",
         "Delete",
     ]
     assert page.locator("input[name=_save], input[name=_continue]").count() == 0

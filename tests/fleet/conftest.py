@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,16 +49,33 @@ def lab_hosts() -> Iterator[Callable[[str], str]]:
 
 
 @pytest.fixture
-def lab_host_in_portal(lab_hosts: Callable[[str], str], celery_worker: Any) -> Iterator[Host]:
-    """Lab host 'laba' registered in the portal (capacity read from it, its storage pool on
-    the shared directory) with a Celery worker of its own for queue host.laba, as
-    `scripts/lab-host join` does."""
-    uri = lab_hosts("laba")
-    host = host_register(name="laba", uri=uri, console_address=urlsplit(uri).hostname or "")
-    assert host.last_check_ok, host.last_check_error
-    name = f"lab{os.getpid()}@{socket.gethostname()}"
-    with running_worker(queues=host.queue_name, name=name):
-        yield host
-    hypervisor = get_hypervisor(uri)
-    for domain in hypervisor.list_domains(prefix=name_prefix()):
-        hypervisor.undefine(name=domain.name)
+def lab_host_joined(
+    lab_hosts: Callable[[str], str], celery_worker: Any
+) -> Iterator[Callable[[str], Host]]:
+    """`join(name)`: lab host `name` up and registered in the portal (capacity read from
+    it, its storage pool on the shared directory) with a Celery worker of its own for its
+    queue, as `scripts/lab-host join` does. Their guests and workers go at the end."""
+    joined: list[Host] = []
+    with ExitStack() as workers:
+
+        def join(name: str) -> Host:
+            uri = lab_hosts(name)
+            address = urlsplit(uri).hostname or ""
+            host = host_register(name=name, uri=uri, console_address=address)
+            assert host.last_check_ok, host.last_check_error
+            worker = f"lab{name}{os.getpid()}@{socket.gethostname()}"
+            workers.enter_context(running_worker(queues=host.queue_name, name=worker))
+            joined.append(host)
+            return host
+
+        yield join
+    for host in joined:
+        hypervisor = get_hypervisor(host.uri)
+        for domain in hypervisor.list_domains(prefix=name_prefix()):
+            hypervisor.undefine(name=domain.name)
+
+
+@pytest.fixture
+def lab_host_in_portal(lab_host_joined: Callable[[str], Host]) -> Host:
+    """Lab host 'laba', joined to the portal (see `lab_host_joined`)."""
+    return lab_host_joined("laba")

@@ -56,12 +56,17 @@ class HostForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["console_address"].required = False  # empty: the model's loopback
         if self.instance._state.adding:
             for name in CAPACITY_FIELDS:
                 field = self.fields[name]
                 field.required = False
                 field.initial = self.initial.get(name)  # not the model's 16 vCPUs
                 field.help_text = "Empty: what the host has, read when you save."
+
+    def clean_console_address(self) -> str:
+        address = self.cleaned_data.get("console_address")
+        return address or str(Host._meta.get_field("console_address").default)
 
     def clean_uri(self) -> str:
         try:

@@ -10,6 +10,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from vms.services.consoles import DisplayUnreachable, TooManyConsoles
 from vms.services.errors import (
+    HostCannotTake,
     InvalidTransition,
     NoHostAvailable,
     NotAssigned,
@@ -23,6 +24,7 @@ STATUS_OF: dict[type[ServiceError], int] = {
     DisplayUnreachable: status.HTTP_503_SERVICE_UNAVAILABLE,
     QuotaExceeded: status.HTTP_409_CONFLICT,
     InvalidTransition: status.HTTP_409_CONFLICT,
+    HostCannotTake: status.HTTP_409_CONFLICT,
     NotAssigned: status.HTTP_403_FORBIDDEN,
     NoHostAvailable: status.HTTP_503_SERVICE_UNAVAILABLE,
     ServiceUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, status, viewsets
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -115,6 +115,7 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             desktop=desktop,
             action=action,
             source_ip=client_ip(self.request),
+            params=_action_params(self.request),
         )
         desktop.refresh_from_db()
         label = ACTIONS[action].label
@@ -126,6 +127,13 @@ def _ticket_binding(request: Request) -> TicketBinding:
     """A browser session's ticket needs that session; an API token's, the caller's address
     (a script has no session cookie to show the relay)."""
     return TicketBinding.SESSION if request.auth is None else TicketBinding.ADDRESS
+
+
+def _action_params(request: Request) -> dict[str, str]:
+    """The body's fields, for the action to accept or refuse (most take none)."""
+    if not hasattr(request.data, "items"):
+        raise ValidationError({"detail": "The body must be a JSON object."})
+    return {str(key): str(value) for key, value in request.data.items()}
 
 
 def _delete_action() -> DesktopAction:
@@ -141,8 +149,12 @@ def _action_route(entry: DesktopAction) -> Callable[..., Response]:
 
     route.__name__ = entry.name.replace("-", "_")
     route.__doc__ = f"{entry.label}: 202, or 409 when the desktop's state does not allow it."
+    body = inline_serializer(
+        name=f"{entry.name.replace('-', '_').title()}Request",
+        fields={name: serializers.CharField(required=False) for name in entry.params},
+    )
     documented = extend_schema(
-        request=None,
+        request=body if entry.params else None,
         responses={202: ActionAcceptedSerializer},
         operation_id=f"desktops_{entry.name.replace('-', '_')}",
     )(route)

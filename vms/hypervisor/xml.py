@@ -302,3 +302,17 @@ def parse_physical_bytes(volume_xml: str) -> int | None:
     root = ET.fromstring(volume_xml)  # noqa: S314 - XML comes from libvirtd, not users
     el = root.find("./physical")
     return _bytes_of(el) if el is not None else None
+
+
+def domain_xml_moved(domain_xml: str, *, listen_address: str) -> str:
+    """A domain's migratable XML for another host: its displays listen on that host's
+    console address. Everything else, the display password included, stays as it is."""
+    root = ET.fromstring(domain_xml)  # noqa: S314 - XML comes from libvirtd, not users
+    for graphics in root.findall("./devices/graphics"):
+        if graphics.get("type") not in (GraphicsType.vnc.value, GraphicsType.spice.value):
+            continue
+        graphics.set("listen", listen_address)
+        for listen in graphics.findall("./listen"):
+            graphics.remove(listen)
+        _sub(graphics, "listen", type="address", address=listen_address)
+    return ET.tostring(root, encoding="unicode")

@@ -59,6 +59,10 @@ class DesktopAction:
     # runs the desktop's progress note is the action's name, and pages show this label
     # instead of the state (reboot: "Rebooting…"); the worker clears the note when done.
     busy_label: str = ""
+    # Parameters a person may give (API body, service keyword) and the function (dotted
+    # path) that turns them into fields set with the move, inside its transaction.
+    params: tuple[str, ...] = ()
+    prepare: str = ""
 
     @property
     def audit_verb(self) -> str:
@@ -129,6 +133,18 @@ ACTIONS: dict[str, DesktopAction] = {
             ends_in=S.RUNNING,
             worker="desktop_restart",
             busy_label="Rebooting…",
+        ),
+        DesktopAction(
+            name="migrate",
+            label="Migrate",
+            moves_to=S.MIGRATING,
+            ends_in=S.RUNNING,
+            worker="desktop_migrate",
+            roles=frozenset({Role.ADMIN}),
+            only_from=frozenset({S.RUNNING}),
+            on_pages=False,
+            params=("host",),
+            prepare="vms.services.migration.migration_target_choose",
         ),
         DesktopAction(
             name="delete",

@@ -8,10 +8,14 @@ event and queues the worker task on commit. The libvirt work happens in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.utils.module_loading import import_string
 
 from vms.hypervisor.naming import domain_name, volume_name
 from vms.models import Desktop, DesktopStatus, Template
@@ -120,7 +124,12 @@ def desktop_rename(
 
 
 def desktop_act(
-    *, actor: User, desktop: Desktop, action: str, source_ip: str | None = None
+    *,
+    actor: User,
+    desktop: Desktop,
+    action: str,
+    source_ip: str | None = None,
+    params: Mapping[str, str] | None = None,
 ) -> None:
     """Run one action of the table on `desktop` for `actor` (who can already see it).
 
@@ -133,13 +142,16 @@ def desktop_act(
         raise ServiceError(f"There is no desktop action '{action}'.")
     if desktop_role(actor, owner_id=desktop.owner_id) not in entry.roles:
         raise PermissionDenied(f"You may not {entry.label.lower()} this desktop.")
+    given = _params_of(entry, params or {})
     broker_check()
     with transaction.atomic():
-        left = _move(desktop=desktop, entry=entry)
+        fields = import_string(entry.prepare)(desktop=desktop, **given) if entry.prepare else {}
+        left = _move(desktop=desktop, entry=entry, fields=fields)
         if left is None:
             desktop.refresh_from_db(fields=["status"])
             raise InvalidTransition(_refusal(desktop, entry))
         detail = {"old": left, "new": entry.moves_to} if entry.moves_to else {}
+        detail |= {name: str(value) for name, value in fields.items()}
         audit_record(
             action=entry.audit_verb, actor=actor, desktop=desktop, source_ip=source_ip, **detail
         )
@@ -151,7 +163,15 @@ def desktop_act(
         enqueue_desktop_task(entry, desktop=desktop)
 
 
-def _move(*, desktop: Desktop, entry: DesktopAction) -> str | None:
+def _params_of(entry: DesktopAction, params: Mapping[str, str]) -> dict[str, str]:
+    """The parameters given, when the action takes them (a clear refusal otherwise)."""
+    unknown = sorted(set(params) - set(entry.params))
+    if unknown:
+        raise ServiceError(f"{entry.label} takes no '{unknown[0]}'.")
+    return {name: str(value).strip() for name, value in params.items()}
+
+
+def _move(*, desktop: Desktop, entry: DesktopAction, fields: dict[str, Any]) -> str | None:
     """Leave one of the action's starting states; the state left, or None."""
     if entry.moves_to is None or (entry.repeatable and _is_in(desktop, entry.moves_to)):
         # No move (reboot), or asked again while already moving (force during a stop).
@@ -163,6 +183,7 @@ def _move(*, desktop: Desktop, entry: DesktopAction) -> str | None:
         new=entry.moves_to,
         progress="",
         last_error="",
+        **fields,
     )
 
 

@@ -37,3 +37,7 @@ class ServiceUnavailable(ServiceError):
 
 class InvalidName(ServiceError):
     """A desktop name that cannot be stored (too long, control characters, empty)."""
+
+
+class HostCannotTake(ServiceError):
+    """The host asked for cannot take the desktop (full, down, disabled or the same)."""

@@ -4,20 +4,32 @@ from __future__ import annotations
 
 from django.db.models import Q, Sum
 
-from vms.models import Host, Template
+from vms.models import Desktop, DesktopStatus, Host, Template
 from vms.services.errors import NoHostAvailable
 from vms.services.quotas import NOT_COUNTED
 
 
 def host_allocations() -> dict[int, dict[str, int]]:
-    """vCPUs, memory and disk allocated to live desktops, per host id."""
+    """vCPUs, memory and disk allocated to live desktops, per host id; a desktop that is
+    migrating counts on both hosts until it has moved."""
     live = ~Q(desktops__status__in=NOT_COUNTED)
     rows = Host.objects.annotate(
         used_vcpus=Sum("desktops__vcpus", filter=live),
         used_memory_mib=Sum("desktops__memory_mib", filter=live),
         used_disk_gib=Sum("desktops__disk_gib", filter=live),
     ).values("pk", "used_vcpus", "used_memory_mib", "used_disk_gib")
-    return {row.pop("pk"): {k: v or 0 for k, v in row.items()} for row in rows}
+    used = {row.pop("pk"): {k: v or 0 for k, v in row.items()} for row in rows}
+    # A second query: two reverse relations summed in one would multiply each other.
+    incoming = (
+        Desktop.objects.filter(status=DesktopStatus.MIGRATING, migrate_to__isnull=False)
+        .values("migrate_to")
+        .annotate(vcpus=Sum("vcpus"), memory_mib=Sum("memory_mib"), disk_gib=Sum("disk_gib"))
+    )
+    for row in incoming:
+        totals = used.setdefault(row["migrate_to"], {})
+        for part in ("vcpus", "memory_mib", "disk_gib"):
+            totals[f"used_{part}"] = totals.get(f"used_{part}", 0) + row[part]
+    return used
 
 
 def host_choose(*, template: Template) -> Host:
@@ -34,7 +46,12 @@ def host_choose(*, template: Template) -> Host:
     return max(fitting, key=lambda h: h.capacity_memory_mib - used[h.pk]["used_memory_mib"])
 
 
-def _fits(host: Host, used: dict[str, int], template: Template) -> bool:
+def host_fits(host: Host, used: dict[str, int], template: Template | Desktop) -> bool:
+    """Whether a desktop of `template`'s size (or `template` itself, a desktop) fits."""
+    return _fits(host, used, template)
+
+
+def _fits(host: Host, used: dict[str, int], template: Template | Desktop) -> bool:
     return (
         used.get("used_vcpus", 0) + template.vcpus <= host.capacity_vcpus
         and used.get("used_memory_mib", 0) + template.memory_mib <= host.capacity_memory_mib

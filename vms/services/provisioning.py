@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from uuid import UUID
 
 from django.db import transaction
 from django.utils import timezone
 
-from vms.hypervisor import DomainSpec, GraphicsType, Hypervisor, HypervisorError
-from vms.models import Desktop, DesktopStatus
+from vms.hypervisor import DomainSpec, GraphicsType, Hypervisor, HypervisorError, PowerState
+from vms.models import Desktop, DesktopStatus, Host
 from vms.services import transitions
 from vms.services.audit import audit_record
 from vms.services.events import push_desktop_changed
@@ -214,6 +215,76 @@ def _clear_progress(desktop: Desktop, *, step: str) -> None:
     failure in between has already replaced it)."""
     if Desktop.objects.filter(pk=desktop.pk, progress=step).update(progress=""):
         push_desktop_changed(desktop_id=desktop.pk)
+
+
+def desktop_migrate(*, desktop_id: UUID | str) -> None:
+    """Move a running guest live to `migrate_to`: migrating -> running, on its new host.
+
+    Idempotent for reconcile: a run that finds the guest already on the destination only
+    records the move. On failure the guest keeps running where it was, and says why.
+    """
+    with desktop_lock(desktop_id):
+        desktop = _load(desktop_id)
+        if desktop is None or desktop.status != S.MIGRATING:
+            return
+        source, target = desktop.host, desktop.migrate_to
+        assert source is not None
+        if target is None or _runs_on(target, desktop):
+            _migration_done(desktop, source=source, target=target)
+            return
+        started = time.monotonic()
+        try:
+            hypervisor_for(source).migrate_live(
+                name=desktop.domain_name, to_uri=target.uri, to_address=target.console_address
+            )
+        except HypervisorError as exc:
+            _migration_failed(desktop, source=source, target=target, message=exc.message)
+            return
+        _migration_done(desktop, source=source, target=target, seconds=time.monotonic() - started)
+
+
+def _runs_on(host: Host, desktop: Desktop) -> bool:
+    try:
+        return hypervisor_for(host).state(name=desktop.domain_name) is PowerState.running
+    except HypervisorError:
+        return False
+
+
+def _migration_done(
+    desktop: Desktop, *, source: Host, target: Host | None, seconds: float | None = None
+) -> None:
+    moved_to = target or source
+    with transaction.atomic():
+        if transitions.compare_and_set(
+            desktop_id=desktop.pk, old=S.MIGRATING, new=S.RUNNING, host=moved_to, migrate_to=None
+        ):
+            audit_record(
+                action="desktop.migrated",
+                desktop=desktop,
+                source=source.name,
+                target=moved_to.name,
+                seconds=None if seconds is None else round(seconds, 2),
+            )
+            push_desktop_changed(desktop_id=desktop.pk)
+
+
+def _migration_failed(desktop: Desktop, *, source: Host, target: Host, message: str) -> None:
+    if not _runs_on(source, desktop):
+        desktop_fail(desktop_id=desktop.pk, message=message, cleanup=False)
+        return
+    note = f"Migration to {target.name} failed; the desktop keeps running on {source.name}."
+    with transaction.atomic():
+        if transitions.compare_and_set(
+            desktop_id=desktop.pk, old=S.MIGRATING, new=S.RUNNING, migrate_to=None, last_error=note
+        ):
+            audit_record(
+                action="desktop.migration_failed",
+                desktop=desktop,
+                source=source.name,
+                target=target.name,
+                message=message,
+            )
+            push_desktop_changed(desktop_id=desktop.pk)
 
 
 def desktop_teardown(*, desktop_id: UUID | str) -> None:
