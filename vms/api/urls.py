@@ -7,11 +7,13 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework.permissions import AllowAny
 from rest_framework.routers import DefaultRouter
 
+from vms.api.hosts import HostViewSet
 from vms.api.views import DesktopViewSet, TemplateViewSet
 
 router = DefaultRouter(trailing_slash=True)
 router.register("templates", TemplateViewSet, basename="template")
 router.register("desktops", DesktopViewSet, basename="desktop")
+router.register("hosts", HostViewSet, basename="host")
 
 urlpatterns = [
     # The schema is public, as API schemas usually are: it describes, it grants nothing.
