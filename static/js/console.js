@@ -99,6 +99,9 @@ function offlineText(state) {
     return `This desktop is ${label}… The console connects when it is running.`;
   }
   if (state.status === "stopping" || state.status === "deleting") return `This desktop is ${label}…`;
+  if (state.status === "migrating") {
+    return "This desktop is moving to another host… The console reconnects when it is there.";
+  }
   return `This desktop is ${label}.`;
 }
 
@@ -113,8 +116,14 @@ function renderOffline(state) {
   }
 }
 
+// When the desktop last moved between hosts: a connection lost around then is the old
+// host's, and the page reconnects to the new one by itself.
+let movedAt = 0;
+const MOVE_RECONNECT_WINDOW_MS = 20000;
+
 function onDesktopState(state) {
   const wasRunning = desktop.status === "running";
+  if (state.status === "migrating" || desktop.status === "migrating") movedAt = Date.now();
   desktop = state;
   renderOffline(state);
   if (state.status !== "running") {
@@ -132,7 +141,9 @@ function onDesktopState(state) {
 function autoConnectNext() {
   const delay = autoConnectLeft.shift();
   if (delay === undefined) return;
-  setStatus("The desktop is running again; connecting…");
+  const moved = Date.now() - movedAt < MOVE_RECONNECT_WINDOW_MS;
+  setStatus(moved ? "The desktop moved to another host; reconnecting…"
+    : "The desktop is running again; connecting…");
   clearTimeout(autoConnectTimer);
   autoConnectTimer = setTimeout(() => connect(), delay);
 }
@@ -209,6 +220,9 @@ function onDisconnect(session, clean) {
   if (desktop.status !== "running") {
     setStatus(offlineText(desktop), "info");
   } else if (!wasConnected && autoConnectLeft.length) {
+    autoConnectNext();
+  } else if (wasConnected && Date.now() - movedAt < MOVE_RECONNECT_WINDOW_MS) {
+    autoConnectLeft = [...AUTO_CONNECT_DELAYS_MS];
     autoConnectNext();
   } else if (statusLine.dataset.kind !== "error") {
     setStatus(clean ? "Disconnected." : "The connection was lost. Press Reconnect.",

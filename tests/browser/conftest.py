@@ -6,10 +6,12 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from django.db import connection
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.servers import daphne_command, free_port, running
@@ -125,3 +127,17 @@ def wait_for_text(read_png: Any, pattern: str, *, timeout: float = 30) -> str:
             return text
         time.sleep(1)
     raise AssertionError(f"{pattern!r} never appeared on screen; last text:\n{text}")
+
+
+def off_thread(work: Callable[..., Any], **kwargs: Any) -> Any:
+    """Run a service call outside Playwright's thread: its running event loop makes the
+    services' live push (async_to_sync) refuse to run here."""
+
+    def run() -> Any:
+        try:
+            return work(**kwargs)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()

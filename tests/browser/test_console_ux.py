@@ -14,17 +14,15 @@ import subprocess
 import time
 import tty
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import logged_in_page, wait_for_text
+from tests.browser.conftest import logged_in_page, off_thread, wait_for_text
 from tests.fixtures import wait_for_status
 from vms.models import ConsoleSession, Desktop
 from vms.services.desktops import desktop_create
@@ -39,20 +37,6 @@ BANNER = r"DesktopPortaldemoguest"
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def off_thread(work: Callable[..., Any], **kwargs: Any) -> Any:
-    """Run a service call outside Playwright's thread: its running event loop makes the
-    services' live push (async_to_sync) refuse to run here."""
-
-    def run() -> Any:
-        try:
-            return work(**kwargs)
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(run).result()
 
 
 def running_desktop(owner: Any, template: Any) -> Desktop:

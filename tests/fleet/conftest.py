@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.browser.conftest import browser, portal_url  # noqa: F401
 from tests.fixtures import running_worker
 from tests.relay.conftest import channels_relay, gateway_relay, relay  # noqa: F401
 from vms.hypervisor import get_hypervisor
