@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from vms.hypervisor import DomainInfo, Hypervisor, PowerState, VolumeInfo
@@ -53,15 +54,26 @@ def reconcile_host(*, host: Host) -> ReconcileReport:
     live = {d.domain_name: d for d in Desktop.objects.filter(host=host).exclude(status=S.DELETED)}
     for desktop in live.values():
         _fix_state(desktop, domains.get(desktop.domain_name), report)
-    # Another Host row may name the same libvirt (and pool): its desktops are not orphans.
-    owned = {
-        d.domain_name: d
-        for d in Desktop.objects.filter(host__uri=host.uri).exclude(status=S.DELETED)
-    }
-    _remove_orphan_domains(hypervisor, domains, owned, report)
-    _remove_orphan_volumes(hypervisor, host, volumes, owned, report)
+    _remove_orphan_domains(hypervisor, domains, domains_owned_by(host=host), report)
+    _remove_orphan_volumes(hypervisor, host, volumes, volumes_in_use(), report)
     _requeue_stalled(live.values(), report)
     return report
+
+
+def domains_owned_by(*, host: Host) -> set[str]:
+    """Domain names that belong on `host`'s libvirt: its desktops', those of another Host
+    row naming the same libvirt, and those migrating to it (the incoming guest is defined
+    there before the database moves the desktop)."""
+    here = Q(host__uri=host.uri) | Q(migrate_to__uri=host.uri)
+    rows = Desktop.objects.filter(here).exclude(status=S.DELETED)
+    return set(rows.values_list("domain_name", flat=True))
+
+
+def volumes_in_use() -> set[str]:
+    """Every live desktop's volume name, whatever its host: the pool directory is shared
+    between hosts (as NFS would be), so each host lists the others' disks too."""
+    rows = Desktop.objects.exclude(status=S.DELETED)
+    return set(rows.values_list("volume_name", flat=True))
 
 
 def _fix_state(desktop: Desktop, domain: DomainInfo | None, report: ReconcileReport) -> None:
@@ -91,10 +103,10 @@ def _correct(desktop: Desktop, *, new: str, report: ReconcileReport, **fields: o
 def _remove_orphan_domains(
     hypervisor: Hypervisor,
     domains: dict[str, DomainInfo],
-    live: dict[str, Desktop],
+    owned: set[str],
     report: ReconcileReport,
 ) -> None:
-    for name in domains.keys() - live.keys():
+    for name in domains.keys() - owned:
         log.info("reconcile removes orphan domain %s", name)
         hypervisor.undefine(name=name)
         report.removed_domains.append(name)
@@ -104,10 +116,9 @@ def _remove_orphan_volumes(
     hypervisor: Hypervisor,
     host: Host,
     volumes: list[VolumeInfo],
-    live: dict[str, Desktop],
+    wanted: set[str],
     report: ReconcileReport,
 ) -> None:
-    wanted = {desktop.volume_name for desktop in live.values()}
     # Template bases are named without the prefix, but a short prefix ("b", "base-")
     # would still match them: a base is never an orphan while its template exists.
     bases = {
