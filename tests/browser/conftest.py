@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -40,19 +41,29 @@ def portal_url(django_db_setup: None, celery_worker: Any) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture(scope="package")
-def browser() -> Iterator[Browser]:
-    """Chromium for this package's tests only: Playwright's loop must be gone afterwards."""
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """Chromium through Playwright, until the block ends: Playwright's loop must be gone
+    afterwards, so only the tests inside the block use it."""
     # Playwright's sync API keeps an event loop running in this thread, which makes Django
     # refuse ORM calls from the test body; the tests are plain synchronous code.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
-    del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+    try:
+        with sync_playwright() as playwright:
+            launched = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+            )
+            yield launched
+            launched.close()
+    finally:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+
+
+@pytest.fixture(scope="package")
+def browser() -> Iterator[Browser]:
+    """Chromium for this package's tests only."""
+    with chromium() as launched:
+        yield launched
 
 
 def logged_in_page(browser: Browser, portal_url: str, username: str, **context: Any) -> Page:

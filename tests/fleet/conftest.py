@@ -14,8 +14,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from playwright.sync_api import Browser
 
-from tests.browser.conftest import browser, portal_url  # noqa: F401
+from tests.browser.conftest import chromium, portal_url  # noqa: F401
 from tests.fixtures import running_worker
 from tests.relay.conftest import channels_relay, gateway_relay, relay  # noqa: F401
 from vms.hypervisor import get_hypervisor
@@ -80,3 +81,11 @@ def lab_host_joined(
 def lab_host_in_portal(lab_host_joined: Callable[[str], Host]) -> Host:
     """Lab host 'laba', joined to the portal (see `lab_host_joined`)."""
     return lab_host_joined("laba")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Chromium for one module only: while Playwright's loop runs in this thread, the
+    fleet's other tests could not call the services (their live push refuses to run)."""
+    with chromium() as launched:
+        yield launched
