@@ -52,3 +52,12 @@ def test_everyone_else_is_refused(api_for, employee, helpdesk_user) -> None:
 
 def test_an_unknown_host_is_404(api_for, admin_user_) -> None:
     assert api_for(admin_user_).get("/api/hosts/nope/").status_code == 404
+
+
+def test_registering_a_host_refuses_a_console_address_that_is_not_one() -> None:
+    from vms.services.errors import ServiceError
+    from vms.services.hosts import host_register
+
+    with pytest.raises(ServiceError, match="not an IP address"):
+        host_register(name="bad", uri="test:///default", console_address="hv1.example")
+    assert not Host.objects.filter(name="bad").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import queue
 import threading
@@ -149,6 +150,7 @@ def host_register(*, name: str, uri: str, console_address: str) -> Host:
     check it once so placement may use it at once. Idempotent: a lab host that comes up
     again keeps its row, its desktops and the admin's changes to its capacity."""
     uri = host_check_uri(uri)
+    console_address = _checked_address(console_address)
     found = host_capacity_read(uri=uri, pool=settings.STORAGE_POOL_NAME)
     defaults = {
         "capacity_vcpus": found.cpus,
@@ -169,6 +171,13 @@ def host_register(*, name: str, uri: str, console_address: str) -> Host:
     host_heartbeat(host=host)
     host.refresh_from_db()  # the heartbeat's verdict
     return host
+
+
+def _checked_address(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address.strip()))
+    except ValueError:
+        raise ServiceError(f"{address!r} is not an IP address (the console address).") from None
 
 
 def host_disable(*, name: str) -> None:
