@@ -13,7 +13,13 @@ import redis
 from django.conf import settings
 
 from tests.fixtures import make_desktop, wait_for_status
-from tests.relay.conftest import connect, mint_ticket, random_tickets, session_cookie
+from tests.relay.conftest import (
+    CONNECTED,
+    connect,
+    mint_ticket,
+    random_tickets,
+    session_cookie,
+)
 from vms.models import ConsoleSession, Desktop, DesktopStatus
 from vms.services.consoles.tickets import _key
 from vms.services.transitions import compare_and_set
@@ -97,8 +103,12 @@ def test_access_lost_after_the_ticket_is_refused(
 def test_a_thousand_random_tickets_never_connect(relay, employee, desktop_row) -> None:
     import asyncio
 
-    codes = asyncio.run(random_tickets(relay.url, desktop_row, session_cookie(employee), 1000))
-    assert codes == {4401}
+    seen = asyncio.run(random_tickets(relay.url, desktop_row, session_cookie(employee), 1000))
+    assert CONNECTED not in seen, seen
+    # Each is refused with 4401; under a loaded machine a few may instead be dropped by
+    # the server's handshake timeout before any RFB byte (None): refused just the same.
+    assert set(seen) <= {4401, None}, seen
+    assert seen[4401] >= 990, seen
     assert not ConsoleSession.objects.exists()
 
 
