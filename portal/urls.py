@@ -15,7 +15,7 @@ urlpatterns = [
     path("desktops/<uuid:pk>/console/", console.console_page, name="console"),
     path(
         "desktops/<uuid:pk>/console/sessions/end/",
-        pages.console_session_end_view,
+        actions.console_session_end_view,
         name="console-session-end",
     ),
     path("desktops/<uuid:pk>/console/state/", console.console_state, name="console-state"),

@@ -18,6 +18,7 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import Browser, Page, expect
 
+from tests.browser.conftest import logged_in_page
 from tests.fixtures import UserFactory, make_desktop, wait_for_status
 from vms.models import AuditEvent, ConsoleSession, Desktop, DesktopStatus
 from vms.services.thumbnails import thumbnail_path
@@ -37,13 +38,7 @@ def shot(page: Page, name: str) -> None:
 
 def login(browser: Browser, portal_url: str, username: str, **context: Any) -> Page:
     """Log in through the real form in a fresh context; stay wherever the login lands."""
-    page = browser.new_context(**{"viewport": DESKTOP, **context}).new_page()
-    page.goto(f"{portal_url}/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", "pw-for-tests")
-    page.click("button[type=submit]")
-    page.wait_for_url(lambda url: not url.startswith(f"{portal_url}/login/"))
-    return page
+    return logged_in_page(browser, portal_url, username, **{"viewport": DESKTOP, **context})
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
@@ -19,7 +19,7 @@ from vms.hypervisor import HostCapacity
 from vms.models import Host
 from vms.services.errors import ServiceError
 from vms.services.hosts import host_capacity_read, host_check_uri
-from vms.services.quotas import NOT_COUNTED
+from vms.services.placement import allocation_annotations
 
 CAPACITY_FIELDS = ["capacity_vcpus", "capacity_memory_mib", "capacity_disk_gib"]
 READ_CAPACITY = "_read_capacity"  # the add form's "Read capacity from the host" button
@@ -163,16 +163,8 @@ class HostAdmin(admin.ModelAdmin):
         return sets
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Host]:
-        live = ~Q(desktops__status__in=NOT_COUNTED)  # what placement counts as allocated
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                used_vcpus=Sum("desktops__vcpus", filter=live),
-                used_memory_mib=Sum("desktops__memory_mib", filter=live),
-                used_disk_gib=Sum("desktops__disk_gib", filter=live),
-            )
-        )
+        # What placement counts as allocated, in the same query as the list.
+        return super().get_queryset(request).annotate(**allocation_annotations())
 
     @admin.display(description="vCPUs used")
     def vcpus(self, host: Host) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from functools import partial
+from typing import Any
 from uuid import UUID
 
 from asgiref.sync import async_to_sync
@@ -52,16 +54,24 @@ def push_desktop_changed(*, desktop_id: UUID | str) -> None:
 
 def _push(desktop_id: UUID | str) -> None:
     desktop = Desktop.objects.filter(pk=desktop_id).first()
-    layer = get_channel_layer()
-    if desktop is None or layer is None:
+    if desktop is None:
         return
     message = {"type": "desktop.changed", "desktop": desktop_payload(desktop)}
+    groups = (desktop_group(desktop.pk), user_group(desktop.owner_id))
+    group_send_best_effort(groups, message, what=f"the state of desktop {desktop_id}")
+
+
+def group_send_best_effort(groups: Iterable[str], message: dict[str, Any], *, what: str) -> None:
+    """Send `message` to each Channels group. Best effort: pages also show state on reload,
+    and relays re-check their sessions on their own, so a Redis outage is only logged."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
     try:
-        for group in (desktop_group(desktop.pk), user_group(desktop.owner_id)):
+        for group in groups:
             async_to_sync(layer.group_send)(group, message)
     except (RedisError, OSError):
-        # Live updates are best effort; pages also show state on reload.
-        log.warning("could not push the state of desktop %s", desktop_id)
+        log.warning("could not push %s", what)
 
 
 def push_console_sessions(*, desktop_id: UUID | str) -> None:
@@ -71,16 +81,12 @@ def push_console_sessions(*, desktop_id: UUID | str) -> None:
 
 def _push_watchers(desktop_id: UUID | str) -> None:
     owner_id = Desktop.objects.filter(pk=desktop_id).values_list("owner_id", flat=True).first()
-    layer = get_channel_layer()
-    if owner_id is None or layer is None:
+    if owner_id is None:
         return
     message = {
         "type": "console.watchers",
         "desktop_id": str(desktop_id),
         "watchers": console_watchers(desktop_ids=[desktop_id])[str(desktop_id)],
     }
-    try:
-        for group in (desktop_group(desktop_id), user_group(owner_id)):
-            async_to_sync(layer.group_send)(group, message)
-    except (RedisError, OSError):
-        log.warning("could not push the console watchers of desktop %s", desktop_id)
+    groups = (desktop_group(desktop_id), user_group(owner_id))
+    group_send_best_effort(groups, message, what=f"the console watchers of desktop {desktop_id}")

@@ -2,34 +2,45 @@
 
 from __future__ import annotations
 
-from django.db.models import Q, Sum
+from typing import Any
+
+from django.db.models import OuterRef, Q, Subquery, Sum
+from django.db.models.functions import Coalesce
 
 from vms.models import Desktop, DesktopStatus, Host, Template
 from vms.services.errors import NoHostAvailable
 from vms.services.quotas import NOT_COUNTED
 
+PARTS = ("vcpus", "memory_mib", "disk_gib")
+
+
+def allocation_annotations() -> dict[str, Any]:
+    """Host annotations `used_vcpus`, `used_memory_mib` and `used_disk_gib`: what live
+    desktops hold on each host, a migrating desktop counting on both hosts until it has
+    moved (for placement, the admin's host list and the API alike)."""
+    live = ~Q(desktops__status__in=NOT_COUNTED)
+    return {
+        f"used_{part}": Coalesce(Sum(f"desktops__{part}", filter=live), 0) + _incoming(part)
+        for part in PARTS
+    }
+
+
+def _incoming(part: str) -> Coalesce:
+    # A subquery: two reverse relations summed in one query would multiply each other.
+    arriving = (
+        Desktop.objects.filter(status=DesktopStatus.MIGRATING, migrate_to=OuterRef("pk"))
+        .values("migrate_to")
+        .annotate(total=Sum(part))
+        .values("total")
+    )
+    return Coalesce(Subquery(arriving), 0)
+
 
 def host_allocations() -> dict[int, dict[str, int]]:
-    """vCPUs, memory and disk allocated to live desktops, per host id; a desktop that is
-    migrating counts on both hosts until it has moved."""
-    live = ~Q(desktops__status__in=NOT_COUNTED)
-    rows = Host.objects.annotate(
-        used_vcpus=Sum("desktops__vcpus", filter=live),
-        used_memory_mib=Sum("desktops__memory_mib", filter=live),
-        used_disk_gib=Sum("desktops__disk_gib", filter=live),
-    ).values("pk", "used_vcpus", "used_memory_mib", "used_disk_gib")
-    used = {row.pop("pk"): {k: v or 0 for k, v in row.items()} for row in rows}
-    # A second query: two reverse relations summed in one would multiply each other.
-    incoming = (
-        Desktop.objects.filter(status=DesktopStatus.MIGRATING, migrate_to__isnull=False)
-        .values("migrate_to")
-        .annotate(vcpus=Sum("vcpus"), memory_mib=Sum("memory_mib"), disk_gib=Sum("disk_gib"))
-    )
-    for row in incoming:
-        totals = used.setdefault(row["migrate_to"], {})
-        for part in ("vcpus", "memory_mib", "disk_gib"):
-            totals[f"used_{part}"] = totals.get(f"used_{part}", 0) + row[part]
-    return used
+    """`allocation_annotations` per host id, in one query."""
+    keys = [f"used_{part}" for part in PARTS]
+    rows = Host.objects.annotate(**allocation_annotations()).values("pk", *keys)
+    return {row.pop("pk"): row for row in rows}
 
 
 def host_choose(*, template: Template) -> Host:

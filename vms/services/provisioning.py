@@ -254,18 +254,11 @@ def _migration_done(
     desktop: Desktop, *, source: Host, target: Host | None, seconds: float | None = None
 ) -> None:
     moved_to = target or source
-    with transaction.atomic():
-        if transitions.compare_and_set(
-            desktop_id=desktop.pk, old=S.MIGRATING, new=S.RUNNING, host=moved_to, migrate_to=None
-        ):
-            audit_record(
-                action="desktop.migrated",
-                desktop=desktop,
-                source=source.name,
-                target=moved_to.name,
-                seconds=None if seconds is None else round(seconds, 2),
-            )
-            push_desktop_changed(desktop_id=desktop.pk)
+    seconds = None if seconds is None else round(seconds, 2)
+    _migration_settle(
+        desktop, event="desktop.migrated", source=source, target=moved_to,
+        fields={"host": moved_to}, seconds=seconds,
+    )  # fmt: skip
 
 
 def _migration_failed(desktop: Desktop, *, source: Host, target: Host, message: str) -> None:
@@ -273,17 +266,30 @@ def _migration_failed(desktop: Desktop, *, source: Host, target: Host, message: 
         desktop_fail(desktop_id=desktop.pk, message=message, cleanup=False)
         return
     note = f"Migration to {target.name} failed; the desktop keeps running on {source.name}."
+    _migration_settle(
+        desktop, event="desktop.migration_failed", source=source, target=target,
+        fields={"last_error": note}, message=message,
+    )  # fmt: skip
+
+
+def _migration_settle(
+    desktop: Desktop,
+    *,
+    event: str,
+    source: Host,
+    target: Host,
+    fields: dict[str, object],
+    **detail: object,
+) -> None:
+    """migrating -> running with `fields` (once), its audit row and the live push."""
     with transaction.atomic():
         if transitions.compare_and_set(
-            desktop_id=desktop.pk, old=S.MIGRATING, new=S.RUNNING, migrate_to=None, last_error=note
+            desktop_id=desktop.pk, old=S.MIGRATING, new=S.RUNNING, migrate_to=None, **fields
         ):
             audit_record(
-                action="desktop.migration_failed",
-                desktop=desktop,
-                source=source.name,
-                target=target.name,
-                message=message,
-            )
+                action=event, actor=None, desktop=desktop, source_ip=None,
+                source=source.name, target=target.name, **detail,
+            )  # fmt: skip
             push_desktop_changed(desktop_id=desktop.pk)
 
 

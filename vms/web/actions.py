@@ -1,20 +1,19 @@
-"""Form actions from the pages: launch, rename, power actions and delete (through the
-services)."""
+"""Form actions from the pages: launch, rename, the desktop actions and ending a help-desk
+console session (all through the services)."""
 
 from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from vms.models import Desktop
-from vms.selectors import (
-    desktops_visible_to,
-)
+from vms.selectors import console_sessions_endable_by, desktops_visible_to
 from vms.services.actions import action_get
+from vms.services.consoles import console_session_end
 from vms.services.desktops import desktop_act, desktop_create, desktop_rename
 from vms.services.errors import ServiceError
 from vms.web.client import client_ip
@@ -83,6 +82,34 @@ def _rename(request: HttpRequest, desktop: Desktop) -> HttpResponse:
     else:
         messages.success(request, f"{old_name} is now called {desktop.name}.")
     return redirect(_safe_next(request) or "dashboard")
+
+
+@login_required
+@require_POST
+def console_session_end_view(request: HttpRequest, pk: str) -> HttpResponse:
+    """The owner's End button: end someone else's console session on this desktop (404
+    unless the user owns the desktop or is an admin, and the session is on it).
+
+    A form post returns to `next`; the notice's script asks for JSON and stays put.
+    """
+    sessions = console_sessions_endable_by(user=request.user).filter(desktop_id=pk)
+    session = get_object_or_404(sessions, pk=_int_or_404(request.POST.get("session", "")))
+    try:
+        console_session_end(actor=request.user, session=session, source_ip=client_ip(request))
+    except ServiceError as exc:
+        ended, text = False, exc.message
+    else:
+        ended, text = True, f"You ended {session.user.get_username()}'s console session."
+    if request.headers.get("Accept") == "application/json":
+        return JsonResponse({"detail": text}, status=200 if ended else 409)
+    (messages.success if ended else messages.error)(request, text)
+    return redirect(_safe_next(request) or "dashboard")
+
+
+def _int_or_404(value: str) -> int:
+    if not value.isdigit() or len(value) > 18:
+        raise Http404("No such console session.")
+    return int(value)
 
 
 def _safe_next(request: HttpRequest) -> str | None:

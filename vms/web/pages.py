@@ -3,32 +3,26 @@ database only, never libvirt; live state arrives over /ws/desktops/."""
 
 from __future__ import annotations
 
-from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, redirect, render
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET
 
 from vms.health import health_detail_allowed, health_report
 from vms.models import Template
 from vms.roles import RequestUser, is_admin, is_helpdesk
 from vms.selectors import (
     action_buttons,
-    console_sessions_endable_by,
     console_watchers,
     desktop_status_label,
     desktops_visible_to,
     helpdesk_search,
     templates_for_user,
 )
-from vms.services.consoles import console_session_end
-from vms.services.errors import ServiceError
 from vms.services.events import desktop_payload
 from vms.services.quotas import Limits, effective_quota, first_exceeded, usage
-from vms.web.client import client_ip
 from vms.web.helpdesk_filters import FILTERS, helpdesk_search_from
 
 
@@ -152,40 +146,3 @@ def home(request: HttpRequest) -> HttpResponse:
 def _works_the_help_desk(user: RequestUser) -> bool:
     """Help-desk staff who are not admins (admins keep their dashboard and admin link)."""
     return is_helpdesk(user) and not is_admin(user)
-
-
-@login_required
-@require_POST
-def console_session_end_view(request: HttpRequest, pk: str) -> HttpResponse:
-    """The owner's End button: end someone else's console session on this desktop (404
-    unless the user owns the desktop or is an admin, and the session is on it).
-
-    A form post returns to `next`; the notice's script asks for JSON and stays put.
-    """
-    sessions = console_sessions_endable_by(user=request.user).filter(desktop_id=pk)
-    session = get_object_or_404(sessions, pk=_int_or_404(request.POST.get("session", "")))
-    try:
-        console_session_end(actor=request.user, session=session, source_ip=client_ip(request))
-    except ServiceError as exc:
-        ended, text = False, exc.message
-    else:
-        ended, text = True, f"You ended {session.user.get_username()}'s console session."
-    if request.headers.get("Accept") == "application/json":
-        return JsonResponse({"detail": text}, status=200 if ended else 409)
-    (messages.success if ended else messages.error)(request, text)
-    return redirect(_return_to(request) or "dashboard")
-
-
-def _int_or_404(value: str) -> int:
-    if not value.isdigit() or len(value) > 18:
-        raise Http404("No such console session.")
-    return int(value)
-
-
-def _return_to(request: HttpRequest) -> str | None:
-    """The `next` page to return to, if it is one of ours (no open redirect)."""
-    target = request.POST.get("next", "")
-    allowed = url_has_allowed_host_and_scheme(
-        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-    )
-    return target if target and allowed else None

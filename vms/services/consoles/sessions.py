@@ -11,8 +11,6 @@ from functools import partial
 from typing import Any
 
 import redis
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
@@ -42,7 +40,7 @@ from vms.services.consoles.rules import (
     console_running_check,
 )
 from vms.services.consoles.tickets import TicketClaim
-from vms.services.events import push_console_sessions
+from vms.services.events import group_send_best_effort, push_console_sessions
 
 log = logging.getLogger(__name__)
 RELAYS_WITH_LEASES = ("channels", "gateway")
@@ -202,15 +200,11 @@ def console_session_end(
 
 
 def _tell_relay_to_drop(session_id: int, message: str) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
+    # Best effort: the relay's next re-check (console_session_keep) closes it all the same.
     event = {"type": "console.session.ended", "code": CLOSE_ENDED_BY_OWNER, "reason": message}
-    try:
-        async_to_sync(layer.group_send)(console_session_group(session_id), event)
-    except (redis.RedisError, OSError):
-        # The relay's next re-check (console_session_keep) closes it all the same.
-        log.warning("could not tell the relay of console session %s to close", session_id)
+    group_send_best_effort(
+        [console_session_group(session_id)], event, what=f"the end of console session {session_id}"
+    )
 
 
 def console_session_may_continue(*, session_id: int) -> bool:
