@@ -112,8 +112,9 @@ def console_watchers(*, desktop_ids: list[Any]) -> dict[str, list[dict[str, Any]
 
     Each entry says who, the mode, the reason given for taking control, since when (ISO
     8601, for the page to show in local time) and the session's id (for the owner's End
-    button). An unused SPICE file's entry says until when its password works, so pages can
-    drop it then; one connected through the SPICE proxy stays until its set ends.
+    button). A SPICE file's entry says so (`spice_client`); an unused one also says until
+    when its password works, so pages can drop it then; one connected through the SPICE
+    proxy stays until its set ends.
     """
     sessions = (
         console_sessions_open()
@@ -140,6 +141,8 @@ def console_watchers(*, desktop_ids: list[Any]) -> dict[str, list[dict[str, Any]
             "reason": reason,
             "since": started_at.isoformat(),
         }
+        if relay == SPICE_FILE_RELAY:
+            entry["spice_client"] = True
         if relay == SPICE_FILE_RELAY and not opened:
             until = started_at + timedelta(seconds=SPICE_FILE_VALID_S)
             entry["until"] = until.isoformat()

@@ -29,8 +29,10 @@ from tests.fixtures import make_desktop, wait_for_status
 from tests.relay.conftest import mint_ticket
 from vms.hypervisor import ConsoleEndpoint, GraphicsType
 from vms.models import ConsoleSession, Desktop, DesktopStatus, Template
-from vms.selectors import console_watchers
+from vms.selectors import SPICE_SET_OPEN_ACTION, console_watchers
+from vms.services.audit import audit_record
 from vms.services.consoles import console_session_end, console_sessions_reap
+from vms.services.consoles.leases import lease_seconds
 from vms.services.consoles.spiceproxy import GRANT_PREFIX, credential_key, spice_grant_issue
 from vms.services.desktops import desktop_act
 
@@ -159,6 +161,25 @@ def test_the_proxy_limits_head_size_time_and_connections(spice_proxy) -> None:
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_reconcile_closes_a_set_whose_proxy_went_away(grant) -> None:
+    """A set the proxy opened outlives the file's minute only while its lease is renewed."""
+    _token, session = grant
+    audit_record(
+        action=SPICE_SET_OPEN_ACTION,
+        actor=session.user,
+        desktop=session.desktop,
+        session=session.pk,
+        spice_set=str(session.pk),
+    )  # what the proxy records when the set opens; then the proxy is gone (no lease)
+    later = timezone.now() + timedelta(seconds=61)
+    assert console_sessions_reap(now=later) == 0  # a missing lease is only noted at first
+    assert ended(session.pk) is None
+    assert console_sessions_reap(now=later + timedelta(seconds=lease_seconds())) == 1
+    assert ConsoleSession.objects.get(pk=session.pk).close_reason == (
+        "the relay carrying it went away"
+    )
 
 
 # --- a real SPICE guest -------------------------------------------------------------------------
@@ -325,7 +346,8 @@ def test_a_helpdesk_set_keeps_the_notice_until_the_owner_ends_it_or_the_desktop_
         _open_set(spice_proxy, target, token_of(vv)) as second,
     ):  # a second channel joins the set
         [notice] = console_watchers(desktop_ids=[desktop.pk])[str(desktop.pk)]
-        assert notice["user"] == helpdesk_user.username and "until" not in notice
+        assert notice["user"] == helpdesk_user.username and notice["spice_client"]
+        assert "until" not in notice  # the notice stays while the set lives
         console_sessions_reap(now=timezone.now() + timedelta(seconds=61))
         assert ended(session.pk) is None  # past the file's minute: the set still lives
         session.refresh_from_db()

@@ -55,10 +55,11 @@ class LiveSet:
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
     end_reason: str = "remote-viewer disconnected"
     recheck: asyncio.Task[None] | None = None
+    aborted: bool = False
 
     def abort(self, reason: str) -> None:
-        """Close every connection of the set (their handlers then end it)."""
-        self.end_reason = reason
+        """Close every connection of the set (their handlers then end it); none joins."""
+        self.end_reason, self.aborted = reason, True
         for writer in list(self.writers):
             writer.close()
 
@@ -157,6 +158,10 @@ class SpiceProxy:
             return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
+        except Exception:  # a bug or an outage: the client gets a 500, the log the trace
+            log.exception("SPICE proxy: admitting a CONNECT failed")
+            await _refuse(writer, peer, request, ProxyRefused(500, "The proxy failed; try again."))
+            return
         try:
             await self._carry(live, request, reader, writer)
         finally:
@@ -178,6 +183,8 @@ class SpiceProxy:
         while key in self._claims:  # the set's first CONNECT is still being checked
             await self._claims[key].wait()
         live = self.sets.get(key)
+        if live is not None and live.aborted:
+            raise ProxyRefused(410, live.end_reason)
         if live is not None:
             spice_set_join(live.spice_set, host=request.host, port=request.port)
         else:
@@ -221,6 +228,8 @@ class SpiceProxy:
             return
         live.writers |= {writer, up_writer}
         try:
+            if live.aborted:  # the set closed while this connection reached the guest
+                return
             writer.write(response(200))
             await writer.drain()
             await _pipe_both(reader, writer, up_reader, up_writer, spice_set)
