@@ -13,10 +13,9 @@ from argparse import ArgumentParser
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from portal.envcheck import host_port
+from vms.console.gateway import parse_listen
 from vms.console.spiceproxy import serve
 
 
@@ -34,9 +33,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            host, port = host_port(options["listen"], "--listen")
-        except ImproperlyConfigured as exc:
-            raise CommandError(str(exc)) from exc
+            host, port = parse_listen(options["listen"])
+        except ValueError as exc:
+            raise CommandError(f"--listen: {exc}") from exc
         self.stdout.write(f"SPICE proxy on {host}:{port} (clients use {settings.SPICE_PROXY_URL})")
         self.stdout.flush()
         try:
