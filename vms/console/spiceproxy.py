@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 HEADER_LIMIT = 8192  # the whole request head; remote-viewer's is ~200 bytes
 GUEST_CONNECT_TIMEOUT_S = 5.0
 CHUNK = 65536
+RECHECK_FAILURES_TOLERATED = 3  # then the set closes: no console goes on unchecked
 T = TypeVar("T")
 
 
@@ -250,13 +251,22 @@ class SpiceProxy:
 
     async def _recheck(self, live: LiveSet) -> None:
         """Every CONSOLE_RECHECK_S: the user may still see the running desktop, or the set
-        closes (the owner ended it, access was lost, the desktop stopped)."""
-        while True:
+        closes (the owner ended it, access was lost, the desktop stopped, or the check
+        failed several times running)."""
+        failures = 0
+        while failures < RECHECK_FAILURES_TOLERATED:
             await asyncio.sleep(self.recheck_s)
-            closed = await in_thread(spice_set_keep, spice_set=live.spice_set)
+            try:
+                closed = await in_thread(spice_set_keep, spice_set=live.spice_set)
+            except Exception:  # the database is away: try again, but not forever
+                log.exception("SPICE proxy: session %s: re-check failed", live.spice_set.session_id)
+                failures += 1
+                continue
             if closed is not None:
                 live.abort(closed.reason)
                 return
+            failures = 0
+        live.abort("its rights could not be re-checked")
 
     # -- stopping ------------------------------------------------------------------------------
 
