@@ -191,6 +191,7 @@ class SpiceProxy:
         else:
             live = await self._claim(key, token, request, peer)
         live.spice_set.connections += 1
+        live.spice_set.opened += 1
         return live
 
     async def _claim(
@@ -247,7 +248,15 @@ class SpiceProxy:
         if live.recheck is not None:
             live.recheck.cancel()
         await in_thread(spice_set_end, spice_set=live.spice_set, reason=live.end_reason)
-        log.info("SPICE proxy: session %s ended: %s", live.spice_set.session_id, live.end_reason)
+        spice_set = live.spice_set
+        log.info(
+            "SPICE proxy: session %s ended after %s connections, %s bytes in, %s out: %s",
+            spice_set.session_id,
+            spice_set.opened,
+            spice_set.bytes_to_guest,
+            spice_set.bytes_from_guest,
+            live.end_reason,
+        )
 
     async def _recheck(self, live: LiveSet) -> None:
         """Every CONSOLE_RECHECK_S: the user may still see the running desktop, or the set

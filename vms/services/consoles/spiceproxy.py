@@ -76,7 +76,8 @@ class SpiceSet:
     session_id: int
     host: str
     ports: frozenset[int]
-    connections: int = 0
+    connections: int = 0  # open now
+    opened: int = 0  # in all
     bytes_to_guest: int = 0
     bytes_from_guest: int = 0
 
