@@ -1,0 +1,455 @@
+"""Scale simulation of the control plane: up to 100 hosts and 10,000 desktops on one machine.
+
+    .venv/bin/python -m bench.scale            # full grid, ~10 min on 2 cores -> bench/results/scale/
+    .venv/bin/python -m bench.scale --quick    # small grid, ~1 min -> bench/results/scale-quick/
+
+What is real and what is simulated:
+- **Simulated: the hosts.** Each host is libvirt's own test driver (`test:///<node.xml>`), one
+  node description per host written by the bench: CPUs, memory, a storage pool holding the
+  host's desktop volumes, and one domain per desktop on that host, named with the portal's
+  prefix (running, or shut off for the stopped ones). The portal drives them through the real
+  `LibvirtHypervisor` (the registry picks it for `test` URIs), so every libvirt call the
+  portal makes is made, but it is answered in-process: no RPC, no network, no QEMU. Time spent
+  in libvirt here is a lower bound of a real host's.
+- **Real: PostgreSQL** (the bench's own database, rows made with bulk_create), **Redis** (the
+  Celery broker and the Channels layer), the services, tasks, admin pages and API views, and
+  **the Celery routing**: launches and actions are sent through `vms.services.queue` to the
+  broker, and the bench reads each `host.<name>` queue back from Redis.
+
+Measured at each size of the grid (hosts x desktops), each operation repeated, the order of
+the operations reversed every other round (median and min-max reported): one host's
+reconcile pass, `reconcile_all_hosts`, `heartbeat_all_hosts`, placement (`host_choose`
+alone, and a whole `desktop_create`), the admin's host list and `GET /api/hosts/` (Django's
+test Client, as a superuser). SQL statements and the rows they return are counted for each
+(tests/sqlcount.py). Growth is fitted as the exponent k of time ~ size^k (least squares in
+log-log) along each series: hosts varying at a fixed number of desktops, and desktops
+varying at a fixed number of hosts.
+
+Keeps to itself: BENCH_DATABASE_URL (emptied), BENCH_REDIS_URL (flushed at the end); node
+files under a temporary folder; no real libvirtd is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.contrib.auth.models import Group  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db import transaction  # noqa: E402
+from django.test import Client  # noqa: E402
+
+from bench.common import log, machine_info, write_json  # noqa: E402
+from tests.sqlcount import counting_sql  # noqa: E402
+from vms import tasks  # noqa: E402
+from vms.hypervisor import domain_name, get_hypervisor, volume_name  # noqa: E402
+from vms.hypervisor.libvirt_backend import LibvirtHypervisor  # noqa: E402
+from vms.models import Desktop, DesktopStatus, Host, Template  # noqa: E402
+from vms.roles import EMPLOYEE_GROUP  # noqa: E402
+from vms.services.actions import ACTIONS  # noqa: E402
+from vms.services.demo import setup_roles  # noqa: E402
+from vms.services.desktops import desktop_create  # noqa: E402
+from vms.services.placement import host_choose  # noqa: E402
+from vms.services.queue import enqueue_desktop_task  # noqa: E402
+from vms.services.reconcile import reconcile_host  # noqa: E402
+from vms.settings_access import name_prefix  # noqa: E402
+
+User = get_user_model()
+TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
+SHUTOFF = "5"  # VIR_DOMAIN_SHUTOFF, the test driver's <test:runstate>
+STOPPED_EVERY = 5  # one desktop in five is stopped, the others run
+DESKTOPS_PER_OWNER = 5
+# Each simulated host: 64 CPUs and 1 TiB of memory; the rows' capacity leaves room for every
+# desktop the grid puts on it (up to 1,000 per host) and for the placements measured.
+NODE_CPUS = 64
+NODE_MEMORY_KIB = 2**30
+ROW_CAPACITY = {"capacity_vcpus": 2048, "capacity_memory_mib": 2**21, "capacity_disk_gib": 50_000}
+
+FULL_HOSTS = (10, 25, 50, 100)  # at FULL_DESKTOPS[-1] desktops
+FULL_DESKTOPS = (1_000, 2_500, 5_000, 10_000)  # at FULL_HOSTS[-1] hosts
+QUICK_HOSTS = (4, 8)
+QUICK_DESKTOPS = (200, 400)
+OPERATIONS = ("reconcile_one", "reconcile_all", "heartbeat_all", "host_choose",
+              "desktop_create", "admin_hosts", "api_hosts")  # fmt: skip
+
+
+@dataclass
+class Fleet:
+    hosts: list[Host]
+    desktops: int
+    template: Template
+    admin: Any
+    folder: Path
+
+
+# --- the simulated fleet -----------------------------------------------------------------------
+
+
+def node_xml(path: Path, *, domains: list[tuple[str, bool]], volumes: list[str]) -> None:
+    """One host's node description for libvirt's test driver: its CPUs and memory, the
+    bench's storage pool with `volumes`, and `domains` (name, running)."""
+    ET.register_namespace("test", TEST_NS)
+    node = ET.Element("node")
+    cpu = ET.SubElement(node, "cpu")
+    for tag, value in (("mhz", 2000), ("nodes", 1), ("sockets", 1), ("cores", NODE_CPUS // 2),
+                       ("threads", 2), ("active", NODE_CPUS)):  # fmt: skip
+        ET.SubElement(cpu, tag).text = str(value)
+    ET.SubElement(node, "memory").text = str(NODE_MEMORY_KIB)
+    for name, running in domains:
+        dom = ET.SubElement(node, "domain", type="test")
+        ET.SubElement(dom, "name").text = name
+        ET.SubElement(dom, "memory").text = "262144"
+        ET.SubElement(ET.SubElement(dom, "os"), "type").text = "hvm"
+        if not running:
+            ET.SubElement(dom, f"{{{TEST_NS}}}runstate").text = SHUTOFF
+    pool = ET.SubElement(node, "pool", type="dir")
+    ET.SubElement(pool, "name").text = settings.STORAGE_POOL_NAME
+    ET.SubElement(pool, "capacity", unit="GiB").text = "50000"
+    ET.SubElement(ET.SubElement(pool, "target"), "path").text = str(settings.STORAGE_POOL_PATH)
+    for name in volumes:
+        vol = ET.SubElement(pool, "volume", type="file")
+        ET.SubElement(vol, "name").text = name
+        ET.SubElement(vol, "capacity", unit="GiB").text = "1"
+        target = ET.SubElement(vol, "target")
+        ET.SubElement(target, "path").text = f"{settings.STORAGE_POOL_PATH}/{name}"
+    path.write_text(ET.tostring(node, encoding="unicode"))
+
+
+def database_reset() -> None:
+    """Create the bench database if missing, migrate and empty it (bench.fixtures)."""
+    from bench.fixtures import database_prepare
+
+    database_prepare()
+
+
+def fleet_build(*, hosts: int, desktops: int, root: Path) -> Fleet:
+    """`hosts` test-driver hosts and `desktops` desktops spread round robin over them, the
+    rows in PostgreSQL and the domains and volumes in each host's node description."""
+    call_command("flush", verbosity=0, interactive=False)
+    setup_roles()
+    folder = root / f"h{hosts}-d{desktops}"
+    folder.mkdir(parents=True)
+    template = Template.objects.create(
+        name="Scale", base_image_path=f"{settings.STORAGE_POOL_PATH}/base.qcow2",
+        vcpus=1, memory_mib=256, disk_gib=1,
+    )  # fmt: skip
+    template.assigned_groups.add(Group.objects.get(name=EMPLOYEE_GROUP))
+    rows = Host.objects.bulk_create(
+        Host(name=f"hv{i:03d}", uri=f"test://{folder}/hv{i:03d}.xml",
+             storage_pool=settings.STORAGE_POOL_NAME, last_check_ok=True, **ROW_CAPACITY)
+        for i in range(hosts)
+    )  # fmt: skip
+    owners = User.objects.bulk_create(
+        User(username=f"scale-{i:05d}", password="!")  # noqa: S106 - unusable password
+        for i in range(math.ceil(desktops / DESKTOPS_PER_OWNER))
+    )
+    made = []
+    for i in range(desktops):
+        desktop = Desktop(
+            owner=owners[i // DESKTOPS_PER_OWNER], template=template, host=rows[i % hosts],
+            name=f"Desktop {i}", vcpus=1, memory_mib=256, disk_gib=1,
+            status=DesktopStatus.STOPPED if i % STOPPED_EVERY == 0 else DesktopStatus.RUNNING,
+        )  # fmt: skip
+        desktop.domain_name = domain_name(name_prefix(), str(desktop.pk))
+        desktop.volume_name = volume_name(name_prefix(), str(desktop.pk))
+        made.append(desktop)
+    Desktop.objects.bulk_create(made, batch_size=2000)
+    for index, host in enumerate(rows):
+        mine = made[index::hosts]
+        node_xml(
+            folder / f"hv{index:03d}.xml",
+            domains=[(d.domain_name, d.status == DesktopStatus.RUNNING) for d in mine],
+            volumes=[d.volume_name for d in mine],
+        )
+        assert isinstance(get_hypervisor(host.uri), LibvirtHypervisor), host.uri
+    admin = User.objects.create_superuser("scale-admin", password=None)
+    return Fleet(hosts=list(Host.objects.order_by("pk")), desktops=desktops, template=template,
+                 admin=admin, folder=folder)  # fmt: skip
+
+
+def fleet_check(fleet: Fleet) -> dict[str, int]:
+    """A first reconcile pass over the fleet (it also opens each host's connection, which
+    loads its node file); it must find nothing to change: rows and domains agree."""
+    started = time.perf_counter()
+    results = tasks.reconcile_all_hosts()
+    elapsed = time.perf_counter() - started
+    domains = sum(len(get_hypervisor(h.uri).list_domains(prefix=name_prefix())) for h in fleet.hosts)
+    if domains != fleet.desktops or any("unreachable" in r for r in results.values()):
+        raise RuntimeError(f"fleet not as built: {domains} domains; {results}")
+    fixes = sum(report.count(" -> ") for report in results.values())
+    if fixes:
+        raise RuntimeError(f"rows and domains disagree: {fixes} fixes on the first pass")
+    return {"domains": domains, "first_pass_fixes": fixes, "first_pass_ms": round(elapsed * 1000)}
+
+
+# --- the operations measured ---------------------------------------------------------------------
+
+
+class Placer:
+    """Fresh employees for the launches (each has the default quota of 2 desktops)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.group = Group.objects.get(name=EMPLOYEE_GROUP)
+
+    def user(self) -> Any:
+        self.count += 1
+        user = User.objects.create(username=f"placer-{self.count:05d}", password="!")  # noqa: S106
+        user.groups.add(self.group)
+        return user
+
+
+def operations(fleet: Fleet, placer: Placer, client: Client) -> dict[str, Callable[[], None]]:
+    host = fleet.hosts[0]
+
+    def reconcile_one() -> None:
+        reconcile_host(host=host)
+
+    def choose() -> None:
+        with transaction.atomic():
+            host_choose(template=fleet.template)
+
+    def create() -> None:
+        desktop_create(user=placer.user(), template_id=fleet.template.pk)
+
+    def page(url: str) -> Callable[[], None]:
+        def get() -> None:
+            response = client.get(url)
+            if response.status_code != 200:
+                raise RuntimeError(f"{url} answered {response.status_code}")
+
+        return get
+
+    return {
+        "reconcile_one": reconcile_one,
+        "reconcile_all": lambda: None if tasks.reconcile_all_hosts() else None,
+        "heartbeat_all": lambda: None if tasks.heartbeat_all_hosts() else None,
+        "host_choose": choose,
+        "desktop_create": create,
+        "admin_hosts": page("/admin/vms/host/"),
+        "api_hosts": page("/api/hosts/"),
+    }
+
+
+def measure(fleet: Fleet, *, repeats: int) -> dict[str, Any]:
+    """Each operation once to warm up (counted: statements and rows), then `repeats` timed
+    runs, the order of the operations reversed every other round."""
+    placer = Placer()
+    client = Client(HTTP_HOST="localhost")  # bench.settings: ALLOWED_HOSTS
+    client.force_login(fleet.admin)
+    ops = operations(fleet, placer, client)
+    out: dict[str, Any] = {}
+    for name, op in ops.items():
+        with counting_sql() as count:
+            op()
+        out[name] = {"statements": count.statements, "rows": count.rows, "times_ms": []}
+    for round_ in range(repeats):
+        order = list(ops) if round_ % 2 == 0 else list(reversed(ops))
+        for name in order:
+            started = time.perf_counter()
+            ops[name]()
+            out[name]["times_ms"].append((time.perf_counter() - started) * 1000)
+    for figures in out.values():
+        times = figures["times_ms"]
+        figures |= {"median_ms": statistics.median(times), "min_ms": min(times),
+                    "max_ms": max(times)}  # fmt: skip
+        figures["times_ms"] = [round(t, 2) for t in times]
+    out["desktop_create"]["launched"] = placer.count
+    return out
+
+
+# --- the Celery routing --------------------------------------------------------------------------
+
+
+def routing(fleet: Fleet, *, sends: int) -> dict[str, Any]:
+    """Send `sends` start tasks for desktops spread over the hosts through the services'
+    queue (a real Redis broker; no worker consumes them), then read every `host.<name>`
+    queue back: each message must be there, on its desktop's host's queue, and nowhere else."""
+    import redis
+
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    queues = [h.queue_name for h in fleet.hosts]
+    broker.delete(*queues)
+    picked = list(Desktop.objects.select_related("host").order_by("?")[:sends])
+    started = time.perf_counter()
+    with transaction.atomic():
+        for desktop in picked:
+            enqueue_desktop_task(ACTIONS["start"], desktop=desktop)
+    elapsed = time.perf_counter() - started
+    expected: dict[str, set[str]] = {}
+    for desktop in picked:
+        expected.setdefault(desktop.host.queue_name, set()).add(str(desktop.pk))
+    found: dict[str, set[str]] = {}
+    tasks_seen = set()
+    for queue in queues:
+        for raw in broker.lrange(queue, 0, -1):
+            message = json.loads(raw)
+            tasks_seen.add(message["headers"]["task"])
+            found.setdefault(queue, set()).add(message["headers"]["argsrepr"].strip("[]()',\""))
+    broker.delete(*queues)
+    misrouted = sum(len(found.get(q, set()) ^ ids) for q, ids in expected.items())
+    return {
+        "sends": len(picked),
+        "queues_used": len(expected),
+        "total_ms": round(elapsed * 1000, 1),
+        "per_send_ms": round(elapsed * 1000 / max(len(picked), 1), 3),
+        "misrouted_or_missing": misrouted,
+        "tasks": sorted(tasks_seen),
+    }
+
+
+# --- growth --------------------------------------------------------------------------------------
+
+
+def exponent(points: list[tuple[float, float]]) -> float | None:
+    """k in y ~ x^k, least squares in log-log (None when a y is 0)."""
+    if len(points) < 2 or any(y <= 0 for _, y in points):
+        return None
+    xs = [math.log(x) for x, _ in points]
+    ys = [math.log(y) for _, y in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den, 2)
+
+
+def growth(runs: list[dict[str, Any]], hosts_series: tuple[int, ...],
+           desktops_series: tuple[int, ...]) -> dict[str, Any]:  # fmt: skip
+    by_size = {(r["hosts"], r["desktops"]): r for r in runs}
+    fixed_d, fixed_h = desktops_series[-1], hosts_series[-1]
+    out: dict[str, Any] = {}
+    for op in OPERATIONS:
+        row: dict[str, Any] = {}
+        for axis, sizes in (("hosts", [(h, fixed_d) for h in hosts_series]),
+                            ("desktops", [(fixed_h, d) for d in desktops_series])):  # fmt: skip
+            present = [by_size[s] for s in sizes if s in by_size]
+            x = (lambda r: r["hosts"]) if axis == "hosts" else (lambda r: r["desktops"])
+            for figure in ("median_ms", "statements", "rows"):
+                row[f"{figure}_vs_{axis}"] = exponent(
+                    [(x(r), r["ops"][op][figure]) for r in present]
+                )
+        out[op] = row
+    return out
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"# Scale simulation ({results['mode']}), {m['date']}, {results['duration_s']} s",
+        "",
+        f"Command: `{results['command']}`. Portal commit {m['commit']}. Machine: {m['cpu']}, "
+        f"{m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}, libvirt {m['libvirt']}, "
+        f"Python {m['python']}, Django {m['django']}. Load average at start "
+        f"{results['loadavg'][0]}, at end {results['loadavg'][1]} (the machine is shared).",
+        "",
+        "Hosts are libvirt's test driver (in-process, no RPC): libvirt time is a lower "
+        "bound. PostgreSQL, Redis and the Celery routing are real. Times: median (min-max) "
+        f"of {results['repeats']} runs; statements and rows from one counted run.",
+        "",
+        "| Hosts | Desktops | Operation | Median ms | Min-max ms | SQL statements | SQL rows |",
+        "|---:|---:|---|---:|---|---:|---:|",
+    ]
+    for run in results["runs"]:
+        for op in OPERATIONS:
+            f = run["ops"][op]
+            lines.append(
+                f"| {run['hosts']} | {run['desktops']} | {op} | {f['median_ms']:.1f} | "
+                f"{f['min_ms']:.1f}-{f['max_ms']:.1f} | {f['statements']} | {f['rows']} |"
+            )
+    lines += ["", "## Growth: exponent k of figure ~ size^k (1 = linear, 0 = flat)", "",
+              f"Along hosts at {results['series']['desktops'][-1]} desktops, and along desktops "
+              f"at {results['series']['hosts'][-1]} hosts.", "",
+              "| Operation | time vs hosts | time vs desktops | statements vs hosts | "
+              "statements vs desktops | rows vs hosts | rows vs desktops |",
+              "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for op, g in results["growth"].items():
+        lines.append(
+            f"| {op} | {g['median_ms_vs_hosts']} | {g['median_ms_vs_desktops']} | "
+            f"{g['statements_vs_hosts']} | {g['statements_vs_desktops']} | "
+            f"{g['rows_vs_hosts']} | {g['rows_vs_desktops']} |"
+        )
+    lines += ["", "## Celery routing (real Redis broker, no worker)", ""]
+    for run in results["runs"]:
+        r = run["routing"]
+        lines.append(
+            f"- {run['hosts']} hosts, {run['desktops']} desktops: {r['sends']} sends to "
+            f"{r['queues_used']} host queues in {r['total_ms']} ms ({r['per_send_ms']} ms "
+            f"each); misrouted or missing: {r['misrouted_or_missing']}; tasks {r['tasks']}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small grid")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    hosts_series = QUICK_HOSTS if args.quick else FULL_HOSTS
+    desktops_series = QUICK_DESKTOPS if args.quick else FULL_DESKTOPS
+    repeats = args.repeats or (3 if args.quick else 5)
+    out = args.out or ROOT / "bench" / "results" / ("scale-quick" if args.quick else "scale")
+    sizes = [(h, desktops_series[-1]) for h in hosts_series]
+    sizes += [(hosts_series[-1], d) for d in desktops_series[:-1]]
+    started = time.time()
+    results: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full",
+        "command": "python -m bench.scale" + (" --quick" if args.quick else "")
+        + (f" --repeats {args.repeats}" if args.repeats else ""),
+        "machine": machine_info("libvirt test driver (simulated hosts)"),
+        "loadavg": [os.getloadavg()[0]],
+        "repeats": repeats,
+        "series": {"hosts": hosts_series, "desktops": desktops_series},
+        "runs": [],
+    }
+    database_reset()
+    with tempfile.TemporaryDirectory(prefix="scale-nodes-") as tmp:
+        for hosts, desktops in sizes:
+            log(f"fleet of {hosts} hosts, {desktops} desktops")
+            fleet = fleet_build(hosts=hosts, desktops=desktops, root=Path(tmp))
+            check = fleet_check(fleet)
+            ops = measure(fleet, repeats=repeats)
+            log("  " + ", ".join(f"{k} {v['median_ms']:.1f} ms/{v['statements']} q"
+                                 for k, v in ops.items()))  # fmt: skip
+            results["runs"].append({
+                "hosts": hosts, "desktops": desktops, "check": check, "ops": ops,
+                "routing": routing(fleet, sends=min(1000, desktops)),
+            })  # fmt: skip
+    import redis
+
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    results["loadavg"].append(os.getloadavg()[0])
+    results["growth"] = growth(results["runs"], hosts_series, desktops_series)
+    results["duration_s"] = round(time.time() - started, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "latest.json", results)
+    (out / "latest.md").write_text(markdown(results))
+    log(f"done in {results['duration_s']} s: {out / 'latest.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
