@@ -1,7 +1,7 @@
 """Scale simulation of the control plane: up to 100 hosts and 10,000 desktops on one machine.
 
-    .venv/bin/python -m bench.scale            # full grid, ~10 min on 2 cores -> bench/results/scale/
-    .venv/bin/python -m bench.scale --quick    # small grid, ~1 min -> bench/results/scale-quick/
+    .venv/bin/python -m bench.scale          # full grid, ~10 min -> bench/results/scale/
+    .venv/bin/python -m bench.scale --quick  # small grid, ~10 s -> bench/results/scale-quick/
 
 What is real and what is simulated:
 - **Simulated: the hosts.** Each host is libvirt's own test driver (`test:///<node.xml>`), one
@@ -43,7 +43,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree as ET
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -61,11 +60,12 @@ from django.db import transaction  # noqa: E402
 from django.test import Client  # noqa: E402
 
 from bench.common import log, machine_info, write_json  # noqa: E402
+from tests import simfleet  # noqa: E402
 from tests.sqlcount import counting_sql  # noqa: E402
 from vms import tasks  # noqa: E402
-from vms.hypervisor import domain_name, get_hypervisor, volume_name  # noqa: E402
+from vms.hypervisor import get_hypervisor  # noqa: E402
 from vms.hypervisor.libvirt_backend import LibvirtHypervisor  # noqa: E402
-from vms.models import Desktop, DesktopStatus, Host, Template  # noqa: E402
+from vms.models import Desktop, Host, Template  # noqa: E402
 from vms.roles import EMPLOYEE_GROUP  # noqa: E402
 from vms.services.actions import ACTIONS  # noqa: E402
 from vms.services.demo import setup_roles  # noqa: E402
@@ -76,16 +76,6 @@ from vms.services.reconcile import reconcile_host  # noqa: E402
 from vms.settings_access import name_prefix  # noqa: E402
 
 User = get_user_model()
-TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
-SHUTOFF = "5"  # VIR_DOMAIN_SHUTOFF, the test driver's <test:runstate>
-STOPPED_EVERY = 5  # one desktop in five is stopped, the others run
-DESKTOPS_PER_OWNER = 5
-# Each simulated host: 64 CPUs and 1 TiB of memory; the rows' capacity leaves room for every
-# desktop the grid puts on it (up to 1,000 per host) and for the placements measured.
-NODE_CPUS = 64
-NODE_MEMORY_KIB = 2**30
-ROW_CAPACITY = {"capacity_vcpus": 2048, "capacity_memory_mib": 2**21, "capacity_disk_gib": 50_000}
-
 FULL_HOSTS = (10, 25, 50, 100)  # at FULL_DESKTOPS[-1] desktops
 FULL_DESKTOPS = (1_000, 2_500, 5_000, 10_000)  # at FULL_HOSTS[-1] hosts
 QUICK_HOSTS = (4, 8)
@@ -106,36 +96,6 @@ class Fleet:
 # --- the simulated fleet -----------------------------------------------------------------------
 
 
-def node_xml(path: Path, *, domains: list[tuple[str, bool]], volumes: list[str]) -> None:
-    """One host's node description for libvirt's test driver: its CPUs and memory, the
-    bench's storage pool with `volumes`, and `domains` (name, running)."""
-    ET.register_namespace("test", TEST_NS)
-    node = ET.Element("node")
-    cpu = ET.SubElement(node, "cpu")
-    for tag, value in (("mhz", 2000), ("nodes", 1), ("sockets", 1), ("cores", NODE_CPUS // 2),
-                       ("threads", 2), ("active", NODE_CPUS)):  # fmt: skip
-        ET.SubElement(cpu, tag).text = str(value)
-    ET.SubElement(node, "memory").text = str(NODE_MEMORY_KIB)
-    for name, running in domains:
-        dom = ET.SubElement(node, "domain", type="test")
-        ET.SubElement(dom, "name").text = name
-        ET.SubElement(dom, "memory").text = "262144"
-        ET.SubElement(ET.SubElement(dom, "os"), "type").text = "hvm"
-        if not running:
-            ET.SubElement(dom, f"{{{TEST_NS}}}runstate").text = SHUTOFF
-    pool = ET.SubElement(node, "pool", type="dir")
-    ET.SubElement(pool, "name").text = settings.STORAGE_POOL_NAME
-    ET.SubElement(pool, "capacity", unit="GiB").text = "50000"
-    ET.SubElement(ET.SubElement(pool, "target"), "path").text = str(settings.STORAGE_POOL_PATH)
-    for name in volumes:
-        vol = ET.SubElement(pool, "volume", type="file")
-        ET.SubElement(vol, "name").text = name
-        ET.SubElement(vol, "capacity", unit="GiB").text = "1"
-        target = ET.SubElement(vol, "target")
-        ET.SubElement(target, "path").text = f"{settings.STORAGE_POOL_PATH}/{name}"
-    path.write_text(ET.tostring(node, encoding="unicode"))
-
-
 def database_reset() -> None:
     """Create the bench database if missing, migrate and empty it (bench.fixtures)."""
     from bench.fixtures import database_prepare
@@ -144,48 +104,17 @@ def database_reset() -> None:
 
 
 def fleet_build(*, hosts: int, desktops: int, root: Path) -> Fleet:
-    """`hosts` test-driver hosts and `desktops` desktops spread round robin over them, the
-    rows in PostgreSQL and the domains and volumes in each host's node description."""
+    """An emptied database, then `hosts` test-driver hosts and `desktops` desktops spread
+    round robin over them (tests/simfleet.py), and the admin who reads the pages."""
     call_command("flush", verbosity=0, interactive=False)
     setup_roles()
     folder = root / f"h{hosts}-d{desktops}"
-    folder.mkdir(parents=True)
-    template = Template.objects.create(
-        name="Scale", base_image_path=f"{settings.STORAGE_POOL_PATH}/base.qcow2",
-        vcpus=1, memory_mib=256, disk_gib=1,
-    )  # fmt: skip
-    template.assigned_groups.add(Group.objects.get(name=EMPLOYEE_GROUP))
-    rows = Host.objects.bulk_create(
-        Host(name=f"hv{i:03d}", uri=f"test://{folder}/hv{i:03d}.xml",
-             storage_pool=settings.STORAGE_POOL_NAME, last_check_ok=True, **ROW_CAPACITY)
-        for i in range(hosts)
-    )  # fmt: skip
-    owners = User.objects.bulk_create(
-        User(username=f"scale-{i:05d}", password="!")  # noqa: S106 - unusable password
-        for i in range(math.ceil(desktops / DESKTOPS_PER_OWNER))
-    )
-    made = []
-    for i in range(desktops):
-        desktop = Desktop(
-            owner=owners[i // DESKTOPS_PER_OWNER], template=template, host=rows[i % hosts],
-            name=f"Desktop {i}", vcpus=1, memory_mib=256, disk_gib=1,
-            status=DesktopStatus.STOPPED if i % STOPPED_EVERY == 0 else DesktopStatus.RUNNING,
-        )  # fmt: skip
-        desktop.domain_name = domain_name(name_prefix(), str(desktop.pk))
-        desktop.volume_name = volume_name(name_prefix(), str(desktop.pk))
-        made.append(desktop)
-    Desktop.objects.bulk_create(made, batch_size=2000)
-    for index, host in enumerate(rows):
-        mine = made[index::hosts]
-        node_xml(
-            folder / f"hv{index:03d}.xml",
-            domains=[(d.domain_name, d.status == DesktopStatus.RUNNING) for d in mine],
-            volumes=[d.volume_name for d in mine],
-        )
+    built = simfleet.fleet_build(hosts=hosts, desktops=desktops, folder=folder)
+    for host in built.hosts:
         assert isinstance(get_hypervisor(host.uri), LibvirtHypervisor), host.uri
     admin = User.objects.create_superuser("scale-admin", password=None)
-    return Fleet(hosts=list(Host.objects.order_by("pk")), desktops=desktops, template=template,
-                 admin=admin, folder=folder)  # fmt: skip
+    return Fleet(hosts=built.hosts, desktops=desktops, template=built.template, admin=admin,
+                 folder=folder)  # fmt: skip
 
 
 def fleet_check(fleet: Fleet) -> dict[str, int]:
@@ -194,7 +123,9 @@ def fleet_check(fleet: Fleet) -> dict[str, int]:
     started = time.perf_counter()
     results = tasks.reconcile_all_hosts()
     elapsed = time.perf_counter() - started
-    domains = sum(len(get_hypervisor(h.uri).list_domains(prefix=name_prefix())) for h in fleet.hosts)
+    domains = sum(
+        len(get_hypervisor(h.uri).list_domains(prefix=name_prefix())) for h in fleet.hosts
+    )
     if domains != fleet.desktops or any("unreachable" in r for r in results.values()):
         raise RuntimeError(f"fleet not as built: {domains} domains; {results}")
     fixes = sum(report.count(" -> ") for report in results.values())
@@ -220,7 +151,7 @@ class Placer:
         return user
 
 
-def operations(fleet: Fleet, placer: Placer, client: Client) -> dict[str, Callable[[], None]]:
+def operations(fleet: Fleet, placer: Placer, client: Client) -> dict[str, Callable[[], object]]:
     host = fleet.hosts[0]
 
     def reconcile_one() -> None:
@@ -243,8 +174,8 @@ def operations(fleet: Fleet, placer: Placer, client: Client) -> dict[str, Callab
 
     return {
         "reconcile_one": reconcile_one,
-        "reconcile_all": lambda: None if tasks.reconcile_all_hosts() else None,
-        "heartbeat_all": lambda: None if tasks.heartbeat_all_hosts() else None,
+        "reconcile_all": tasks.reconcile_all_hosts,
+        "heartbeat_all": tasks.heartbeat_all_hosts,
         "host_choose": choose,
         "desktop_create": create,
         "admin_hosts": page("/admin/vms/host/"),
@@ -417,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     results: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
-        "command": "python -m bench.scale" + (" --quick" if args.quick else "")
+        "command": "python -m bench.scale"
+        + (" --quick" if args.quick else "")
         + (f" --repeats {args.repeats}" if args.repeats else ""),
         "machine": machine_info("libvirt test driver (simulated hosts)"),
         "loadavg": [os.getloadavg()[0]],
