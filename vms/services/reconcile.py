@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -54,25 +54,42 @@ def reconcile_host(*, host: Host) -> ReconcileReport:
     live = {d.domain_name: d for d in Desktop.objects.filter(host=host).exclude(status=S.DELETED)}
     for desktop in live.values():
         _fix_state(desktop, domains.get(desktop.domain_name), report)
-    _remove_orphan_domains(hypervisor, domains, domains_owned_by(host=host), report)
-    _remove_orphan_volumes(hypervisor, host, volumes, volumes_in_use(), report)
+    # Only what this host's own desktops do not explain is looked up in the rest of the
+    # fleet: reading every desktop's names for every host made a pass over all hosts grow
+    # with hosts x desktops (docs/scale.md).
+    strangers = domains.keys() - live.keys()
+    owned = domains_owned_by(host=host, names=strangers)
+    _remove_orphan_domains(hypervisor, {n: domains[n] for n in strangers}, owned, report)
+    mine = {d.volume_name for d in live.values()}
+    unknown = [v for v in volumes if v.name not in mine]
+    in_use = volumes_in_use(names={v.name for v in unknown})
+    _remove_orphan_volumes(hypervisor, host, unknown, in_use, report)
     _requeue_stalled(live.values(), report)
     return report
 
 
-def domains_owned_by(*, host: Host) -> set[str]:
+def domains_owned_by(*, host: Host, names: Collection[str] | None = None) -> set[str]:
     """Domain names that belong on `host`'s libvirt: its desktops', those of another Host
     row naming the same libvirt, and those migrating to it (the incoming guest is defined
-    there before the database moves the desktop)."""
+    there before the database moves the desktop). Only among `names` when given."""
+    if names is not None and not names:
+        return set()
     here = Q(host__uri=host.uri) | Q(migrate_to__uri=host.uri)
     rows = Desktop.objects.filter(here).exclude(status=S.DELETED)
+    if names is not None:
+        rows = rows.filter(domain_name__in=names)
     return set(rows.values_list("domain_name", flat=True))
 
 
-def volumes_in_use() -> set[str]:
+def volumes_in_use(*, names: Collection[str] | None = None) -> set[str]:
     """Every live desktop's volume name, whatever its host: the pool directory is shared
-    between hosts (as NFS would be), so each host lists the others' disks too."""
+    between hosts (as NFS would be), so each host lists the others' disks too. Only among
+    `names` when given."""
+    if names is not None and not names:
+        return set()
     rows = Desktop.objects.exclude(status=S.DELETED)
+    if names is not None:
+        rows = rows.filter(volume_name__in=names)
     return set(rows.values_list("volume_name", flat=True))
 
 
@@ -119,6 +136,8 @@ def _remove_orphan_volumes(
     wanted: set[str],
     report: ReconcileReport,
 ) -> None:
+    if all(volume.name in wanted for volume in volumes):
+        return  # nothing to remove: no need to read the templates' bases
     # Template bases are named without the prefix, but a short prefix ("b", "base-")
     # would still match them: a base is never an orphan while its template exists.
     bases = {
