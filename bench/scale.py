@@ -36,6 +36,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -140,13 +141,14 @@ def fleet_check(fleet: Fleet) -> dict[str, int]:
 class Placer:
     """Fresh employees for the launches (each has the default quota of 2 desktops)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "placer") -> None:
+        self.prefix = prefix
         self.count = 0
         self.group = Group.objects.get(name=EMPLOYEE_GROUP)
 
     def user(self) -> Any:
         self.count += 1
-        user = User.objects.create(username=f"placer-{self.count:05d}", password="!")  # noqa: S106
+        user = User.objects.create(username=f"{self.prefix}-{self.count:05d}", password="!")  # noqa: S106
         user.groups.add(self.group)
         return user
 
@@ -233,8 +235,10 @@ def routing(fleet: Fleet, *, sends: int) -> dict[str, Any]:
         expected.setdefault(desktop.host.queue_name, set()).add(str(desktop.pk))
     found: dict[str, set[str]] = {}
     tasks_seen = set()
+    sizes = []
     for queue in queues:
         for raw in broker.lrange(queue, 0, -1):
+            sizes.append(len(raw))
             message = json.loads(raw)
             tasks_seen.add(message["headers"]["task"])
             found.setdefault(queue, set()).add(message["headers"]["argsrepr"].strip("[]()',\""))
@@ -246,7 +250,87 @@ def routing(fleet: Fleet, *, sends: int) -> dict[str, Any]:
         "total_ms": round(elapsed * 1000, 1),
         "per_send_ms": round(elapsed * 1000 / max(len(picked), 1), 3),
         "misrouted_or_missing": misrouted,
+        "message_bytes": round(statistics.fmean(sizes)) if sizes else 0,
         "tasks": sorted(tasks_seen),
+    }
+
+
+def redis_ops(fleet: Fleet, *, launches: int) -> dict[str, Any]:
+    """Redis commands and memory per launch and per queued action, counted on a private
+    redis-server on loopback (INFO commandstats of the shared one also counts other people's
+    work): the portal's broker writes and Channels layer point there for this section.
+    No page is open, so each group send finds its group empty (one command per group)."""
+    import redis
+    from channels.layers import channel_layers
+    from channels_redis.core import RedisChannelLayer
+
+    from bench.common import free_port
+    from portal.celery import app as celery_app
+
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    saved_layer = channel_layers.backends.get("default")
+    saved_broker = celery_app.conf.broker_write_url
+    try:
+        _wait_for_redis(client)
+        channel_layers.backends["default"] = RedisChannelLayer(hosts=[url])
+        celery_app.conf.broker_write_url = url
+        placer = Placer(prefix="redis")
+        before = _redis_snapshot(client)
+        for _ in range(launches):
+            desktop_create(user=placer.user(), template_id=fleet.template.pk)
+        middle = _redis_snapshot(client)
+        with transaction.atomic():
+            for desktop in Desktop.objects.select_related("host")[:launches]:
+                enqueue_desktop_task(ACTIONS["start"], desktop=desktop)
+        after = _redis_snapshot(client)
+    finally:
+        channel_layers.backends["default"] = saved_layer
+        celery_app.conf.broker_write_url = saved_broker
+        server.terminate()
+        server.wait(timeout=10)
+    return {
+        "launches": launches,
+        "per_launch": _redis_delta(before, middle, launches),
+        "per_queued_action": _redis_delta(middle, after, launches),
+    }
+
+
+def _wait_for_redis(client: Any) -> None:
+    import redis
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _redis_snapshot(client: Any) -> dict[str, Any]:
+    stats = client.info("commandstats")
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+    calls.pop("info", None)  # the snapshots' own
+    return {"calls": calls, "memory": client.info("memory")["used_memory"],
+            "connections": client.info("stats")["total_connections_received"]}  # fmt: skip
+
+
+def _redis_delta(a: dict[str, Any], b: dict[str, Any], n: int) -> dict[str, Any]:
+    commands = {k: round((v - a["calls"].get(k, 0)) / n, 2) for k, v in b["calls"].items()}
+    commands = {k: v for k, v in sorted(commands.items()) if v}
+    return {
+        "commands": round(sum(commands.values()), 2),
+        "by_command": commands,
+        "connections": round((b["connections"] - a["connections"]) / n, 2),
+        "memory_bytes": round((b["memory"] - a["memory"]) / n),
     }
 
 
@@ -328,8 +412,25 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"- {run['hosts']} hosts, {run['desktops']} desktops: {r['sends']} sends to "
             f"{r['queues_used']} host queues in {r['total_ms']} ms ({r['per_send_ms']} ms "
-            f"each); misrouted or missing: {r['misrouted_or_missing']}; tasks {r['tasks']}"
+            f"each, {r['message_bytes']} bytes each in Redis); misrouted or missing: "
+            f"{r['misrouted_or_missing']}; tasks {r['tasks']}"
         )
+    lines += ["", "## First reconcile pass of each fleet (opens each host's connection)", ""]
+    for run in results["runs"]:
+        c = run["check"]
+        lines.append(
+            f"- {run['hosts']} hosts, {run['desktops']} desktops: {c['domains']} domains "
+            f"compared, {c['first_pass_fixes']} fixes, {c['first_pass_ms']} ms"
+        )
+    if "redis" in results:
+        r = results["redis"]
+        lines += ["", f"## Redis per operation (private redis-server, {r['launches']} each)", ""]
+        for what in ("per_launch", "per_queued_action"):
+            f = r[what]
+            lines.append(
+                f"- {what}: {f['commands']} commands {f['by_command']}, "
+                f"{f['connections']} new connections, {f['memory_bytes']} bytes kept"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -370,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
                 "hosts": hosts, "desktops": desktops, "check": check, "ops": ops,
                 "routing": routing(fleet, sends=min(1000, desktops)),
             })  # fmt: skip
+            if "redis" not in results:
+                results["redis"] = redis_ops(fleet, launches=50 if args.quick else 200)
     import redis
 
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
