@@ -25,10 +25,12 @@ from tests.sqlcount import SqlCount, counting_sql
 from vms import tasks
 from vms.hypervisor import get_hypervisor
 from vms.hypervisor.libvirt_backend import LibvirtHypervisor
+from vms.models import Desktop, DesktopStatus
 from vms.roles import EMPLOYEE_GROUP
 from vms.services.desktops import desktop_create
 from vms.services.placement import host_choose
 from vms.services.reconcile import reconcile_host
+from vms.services.thumbnails import thumbnails_refresh
 
 pytestmark = pytest.mark.django_db
 PER_HOST = 10  # desktops on each simulated host
@@ -131,3 +133,22 @@ def assert_linear(before: SqlCount, after: SqlCount) -> None:
     (a constant part makes a linear figure grow less than that)."""
     assert after.statements <= GROWTH * before.statements, after.sql
     assert after.rows <= GROWTH * max(before.rows, 1), (before.rows, after.rows)
+
+
+def test_a_hosts_thumbnail_round_makes_no_query_per_desktop(tmp_path: Path, settings: Any) -> None:
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    # Few desktops: each screenshot is resized and stored as a PNG (about 0.1 s each here).
+    few = simfleet.fleet_build(hosts=1, desktops=3, folder=tmp_path / "few", tag="f")
+    many = simfleet.fleet_build(hosts=1, desktops=3 * GROWTH, folder=tmp_path / "many", tag="m")
+    counted = []
+    for fleet in (few, many):
+        with counting_sql() as sql:
+            stored = thumbnails_refresh(host=fleet.hosts[0])
+        running = [d for d in fleet.desktops if d.status == DesktopStatus.RUNNING]
+        assert stored == len(running)  # the test driver answers every screenshot
+        assert (
+            Desktop.objects.filter(host=fleet.hosts[0], thumbnail_at__isnull=False).count()
+            == stored
+        )
+        counted.append(sql)
+    assert counted[1].statements == counted[0].statements, counted[1].sql
