@@ -334,6 +334,35 @@ def _redis_delta(a: dict[str, Any], b: dict[str, Any], n: int) -> dict[str, Any]
     }
 
 
+def libvirt_rpc(fleet: Fleet, *, calls: int) -> dict[str, Any]:
+    """What one libvirt call costs on the test driver (in-process) and on the machine's real
+    libvirtd (qemu:///system, a local socket: a real remote host adds its network round
+    trip): `state()` of a domain that does not exist (one lookup), and `list_domains()`
+    (one listing plus two calls per domain). Read-only; nothing is defined."""
+    from vms.hypervisor import HypervisorError
+
+    out: dict[str, Any] = {}
+    for label, uri in (("test_driver", fleet.hosts[0].uri), ("libvirtd_local", "qemu:///system")):
+        hypervisor = get_hypervisor(uri)
+        try:
+            hypervisor.state(name=f"{name_prefix()}scale-absent")
+        except HypervisorError as exc:
+            out[label] = {"unavailable": exc.message}
+            continue
+        started = time.perf_counter()
+        for _ in range(calls):
+            hypervisor.state(name=f"{name_prefix()}scale-absent")
+        per_call = (time.perf_counter() - started) * 1000 / calls
+        listed = []
+        for _ in range(5):
+            started = time.perf_counter()
+            domains = hypervisor.list_domains(prefix="")
+            listed.append((time.perf_counter() - started) * 1000)
+        out[label] = {"state_call_ms": round(per_call, 4), "domains": len(domains),
+                      "list_domains_ms": round(statistics.median(listed), 3)}  # fmt: skip
+    return out
+
+
 # --- growth --------------------------------------------------------------------------------------
 
 
@@ -431,6 +460,10 @@ def markdown(results: dict[str, Any]) -> str:
                 f"- {what}: {f['commands']} commands {f['by_command']}, "
                 f"{f['connections']} new connections, {f['memory_bytes']} bytes kept"
             )
+    if "libvirt_rpc" in results:
+        lines += ["", "## One libvirt call (through LibvirtHypervisor)", ""]
+        for label, f in results["libvirt_rpc"].items():
+            lines.append(f"- {label}: {f}")
     return "\n".join(lines) + "\n"
 
 
@@ -473,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             })  # fmt: skip
             if "redis" not in results:
                 results["redis"] = redis_ops(fleet, launches=50 if args.quick else 200)
+                results["libvirt_rpc"] = libvirt_rpc(fleet, calls=300)
     import redis
 
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
