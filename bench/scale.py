@@ -81,6 +81,9 @@ FULL_HOSTS = (10, 25, 50, 100)  # at FULL_DESKTOPS[-1] desktops
 FULL_DESKTOPS = (1_000, 2_500, 5_000, 10_000)  # at FULL_HOSTS[-1] hosts
 QUICK_HOSTS = (4, 8)
 QUICK_DESKTOPS = (200, 400)
+# A shared pool puts hosts x desktops volumes in the node files: smaller fleets.
+FULL_SHARED = ((10, 1_000), (20, 2_000), (30, 3_000))
+QUICK_SHARED = ((2, 100), (4, 200))
 OPERATIONS = ("reconcile_one", "reconcile_all", "heartbeat_all", "host_choose",
               "desktop_create", "admin_hosts", "api_hosts")  # fmt: skip
 
@@ -363,6 +366,78 @@ def libvirt_rpc(fleet: Fleet, *, calls: int) -> dict[str, Any]:
     return out
 
 
+def shared_pool(root: Path, *, sizes: tuple[tuple[int, int], ...], repeats: int) -> list[Any]:
+    """Reconcile over all hosts when the pool directory is shared (every host lists every
+    desktop's volume, as on the lab hosts or NFS): hosts x desktops volumes are listed."""
+    runs = []
+    for hosts, desktops in sizes:
+        call_command("flush", verbosity=0, interactive=False)
+        setup_roles()
+        folder = root / f"shared-h{hosts}-d{desktops}"
+        simfleet.fleet_build(hosts=hosts, desktops=desktops, folder=folder, shared_pool=True)
+        tasks.reconcile_all_hosts()  # opens the connections (loads the node files)
+        with counting_sql() as count:
+            tasks.reconcile_all_hosts()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            tasks.reconcile_all_hosts()
+            times.append((time.perf_counter() - started) * 1000)
+        runs.append({"hosts": hosts, "desktops": desktops, "volumes_listed": hosts * desktops,
+                     "statements": count.statements, "rows": count.rows,
+                     "median_ms": statistics.median(times), "min_ms": min(times),
+                     "max_ms": max(times)})  # fmt: skip
+        log(f"  shared pool, {hosts} hosts, {desktops} desktops: {runs[-1]['median_ms']:.0f} ms")
+    return runs
+
+
+def launch_storm(fleet: Fleet, *, launchers: int, seconds: float) -> dict[str, Any]:
+    """`launchers` threads launching desktops (desktop_create, each for a fresh employee)
+    as fast as they can for `seconds`: placement locks every host row, so launches queue."""
+    import threading
+
+    from django.db import connection
+
+    # Fresh employees made beforehand: only the launches are timed.
+    users = User.objects.bulk_create(
+        User(username=f"storm{launchers}-{i:05d}", password="!")  # noqa: S106
+        for i in range(launchers * 400)
+    )
+    Group.objects.get(name=EMPLOYEE_GROUP).user_set.add(*users)
+    lock = threading.Lock()
+    done: list[float] = []
+    deadline = time.monotonic() + seconds
+
+    def run() -> None:
+        try:
+            while time.monotonic() < deadline:
+                with lock:
+                    user = users.pop()
+                started = time.perf_counter()
+                desktop_create(user=user, template_id=fleet.template.pk)
+                with lock:
+                    done.append((time.perf_counter() - started) * 1000)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(launchers)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    from bench.common import percentile
+
+    return {
+        "launchers": launchers,
+        "launches": len(done),
+        "per_second": round(len(done) / elapsed, 1),
+        "p50_ms": round(percentile(done, 50), 1),
+        "p99_ms": round(percentile(done, 99), 1),
+    }
+
+
 # --- growth --------------------------------------------------------------------------------------
 
 
@@ -460,6 +535,24 @@ def markdown(results: dict[str, Any]) -> str:
                 f"- {what}: {f['commands']} commands {f['by_command']}, "
                 f"{f['connections']} new connections, {f['memory_bytes']} bytes kept"
             )
+    if "launch_storm" in results:
+        lines += ["", "## Launches at once (desktop_create in threads, at the first fleet)", ""]
+        for f in results["launch_storm"]:
+            lines.append(
+                f"- {f['launchers']} launchers: {f['launches']} launches, {f['per_second']}/s, "
+                f"p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms"
+            )
+    if "shared_pool" in results:
+        lines += ["", "## Reconcile of all hosts with a shared pool directory", "",
+                  "| Hosts | Desktops | Volumes listed | Median ms | Min-max ms | Statements "
+                  "| Rows |",
+                  "|---:|---:|---:|---:|---|---:|---:|"]  # fmt: skip
+        for f in results["shared_pool"]:
+            lines.append(
+                f"| {f['hosts']} | {f['desktops']} | {f['volumes_listed']} | "
+                f"{f['median_ms']:.0f} | {f['min_ms']:.0f}-{f['max_ms']:.0f} | "
+                f"{f['statements']} | {f['rows']} |"
+            )
     if "libvirt_rpc" in results:
         lines += ["", "## One libvirt call (through LibvirtHypervisor)", ""]
         for label, f in results["libvirt_rpc"].items():
@@ -507,6 +600,13 @@ def main(argv: list[str] | None = None) -> int:
             if "redis" not in results:
                 results["redis"] = redis_ops(fleet, launches=50 if args.quick else 200)
                 results["libvirt_rpc"] = libvirt_rpc(fleet, calls=300)
+                results["launch_storm"] = [
+                    launch_storm(fleet, launchers=n, seconds=3 if args.quick else 10)
+                    for n in (1, 4)
+                ]
+        log("shared pool")
+        shared = QUICK_SHARED if args.quick else FULL_SHARED
+        results["shared_pool"] = shared_pool(Path(tmp), sizes=shared, repeats=3)
     import redis
 
     redis.Redis.from_url(settings.REDIS_URL).flushdb()

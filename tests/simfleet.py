@@ -72,11 +72,15 @@ def node_xml(path: Path, *, domains: list[tuple[str, bool]], volumes: list[str])
     path.write_text(ET.tostring(node, encoding="unicode"))
 
 
-def fleet_build(*, hosts: int, desktops: int, folder: Path, tag: str = "") -> SimFleet:
+def fleet_build(
+    *, hosts: int, desktops: int, folder: Path, tag: str = "", shared_pool: bool = False
+) -> SimFleet:
     """`hosts` test-driver hosts (node files in `folder`, which must not exist yet) and
     `desktops` desktops spread round robin over them, one in five stopped, five per owner;
     the rows in the database (bulk_create), the domains and volumes in the node files, so
-    that rows and hosts agree. `tag` keeps names apart when one database holds two fleets."""
+    that rows and hosts agree. `tag` keeps names apart when one database holds two fleets.
+    `shared_pool`: every host's pool holds every desktop's volume, as when the pool
+    directory is shared between the hosts (NFS; the lab hosts)."""
     folder.mkdir(parents=True)
     template = Template.objects.create(
         name=f"Scale{tag}", base_image_path=f"{settings.STORAGE_POOL_PATH}/base.qcow2",
@@ -101,7 +105,7 @@ def fleet_build(*, hosts: int, desktops: int, folder: Path, tag: str = "") -> Si
         node_xml(
             folder / f"hv{index:03d}.xml",
             domains=[(d.domain_name, d.status == DesktopStatus.RUNNING) for d in mine],
-            volumes=[d.volume_name for d in mine],
+            volumes=[d.volume_name for d in (made if shared_pool else mine)],
         )
     hosts_saved = list(Host.objects.filter(pk__in=[h.pk for h in rows]).order_by("pk"))
     return SimFleet(hosts=hosts_saved, template=template, desktops=made)
