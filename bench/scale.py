@@ -438,6 +438,44 @@ def launch_storm(fleet: Fleet, *, launchers: int, seconds: float) -> dict[str, A
     }
 
 
+def console_recheck(fleet: Fleet, *, calls: int) -> dict[str, Any]:
+    """What each open console costs the database and Redis between frames: every relay
+    re-checks each of its sessions every CONSOLE_RECHECK_S (`console_session_keep`: may the
+    user still see the desktop, does it run; then the lease is renewed in Redis)."""
+    from vms.models import ConsoleSession
+    from vms.services.consoles.sessions import console_session_keep
+
+    desktop = Desktop.objects.filter(status="running").select_related("owner").first()
+    assert desktop is not None
+    session = ConsoleSession.objects.create(desktop=desktop, user=desktop.owner, mode="view")
+    with counting_sql() as count:
+        kept = console_session_keep(session_id=session.pk, relay="channels")
+    assert kept is None, kept
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        console_session_keep(session_id=session.pk, relay="channels")
+        times.append((time.perf_counter() - started) * 1000)
+    return {"statements": count.statements, "rows": count.rows, "redis_commands": 1,
+            "median_ms": round(statistics.median(times), 3),
+            "recheck_s": float(settings.CONSOLE_RECHECK_S)}  # fmt: skip
+
+
+def thumbnails_one(fleet: Fleet, media: Path) -> dict[str, Any]:
+    """One host's thumbnail round (`thumbnails_refresh`), once: a screenshot of each running
+    desktop through libvirt, resized and stored. The test driver's screenshot is a small
+    fixed picture, so this is a lower bound of a real desktop's."""
+    from vms.services.thumbnails import thumbnails_refresh
+
+    settings.MEDIA_ROOT = str(media)
+    started = time.perf_counter()
+    with counting_sql() as count:
+        stored = thumbnails_refresh(host=fleet.hosts[0])
+    elapsed = (time.perf_counter() - started) * 1000
+    return {"stored": stored, "ms": round(elapsed, 1), "statements": count.statements,
+            "per_desktop_ms": round(elapsed / max(stored, 1), 2)}  # fmt: skip
+
+
 # --- growth --------------------------------------------------------------------------------------
 
 
@@ -553,6 +591,20 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{f['median_ms']:.0f} | {f['min_ms']:.0f}-{f['max_ms']:.0f} | "
                 f"{f['statements']} | {f['rows']} |"
             )
+    lines += ["", "## One host's thumbnail round (once)", ""]
+    for run in results["runs"]:
+        if "thumbnails_one" in run:
+            f = run["thumbnails_one"]
+            lines.append(
+                f"- {run['hosts']} hosts, {run['desktops']} desktops: {f['stored']} stored in "
+                f"{f['ms']} ms ({f['per_desktop_ms']} ms each), {f['statements']} statements"
+            )
+    if "console_recheck" in results:
+        f = results["console_recheck"]
+        lines += ["", "## One open console's re-check (every CONSOLE_RECHECK_S)", "",
+                  f"- {f['statements']} SQL statements ({f['rows']} rows), "
+                  f"{f['redis_commands']} Redis SET, {f['median_ms']} ms median, "
+                  f"every {f['recheck_s']} s"]  # fmt: skip
     if "libvirt_rpc" in results:
         lines += ["", "## One libvirt call (through LibvirtHypervisor)", ""]
         for label, f in results["libvirt_rpc"].items():
@@ -597,9 +649,12 @@ def main(argv: list[str] | None = None) -> int:
                 "hosts": hosts, "desktops": desktops, "check": check, "ops": ops,
                 "routing": routing(fleet, sends=min(1000, desktops)),
             })  # fmt: skip
+            if desktops // hosts <= 100:  # about 80 running desktops on the host, or fewer
+                results["runs"][-1]["thumbnails_one"] = thumbnails_one(fleet, Path(tmp) / "media")
             if "redis" not in results:
                 results["redis"] = redis_ops(fleet, launches=50 if args.quick else 200)
                 results["libvirt_rpc"] = libvirt_rpc(fleet, calls=300)
+                results["console_recheck"] = console_recheck(fleet, calls=50)
                 results["launch_storm"] = [
                     launch_storm(fleet, launchers=n, seconds=3 if args.quick else 10)
                     for n in (1, 4)
