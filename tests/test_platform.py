@@ -105,7 +105,7 @@ def test_healthz_flags_a_stale_host(admin_client, local_host) -> None:
 def test_healthz_all_green_with_worker_and_heartbeat(
     admin_client, celery_worker, local_host
 ) -> None:
-    from vms.services.hosts import host_heartbeat
+    from vms.services.heartbeat import host_heartbeat
 
     assert host_heartbeat(host=local_host)
     response = admin_client.get("/healthz")

@@ -12,10 +12,20 @@ import logging
 from collections.abc import Callable
 
 from celery import Task, shared_task
+from django.conf import settings
 
 from vms.hypervisor import HypervisorError
 from vms.models import Host
-from vms.services import audit, hosts, provisioning, reconcile, thumbnails
+from vms.services import (
+    audit,
+    fleet,
+    heartbeat,
+    provisioning,
+    queue,
+    reconcile,
+    recovery,
+    thumbnails,
+)
 from vms.services import consoles as console_services
 from vms.services.actions import ACTIONS, DesktopAction
 
@@ -81,9 +91,35 @@ def apply_audit_retention() -> dict[str, int]:
 
 
 @shared_task(acks_late=True)
-def heartbeat_all_hosts() -> dict[str, bool]:
-    """Record each host's health (pages and /healthz read it from the database)."""
-    return {host.name: hosts.host_heartbeat(host=host) for host in Host.objects.all()}
+def heartbeat_all_hosts() -> dict[str, str]:
+    """The beat's round: ask each host's own worker for a heartbeat (on its queue, so a
+    host whose worker or libvirtd is gone stays silent), then mark silent hosts down and
+    start their recovery."""
+    interval = float(settings.HOST_HEARTBEAT_INTERVAL_S)
+    for host in Host.objects.filter(enabled=True):
+        queue.enqueue_task("vms.tasks.host_heartbeat", host.pk, queue=host.queue_name,
+                           expires_s=interval)  # fmt: skip
+    for host in heartbeat.hosts_silent():
+        heartbeat.host_mark_down(host=host)
+    return {
+        host.name: repr(recovery.host_recovery_start(host=host)) for host in recovery.hosts_down()
+    }
+
+
+@shared_task(acks_late=True)
+def host_heartbeat(host_id: int) -> bool:
+    """One host's heartbeat, run by that host's worker."""
+    host = Host.objects.filter(pk=host_id).first()
+    return host is not None and heartbeat.host_heartbeat(host=host)
+
+
+@shared_task(bind=True, acks_late=True)
+def host_drain(self: Task, host_id: int, actor_id: int) -> bool:
+    """One pass of draining a host in maintenance; it comes back until the host is empty."""
+    left = fleet.host_drain_pass(host_id=host_id, actor_id=actor_id)
+    if left and self.request.retries < fleet.DRAIN_MAX_PASSES:
+        raise self.retry(countdown=fleet.DRAIN_PASS_DELAY_S, max_retries=fleet.DRAIN_MAX_PASSES)
+    return left
 
 
 @shared_task(acks_late=True)

@@ -21,7 +21,7 @@ from tests.fixtures import running_worker
 from tests.relay.conftest import channels_relay, gateway_relay, relay  # noqa: F401
 from vms.hypervisor import get_hypervisor
 from vms.models import Host
-from vms.services.hosts import host_register
+from vms.services.fleet import host_register
 from vms.settings_access import name_prefix
 
 ROOT = Path(__file__).resolve().parents[2]

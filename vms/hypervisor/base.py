@@ -15,6 +15,7 @@ from .types import (
     DomainInfo,
     DomainSpec,
     HostCapacity,
+    HostLoad,
     PowerState,
     VolumeInfo,
 )
@@ -132,3 +133,9 @@ class Hypervisor(ABC):
             f"{type(self).__name__} cannot report a host's capacity; enter it by hand",
             permanent=True,
         )
+
+    def host_load(self) -> HostLoad:
+        """The host's CPUs, memory, available memory, running guests and CPU counters, for
+        the heartbeat (placement by live load). Not abstract: a backend that cannot tell
+        says so, and placement then uses the admin's figures alone."""
+        raise HypervisorError(f"{type(self).__name__} cannot report a host's load", permanent=True)

@@ -34,6 +34,7 @@ from .types import (
     DomainInfo,
     DomainSpec,
     HostCapacity,
+    HostLoad,
     PowerState,
     VolumeInfo,
 )
@@ -873,6 +874,44 @@ class LibvirtHypervisor(Hypervisor):
             raise HypervisorError(
                 err.message.removesuffix(RETRY_NOTE), permanent=err.permanent
             ) from None
+
+    def host_load(self) -> HostLoad:
+        def op(conn: Conn) -> HostLoad:
+            info = conn.getInfo()
+            running = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            busy, total = _node_cpu_counters(conn)
+            return HostLoad(
+                cpus=int(info[2]),
+                memory_mib=int(info[1]),
+                available_memory_mib=_available_memory_mib(conn),
+                running_guests=len(running),
+                cpu_busy_ns=busy,
+                cpu_total_ns=total,
+            )
+
+        return self._call("reading the host's load", op)
+
+
+def _node_cpu_counters(conn: Conn) -> tuple[int | None, int | None]:
+    """(busy, total) nanoseconds over all CPUs since boot; (None, None) where unsupported."""
+    try:
+        stats = conn.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS)
+    except libvirt.libvirtError:
+        return None, None
+    idle = int(stats.get("idle", 0)) + int(stats.get("iowait", 0))
+    busy = int(stats.get("user", 0)) + int(stats.get("kernel", 0))
+    return busy, busy + idle
+
+
+def _available_memory_mib(conn: Conn) -> int:
+    """Free memory plus buffers and page cache (what guests can still get), in MiB; the
+    plain free figure where the driver has no memory statistics (libvirt's test driver)."""
+    try:
+        stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)
+    except libvirt.libvirtError:
+        return int(conn.getFreeMemory()) // 2**20
+    kib = sum(int(stats.get(key, 0)) for key in ("free", "buffers", "cached"))
+    return kib // 1024
 
 
 register_backend(LIBVIRT_SCHEMES, LibvirtHypervisor)

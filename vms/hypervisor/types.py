@@ -106,3 +106,21 @@ class HostCapacity:
     cpus: int
     memory_mib: int
     pool_gib: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class HostLoad:
+    """What a host uses right now, as its hypervisor reports it (the heartbeat's sample).
+
+    ``cpu_busy_ns`` and ``cpu_total_ns`` are the node's cumulative CPU counters (all CPUs);
+    a CPU use in percent is their change between two samples, never one sample alone.
+    ``available_memory_mib`` counts free memory plus the page cache the kernel gives back.
+    Counters a host cannot report are ``None``.
+    """
+
+    cpus: int
+    memory_mib: int
+    available_memory_mib: int
+    running_guests: int
+    cpu_busy_ns: int | None
+    cpu_total_ns: int | None

@@ -51,9 +51,10 @@ def broker_check() -> None:
 def enqueue_desktop_task(action: DesktopAction, *, desktop: Desktop) -> None:
     """Send the action's task `vms.tasks.desktop_<action>(desktop_id)` to the desktop's
     host queue after commit."""
-    assert desktop.host is not None, "a desktop is placed on a host before work is queued"
+    host = getattr(desktop, action.queue_of)
+    assert host is not None, "a desktop is placed on a host before work is queued"
     name = f"vms.tasks.{action.task_name}"
-    transaction.on_commit(partial(_send, name, str(desktop.pk), desktop.host.queue_name))
+    transaction.on_commit(partial(_send, name, str(desktop.pk), host.queue_name))
 
 
 def _send(name: str, desktop_id: str, queue: str) -> None:
@@ -63,3 +64,21 @@ def _send(name: str, desktop_id: str, queue: str) -> None:
     except OperationalError:
         # The row already says what should happen; reconcile re-queues stalled desktops.
         log.warning("could not queue %s for desktop %s; reconcile will retry", name, desktop_id)
+
+
+def enqueue_task(
+    name: str, *args: object, queue: str = "portal", expires_s: float | None = None
+) -> None:
+    """Send task `name(*args)` to `queue` once the current transaction commits; a task
+    with `expires_s` is dropped by the worker if it could not start within that time."""
+    transaction.on_commit(partial(_send_task, name, args, queue, expires_s))
+
+
+def _send_task(name: str, args: tuple[object, ...], queue: str, expires_s: float | None) -> None:
+    try:
+        with celery_app.connection_for_write(broker_url()) as connection:
+            celery_app.send_task(
+                name, args=list(args), queue=queue, connection=connection, expires=expires_s
+            )
+    except OperationalError:
+        log.warning("could not queue %s%s on %s", name, args, queue)

@@ -11,7 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from vms.services.errors import ServiceError
-from vms.services.hosts import host_disable, host_register
+from vms.services.fleet import host_disable, host_register
 
 
 class Command(BaseCommand):
