@@ -50,5 +50,6 @@ def _store(desktop_id: object, png: bytes) -> None:
     target = thumbnail_path(desktop_id)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".tmp")
-    image.save(partial, format="PNG", optimize=True)
+    # optimize=True spent 11 ms of the 13 ms per desktop for 2 % smaller files (docs/scale.md).
+    image.save(partial, format="PNG")
     os.replace(partial, target)  # readers never see half a file
