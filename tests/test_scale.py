@@ -10,11 +10,13 @@ at up to 100 hosts and 10,000 desktops (docs/scale.md).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
@@ -27,6 +29,7 @@ from vms.hypervisor import get_hypervisor
 from vms.hypervisor.libvirt_backend import LibvirtHypervisor
 from vms.models import Desktop, DesktopStatus
 from vms.roles import EMPLOYEE_GROUP
+from vms.services import heartbeat
 from vms.services.desktops import desktop_create
 from vms.services.placement import host_choose
 from vms.services.reconcile import reconcile_host
@@ -152,3 +155,37 @@ def test_a_hosts_thumbnail_round_makes_no_query_per_desktop(tmp_path: Path, sett
         )
         counted.append(sql)
     assert counted[1].statements == counted[0].statements, counted[1].sql
+
+
+def test_the_beats_rounds_go_to_each_hosts_own_queue(
+    small: simfleet.SimFleet, django_capture_on_commit_callbacks: Any, settings: Any
+) -> None:
+    """The real Celery routing on the real broker (no worker consumes these queues): one
+    heartbeat and one thumbnail task per host, each on that host's queue."""
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    queues = [host.queue_name for host in small.hosts]
+    broker.delete(*queues)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            tasks.heartbeat_all_hosts()
+            assert tasks.refresh_thumbnails() == len(small.hosts)
+        for host in small.hosts:
+            sent = [json.loads(raw)["headers"] for raw in broker.lrange(host.queue_name, 0, -1)]
+            assert sorted((h["task"], h["argsrepr"]) for h in sent) == [
+                ("vms.tasks.host_heartbeat", f"[{host.pk}]"),
+                ("vms.tasks.host_thumbnails", f"[{host.pk}]"),
+            ]
+            assert all(h["expires"] for h in sent)  # a late round is dropped, not run
+    finally:
+        broker.delete(*queues)
+
+
+def test_a_hosts_own_heartbeat_reads_the_same_whatever_the_fleets_size(
+    small: simfleet.SimFleet, tmp_path: Path
+) -> None:
+    host = small.hosts[0]
+    before = count(lambda: heartbeat.host_heartbeat(host=host))
+    grow(tmp_path)
+    after = count(lambda: heartbeat.host_heartbeat(host=host))
+    assert before.statements >= 1  # it recorded what it found
+    assert (after.statements, after.rows) == (before.statements, before.rows), after.sql
