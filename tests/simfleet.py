@@ -89,7 +89,8 @@ def fleet_build(
     template.assigned_groups.add(Group.objects.get_or_create(name=EMPLOYEE_GROUP)[0])
     rows = Host.objects.bulk_create(
         Host(name=f"hv{tag}{i:03d}", uri=f"test://{folder.resolve()}/hv{i:03d}.xml",
-             storage_pool=settings.STORAGE_POOL_NAME, last_check_ok=True, **ROW_CAPACITY)
+             storage_pool=settings.STORAGE_POOL_NAME, last_check_ok=True,
+             console_address=_console_address(i), **ROW_CAPACITY)
         for i in range(hosts)
     )  # fmt: skip
     user_model = get_user_model()
@@ -109,6 +110,13 @@ def fleet_build(
         )
     hosts_saved = list(Host.objects.filter(pk__in=[h.pk for h in rows]).order_by("pk"))
     return SimFleet(hosts=hosts_saved, template=template, desktops=made)
+
+
+def _console_address(i: int) -> str:
+    """A documentation address (RFC 5737, never routed): recovery and migration take only
+    hosts with a network address as targets. Nothing ever connects to it: no console is
+    opened and no migration runs on a simulated host."""
+    return f"192.0.2.{i % 250 + 1}"
 
 
 def _desktop(i: int, owner: object, template: Template, host: Host) -> Desktop:
