@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Set
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -45,12 +45,18 @@ class ReconcileReport:
     requeued: list[str] = field(default_factory=list)
 
 
-def reconcile_host(*, host: Host) -> ReconcileReport:
-    """One pass over one host. Raises HypervisorError when libvirt cannot be reached."""
+def reconcile_host(*, host: Host, volumes_live: Set[str] = frozenset()) -> ReconcileReport:
+    """One pass over one host. Raises HypervisorError when libvirt cannot be reached.
+
+    `volumes_live`: live desktops' volume names read once for a pass over every host (a
+    shared pool lists every desktop's disk on every host); a volume that is not among them
+    is looked up again after this host's listing, so a disk made since is never taken
+    for an orphan.
+    """
     hypervisor = hypervisor_for(host)
     report = ReconcileReport()
     domains = {d.name: d for d in hypervisor.list_domains(prefix=name_prefix())}
-    volumes = hypervisor.list_volumes(pool=host.storage_pool, prefix=name_prefix())
+    volume_names = hypervisor.list_volume_names(pool=host.storage_pool, prefix=name_prefix())
     live = {d.domain_name: d for d in Desktop.objects.filter(host=host).exclude(status=S.DELETED)}
     for desktop in live.values():
         _fix_state(desktop, domains.get(desktop.domain_name), report)
@@ -61,9 +67,13 @@ def reconcile_host(*, host: Host) -> ReconcileReport:
     owned = domains_owned_by(host=host, names=strangers)
     _remove_orphan_domains(hypervisor, {n: domains[n] for n in strangers}, owned, report)
     mine = {d.volume_name for d in live.values()}
-    unknown = [v for v in volumes if v.name not in mine]
-    in_use = volumes_in_use(names={v.name for v in unknown})
-    _remove_orphan_volumes(hypervisor, host, unknown, in_use, report)
+    unknown = {name for name in volume_names if name not in mine and name not in volumes_live}
+    in_use = volumes_in_use(names=unknown)
+    suspects = unknown - in_use
+    if suspects:  # orphans, maybe: only they are described (their paths)
+        volumes = hypervisor.list_volumes(pool=host.storage_pool, prefix=name_prefix())
+        orphans = [volume for volume in volumes if volume.name in suspects]
+        _remove_orphan_volumes(hypervisor, host, orphans, in_use, report)
     _requeue_stalled(live.values(), report)
     return report
 
