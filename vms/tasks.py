@@ -74,9 +74,11 @@ globals().update({task.__name__: task for task in DESKTOP_TASKS.values()})
 def reconcile_all_hosts() -> dict[str, str]:
     """Reconcile every enabled host; a host that cannot be reached is reported, not fatal."""
     results = {}
+    # Read once for all hosts: where the pool is shared, each host lists every disk.
+    volumes_live = reconcile.volumes_in_use()
     for host in Host.objects.filter(enabled=True):
         try:
-            report = reconcile.reconcile_host(host=host)
+            report = reconcile.reconcile_host(host=host, volumes_live=volumes_live)
             results[host.name] = repr(report)
         except HypervisorError as exc:
             log.warning("reconcile skipped host %s: %s", host.name, exc.message)
