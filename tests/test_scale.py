@@ -189,3 +189,19 @@ def test_a_hosts_own_heartbeat_reads_the_same_whatever_the_fleets_size(
     after = count(lambda: heartbeat.host_heartbeat(host=host))
     assert before.statements >= 1  # it recorded what it found
     assert (after.statements, after.rows) == (before.statements, before.rows), after.sql
+
+
+def test_a_reconcile_pass_over_hosts_sharing_their_pool_grows_linearly(tmp_path: Path) -> None:
+    """Where the pool directory is shared (NFS, the lab hosts), every host lists every
+    desktop's disk: the pass must not look each of them up again for every host."""
+    simfleet.fleet_build(hosts=SMALL, desktops=SMALL * PER_HOST, folder=tmp_path / "s",
+                         shared_pool=True)  # fmt: skip
+    before = count(tasks.reconcile_all_hosts)
+    extra = SMALL * (GROWTH - 1)
+    simfleet.fleet_build(hosts=extra, desktops=extra * PER_HOST, folder=tmp_path / "m",
+                         tag="m", shared_pool=True)  # fmt: skip
+    after = count(tasks.reconcile_all_hosts)
+    assert_linear(before, after)
+    assert all(
+        "removed_volumes=[]" in report for report in tasks.reconcile_all_hosts().values()
+    )  # every disk listed was recognised as some desktop's
