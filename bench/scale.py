@@ -529,6 +529,64 @@ def recovery_one(fleet: Fleet) -> dict[str, Any]:
             "statements": count.statements, "rows": count.rows}  # fmt: skip
 
 
+def worker_rounds(fleet: Fleet, *, queues: int, rounds: int) -> dict[str, Any]:
+    """One real Celery worker (prefork, -c 2, as the Procfile's) consuming the first
+    `queues` hosts' queues: the beat's heartbeat round is sent to every host's queue, and
+    the worker runs its hosts' heartbeats against their test-driver hosts. Measured: the
+    time from sending a round to the last of its hosts' heartbeats recorded, and the
+    worker's memory (its processes' RSS and PSS) once it has run them."""
+    import redis
+
+    from bench.common import PYTHON, process_tree, smaps_kib, start_server, stop_server
+
+    hosts = fleet.hosts[:queues]
+    command = [
+        PYTHON, "-m", "celery", "-A", "portal", "worker", "-c", "2", "--without-gossip",
+        "--without-mingle", "-n", "scale@%h", "--loglevel", "WARNING",
+        "-Q", ",".join(h.queue_name for h in hosts),
+    ]  # fmt: skip
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    all_queues = [h.queue_name for h in fleet.hosts]
+    broker.delete(*all_queues)
+    server = start_server(command, name="scale-worker")
+    latencies = []
+    try:
+        for round_ in range(rounds + 1):  # the first round also waits for the worker to start
+            before = {
+                h.pk: h.last_heartbeat_at for h in Host.objects.filter(pk__in=[h.pk for h in hosts])
+            }
+            started = time.perf_counter()
+            tasks.heartbeat_all_hosts()
+            deadline = time.monotonic() + 120
+            while True:
+                now = dict(
+                    Host.objects.filter(pk__in=before).values_list("pk", "last_heartbeat_at")
+                )
+                if all(now[pk] != before[pk] for pk in before):
+                    break
+                if time.monotonic() > deadline or server.process.poll() is not None:
+                    raise RuntimeError(
+                        f"the worker did not run its heartbeats; see {server.logfile}"
+                    )
+                time.sleep(0.01)
+            if round_:
+                latencies.append((time.perf_counter() - started) * 1000)
+        memory = [smaps_kib(pid) for pid in process_tree(server.pid)]
+    finally:
+        stop_server(server)
+        broker.delete(*all_queues)
+    _after("heartbeat_hosts", fleet)  # the free memory the test driver cannot report
+    return {
+        "queues": queues,
+        "rounds": rounds,
+        "round_ms_median": round(statistics.median(latencies), 1),
+        "round_ms_max": round(max(latencies), 1),
+        "processes": len(memory),
+        "rss_kib": sum(m["rss"] for m in memory),
+        "pss_kib": sum(m["pss"] for m in memory),
+    }
+
+
 # --- growth --------------------------------------------------------------------------------------
 
 
@@ -662,6 +720,13 @@ def markdown(results: dict[str, Any]) -> str:
                 f"host, {f['done']} in {f['ms']} ms ({f['per_desktop_ms']} ms each), "
                 f"{f['statements']} statements, {f['rows']} rows"
             )
+    if "worker" in results:
+        f = results["worker"]
+        lines += ["", "## One real Celery worker (-c 2) on the host queues", "",
+                  f"- consuming {f['queues']} host queues: the beat's heartbeat round to all "
+                  f"hosts' queues -> its hosts' heartbeats recorded in {f['round_ms_median']} ms "
+                  f"(median of {f['rounds']}, max {f['round_ms_max']}); {f['processes']} "
+                  f"processes, RSS {f['rss_kib']} KiB, PSS {f['pss_kib']} KiB"]  # fmt: skip
     if "console_recheck" in results:
         f = results["console_recheck"]
         lines += ["", "## One open console's re-check (every CONSOLE_RECHECK_S)", "",
@@ -723,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
                     launch_storm(fleet, launchers=n, seconds=3 if args.quick else 10)
                     for n in (1, 4)
                 ]
+                results["worker"] = worker_rounds(fleet, queues=3, rounds=5)
         log("shared pool")
         shared = QUICK_SHARED if args.quick else FULL_SHARED
         results["shared_pool"] = shared_pool(Path(tmp), sizes=shared, repeats=3)
