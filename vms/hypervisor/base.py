@@ -60,6 +60,11 @@ class Hypervisor(ABC):
     def list_volumes(self, *, pool: str, prefix: str) -> list[VolumeInfo]:
         """Volumes of ``pool`` whose names start with ``prefix``, sorted by name."""
 
+    def list_volume_names(self, *, pool: str, prefix: str) -> list[str]:
+        """The names alone of ``list_volumes``, sorted: a backend may answer them without
+        describing each volume (a shared pool lists every desktop's disk on every host)."""
+        return [volume.name for volume in self.list_volumes(pool=pool, prefix=prefix)]
+
     # --- domains -----------------------------------------------------------------------
 
     @abstractmethod

@@ -575,6 +575,14 @@ class LibvirtHypervisor(Hypervisor):
 
         return self._call(f"listing volumes of storage pool '{pool}'", op)
 
+    def list_volume_names(self, *, pool: str, prefix: str) -> list[str]:
+        # One call: a volume's name comes with the listing, its description is a call each.
+        def op(conn: Conn) -> list[str]:
+            names = (str(vol.name()) for vol in _require_pool(conn, pool).listAllVolumes(0))
+            return sorted(name for name in names if name.startswith(prefix))
+
+        return self._call(f"listing volumes of storage pool '{pool}'", op)
+
     # --- domains -------------------------------------------------------------------------
 
     def define_domain(self, spec: DomainSpec) -> DomainInfo:
