@@ -46,10 +46,26 @@ def _actual_size(page: Page) -> Any:
     return canvas
 
 
-def _inputs_state(page: Page) -> str:
-    return str(
-        page.evaluate("() => { const c = window.portalConsole.conn; return c.inputs ? c.inputs.state : 'none'; }")
-    )
+# The state of the page's SPICE inputs channel: "ready" once linked, "error" once refused.
+INPUTS_ARE = "(state) => (window.portalConsole.conn.inputs || {}).state === state"
+# A tampered page links an inputs channel of its own and reports how that went.
+FORGE_INPUTS = """async () => {
+    const module = "/static/vendor/spice-html5/src/inputs.js";
+    const { SpiceInputsConn } = await import(module);
+    const c = window.portalConsole.conn;
+    const inputs = new SpiceInputsConn({
+        uri: c.ws.url, parent: c, connection_id: c.connection_id, type: 3, chan_id: 0,
+    });
+    inputs.onerror = () => {};
+    for (let i = 0; i < 50 && !["error", "ready"].includes(inputs.state); i++) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    return inputs.state;
+}"""
+
+
+def _wait_for_inputs(page: Page, state: str) -> None:
+    page.wait_for_function(INPUTS_ARE, arg=state, timeout=30_000)
 
 
 def test_spice_console_shows_the_screen_and_typing_reaches_the_guest(
@@ -61,10 +77,7 @@ def test_spice_console_shows_the_screen_and_typing_reaches_the_guest(
         open_console(page, portal_url, desktop, "full control")
         canvas = _actual_size(page)
         wait_for_text(canvas.screenshot, BANNER, timeout=60)
-        page.wait_for_function(
-            "() => window.portalConsole.conn.inputs && window.portalConsole.conn.inputs.state === 'ready'",
-            timeout=30_000,
-        )
+        _wait_for_inputs(page, "ready")
 
         # Keys typed on the canvas go through spice-html5's own key handlers.
         canvas.click()
@@ -101,26 +114,11 @@ def test_spice_view_only_has_no_inputs_and_helpdesk_takes_control(
         canvas = _actual_size(helper)
         wait_for_text(canvas.screenshot, BANNER, timeout=60)
         # The relay refused the inputs channel's link; the page's keys go nowhere...
-        helper.wait_for_function(
-            "() => { const c = window.portalConsole.conn; return c.inputs && c.inputs.state === 'error'; }",
-            timeout=30_000,
-        )
+        _wait_for_inputs(helper, "error")
         canvas.click()
         type_like_a_person(helper, "intruder\n")
         # ...and a tampered page that links an inputs channel itself is refused too.
-        forged = helper.evaluate(
-            """async () => {
-                const { SpiceInputsConn } = await import("/static/vendor/spice-html5/src/inputs.js");
-                const c = window.portalConsole.conn;
-                const inputs = new SpiceInputsConn({ uri: c.ws.url, parent: c,
-                    connection_id: c.connection_id, type: 3, chan_id: 0 });
-                inputs.onerror = () => {};
-                for (let i = 0; i < 50 && inputs.state !== "error" && inputs.state !== "ready"; i++) {
-                    await new Promise((r) => setTimeout(r, 100));
-                }
-                return inputs.state;
-            }"""
-        )
+        forged = helper.evaluate(FORGE_INPUTS)
         assert forged == "error"
         shot(helper, "spice-console-helpdesk-view")
 
@@ -128,10 +126,7 @@ def test_spice_view_only_has_no_inputs_and_helpdesk_takes_control(
         helper.fill("#control-reason", "ticket #7: SPICE help")
         helper.get_by_role("button", name="Take control").click()
         expect(helper.locator("#console-status")).to_have_text("Connected (full control).")
-        helper.wait_for_function(
-            "() => window.portalConsole.conn.inputs && window.portalConsole.conn.inputs.state === 'ready'",
-            timeout=30_000,
-        )
+        _wait_for_inputs(helper, "ready")
         paste(helper, "helped\n")
         # The first line the guest got is the helper's in control: "intruder" never arrived.
         assert serial.line() == "helped"

@@ -61,15 +61,23 @@ class Knocked:
 
 
 async def knock(
-    url: str, ticket: str, *, cookie: str | None, origin: str = ORIGIN, link: bytes = b"",
+    url: str,
+    ticket: str,
+    *,
+    cookie: str | None,
+    origin: str = ORIGIN,
+    link: bytes = b"",
     hold: float = 1.5,
 ) -> Knocked:
     """Open a SPICE socket, send `link` (if any), and see what happens within `hold` s."""
     headers = [("Cookie", cookie)] if cookie else None
     try:
         async with websockets.connect(
-            url, subprotocols=["binary", f"ticket.{ticket}"], origin=origin,
-            additional_headers=headers, open_timeout=10,
+            url,
+            subprotocols=["binary", f"ticket.{ticket}"],
+            origin=origin,
+            additional_headers=headers,
+            open_timeout=10,
         ) as ws:
             reply = b""
             try:
@@ -80,8 +88,11 @@ async def knock(
             except TimeoutError:
                 return Knocked(None, "", reply)
             except websockets.ConnectionClosed as closed:
-                return Knocked(closed.rcvd.code if closed.rcvd else None,
-                               closed.rcvd.reason if closed.rcvd else "", reply)
+                return Knocked(
+                    closed.rcvd.code if closed.rcvd else None,
+                    closed.rcvd.reason if closed.rcvd else "",
+                    reply,
+                )
     except websockets.InvalidStatus as refused:
         return Knocked(refused.response.status_code, "", b"")
 
@@ -148,7 +159,9 @@ def test_another_users_desktop_is_refused(
 def test_a_vnc_desktop_has_no_spice_relay(channels_relay, employee, fake_template) -> None:
     vnc = make_desktop(employee, fake_template, name="vnc", status=DesktopStatus.RUNNING)
     ticket = mint_ticket(employee, vnc)["ticket"]
-    outcome = asyncio.run(knock(spice_url(channels_relay, vnc), ticket, cookie=session_cookie(employee)))
+    outcome = asyncio.run(
+        knock(spice_url(channels_relay, vnc), ticket, cookie=session_cookie(employee))
+    )
     assert outcome.code == 4403
 
 
@@ -160,8 +173,12 @@ def _granted(user: Any, desktop: Any, mode: str = "full", reason: str = "") -> s
     assert claim is not None
     session = console_session_open(claim=claim, relay="channels", source_ip="127.0.0.1")
     knocked = Knock(
-        origin=ORIGIN, host=None, secure=False, protocols=[f"ticket.{ticket}"],
-        source_ip="127.0.0.1", desktop_id=str(desktop.pk),
+        origin=ORIGIN,
+        host=None,
+        secure=False,
+        protocols=[f"ticket.{ticket}"],
+        source_ip="127.0.0.1",
+        desktop_id=str(desktop.pk),
     )
     spice_channels_open(session=session, knock=knocked, spice_session_id=SPICE_SESSION_ID)
     return ticket
@@ -210,7 +227,11 @@ def test_view_only_never_gets_an_inputs_channel(
 def test_a_main_channel_must_come_first(channels_relay, employee, spice_desktop) -> None:
     ticket = mint_ticket(employee, spice_desktop)["ticket"]
     outcome = asyncio.run(
-        knock(spice_url(channels_relay, spice_desktop), ticket, cookie=session_cookie(employee),
-              link=channel_link(CHANNEL_INPUTS, 0))
+        knock(
+            spice_url(channels_relay, spice_desktop),
+            ticket,
+            cookie=session_cookie(employee),
+            link=channel_link(CHANNEL_INPUTS, 0),
+        )
     )
     assert outcome.code == 4403 and outcome.link_error == LINK_ERR_INVALID_DATA

@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import logging
 
+import redis
 from channels.db import database_sync_to_async
+from django.db import DatabaseError
 
 from vms.console.relay import RELAY_NAME, ConsoleRelayConsumer, scope_knock
 from vms.console.spiceguest import SpiceGuestStream, spice_guest_connect
@@ -210,8 +212,12 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
         )
         # The session's other channels go with it.
         ended = {"type": "console.session.ended", "code": 1000, "reason": "The console closed."}
-        with contextlib.suppress(Exception):  # best effort: their re-check closes them too
+        try:
             await self.channel_layer.group_send(group, ended)
+        except (OSError, redis.RedisError) as exc:  # their next re-check closes them too
+            log.warning(
+                "console session %s: could not close its channels: %s", self.session_id, exc
+            )
 
     def _dropped(self) -> int:
         return self.spice_filter.dropped_messages + self.refused_channels
@@ -221,13 +227,13 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
         assert self.session_id is not None
         now = (self.bytes_to_guest, self.bytes_from_guest, self._dropped())
         delta = [current - before for current, before in zip(now, self.tallied, strict=True)]
-        self.tallied = now
         await database_sync_to_async(spice_channel_tally)(
             session_id=self.session_id,
             bytes_to_guest=delta[0],
             bytes_from_guest=delta[1],
             dropped_messages=delta[2],
         )
+        self.tallied = now
 
     async def _watch_access(self) -> None:
         if self.admission is not None and not self.admission.main:
@@ -239,5 +245,8 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
 
         while True:
             await asyncio.sleep(settings.CONSOLE_RECHECK_S)
-            with contextlib.suppress(Exception):
+            try:
                 await self._tally()
+            except (DatabaseError, OSError, redis.RedisError) as exc:
+                # Kept for the next tally: `tallied` only moves once a report went through.
+                log.warning("console session %s: channel tally failed: %s", self.session_id, exc)
