@@ -31,7 +31,7 @@ from vms.services.consoles.errors import (
     DisplayUnreachable,
     TooManyConsoles,
 )
-from vms.services.consoles.rules import console_mode_default
+from vms.services.consoles.rules import console_mode_default, console_socket_path
 from vms.services.consoles.sessions import (
     console_session_close,
     console_session_end,
@@ -77,6 +77,7 @@ __all__ = [
     "console_session_keep",
     "console_session_open",
     "console_sessions_reap",
+    "console_socket_path",
     "console_spice_file_issue",
     "console_ticket_issue",
     "console_ticket_redeem",
