@@ -35,6 +35,7 @@ from .types import (
     DomainSpec,
     HostCapacity,
     HostLoad,
+    MigrationStats,
     PowerState,
     VolumeInfo,
 )
@@ -209,6 +210,15 @@ _MIGRATE_FLAGS = (
     | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
     | libvirt.VIR_MIGRATE_UNSAFE
 )
+
+
+def _migration_stats(arrived: libvirt.virDomain | None) -> MigrationStats:
+    """The completed migration job's figures, kept by the destination's libvirt."""
+    try:
+        stats = arrived.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED) if arrived else {}
+    except libvirt.libvirtError:
+        stats = {}
+    return MigrationStats(elapsed_ms=stats.get("time_elapsed"), downtime_ms=stats.get("downtime"))
 
 
 def _migration_params(destination_xml: str, to_address: str) -> dict[str, Any]:
@@ -702,8 +712,8 @@ class LibvirtHypervisor(Hypervisor):
 
         self._call(f"rebooting desktop '{name}'", op)
 
-    def migrate_live(self, *, name: str, to_uri: str, to_address: str) -> None:
-        def op(conn: Conn) -> None:
+    def migrate_live(self, *, name: str, to_uri: str, to_address: str) -> MigrationStats:
+        def op(conn: Conn) -> MigrationStats:
             dom = _require_running(conn, name)
             # SECURE: the display password travels with the domain (a display without
             # one would be open to anyone on the destination's network).
@@ -711,11 +721,14 @@ class LibvirtHypervisor(Hypervisor):
             moved = vxml.domain_xml_moved(dom.XMLDesc(flags), listen_address=to_address)
             destination = libvirt.open(to_uri)
             try:
-                dom.migrate3(destination, _migration_params(moved, to_address), _MIGRATE_FLAGS)
+                arrived = dom.migrate3(
+                    destination, _migration_params(moved, to_address), _MIGRATE_FLAGS
+                )
+                return _migration_stats(arrived)
             finally:
                 destination.close()
 
-        self._call(f"migrating desktop '{name}' to {to_uri}", op)
+        return self._call(f"migrating desktop '{name}' to {to_uri}", op)
 
     def destroy(self, *, name: str) -> None:
         def op(conn: Conn) -> None:

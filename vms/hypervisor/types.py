@@ -124,3 +124,13 @@ class HostLoad:
     running_guests: int
     cpu_busy_ns: int | None
     cpu_total_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationStats:
+    """QEMU's own account of a finished live migration: its total time and the guest's
+    downtime (the pause while the last memory pages and the device state move), in
+    milliseconds; ``None`` where the hypervisor does not report one."""
+
+    elapsed_ms: int | None
+    downtime_ms: int | None

@@ -236,13 +236,15 @@ def desktop_migrate(*, desktop_id: UUID | str) -> None:
             return
         started = time.monotonic()
         try:
-            hypervisor_for(source).migrate_live(
+            stats = hypervisor_for(source).migrate_live(
                 name=desktop.domain_name, to_uri=target.uri, to_address=target.console_address
             )
         except HypervisorError as exc:
             _migration_failed(desktop, source=source, target=target, message=exc.message)
             return
-        _migration_done(desktop, source=source, target=target, seconds=time.monotonic() - started)
+        seconds = time.monotonic() - started
+        _migration_done(desktop, source=source, target=target, seconds=seconds,
+                        downtime_ms=stats.downtime_ms)  # fmt: skip
 
 
 def desktop_recover(*, desktop_id: UUID | str) -> None:
@@ -299,13 +301,18 @@ def _runs_on(host: Host, desktop: Desktop) -> bool:
 
 
 def _migration_done(
-    desktop: Desktop, *, source: Host, target: Host | None, seconds: float | None = None
+    desktop: Desktop,
+    *,
+    source: Host,
+    target: Host | None,
+    seconds: float | None = None,
+    downtime_ms: int | None = None,
 ) -> None:
     moved_to = target or source
     seconds = None if seconds is None else round(seconds, 2)
     _migration_settle(
         desktop, event="desktop.migrated", source=source, target=moved_to,
-        fields={"host": moved_to}, seconds=seconds,
+        fields={"host": moved_to}, seconds=seconds, downtime_ms=downtime_ms,
     )  # fmt: skip
 
 
