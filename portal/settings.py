@@ -292,6 +292,18 @@ if CONSOLE_GATEWAY_MAX_CONNECTIONS < 1 or not 0 < CONSOLE_HANDSHAKE_TIMEOUT_S <=
     raise ImproperlyConfigured(
         "CONSOLE_GATEWAY_MAX_CONNECTIONS must be >= 1 and CONSOLE_HANDSHAKE_TIMEOUT_S 0..120"
     )
+# The SPICE proxy (`manage.py spiceproxy`, HTTP CONNECT) that remote-viewer reaches guests
+# through: where it listens, the address .vv files give clients for it, and its caps.
+SPICE_PROXY_BIND = envcheck.host_port(
+    envcheck.read(env.str, "SPICE_PROXY_BIND", default="127.0.0.1:6082"), "SPICE_PROXY_BIND"
+)
+SPICE_PROXY_URL = envcheck.http_proxy_url(
+    envcheck.read(env.str, "SPICE_PROXY_URL", default=envcheck.url_of(SPICE_PROXY_BIND)),
+    "SPICE_PROXY_URL",
+)
+SPICE_PROXY_MAX_CONNECTIONS = envcheck.read(env.int, "SPICE_PROXY_MAX_CONNECTIONS", default=200)
+if SPICE_PROXY_MAX_CONNECTIONS < 1:
+    raise ImproperlyConfigured("Environment variable SPICE_PROXY_MAX_CONNECTIONS must be >= 1")
 
 # Site-wide quota for users with neither a personal nor a group quota.
 DEFAULT_QUOTA = {

@@ -16,6 +16,9 @@ source scripts/env.sh
 
 NOVNC_VERSION=1.7.0
 NOVNC_INTEGRITY="sha512-ucEJOx4T2avIRCleodk7YobZj5O2Ga2AeLfQ69A/yjG9HHba2+PDgwSkN3FttrmG+70ZGx21sElNFouK13RzyA=="
+# spice-html5 (the SPICE client of SPICE desktops' console page): plain ES modules.
+SPICE_HTML5_VERSION=0.2.1
+SPICE_HTML5_INTEGRITY="sha512-NY86i+x/0ldKK89enXghsXCzWwfb5DQ91hQFu9hbyLcAfCVn+ZKoYsw7xUWX6/HQBRrdu/4F1id7SdOwNqpG9g=="
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -46,6 +49,8 @@ install_packages() {
   command -v npm >/dev/null || apt_install npm
   if [[ $FOR_TESTS -eq 1 ]]; then
     apt_install chromium chromium-driver tesseract-ocr tesseract-ocr-eng wrk
+    # remote-viewer through the SPICE proxy, on a virtual X screen, screenshotted for OCR.
+    apt_install virt-viewer xvfb imagemagick
     command -v pg_ctlcluster >/dev/null || apt_install postgresql
   fi
 }
@@ -130,6 +135,26 @@ novnc_assets() {
   rm -rf "$work"
 }
 
+spice_html5_assets() {
+  local dest=static/vendor/spice-html5
+  if [[ -f $dest/.version && $(cat $dest/.version) == "$SPICE_HTML5_VERSION" ]]; then return 0; fi
+  say "Fetching spice-html5 $SPICE_HTML5_VERSION from the npm registry"
+  local work
+  work=$(mktemp -d)
+  (cd "$work" && npm pack --silent "@spice-project/spice-html5@$SPICE_HTML5_VERSION" >/dev/null 2>&1)
+  local tarball="$work/spice-project-spice-html5-$SPICE_HTML5_VERSION.tgz"
+  local actual="sha512-$(openssl dgst -sha512 -binary "$tarball" | base64 -w0)"
+  if [[ "$actual" != "$SPICE_HTML5_INTEGRITY" ]]; then
+    echo "spice-html5 tarball integrity mismatch: $actual" >&2; rm -rf "$work"; exit 1
+  fi
+  tar -xzf "$tarball" -C "$work"
+  # Only the modules: the package's own page and its ES-module loader for old browsers stay out.
+  rm -rf "$dest" "$work/package/src/thirdparty/browser-es-module-loader" && mkdir -p "$dest"
+  cp -r "$work/package/src" "$work/package/COPYING.LESSER" "$dest/"
+  echo "$SPICE_HTML5_VERSION" > "$dest/.version"
+  rm -rf "$work"
+}
+
 guest_image() {
   scripts/build-guest-image.sh "$DEMO_GUEST_IMAGE"
 }
@@ -144,6 +169,7 @@ start_redis
 start_libvirt
 python_env
 novnc_assets
+spice_html5_assets
 guest_image
 if [[ $FOR_TESTS -eq 1 ]]; then
   start_postgres

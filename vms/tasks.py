@@ -93,19 +93,20 @@ def apply_audit_retention() -> dict[str, int]:
 
 
 @shared_task(acks_late=True)
-def heartbeat_all_hosts() -> dict[str, str]:
+def heartbeat_all_hosts() -> dict[str, object]:
     """The beat's round: ask each host's own worker for a heartbeat (on its queue, so a
     host whose worker or libvirtd is gone stays silent), then mark silent hosts down and
     start their recovery."""
-    interval = float(settings.HOST_HEARTBEAT_INTERVAL_S)
+    # A heartbeat that waited in the queue still counts until the host would go down.
+    expires_s = float(settings.HOST_DOWN_AFTER_S)
     for host in Host.objects.filter(enabled=True):
         queue.enqueue_task("vms.tasks.host_heartbeat", host.pk, queue=host.queue_name,
-                           expires_s=interval)  # fmt: skip
+                           expires_s=expires_s)  # fmt: skip
     for host in heartbeat.hosts_silent():
         heartbeat.host_mark_down(host=host)
-    return {
-        host.name: repr(recovery.host_recovery_start(host=host)) for host in recovery.hosts_down()
-    }
+    resent = recovery.recovering_resend()  # those already on their way, before new ones
+    done = {host.name: recovery.host_recovery_start(host=host) for host in recovery.hosts_down()}
+    return {"resent": resent, **done}
 
 
 @shared_task(acks_late=True)

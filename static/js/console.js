@@ -1,7 +1,10 @@
 // The console page: asks the portal for a one-time ticket, opens the relay WebSocket on
 // this page's own origin (works behind a TLS proxy: wss:// when the page is https://),
-// and hands it to noVNC. The ticket travels as a WebSocket subprotocol, never in a URL.
+// and hands it to noVNC (VNC desktops) or spice-html5 (SPICE desktops, through
+// spice-session.js, which has RFB's face). The ticket travels as a WebSocket subprotocol,
+// never in a URL.
 import RFB from "../vendor/novnc/core/rfb.js";
+import { SpiceSession } from "./spice-session.js";
 import KeyTable from "../vendor/novnc/core/input/keysym.js";
 import { connectLive, renderWatchers } from "./live.js";
 import { describeChar, keystrokesFor, pressKey } from "./keystrokes.js";
@@ -10,6 +13,7 @@ const root = document.getElementById("console");
 const screen = document.getElementById("screen");
 const statusLine = document.getElementById("console-status");
 const isOwner = root.dataset.owner === "true";
+const isSpice = root.dataset.consoleType === "spice";
 let mode = root.dataset.mode;
 let reason = "";
 let rfb = null;
@@ -180,10 +184,19 @@ async function connect({ wantedMode = mode, wantedReason = reason } = {}) {
   openConsole(ticket);
 }
 
-function openConsole(ticket) {
+// The display's client: noVNC on one socket, or spice-html5 on one socket per channel.
+function openSession(ticket) {
+  if (isSpice) {
+    const session = new SpiceSession(screen, socketUrl(ticket.url), ticket.ticket);
+    return { session, socket: session.socket };
+  }
   const socket = new WebSocket(socketUrl(ticket.url), ["binary", `ticket.${ticket.ticket}`]);
   socket.binaryType = "arraybuffer";
-  const session = new RFB(screen, socket, { shared: true });
+  return { session: new RFB(screen, socket, { shared: true }), socket };
+}
+
+function openConsole(ticket) {
+  const { session, socket } = openSession(ticket);
   rfb = session;
   window.portalConsole = session; // for people debugging from the browser's console
   socket.addEventListener("close", (event) => {
@@ -244,7 +257,7 @@ function disconnect() {
 // width (on a phone too) instead of floating in a tall black box.
 function followScreenShape(session) {
   const canvas = screen.querySelector("canvas");
-  if (!canvas) return;
+  if (!canvas || isSpice) return; // a SPICE session follows its own canvas
   const apply = () => {
     if (session === rfb && canvas.width > 0 && canvas.height > 0) {
       screen.style.setProperty("--guest-aspect", `${canvas.width} / ${canvas.height}`);
@@ -436,12 +449,12 @@ if (takeControl) {
 
 const spiceForm = document.getElementById("spice-form");
 if (spiceForm) {
-  // SPICE: the same ticket, traded for a one-minute virt-viewer file instead of a relay.
-  mode = "full";
+  // SPICE: a ticket of its own, traded for a one-minute virt-viewer file (full control:
+  // remote-viewer has no view-only mode the portal could enforce).
   spiceForm.addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
-      const ticket = await requestTicket(mode, reason);
+      const ticket = await requestTicket("full", mode === "full" ? reason : "");
       document.getElementById("spice-ticket").value = ticket.ticket;
       spiceForm.submit();
       setStatus("Connection file downloaded; open it with remote-viewer.", "ok");
@@ -449,12 +462,10 @@ if (spiceForm) {
       setStatus(error.message, "error");
     }
   });
-  setStatus("Ready.", "ok");
-} else {
-  setControls();
-  if (desktop.status === "running") connect();
-  else onDesktopState(desktop);
 }
+setControls();
+if (desktop.status === "running") connect();
+else onDesktopState(desktop);
 
 const watchersBanner = document.getElementById("watchers");
 connectLive({

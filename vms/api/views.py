@@ -23,7 +23,7 @@ from vms.api.serializers import (
 from vms.models import Desktop
 from vms.selectors import desktops_visible_to, templates_for_user
 from vms.services.actions import ACTIONS, DesktopAction, actions_offered
-from vms.services.consoles import TicketBinding, console_ticket_issue
+from vms.services.consoles import TicketBinding, console_socket_path, console_ticket_issue
 from vms.services.desktops import desktop_act, desktop_create, desktop_rename
 from vms.web.client import client_ip
 
@@ -101,7 +101,7 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         )
         body = {
             "ticket": issued.ticket,
-            "url": f"/ws/console/{desktop.pk}/",
+            "url": console_socket_path(desktop),
             "expires_at": issued.expires_at,
             "mode": issued.mode,
         }

@@ -62,7 +62,7 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc,unused-
         await self.accept(subprotocol=BINARY_PROTOCOL)
         try:
             opened = await database_sync_to_async(console_admit)(
-                knock=_knock(self.scope), relay=RELAY_NAME
+                knock=scope_knock(self.scope), relay=RELAY_NAME
             )
         except ConsoleClosed as refusal:
             await self.close(code=refusal.code, reason=refusal.reason)
@@ -195,7 +195,7 @@ class ConsoleRelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc,unused-
             )
 
 
-def _knock(scope: Mapping[str, Any]) -> Knock:
+def scope_knock(scope: Mapping[str, Any]) -> Knock:
     return Knock(
         origin=scope_header(scope, b"origin"),
         host=scope_header(scope, b"host"),

@@ -37,6 +37,8 @@ from vms.settings_access import shutdown_timeout_s
 log = logging.getLogger(__name__)
 S = DesktopStatus
 GIB = 1024**3
+# What libvirt says when a disk another QEMU holds is refused (lockd, then QEMU's own lock).
+LEASE_HELD_HINTS = ("is locked", "resource busy", "lockspace", 'failed to get "write" lock')
 __all__ = ["DesktopBusy"]  # raised through desktop_lock; the tasks catch it
 
 
@@ -271,9 +273,10 @@ def desktop_recover(*, desktop_id: UUID | str) -> None:
 
 
 def _lease_held(exc: HypervisorError) -> bool:
-    """Whether the lock manager refused the disk (its old QEMU may still hold it)."""
+    """Whether the disk is still held elsewhere: refused by the lock manager's lease, or by
+    QEMU's own image lock (which comes first when both QEMUs share one kernel, or NFSv4)."""
     text = exc.message.lower()
-    return "is locked" in text or "resource busy" in text or "lockspace" in text
+    return any(hint in text for hint in LEASE_HELD_HINTS)
 
 
 def _recovered(desktop: Desktop, *, source: Host | None, target: Host) -> None:

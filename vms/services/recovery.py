@@ -43,13 +43,10 @@ WAITING_NOTE = (
 
 
 def host_recovery_start(*, host: Host) -> dict[str, int]:
-    """One recovery pass over a down host: aim its live desktops at other hosts, re-home
-    its stopped ones, and send again the work of those already recovering (each heartbeat
-    round calls this while the host stays down). Counts what it did."""
-    done = {"recovering": 0, "rehomed": 0, "waiting": 0}
-    for desktop in _desktops(host, (S.RECOVERING,)):
-        enqueue_desktop_task(ACTIONS["recover"], desktop=desktop)
-        done["waiting"] += 1
+    """One recovery pass over a down host: aim its live desktops at other hosts and
+    re-home its stopped ones (each heartbeat round calls this while the host stays down).
+    Counts what it did."""
+    done = {"recovering": 0, "rehomed": 0}
     for desktop in _desktops(host, RECOVER_FROM):
         done["recovering"] += _recover(desktop, source=host)
     for desktop in _desktops(host, REHOME_FROM):
@@ -113,7 +110,8 @@ def host_rejoin(*, host: Host) -> int:
     stayed = 0
     for desktop in _desktops(host, (S.RECOVERING,)):
         if not _runs(hypervisor, desktop):
-            continue  # gone with the host: its recovery goes on
+            log.info("desktop %s did not survive on %s; its recovery goes on", desktop.pk, host)
+            continue  # gone with the host: the heartbeat round keeps sending its recovery
         with transaction.atomic():
             back = {"migrate_to": None, "last_error": ""}
             if transitions.compare_and_set(
@@ -128,6 +126,27 @@ def host_rejoin(*, host: Host) -> int:
 
 def _runs(hypervisor: Hypervisor, desktop: Desktop) -> bool:
     try:
-        return hypervisor.state(name=desktop.domain_name) is PowerState.running
-    except HypervisorError:
+        state = hypervisor.state(name=desktop.domain_name)
+    except HypervisorError as exc:
+        log.warning("could not ask for desktop %s after its host came back: %s", desktop.pk, exc)
         return False
+    if state is PowerState.paused:
+        # Found paused after a partition (QEMU stopped it while cut off; no other host ever
+        # ran it, the leases saw to that): it goes on where it was.
+        try:
+            hypervisor.start(name=desktop.domain_name)
+        except HypervisorError as exc:
+            log.warning("could not resume desktop %s on its host: %s", desktop.pk, exc)
+            return False
+        return True
+    return state is PowerState.running
+
+
+def recovering_resend() -> int:
+    """Send again the recovery work of every desktop still recovering (each heartbeat
+    round: its target retries once the old host's leases are gone)."""
+    rows = Desktop.objects.filter(status=S.RECOVERING, migrate_to__isnull=False)
+    desktops = list(rows.select_related("migrate_to"))
+    for desktop in desktops:
+        enqueue_desktop_task(ACTIONS["recover"], desktop=desktop)
+    return len(desktops)

@@ -6,6 +6,7 @@ their leases and SPICE files. The relays in vms.console only move bytes and spea
     sessions   console_session_open / _close / _keep / _end, console_sessions_reap
     arming     console_arm: a one-off display password under the desktop's arm lock
     spice      the virt-viewer file of a SPICE desktop
+    spiceproxy what the SPICE proxy admits: one connection set per file, and its record
 """
 
 from vms.services.consoles.admission import (
@@ -30,7 +31,7 @@ from vms.services.consoles.errors import (
     DisplayUnreachable,
     TooManyConsoles,
 )
-from vms.services.consoles.rules import console_mode_default
+from vms.services.consoles.rules import console_mode_default, console_socket_path
 from vms.services.consoles.sessions import (
     console_session_close,
     console_session_end,
@@ -76,6 +77,7 @@ __all__ = [
     "console_session_keep",
     "console_session_open",
     "console_sessions_reap",
+    "console_socket_path",
     "console_spice_file_issue",
     "console_ticket_issue",
     "console_ticket_redeem",

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 
-from vms.models import ConsoleMode, Desktop, DesktopStatus
+from vms.models import ConsoleMode, ConsoleType, Desktop, DesktopStatus
 from vms.selectors import console_sessions_open
 from vms.services.consoles.errors import ConsoleRefused, TooManyConsoles
 from vms.services.errors import InvalidTransition
@@ -43,3 +43,9 @@ def console_cap_check(*, user: User) -> None:
         raise TooManyConsoles(
             f"You already have {open_sessions} consoles open; close one to open another."
         )
+
+
+def console_socket_path(desktop: Desktop) -> str:
+    """The relay path of the desktop's console: SPICE channels or an RFB stream."""
+    kind = "spice" if desktop.template.console_type == ConsoleType.SPICE else "console"
+    return f"/ws/{kind}/{desktop.pk}/"

@@ -1,0 +1,111 @@
+"""SPICE channel messages after the link, sans-IO: framing, the view-only filter of the
+main channel, and the session id in the main channel's SPICE_MSG_MAIN_INIT.
+
+A message is a header and a body. With the MINI_HEADER capability (both ends have it;
+spice-html5 and QEMU do) the header is type u16 and size u32; without it, serial u64,
+type u16, size u32 and sub_list u32. Little-endian throughout.
+"""
+
+from __future__ import annotations
+
+import struct
+
+MINI_HEADER = struct.Struct("<HI")
+FULL_HEADER = struct.Struct("<QHII")
+MAX_MESSAGE_BYTES = 1 << 20
+MSG_MAIN_INIT = 103
+MAX_BYTES_BEFORE_INIT = 64 * 1024
+
+# What a view-only browser may still say on the main channel: acknowledgements, pongs,
+# going away, and asking for the channel list. Agent messages (clipboard, file transfer,
+# monitor layout) and mouse-mode requests are dropped.
+MSGC_ACK_SYNC = 1
+MSGC_ACK = 2
+MSGC_PONG = 3
+MSGC_DISCONNECTING = 6
+MSGC_MAIN_ATTACH_CHANNELS = 104
+VIEW_ONLY_MAIN_MESSAGES = frozenset(
+    {MSGC_ACK_SYNC, MSGC_ACK, MSGC_PONG, MSGC_DISCONNECTING, MSGC_MAIN_ATTACH_CHANNELS}
+)
+
+
+class SpiceMessageError(Exception):
+    """A peer sent something that is not a SPICE message stream."""
+
+
+class MessageFramer:
+    """Bytes in, whole messages (type, header and body bytes) out."""
+
+    def __init__(self, *, mini_header: bool) -> None:
+        self.header = MINI_HEADER if mini_header else FULL_HEADER
+        self._type_at = 0 if mini_header else 8
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self.buffer += data
+        messages = []
+        while len(self.buffer) >= self.header.size:
+            fields = self.header.unpack_from(self.buffer)
+            kind, size = (fields[0], fields[1]) if len(fields) == 2 else (fields[1], fields[2])
+            if size > MAX_MESSAGE_BYTES:
+                raise SpiceMessageError(f"a SPICE message of {size} bytes")
+            end = self.header.size + size
+            if len(self.buffer) < end:
+                break
+            messages.append((int(kind), bytes(self.buffer[:end])))
+            del self.buffer[:end]
+        return messages
+
+
+class ViewOnlyMainFilter:
+    """Client-to-server bytes of a view-only main channel, with every message dropped that
+    could type, paste or move files; `dropped_messages` counts them."""
+
+    def __init__(self, *, mini_header: bool) -> None:
+        self._framer = MessageFramer(mini_header=mini_header)
+        self.dropped_messages = 0
+
+    def feed(self, data: bytes) -> bytes:
+        kept = bytearray()
+        for kind, message in self._framer.feed(data):
+            if kind in VIEW_ONLY_MAIN_MESSAGES:
+                kept += message
+            else:
+                self.dropped_messages += 1
+        return bytes(kept)
+
+
+class PassThrough:
+    """Client-to-server bytes of a channel the mode allows as they are."""
+
+    dropped_messages = 0
+
+    def feed(self, data: bytes) -> bytes:
+        return data
+
+
+class MainInitWatcher:
+    """Reads the server-to-client bytes of a main channel (without changing them) until
+    SPICE_MSG_MAIN_INIT gives the SPICE session id, which later channels link with."""
+
+    def __init__(self, *, mini_header: bool) -> None:
+        self._framer = MessageFramer(mini_header=mini_header)
+        self._seen = 0
+        self.session_id: int | None = None
+
+    def feed(self, data: bytes) -> int | None:
+        """The session id once it has arrived (None until then)."""
+        if self.session_id is not None:
+            return self.session_id
+        self._seen += len(data)
+        for kind, message in self._framer.feed(data):
+            if kind == MSG_MAIN_INIT:
+                body = message[self._framer.header.size :]
+                if len(body) < 4:
+                    raise SpiceMessageError("a short SPICE_MSG_MAIN_INIT")
+                self.session_id = int(struct.unpack_from("<I", body)[0])
+                self._framer.buffer.clear()
+                return self.session_id
+        if self._seen > MAX_BYTES_BEFORE_INIT:
+            raise SpiceMessageError("the main channel sent no SPICE_MSG_MAIN_INIT")
+        return None

@@ -1,0 +1,252 @@
+"""The same-origin SPICE relay: a Channels consumer between spice-html5 and QEMU's SPICE
+server, one WebSocket per SPICE channel.
+
+Admission (vms.services.consoles.spice_channels): the main channel redeems the console
+ticket and opens the session; later channels of that session present the same ticket and
+join it while it is open. The relay then terminates the channel's SPICE link on both
+sides (vms.console.spicelink): the browser encrypts its ticket with the relay's key and
+QEMU gets the one-off password, so the password never leaves the server. A view-only
+session gets no INPUTS channel (its link is refused) and its main channel's agent
+messages (clipboard, file transfer) are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import redis
+from channels.db import database_sync_to_async
+from django.db import DatabaseError
+
+from vms.console.relay import RELAY_NAME, ConsoleRelayConsumer, scope_knock
+from vms.console.spiceguest import SpiceGuestStream, spice_guest_connect
+from vms.console.spicelink import (
+    CHANNEL_MAIN,
+    LINK_ERR_BAD_CONNECTION_ID,
+    LINK_ERR_INVALID_DATA,
+    LINK_ERR_PERMISSION_DENIED,
+    LINK_OK,
+    BrowserLink,
+    LinkMess,
+    SpiceLinkError,
+)
+from vms.console.spicemsg import MainInitWatcher, PassThrough, SpiceMessageError, ViewOnlyMainFilter
+from vms.models import ConsoleMode
+from vms.services.consoles import (
+    BINARY_PROTOCOL,
+    CLOSE_FORBIDDEN,
+    CLOSE_PROTOCOL,
+    CLOSE_STOPPED,
+    CLOSE_UNREACHABLE,
+    ConsoleClosed,
+    DisplayUnreachable,
+    console_session_close,
+    console_session_group,
+)
+from vms.services.consoles.spice_channels import (
+    SpiceAdmission,
+    spice_admit,
+    spice_channel_allowed,
+    spice_channel_tally,
+    spice_channels_close,
+    spice_channels_open,
+)
+from vms.services.events import desktop_group
+
+log = logging.getLogger(__name__)
+READ_CHUNK = 64 * 1024
+LinkRefusal = tuple[int, str]
+
+
+def link_refusal(admission: SpiceAdmission, mess: LinkMess) -> LinkRefusal | None:
+    """Why this channel's link is refused (a SPICE link error and a close reason), or None."""
+    if admission.main and (mess.channel_type != CHANNEL_MAIN or mess.connection_id != 0):
+        return LINK_ERR_INVALID_DATA, "A SPICE console starts with its main channel."
+    if not admission.main and mess.channel_type == CHANNEL_MAIN:
+        return LINK_ERR_INVALID_DATA, "This console ticket was already used."
+    if not admission.main and mess.connection_id != admission.spice_session_id:
+        return LINK_ERR_BAD_CONNECTION_ID, "This channel is not of this console session."
+    if not spice_channel_allowed(mode=admission.session.mode, channel_type=mess.channel_type):
+        return LINK_ERR_PERMISSION_DENIED, "View only: this SPICE channel is not open to you."
+    return None
+
+
+class SpiceRelayConsumer(ConsoleRelayConsumer):
+    """One SPICE channel of one browser's console session (see the module docstring)."""
+
+    admission: SpiceAdmission | None = None
+    spice: SpiceGuestStream | None = None
+    ready = False
+    refused_channels = 0
+    tallied = (0, 0, 0)
+
+    async def connect(self) -> None:
+        await self.accept(subprotocol=BINARY_PROTOCOL)
+        self.knock = scope_knock(self.scope)
+        try:
+            admission = await database_sync_to_async(spice_admit)(
+                knock=self.knock, relay=RELAY_NAME
+            )
+        except ConsoleClosed as refusal:
+            await self.close(code=refusal.code, reason=refusal.reason)
+            return
+        self.admission = admission
+        self.session_id = admission.session.pk
+        self.desktop_id = str(admission.session.desktop_id)
+        self.browser = BrowserLink()
+        self.spice_filter: PassThrough | ViewOnlyMainFilter = PassThrough()
+        self.watcher: MainInitWatcher | None = None
+        await self.channel_layer.group_add(desktop_group(self.desktop_id), self.channel_name)
+        await self.channel_layer.group_add(
+            console_session_group(self.session_id), self.channel_name
+        )
+        self.tasks = [asyncio.create_task(self._watch_access())]
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.admission is None or not bytes_data:
+            return
+        try:
+            if self.ready:
+                await self._to_guest(self.spice_filter.feed(bytes_data))
+                return
+            self.browser.receive(bytes_data)
+            if self.spice is None and self.browser.mess is not None:
+                await self._link(self.admission, self.browser.mess)
+            elif self.spice is not None and self.browser.ticket_received:
+                await self._ready(self.admission, self.spice)
+        except (SpiceLinkError, SpiceMessageError) as exc:
+            await self._close(CLOSE_PROTOCOL, f"Console protocol error: {exc}")
+
+    async def _link(self, admission: SpiceAdmission, mess: LinkMess) -> None:
+        refusal = link_refusal(admission, mess)
+        if refusal is not None:
+            self.refused_channels += 1
+            log.info(
+                "console session %s: SPICE channel %s refused", self.session_id, mess.channel_type
+            )
+            await self.send(bytes_data=self.browser.refuse(refusal[0]))
+            await self._close(CLOSE_FORBIDDEN, refusal[1])
+            return
+        try:
+            spice = await spice_guest_connect(admission.session, mess)
+        except (OSError, SpiceLinkError, TimeoutError, DisplayUnreachable) as exc:
+            log.warning("console session %s: SPICE display unreachable: %s", self.session_id, exc)
+            await self._close(CLOSE_UNREACHABLE, "The desktop's display did not answer.")
+            return
+        if spice.reply.error != LINK_OK:
+            await self.send(bytes_data=self.browser.refuse(spice.reply.error))
+            await self._close(CLOSE_UNREACHABLE, "The desktop's display refused this channel.")
+            return
+        self.spice = spice
+        self.guest = spice  # type: ignore[assignment]  # the writer `_to_guest` uses
+        await self.send(bytes_data=self.browser.reply(spice.reply))
+
+    async def _ready(self, admission: SpiceAdmission, spice: SpiceGuestStream) -> None:
+        await self.send(bytes_data=self.browser.result(spice.result or LINK_OK))
+        if spice.result != LINK_OK:
+            await self._close(CLOSE_UNREACHABLE, "The desktop's display refused the relay.")
+            return
+        if admission.main:
+            self.watcher = MainInitWatcher(mini_header=spice.mini_header)
+            if admission.session.mode == ConsoleMode.VIEW:
+                self.spice_filter = ViewOnlyMainFilter(mini_header=spice.mini_header)
+        self.ready = True
+        self.tasks.append(asyncio.create_task(self._spice_to_browser(spice)))
+        await self._to_guest(self.spice_filter.feed(self.browser.leftover))
+
+    async def _spice_to_browser(self, spice: SpiceGuestStream) -> None:
+        assert spice.reader is not None
+        try:
+            if spice.leftover:
+                await self._from_spice(spice.leftover)
+            while data := await spice.reader.read(READ_CHUNK):
+                await self._from_spice(data)
+        except SpiceMessageError as exc:
+            await self._close(CLOSE_PROTOCOL, f"Console protocol error: {exc}")
+            return
+        await self._close(CLOSE_STOPPED, "The desktop's display closed the connection.")
+
+    async def _from_spice(self, data: bytes) -> None:
+        # The grant goes in before MAIN_INIT reaches the browser: its next channels follow it.
+        if self.watcher is not None and self.watcher.session_id is None:
+            spice_session_id = self.watcher.feed(data)
+            if spice_session_id is not None and self.admission is not None:
+                await database_sync_to_async(spice_channels_open)(
+                    session=self.admission.session,
+                    knock=self.knock,
+                    spice_session_id=spice_session_id,
+                )
+        await self._from_guest(data)
+
+    async def disconnect(self, code: int) -> None:
+        for task in getattr(self, "tasks", []):
+            if task is not asyncio.current_task():
+                task.cancel()
+        if self.spice is not None and self.spice.writer is not None:
+            self.spice.writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await self.spice.writer.wait_closed()
+        if self.admission is None or self.session_id is None:
+            return
+        await self.channel_layer.group_discard(desktop_group(self.desktop_id), self.channel_name)
+        group = console_session_group(self.session_id)
+        await self.channel_layer.group_discard(group, self.channel_name)
+        if self.admission.main:
+            await self._close_session(group)
+        else:
+            await self._tally()
+
+    async def _close_session(self, group: str) -> None:
+        assert self.session_id is not None
+        to, back, dropped = await database_sync_to_async(spice_channels_close)(
+            knock=self.knock, session_id=self.session_id
+        )
+        await database_sync_to_async(console_session_close)(
+            session_id=self.session_id,
+            reason=self.close_reason,
+            bytes_to_guest=self.bytes_to_guest + to,
+            bytes_from_guest=self.bytes_from_guest + back,
+            dropped_messages=self._dropped() + dropped,
+        )
+        # The session's other channels go with it.
+        ended = {"type": "console.session.ended", "code": 1000, "reason": "The console closed."}
+        try:
+            await self.channel_layer.group_send(group, ended)
+        except (OSError, redis.RedisError) as exc:  # their next re-check closes them too
+            log.warning(
+                "console session %s: could not close its channels: %s", self.session_id, exc
+            )
+
+    def _dropped(self) -> int:
+        return self.spice_filter.dropped_messages + self.refused_channels
+
+    async def _tally(self) -> None:
+        """Report this channel's counts since the last report to its session."""
+        assert self.session_id is not None
+        now = (self.bytes_to_guest, self.bytes_from_guest, self._dropped())
+        delta = [current - before for current, before in zip(now, self.tallied, strict=True)]
+        await database_sync_to_async(spice_channel_tally)(
+            session_id=self.session_id,
+            bytes_to_guest=delta[0],
+            bytes_from_guest=delta[1],
+            dropped_messages=delta[2],
+        )
+        self.tallied = now
+
+    async def _watch_access(self) -> None:
+        if self.admission is not None and not self.admission.main:
+            self.tasks.append(asyncio.create_task(self._tally_periodically()))
+        await super()._watch_access()
+
+    async def _tally_periodically(self) -> None:
+        from django.conf import settings
+
+        while True:
+            await asyncio.sleep(settings.CONSOLE_RECHECK_S)
+            try:
+                await self._tally()
+            except (DatabaseError, OSError, redis.RedisError) as exc:
+                # Kept for the next tally: `tallied` only moves once a report went through.
+                log.warning("console session %s: channel tally failed: %s", self.session_id, exc)
