@@ -1,7 +1,6 @@
-"""Losing a host: its libvirtd, lock daemon and QEMUs killed (a dead host). Its desktops
-are restarted on the other lab host from their own disks, which no QEMU can still hold;
-the host that comes back rejoins and drops its stale definitions. (A partition, where the
-old QEMUs still run, is not covered yet: see docs/fleet.md.)"""
+"""Losing a host: its libvirtd, lock daemon and QEMUs killed (a dead host), or its link
+cut (a partition, where its QEMUs still run and write). Desktops are restarted on the other
+lab host only when no QEMU can still hold their disk; a host that comes back rejoins."""
 
 from __future__ import annotations
 
@@ -120,3 +119,37 @@ def test_a_dead_hosts_desktop_restarts_on_the_other_host_and_the_host_rejoins(
     assert desktop.domain_name not in running_on(laba)
     assert Desktop.objects.get(pk=desktop.pk).host == labb
     assert AuditEvent.objects.filter(action="host.up", detail__name="laba").exists()
+
+
+def test_a_cut_off_hosts_desktop_is_never_started_twice_and_stays_when_it_returns(
+    two_hosts, fast_heartbeat, employee, demo_template
+) -> None:
+    laba, labb = two_hosts
+    rounds_until(lambda: Host.objects.filter(last_heartbeat_at__isnull=False).count() == 2,
+                 timeout=30)  # fmt: skip
+    desktop = launch_on(laba, labb, employee, demo_template)
+
+    subprocess.run(["ip", "link", "set", "dplab-laba", "down"], check=True)  # the partition
+    try:
+        rounds_until(lambda: Desktop.objects.filter(pk=desktop.pk, status="recovering").exists(),
+                     timeout=60)  # fmt: skip
+        # Rounds of recovery attempts: labb never runs it while laba's QEMU holds the disk.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            tasks.heartbeat_all_hosts()
+            assert desktop.domain_name not in running_on(labb)
+            time.sleep(1)
+        waiting = Desktop.objects.get(pk=desktop.pk)
+        assert waiting.status == "recovering" and "as soon as it is certain" in waiting.last_error
+    finally:
+        subprocess.run(["ip", "link", "set", "dplab-laba", "up"], check=True)
+
+    rounds_until(lambda: Desktop.objects.filter(pk=desktop.pk, status="running").exists(),
+                 timeout=90)  # fmt: skip
+    desktop.refresh_from_db()
+    assert desktop.host == laba and desktop.migrate_to is None
+    assert desktop.domain_name in running_on(laba), state_of(laba, desktop)
+    assert desktop.domain_name not in running_on(labb)
+    cancelled = AuditEvent.objects.get(action="desktop.recovery_cancelled", desktop=desktop)
+    assert cancelled.detail["host"] == "laba"
+    assert not AuditEvent.objects.filter(action="desktop.recovered", desktop=desktop).exists()

@@ -32,10 +32,16 @@ DRAIN_PASS_DELAY_S = 3
 DRAIN_MAX_PASSES = 200
 
 
-def host_register(*, name: str, uri: str, console_address: str) -> Host:
+def host_register(*, name: str, uri: str, console_address: str, virt_type: str = "") -> Host:
     """Register (or update) host `name` at `uri`, with the capacity it really has, and
     check it once so placement may use it at once. Idempotent: a lab host that comes up
-    again keeps its row, its desktops and the admin's changes to its capacity."""
+    again keeps its row, its desktops and the admin's changes to its capacity.
+
+    `virt_type` ("kvm" or "qemu") overrides what the host's libvirt claims: a remote host
+    cannot run the KVM probe (vms.hypervisor.kvmprobe), and a software KVM such as kvm-pvm
+    is listed in capabilities yet crashes ordinary guests."""
+    if virt_type not in ("", "kvm", "qemu"):
+        raise ServiceError(f"{virt_type!r} is not a virtualization type (kvm or qemu).")
     uri = host_check_uri(uri)
     console_address = _checked_address(console_address)
     found = host_capacity_read(uri=uri, pool=settings.STORAGE_POOL_NAME)
@@ -46,12 +52,13 @@ def host_register(*, name: str, uri: str, console_address: str) -> Host:
     }
     if found.pool_gib is not None:
         defaults["capacity_disk_gib"] = found.pool_gib
+    chosen = {"virt_type": virt_type} if virt_type else {}
     host, created = Host.objects.get_or_create(
-        name=name, defaults={"uri": uri, "console_address": console_address, **defaults}
+        name=name, defaults={"uri": uri, "console_address": console_address, **defaults, **chosen}
     )
     if not created:
         Host.objects.filter(pk=host.pk).update(
-            uri=uri, console_address=console_address, enabled=True
+            uri=uri, console_address=console_address, enabled=True, **chosen
         )
         host.refresh_from_db()
     audit_record(action="host.register", name=name, uri=uri, created=created)

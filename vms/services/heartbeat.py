@@ -41,7 +41,9 @@ def host_heartbeat(*, host: Host) -> bool:
         log.warning("host %s is unhealthy: %s", host.name, exc.message)
         _record(host, ok=False, error=exc.message)
         return False
-    _record(host, ok=True, error="", virt_type=virt_type, **_load_fields(host, load))
+    _record(host, ok=True, error="", **_load_fields(host, load))
+    # Detected once; a type chosen at registration (or by the admin) is kept.
+    Host.objects.filter(pk=host.pk, virt_type="").update(virt_type=virt_type)
     if host_status_move(host=host, old=HostStatus.DOWN, new=HostStatus.UP):
         stayed = host_rejoin(host=host)
         audit_record(action="host.up", name=host.name, desktops_kept=stayed)
