@@ -26,7 +26,7 @@ from vms.settings_access import name_prefix
 
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
 SHUTOFF = "5"  # VIR_DOMAIN_SHUTOFF, as the test driver's <test:runstate>
-STOPPED_EVERY = 5  # one desktop in five is stopped, the others run
+STOPPED_EVERY = 5  # one desktop in five on each host is stopped, the others run
 DESKTOPS_PER_OWNER = 5
 # Each simulated host: 64 CPUs and 1 TiB of memory; the rows' capacity leaves room for
 # every desktop a fleet puts on it (up to 1,000 per host) and for the launches measured.
@@ -98,7 +98,10 @@ def fleet_build(
         user_model(username=f"scale{tag}-{i:05d}", password="!")  # unusable password
         for i in range(math.ceil(desktops / DESKTOPS_PER_OWNER))
     )
-    made = [_desktop(i, owners[i // DESKTOPS_PER_OWNER], template, rows[i % hosts])
+    # Desktop i goes to host i % hosts, as its (i // hosts)-th: one in five of each host's
+    # desktops is stopped, whatever the number of hosts.
+    made = [_desktop(i, owners[i // DESKTOPS_PER_OWNER], template, rows[i % hosts],
+                     stopped=(i // hosts) % STOPPED_EVERY == 0)
             for i in range(desktops)]  # fmt: skip
     Desktop.objects.bulk_create(made, batch_size=2000)
     for index in range(hosts):
@@ -119,11 +122,11 @@ def _console_address(i: int) -> str:
     return f"192.0.2.{i % 250 + 1}"
 
 
-def _desktop(i: int, owner: object, template: Template, host: Host) -> Desktop:
+def _desktop(i: int, owner: object, template: Template, host: Host, *, stopped: bool) -> Desktop:
     desktop = Desktop(
         owner=owner, template=template, host=host, name=f"Desktop {i}",
         vcpus=1, memory_mib=256, disk_gib=1,
-        status=DesktopStatus.STOPPED if i % STOPPED_EVERY == 0 else DesktopStatus.RUNNING,
+        status=DesktopStatus.STOPPED if stopped else DesktopStatus.RUNNING,
     )  # fmt: skip
     desktop.domain_name = domain_name(name_prefix(), str(desktop.pk))
     desktop.volume_name = volume_name(name_prefix(), str(desktop.pk))

@@ -99,9 +99,9 @@ def heartbeat_all_hosts() -> dict[str, object]:
     start their recovery."""
     # A heartbeat that waited in the queue still counts until the host would go down.
     expires_s = float(settings.HOST_DOWN_AFTER_S)
-    for host in Host.objects.filter(enabled=True):
-        queue.enqueue_task("vms.tasks.host_heartbeat", host.pk, queue=host.queue_name,
-                           expires_s=expires_s)  # fmt: skip
+    hosts = Host.objects.filter(enabled=True)
+    queue.enqueue_tasks("vms.tasks.host_heartbeat", [(h.queue_name, (h.pk,)) for h in hosts],
+                        expires_s=expires_s)  # fmt: skip
     for host in heartbeat.hosts_silent():
         heartbeat.host_mark_down(host=host)
     resent = recovery.recovering_resend()  # those already on their way, before new ones
@@ -133,9 +133,8 @@ def refresh_thumbnails() -> int:
     hosts were asked."""
     interval = float(settings.CELERY_BEAT_SCHEDULE["thumbnails"]["schedule"])
     hosts = list(Host.objects.filter(enabled=True).only("pk", "name"))
-    for host in hosts:
-        queue.enqueue_task("vms.tasks.host_thumbnails", host.pk, queue=host.queue_name,
-                           expires_s=interval)  # fmt: skip
+    queue.enqueue_tasks("vms.tasks.host_thumbnails", [(h.queue_name, (h.pk,)) for h in hosts],
+                        expires_s=interval)  # fmt: skip
     return len(hosts)
 
 
