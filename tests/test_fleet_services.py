@@ -139,3 +139,25 @@ def test_maintenance_drains_running_and_rehomes_stopped(
     assert not host_drain_pass(host_id=source.pk, actor_id=admin_user_.pk)  # empty now
     assert host_maintenance_set(actor=admin_user_, host=source, enabled=False)
     assert not host_drain_pass(host_id=source.pk, actor_id=admin_user_.pk)  # not in maintenance
+
+
+def test_a_recovery_pass_reads_the_fleet_once_not_once_per_desktop(
+    pair, employee, fake_template
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    lost, spare = pair
+
+    def one_pass(desktops: int) -> int:
+        for _ in range(desktops):
+            DesktopFactory(owner=employee, template=fake_template, host=lost, status=S.RUNNING)
+        Host.objects.filter(pk=lost.pk).update(status=HostStatus.DOWN)
+        with CaptureQueriesContext(connection) as queries:
+            assert recovery.host_recovery_start(host=lost)["recovering"] == desktops
+        Desktop.objects.filter(host=lost).update(status=S.DELETED)
+        Desktop.objects.filter(migrate_to=spare).update(status=S.DELETED)
+        return len(queries)
+
+    # Each more desktop costs its compare-and-set and its audit row, nothing fleet-wide.
+    assert one_pass(6) - one_pass(3) == 3 * 2

@@ -74,9 +74,13 @@ def host_choose(*, template: Template) -> Host:
     return best
 
 
-def host_least_loaded(hosts: list[Host], sized: Sized) -> Host | None:
-    """Of `hosts`, the least loaded one that has room for `sized`; None if none has."""
-    used = host_allocations()
+def host_least_loaded(
+    hosts: list[Host], sized: Sized, *, used: dict[int, dict[str, int]] | None = None
+) -> Host | None:
+    """Of `hosts`, the least loaded one that has room for `sized`; None if none has.
+    `used`: allocations already read (a caller placing many desktops in one transaction
+    reads them once and counts each choice in with `allocation_add`)."""
+    used = host_allocations() if used is None else used
     fitting = [host for host in hosts if host_fits(host, used.get(host.pk, {}), sized)]
     if not fitting:
         return None
@@ -120,3 +124,10 @@ def _memory_pressure(host: Host) -> float:
     if not host.load_memory_mib or host.load_available_memory_mib is None:
         return 0.0
     return min(max(1 - host.load_available_memory_mib / host.load_memory_mib, 0.0), 1.0)
+
+
+def allocation_add(used: dict[int, dict[str, int]], host: Host, sized: Sized) -> None:
+    """Count a desktop of `sized`'s size in `host`'s allocation (see host_least_loaded)."""
+    mine = used.setdefault(host.pk, {f"used_{part}": 0 for part in PARTS})
+    for part in PARTS:
+        mine[f"used_{part}"] = mine.get(f"used_{part}", 0) + getattr(sized, part)

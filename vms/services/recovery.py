@@ -29,13 +29,19 @@ from vms.services.audit import audit_record
 from vms.services.events import push_desktop_changed
 from vms.services.hosts import hypervisor_for
 from vms.services.migration import networked
-from vms.services.placement import host_least_loaded, hosts_taking_desktops
+from vms.services.placement import (
+    allocation_add,
+    host_allocations,
+    host_least_loaded,
+    hosts_taking_desktops,
+)
 from vms.services.queue import enqueue_desktop_task
 
 log = logging.getLogger(__name__)
 S = DesktopStatus
 RECOVER_FROM = (S.RUNNING, S.STARTING, S.STOPPING)
 REHOME_FROM = (S.STOPPED, S.ERROR)
+Used = dict[int, dict[str, int]]
 WAITING_NOTE = (
     "Host {old} stopped answering. This desktop restarts on host {new} as soon as it is "
     "certain that nothing on {old} still writes to its disk."
@@ -45,12 +51,16 @@ WAITING_NOTE = (
 def host_recovery_start(*, host: Host) -> dict[str, int]:
     """One recovery pass over a down host: aim its live desktops at other hosts and
     re-home its stopped ones (each heartbeat round calls this while the host stays down).
-    Counts what it did."""
+    The targets are locked, and their allocations read, once for the pass. Counts what
+    it did."""
     done = {"recovering": 0, "rehomed": 0}
-    for desktop in _desktops(host, RECOVER_FROM):
-        done["recovering"] += _recover(desktop, source=host)
-    for desktop in _desktops(host, REHOME_FROM):
-        done["rehomed"] += _rehome(desktop, source=host)
+    with transaction.atomic():
+        targets = _targets(host)
+        used = host_allocations()
+        for desktop in _desktops(host, RECOVER_FROM):
+            done["recovering"] += _recover(desktop, source=host, targets=targets, used=used)
+        for desktop in _desktops(host, REHOME_FROM):
+            done["rehomed"] += _rehome(desktop, source=host, targets=targets, used=used)
     return done
 
 
@@ -69,37 +79,37 @@ def _targets(source: Host) -> list[Host]:
     return [host for host in candidates.order_by("pk") if networked(host)]
 
 
-def _recover(desktop: Desktop, *, source: Host) -> int:
-    with transaction.atomic():
-        target = host_least_loaded(_targets(source), desktop)
-        if target is None:
-            log.warning("recovery: no host has room for desktop %s yet", desktop.pk)
-            return 0
-        note = WAITING_NOTE.format(old=source.name, new=target.name)
-        old = desktop.status
-        if not transitions.compare_and_set(
-            desktop_id=desktop.pk, old=old, new=S.RECOVERING, migrate_to=target, last_error=note
-        ):
-            return 0
-        desktop.migrate_to = target
-        audit_record(action="desktop.recovering", desktop=desktop, source=source.name,
-                     target=target.name, old=old)  # fmt: skip
-        push_desktop_changed(desktop_id=desktop.pk)
-        enqueue_desktop_task(ACTIONS["recover"], desktop=desktop)
+def _recover(desktop: Desktop, *, source: Host, targets: list[Host], used: Used) -> int:
+    target = host_least_loaded(targets, desktop, used=used)
+    if target is None:
+        log.warning("recovery: no host has room for desktop %s yet", desktop.pk)
+        return 0
+    note = WAITING_NOTE.format(old=source.name, new=target.name)
+    old = desktop.status
+    if not transitions.compare_and_set(
+        desktop_id=desktop.pk, old=old, new=S.RECOVERING, migrate_to=target, last_error=note
+    ):
+        return 0
+    allocation_add(used, target, desktop)
+    desktop.migrate_to = target
+    audit_record(action="desktop.recovering", desktop=desktop, source=source.name,
+                 target=target.name, old=old)  # fmt: skip
+    push_desktop_changed(desktop_id=desktop.pk)
+    enqueue_desktop_task(ACTIONS["recover"], desktop=desktop)
     return 1
 
 
-def _rehome(desktop: Desktop, *, source: Host) -> int:
-    with transaction.atomic():
-        target = host_least_loaded(_targets(source), desktop)
-        if target is None:
-            return 0
-        moved = Desktop.objects.filter(pk=desktop.pk, host=source, status=desktop.status)
-        if not moved.update(host=target):
-            return 0
-        audit_record(action="desktop.rehomed", desktop=desktop, source=source.name,
-                     target=target.name, reason="host down")  # fmt: skip
-        push_desktop_changed(desktop_id=desktop.pk)
+def _rehome(desktop: Desktop, *, source: Host, targets: list[Host], used: Used) -> int:
+    target = host_least_loaded(targets, desktop, used=used)
+    if target is None:
+        return 0
+    moved = Desktop.objects.filter(pk=desktop.pk, host=source, status=desktop.status)
+    if not moved.update(host=target):
+        return 0
+    allocation_add(used, target, desktop)
+    audit_record(action="desktop.rehomed", desktop=desktop, source=source.name,
+                 target=target.name, reason="host down")  # fmt: skip
+    push_desktop_changed(desktop_id=desktop.pk)
     return 1
 
 
