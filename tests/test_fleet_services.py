@@ -10,6 +10,7 @@ import pytest
 from django.utils import timezone
 
 from tests.factories import DesktopFactory
+from vms.hypervisor import get_hypervisor
 from vms.models import AuditEvent, Desktop, DesktopStatus, Host, HostStatus
 from vms.services import recovery
 from vms.services.errors import NoHostAvailable
@@ -86,7 +87,10 @@ def test_the_heartbeat_records_what_the_host_really_has(pair, settings) -> None:
     assert host_heartbeat(host=host)
     host.refresh_from_db()
     assert host.load_cpus == 16 and host.load_memory_mib > 0  # the test driver's node
-    assert host.load_running_guests == 1 and host.load_cpu_counters["total_ns"] > 0
+    # The driver's state lives as long as the process: other tests may run guests there too.
+    running = [d for d in get_hypervisor(host.uri).list_domains(prefix="") if d.state == "running"]
+    assert host.load_running_guests == len(running) >= 1
+    assert host.load_cpu_counters["total_ns"] > 0
     assert host.load_cpu_percent is None  # the test driver's counters stand still
     assert host.last_heartbeat_at is not None and host.last_check_ok
 

@@ -184,7 +184,10 @@ def test_a_hosts_own_heartbeat_reads_the_same_whatever_the_fleets_size(
     small: simfleet.SimFleet, tmp_path: Path
 ) -> None:
     host = small.hosts[0]
-    heartbeat.host_heartbeat(host=host)  # the first one also records the detected virt type
+    # The first successful one also records the detected virt type: warm up until two in a
+    # row succeed (in a full run another test may have left the driver's shared state busy).
+    assert heartbeat.host_heartbeat(host=host) or heartbeat.host_heartbeat(host=host)
+    assert heartbeat.host_heartbeat(host=host)
     before = count(lambda: heartbeat.host_heartbeat(host=host))
     grow(tmp_path)
     after = count(lambda: heartbeat.host_heartbeat(host=host))

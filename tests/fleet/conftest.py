@@ -86,6 +86,13 @@ def lab_host_in_portal(lab_host_joined: Callable[[str], Host]) -> Host:
     return lab_host_joined("laba")
 
 
+@pytest.fixture
+def two_hosts(local_host: Host, lab_host_joined: Callable[[str], Host]) -> tuple[Host, Host]:
+    """Lab hosts 'laba' and 'labb' joined; the machine's own host takes no desktops."""
+    Host.objects.filter(pk=local_host.pk).update(enabled=False)
+    return lab_host_joined("laba"), lab_host_joined("labb")
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Chromium for one module only: while Playwright's loop runs in this thread, the

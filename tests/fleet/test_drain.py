@@ -8,11 +8,11 @@ import time
 import pytest
 
 from tests.fixtures import wait_for_status
-from vms.models import AuditEvent, Desktop, Host
+from vms.models import AuditEvent, Desktop, Host, Quota
 from vms.services.desktops import desktop_act
 from vms.services.fleet import host_drain_pass, host_maintenance_set
 
-from .test_recovery import launch_on, running_on, two_hosts  # noqa: F401
+from .test_recovery import launch_on, running_on
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 
@@ -21,9 +21,11 @@ def test_draining_a_host_moves_every_desktop_and_it_takes_no_new_ones(
     two_hosts,
     admin_user_,
     employee,
-    demo_template,  # noqa: F811
+    demo_template,
 ) -> None:
     laba, labb = two_hosts
+    Quota.objects.create(user=employee, max_desktops=4)  # three to drain, one launched after
+    Host.objects.filter(pk__in=[laba.pk, labb.pk]).update(cpu_overcommit=4.0)  # 2 CPUs each
     running = [launch_on(laba, labb, employee, demo_template) for _ in range(2)]
     stopped = launch_on(laba, labb, employee, demo_template)
     desktop_act(actor=employee, desktop=stopped, action="stop")

@@ -30,12 +30,6 @@ def fast_heartbeat(settings) -> None:  # type: ignore[no-untyped-def]
     settings.HOST_DOWN_AFTER_S = 6
 
 
-@pytest.fixture
-def two_hosts(lab_host_joined: Callable[[str], Host]) -> tuple[Host, Host]:
-    Host.objects.filter(name="local").update(enabled=False)  # only lab hosts take desktops
-    return lab_host_joined("laba"), lab_host_joined("labb")
-
-
 def launch_on(host: Host, other: Host, employee, template) -> Desktop:  # type: ignore[no-untyped-def]
     Host.objects.filter(pk=other.pk).update(enabled=False)
     desktop = desktop_create(user=employee, template_id=template.pk)

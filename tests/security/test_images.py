@@ -167,12 +167,19 @@ def test_an_image_with_a_backing_chain_is_refused(images, secret, backing_format
 
 def test_an_encrypted_image_is_refused(images) -> None:
     image = images / "locked.qcow2"
-    qemu_img(
-        "create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=pw",
-        # A short key-derivation time: the default (2 s, measured by a CPU benchmark)
-        # failed once on a loaded CI machine, and the test needs no strong key.
-        "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", image, "1M",
-    )  # fmt: skip
+    create = ["qemu-img", "create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=pw",
+              # A short key-derivation time (the test needs no strong key): the default
+              # is 2 s of CPU benchmark, which failed once on a loaded CI machine.
+              "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=100",
+              str(image), "1M"]  # fmt: skip
+    # qemu-img's PBKDF benchmark itself can fail under load ("Unable to get accurate CPU
+    # usage", QEMU's crypto/pbkdf.c): that is the tool's measurement, not the portal's
+    # behaviour under test, so it is tried again; any other failure fails at once.
+    for _ in range(3):
+        done = subprocess.run(create, capture_output=True, text=True)
+        if done.returncode == 0 or "accurate CPU usage" not in done.stderr:
+            break
+    assert done.returncode == 0, done.stderr
     with pytest.raises(ImageRejected, match="encrypted"):
         image_inspect(path=str(image))
 
