@@ -21,17 +21,8 @@ from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
 from vms.console.relay import RELAY_NAME, ConsoleRelayConsumer, scope_knock
-from vms.console.spiceguest import SpiceGuestStream, spice_guest_connect
-from vms.console.spicelink import (
-    CHANNEL_MAIN,
-    LINK_ERR_BAD_CONNECTION_ID,
-    LINK_ERR_INVALID_DATA,
-    LINK_ERR_PERMISSION_DENIED,
-    LINK_OK,
-    BrowserLink,
-    LinkMess,
-    SpiceLinkError,
-)
+from vms.console.spiceguest import SpiceGuestStream, link_refusal, spice_guest_connect
+from vms.console.spicelink import LINK_OK, BrowserLink, LinkMess, SpiceLinkError
 from vms.console.spicemsg import MainInitWatcher, PassThrough, SpiceMessageError, ViewOnlyMainFilter
 from vms.models import ConsoleMode
 from vms.services.consoles import (
@@ -48,7 +39,6 @@ from vms.services.consoles import (
 from vms.services.consoles.spice_channels import (
     SpiceAdmission,
     spice_admit,
-    spice_channel_allowed,
     spice_channel_tally,
     spice_channels_close,
     spice_channels_open,
@@ -57,20 +47,6 @@ from vms.services.events import desktop_group
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
-LinkRefusal = tuple[int, str]
-
-
-def link_refusal(admission: SpiceAdmission, mess: LinkMess) -> LinkRefusal | None:
-    """Why this channel's link is refused (a SPICE link error and a close reason), or None."""
-    if admission.main and (mess.channel_type != CHANNEL_MAIN or mess.connection_id != 0):
-        return LINK_ERR_INVALID_DATA, "A SPICE console starts with its main channel."
-    if not admission.main and mess.channel_type == CHANNEL_MAIN:
-        return LINK_ERR_INVALID_DATA, "This console ticket was already used."
-    if not admission.main and mess.connection_id != admission.spice_session_id:
-        return LINK_ERR_BAD_CONNECTION_ID, "This channel is not of this console session."
-    if not spice_channel_allowed(mode=admission.session.mode, channel_type=mess.channel_type):
-        return LINK_ERR_PERMISSION_DENIED, "View only: this SPICE channel is not open to you."
-    return None
 
 
 class SpiceRelayConsumer(ConsoleRelayConsumer):
