@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.browser.test_console_ux import serial_of
+from tests.browser.conftest import wait_for_text
+from tests.browser.test_console_ux import BANNER, serial_of
 from tests.fixtures import wait_for_status
 from tests.relay.conftest import ORIGIN, mint_ticket, session_cookie
 from vms.console.spicelink import (
@@ -36,7 +37,12 @@ CAPS = ((1 << CAP_AUTH_SELECTION) | (1 << CAP_MINI_HEADER),)
 MINI = struct.Struct("<HI")
 MSG_MAIN_INIT, MSGC_ATTACH_CHANNELS, MSGC_AGENT_START = 103, 104, 106
 MSGC_KEY_DOWN, MSGC_KEY_UP = 101, 102
+# The display channel's first message, as spice-html5 sends it (a display channel closed
+# without it, or with a short one, crashes QEMU 7.2's SPICE worker: docs/threat-model.md).
+MSGC_DISPLAY_INIT = 101
+DISPLAY_INIT = struct.pack("<BQBI", 1, 10 << 20, 0, 0)
 SHIFT = 0x2A
+KEY_EVENT_S = 0.02
 # US scancodes (set 1) of what the test types.
 KEYS = {" ": 0x39, "-": 0x0C, "/": 0x35, ".": 0x34, "\n": 0x1C, "0": 0x0B}
 KEYS |= {c: 0x10 + i for i, c in enumerate("qwertyuiop")}
@@ -102,11 +108,14 @@ async def type_text(inputs: Channel, text: str) -> None:
         plain = SHIFTED.get(char, char.lower())
         shift = char in SHIFTED or char.isupper()
         codes = ([SHIFT] if shift else []) + [KEYS[plain]]
+        # Paced as the console page types (SPICE has no key delay of its own): a slow
+        # guest's keyboard queue must not overflow.
         for code in codes:
             await inputs.send(MSGC_KEY_DOWN, struct.pack("<I", code))
+            await asyncio.sleep(KEY_EVENT_S)
         for code in reversed(codes):
             await inputs.send(MSGC_KEY_UP, struct.pack("<I", code | 0x80))
-        await asyncio.sleep(0.02)
+            await asyncio.sleep(KEY_EVENT_S)
 
 
 @pytest.fixture
@@ -119,27 +128,25 @@ def spice_desktop(celery_worker, api_for, employee, demo_template) -> Any:
 
 
 def test_spice_through_the_relay_types_into_the_guest_and_view_only_cannot(
-    relay, employee, helpdesk_user, spice_desktop
+    relay, employee, helpdesk_user, spice_desktop, hypervisor
 ) -> None:
     url = f"{relay.url}/ws/spice/{spice_desktop.pk}/"
+    # The guest's shell is up (its banner on the screen) before anything is typed.
+    wait_for_text(lambda: hypervisor.screenshot(name=spice_desktop.domain_name), BANNER, timeout=60)
 
-    async def full_control() -> None:
-        cookie = session_cookie(employee)
-        ticket = mint_ticket(employee, spice_desktop)["ticket"]
+    async def full_control(ticket: str, cookie: str) -> None:
         main, spice_session = await open_main(url, ticket, cookie)
         # Later channels: the same ticket, already used by the main channel.
         display, shown = await link(url, ticket, cookie, CHANNEL_DISPLAY, spice_session)
+        await display.send(MSGC_DISPLAY_INIT, DISPLAY_INIT)
         inputs, typed = await link(url, ticket, cookie, CHANNEL_INPUTS, spice_session)
         assert (shown, typed) == (LINK_OK, LINK_OK)
-        await asyncio.sleep(2)  # the guest's shell prompt is up (boot text on the display)
         await type_text(inputs, f"echo spice-{relay.name} > /dev/ttyS0\n")
         await asyncio.sleep(1)
         for channel in (inputs, display, main):
             await channel.ws.close()
 
-    async def view_only() -> None:
-        cookie = session_cookie(helpdesk_user)
-        ticket = mint_ticket(helpdesk_user, spice_desktop, mode="view")["ticket"]
+    async def view_only(ticket: str, cookie: str) -> None:
         main, spice_session = await open_main(url, ticket, cookie)
         await main.send(MSGC_AGENT_START, struct.pack("<I", 10))  # dropped by the relay
         inputs, refused = await link(url, ticket, cookie, CHANNEL_INPUTS, spice_session)
@@ -148,14 +155,17 @@ def test_spice_through_the_relay_types_into_the_guest_and_view_only_cannot(
         assert inputs.ws.close_code == 4403
         display, shown = await link(url, ticket, cookie, CHANNEL_DISPLAY, spice_session)
         assert shown == LINK_OK
+        await display.send(MSGC_DISPLAY_INIT, DISPLAY_INIT)
         await asyncio.sleep(1)
         await display.ws.close()
         await main.ws.close()
 
     with serial_of(spice_desktop) as serial:
-        asyncio.run(full_control())
+        ticket = mint_ticket(employee, spice_desktop)["ticket"]
+        asyncio.run(full_control(ticket, session_cookie(employee)))
         assert serial.line(timeout=30) == f"spice-{relay.name}"
-    asyncio.run(view_only())
+    ticket = mint_ticket(helpdesk_user, spice_desktop, mode="view")["ticket"]
+    asyncio.run(view_only(ticket, session_cookie(helpdesk_user)))
     view = _closed(spice_desktop, helpdesk_user)
     assert view.mode == "view" and view.relay == relay.name
     assert view.dropped_messages >= 2  # the inputs channel and the agent message

@@ -45,7 +45,7 @@ from vms.console.guest import guest_connect_blocking
 from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
 from vms.console.spicegateway import SpiceChannelRefused, spice_link_blocking
 from vms.console.spicelink import SpiceLinkError
-from vms.console.spicemsg import MainInitWatcher, PassThrough, SpiceMessageError, ViewOnlyMainFilter
+from vms.console.spicemsg import ClientFilter, MainInitWatcher, SpiceMessageError
 from vms.models import ConsoleMode
 from vms.services.consoles import (
     BINARY_PROTOCOL,
@@ -151,7 +151,7 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore
     SocketClass = _GatewayWebSocket
 
     session_id: int | None = None
-    client_filter: ClientMessageFilter | PassThrough | ViewOnlyMainFilter | None = None
+    client_filter: ClientMessageFilter | ClientFilter | None = None
     browser_side: DownstreamHandshake | LinkedSide = LinkedSide()
     guest_leftover = b""
     to_guest_first = b""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from vms.console.spiceguest import link_refusal, spice_guest_connect_blocking
 from vms.console.spicelink import LINK_OK, BrowserLink, SpiceLinkError
-from vms.console.spicemsg import MainInitWatcher, PassThrough, ViewOnlyMainFilter
+from vms.console.spicemsg import ClientFilter, MainInitWatcher, client_filter_for
 from vms.models import ConsoleMode
 from vms.services.consoles import (
     CLOSE_FORBIDDEN,
@@ -36,7 +36,7 @@ class LinkedChannel:
     guest: socket.socket
     guest_leftover: bytes
     browser_leftover: bytes
-    client_filter: PassThrough | ViewOnlyMainFilter
+    client_filter: ClientFilter
     watcher: MainInitWatcher | None
 
 
@@ -69,13 +69,14 @@ def spice_link_blocking(
     if linked.result != LINK_OK:
         guest.close()
         raise ConsoleClosed(CLOSE_UNREACHABLE, "The desktop's display refused the relay.")
-    view_main = admission.main and admission.session.mode == ConsoleMode.VIEW
     return LinkedChannel(
         guest=guest,
         guest_leftover=linked.leftover,
         browser_leftover=browser.leftover,
-        client_filter=ViewOnlyMainFilter(mini_header=linked.mini_header)
-        if view_main
-        else PassThrough(),
+        client_filter=client_filter_for(
+            channel_type=browser.mess.channel_type,
+            view_only=admission.session.mode == ConsoleMode.VIEW,
+            mini_header=linked.mini_header,
+        ),
         watcher=MainInitWatcher(mini_header=linked.mini_header) if admission.main else None,
     )

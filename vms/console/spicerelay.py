@@ -23,7 +23,13 @@ from django.db import DatabaseError
 from vms.console.relay import RELAY_NAME, ConsoleRelayConsumer, scope_knock
 from vms.console.spiceguest import SpiceGuestStream, link_refusal, spice_guest_connect
 from vms.console.spicelink import LINK_OK, BrowserLink, LinkMess, SpiceLinkError
-from vms.console.spicemsg import MainInitWatcher, PassThrough, SpiceMessageError, ViewOnlyMainFilter
+from vms.console.spicemsg import (
+    ClientFilter,
+    MainInitWatcher,
+    PassThrough,
+    SpiceMessageError,
+    client_filter_for,
+)
 from vms.models import ConsoleMode
 from vms.services.consoles import (
     BINARY_PROTOCOL,
@@ -72,7 +78,7 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
         self.session_id = admission.session.pk
         self.desktop_id = str(admission.session.desktop_id)
         self.browser = BrowserLink()
-        self.spice_filter: PassThrough | ViewOnlyMainFilter = PassThrough()
+        self.spice_filter: ClientFilter = PassThrough()
         self.watcher: MainInitWatcher | None = None
         await self.channel_layer.group_add(desktop_group(self.desktop_id), self.channel_name)
         await self.channel_layer.group_add(
@@ -124,10 +130,14 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
         if spice.result != LINK_OK:
             await self._close(CLOSE_UNREACHABLE, "The desktop's display refused the relay.")
             return
+        assert self.browser.mess is not None
+        self.spice_filter = client_filter_for(
+            channel_type=self.browser.mess.channel_type,
+            view_only=admission.session.mode == ConsoleMode.VIEW,
+            mini_header=spice.mini_header,
+        )
         if admission.main:
             self.watcher = MainInitWatcher(mini_header=spice.mini_header)
-            if admission.session.mode == ConsoleMode.VIEW:
-                self.spice_filter = ViewOnlyMainFilter(mini_header=spice.mini_header)
         self.ready = True
         self.tasks.append(asyncio.create_task(self._spice_to_browser(spice)))
         await self._to_guest(self.spice_filter.feed(self.browser.leftover))
