@@ -18,7 +18,10 @@ class TicketedWebSocket extends NativeWebSocket {
     super(url, ticketed && path === ticketed.path ? ["binary", `ticket.${ticketed.ticket}`] : protocols);
   }
 }
-window.WebSocket = TicketedWebSocket;
+// Installed by the first SPICE session only: noVNC (VNC pages) wants the native class.
+function useTicketedWebSockets() {
+  if (window.WebSocket !== TicketedWebSocket) window.WebSocket = TicketedWebSocket;
+}
 
 // PC scancodes (set 1) of the keys the page types, by KeyboardEvent.code; extended keys
 // are 0xE0xx. SPICE sends scancodes, and QEMU adds no Shift of its own.
@@ -56,6 +59,7 @@ export class SpiceSession extends EventTarget {
     this._scale = true;
     this.viewOnly = false; // a courtesy: the relay gives a view-only session no inputs channel
     ticketed = { path: new URL(url, window.location.href).pathname, ticket };
+    useTicketedWebSockets();
     this.conn = new SpiceMainConn({
       uri: url,
       screen_id: screen.id,
@@ -126,7 +130,13 @@ export class SpiceSession extends EventTarget {
     this._done = true;
     this._observer.disconnect();
     if (ticketed && ticketed.ticket && window.spice_connection === this.conn) ticketed = null;
-    if (!clean) this.conn.stop();
+    if (!clean) {
+      try {
+        this.conn.stop(); // its other channels' sockets go too
+      } catch (error) {
+        console.warn("spice-html5 did not stop cleanly", error);
+      }
+    }
     this.dispatchEvent(new CustomEvent("disconnect", { detail: { clean } }));
   }
 }

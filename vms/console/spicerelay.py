@@ -61,6 +61,7 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
     admission: SpiceAdmission | None = None
     spice: SpiceGuestStream | None = None
     ready = False
+    linking = False
     refused_channels = 0
     tallied = (0, 0, 0)
 
@@ -94,7 +95,8 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
                 await self._to_guest(self.spice_filter.feed(bytes_data))
                 return
             self.browser.receive(bytes_data)
-            if self.spice is None and self.browser.mess is not None:
+            if not self.linking and self.browser.mess is not None:
+                self.linking = True  # once: a refused link stays refused
                 await self._link(self.admission, self.browser.mess)
             elif self.spice is not None and self.browser.ticket_received:
                 await self._ready(self.admission, self.spice)
