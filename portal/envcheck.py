@@ -98,3 +98,43 @@ def networks(values: list[str], name: str) -> list[IPv4Network | IPv6Network]:
                 f"Environment variable {name}: {value!r} is not an IP address or CIDR block"
             ) from exc
     return parsed
+
+
+def host_port(value: str, name: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port`, as a listening address: (host, port)."""
+    host, sep, port_text = value.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ImproperlyConfigured(
+            f"Environment variable {name} must be host:port with a port 1..65535 (got {value!r})"
+        )
+    return host, int(port_text)
+
+
+def http_proxy_url(value: str, name: str) -> str:
+    """An `http://host:port` address for clients to reach a proxy by (no path, no user)."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"Environment variable {name}: {exc}") from exc
+    if (
+        parts.scheme != "http"
+        or not parts.hostname
+        or port is None
+        or parts.username is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise ImproperlyConfigured(
+            f"Environment variable {name} must be http://host:port (got {value!r})"
+        )
+    return f"http://{parts.netloc}"
+
+
+def url_of(address: tuple[str, int]) -> str:
+    """`http://host:port` for a listening address (a wildcard one is reached on loopback)."""
+    host, port = address
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - not binding
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -209,7 +209,17 @@ CELERY_TASK_DEFAULT_QUEUE = "portal"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 RECONCILE_INTERVAL_S = envcheck.read(env.int, "RECONCILE_INTERVAL_S", default=60)
-HOST_HEARTBEAT_INTERVAL_S = envcheck.read(env.int, "HOST_HEARTBEAT_INTERVAL_S", default=30)
+# Each host's own worker samples it this often; a host with no heartbeat for
+# HOST_DOWN_AFTER_S is marked down and its desktops are recovered on other hosts.
+HOST_HEARTBEAT_INTERVAL_S = envcheck.read(env.int, "HOST_HEARTBEAT_INTERVAL_S", default=10)
+HOST_DOWN_AFTER_S = envcheck.read(env.int, "HOST_DOWN_AFTER_S", default=30)
+if HOST_HEARTBEAT_INTERVAL_S < 1 or HOST_DOWN_AFTER_S < 2 * HOST_HEARTBEAT_INTERVAL_S:
+    raise ImproperlyConfigured(
+        "HOST_HEARTBEAT_INTERVAL_S must be at least 1 and HOST_DOWN_AFTER_S at least twice it "
+        "(one late heartbeat must not mark a host down)"
+    )
+# Memory placement leaves free on a host beyond the desktop's own (the heartbeat's sample).
+HOST_MEMORY_RESERVE_MIB = envcheck.read(env.int, "HOST_MEMORY_RESERVE_MIB", default=256)
 # Audit events and closed console sessions older than this are removed (hourly, by the
 # retention task, which records what it removed). 0: keep forever.
 AUDIT_RETENTION_DAYS = envcheck.read(env.int, "AUDIT_RETENTION_DAYS", default=365)
@@ -282,6 +292,18 @@ if CONSOLE_GATEWAY_MAX_CONNECTIONS < 1 or not 0 < CONSOLE_HANDSHAKE_TIMEOUT_S <=
     raise ImproperlyConfigured(
         "CONSOLE_GATEWAY_MAX_CONNECTIONS must be >= 1 and CONSOLE_HANDSHAKE_TIMEOUT_S 0..120"
     )
+# The SPICE proxy (`manage.py spiceproxy`, HTTP CONNECT) that remote-viewer reaches guests
+# through: where it listens, the address .vv files give clients for it, and its caps.
+SPICE_PROXY_BIND = envcheck.host_port(
+    envcheck.read(env.str, "SPICE_PROXY_BIND", default="127.0.0.1:6082"), "SPICE_PROXY_BIND"
+)
+SPICE_PROXY_URL = envcheck.http_proxy_url(
+    envcheck.read(env.str, "SPICE_PROXY_URL", default=envcheck.url_of(SPICE_PROXY_BIND)),
+    "SPICE_PROXY_URL",
+)
+SPICE_PROXY_MAX_CONNECTIONS = envcheck.read(env.int, "SPICE_PROXY_MAX_CONNECTIONS", default=200)
+if SPICE_PROXY_MAX_CONNECTIONS < 1:
+    raise ImproperlyConfigured("Environment variable SPICE_PROXY_MAX_CONNECTIONS must be >= 1")
 
 # Site-wide quota for users with neither a personal nor a group quota.
 DEFAULT_QUOTA = {

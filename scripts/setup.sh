@@ -49,6 +49,8 @@ install_packages() {
   command -v npm >/dev/null || apt_install npm
   if [[ $FOR_TESTS -eq 1 ]]; then
     apt_install chromium chromium-driver tesseract-ocr tesseract-ocr-eng wrk
+    # remote-viewer through the SPICE proxy, on a virtual X screen, screenshotted for OCR.
+    apt_install virt-viewer xvfb imagemagick
     command -v pg_ctlcluster >/dev/null || apt_install postgresql
   fi
 }

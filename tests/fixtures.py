@@ -194,7 +194,7 @@ QUIET_TIMEOUT_S = 120
 # The servers' Redis (broker, Channels layer, console leases), fixed before any test can
 # point settings elsewhere (some stop a private Redis and leave settings aimed at it).
 SERVERS_REDIS_URL = settings.REDIS_URL
-SERVER_FIXTURES = {"celery_worker", "channels_relay", "gateway_relay", "portal_url"}
+SERVER_FIXTURES = {"celery_worker", "channels_relay", "gateway_relay", "portal_url", "spice_proxy"}
 
 
 @pytest.hookimpl(wrapper=True)

@@ -321,3 +321,32 @@ def test_bulk_start_runs_at_once(
     assert answer.status_code == 302
     stopped.refresh_from_db()
     assert stopped.status == DesktopStatus.STARTING
+
+
+def test_host_list_shows_state_load_and_puts_hosts_in_maintenance(
+    admin_client_: Client, employee: Any, fake_template: Any, fake_host: Host
+) -> None:
+    make_desktop(employee, fake_template, status=DesktopStatus.STOPPED)
+    Host.objects.filter(pk=fake_host.pk).update(
+        load_memory_mib=3072, load_available_memory_mib=2048, load_running_guests=1,
+        load_cpu_percent=37.5,
+    )  # fmt: skip
+    listing = admin_client_.get("/admin/vms/host/").content.decode()
+    assert "Up, 1 desktops" in listing
+    assert "CPU 37.5 %, 2048 of 3072 MiB free, 1 guests" in listing
+    form = {"action": "maintenance_on", "_selected_action": [str(fake_host.pk)]}
+    page = admin_client_.post("/admin/vms/host/", form, follow=True).content.decode()
+    assert "In maintenance, its desktops moving away: fake." in page
+    assert "Maintenance: draining, 1 left" in page
+    assert Host.objects.get(pk=fake_host.pk).maintenance
+    again = admin_client_.post("/admin/vms/host/", form, follow=True).content.decode()
+    assert "Nothing changed" in again
+
+
+def test_overcommit_is_optional_and_checked_on_the_form(admin_client_: Client) -> None:
+    page = admin_client_.post("/admin/vms/host/add/", {**HOST_FORM, **TEST_DRIVER}, follow=True)
+    assert page.redirect_chain
+    assert Host.objects.get(name="hv2").cpu_overcommit == 1.0
+    bad = {**HOST_FORM, **TEST_DRIVER, "name": "hv3", "cpu_overcommit": "99"}
+    page = admin_client_.post("/admin/vms/host/add/", bad)
+    assert page.status_code == 200 and "less than or equal to 16" in page.content.decode()

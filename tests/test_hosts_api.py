@@ -8,7 +8,7 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from tests.factories import DesktopFactory
-from vms.models import DesktopStatus, Host
+from vms.models import AuditEvent, DesktopStatus, Host
 
 pytestmark = pytest.mark.django_db
 
@@ -56,8 +56,38 @@ def test_an_unknown_host_is_404(api_for, admin_user_) -> None:
 
 def test_registering_a_host_refuses_a_console_address_that_is_not_one() -> None:
     from vms.services.errors import ServiceError
-    from vms.services.hosts import host_register
+    from vms.services.fleet import host_register
 
     with pytest.raises(ServiceError, match="not an IP address"):
         host_register(name="bad", uri="test:///default", console_address="hv1.example")
     assert not Host.objects.filter(name="bad").exists()
+
+
+def test_maintenance_is_202_drains_and_reports_state(
+    api_for, admin_user_, employee, fake_template, fake_host
+) -> None:
+    Host.objects.filter(pk=fake_host.pk).update(last_check_ok=True, load_cpu_percent=12.5)
+    DesktopFactory(owner=employee, template=fake_template, status=DesktopStatus.STOPPED)
+    client = api_for(admin_user_)
+    answer = client.post("/api/hosts/fake/maintenance/", {"enabled": True}, format="json")
+    assert answer.status_code == 202
+    body = answer.json()
+    assert body["state"] == "maintenance" and body["maintenance"] is True
+    assert body["desktops"] == 1 and body["load"]["cpu_percent"] == 12.5
+    assert AuditEvent.objects.filter(action="host.maintenance", actor=admin_user_).count() == 1
+    answer = client.post("/api/hosts/fake/maintenance/", {"enabled": False}, format="json")
+    assert answer.status_code == 202 and answer.json()["state"] == "up"
+
+
+def test_maintenance_refuses_bad_bodies_strangers_and_unknown_hosts(
+    api_for, admin_user_, employee, helpdesk_user, fake_host
+) -> None:
+    client = api_for(admin_user_)
+    bad = client.post("/api/hosts/fake/maintenance/", {"enabled": "maybe"}, format="json")
+    assert bad.status_code == 400 and "enabled" in bad.json()
+    assert client.post("/api/hosts/fake/maintenance/", {}, format="json").status_code == 400
+    assert client.post("/api/hosts/nope/maintenance/", {"enabled": True}).status_code == 404
+    for user in (employee, helpdesk_user):
+        refused = api_for(user).post("/api/hosts/fake/maintenance/", {"enabled": True})
+        assert refused.status_code == 403
+    assert not Host.objects.filter(maintenance=True).exists()

@@ -1,4 +1,4 @@
-"""Placement: an enabled host with room, the one with the most free memory."""
+"""Placement: of the enabled hosts with room, the least loaded one."""
 
 from __future__ import annotations
 
@@ -12,20 +12,19 @@ from vms.services.placement import host_choose
 pytestmark = pytest.mark.django_db
 
 
-def test_picks_the_host_with_most_free_memory_and_skips_full_and_disabled(
-    fake_template, employee
-) -> None:
+def test_picks_the_least_loaded_host_and_skips_full_and_disabled(fake_template, employee) -> None:
     fake = Host.objects.get(name="fake")
     roomy = Host.objects.create(name="roomy", uri="test:///default", capacity_memory_mib=8192)
     Host.objects.create(
         name="off", uri="test:///default", enabled=False, capacity_memory_mib=1_000_000
     )
-    make_desktop(employee, fake_template, host=roomy, memory_mib=4096)
+    make_desktop(employee, fake_template, host=roomy, memory_mib=2048)
     fake.capacity_memory_mib = 2048
     fake.save()
-    assert host_choose(template=fake_template) == roomy  # 4096 free beats 2048
+    make_desktop(employee, fake_template, host=fake, memory_mib=1024)
+    assert host_choose(template=fake_template) == roomy  # a quarter used beats a half
 
-    make_desktop(employee, fake_template, host=roomy, memory_mib=4096)
+    make_desktop(employee, fake_template, host=roomy, memory_mib=6144)
     assert host_choose(template=fake_template) == fake  # roomy is full now
 
 

@@ -44,6 +44,13 @@ def _django_check(**env: str) -> subprocess.CompletedProcess[str]:
         ("AUDIT_RETENTION_DAYS", "a year"),
         ("DB_POOL_MAX_SIZE", "-1"),
         ("DB_POOL_MAX_SIZE", "many"),
+        ("SPICE_PROXY_BIND", "6082"),
+        ("SPICE_PROXY_BIND", "127.0.0.1:70000"),
+        ("SPICE_PROXY_URL", "https://desk.example.com:6082"),
+        ("SPICE_PROXY_URL", "http://desk.example.com"),
+        ("SPICE_PROXY_URL", "http://user:pw@desk.example.com:6082"),
+        ("SPICE_PROXY_URL", "http://desk.example.com:port"),
+        ("SPICE_PROXY_MAX_CONNECTIONS", "0"),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
@@ -105,7 +112,7 @@ def test_healthz_flags_a_stale_host(admin_client, local_host) -> None:
 def test_healthz_all_green_with_worker_and_heartbeat(
     admin_client, celery_worker, local_host
 ) -> None:
-    from vms.services.hosts import host_heartbeat
+    from vms.services.heartbeat import host_heartbeat
 
     assert host_heartbeat(host=local_host)
     response = admin_client.get("/healthz")

@@ -22,10 +22,22 @@ MAX_MEMORY_MIB = 1024 * 1024
 MAX_DISK_GIB = 64 * 1024
 
 
+class HostStatus(models.TextChoices):
+    """Whether a host's heartbeat still arrives; the moves are `HOST_TRANSITIONS`
+    (vms.services.fleet). `down` is decided by the portal when no heartbeat has arrived for
+    HOST_DOWN_AFTER_S; it starts the recovery of the host's desktops."""
+
+    UP = "up"
+    DOWN = "down"
+
+
 class Host(models.Model):
     """A hypervisor host reached through a URI; desktops are placed on one.
 
     The URI's scheme picks the backend that drives the host (``vms.hypervisor.registry``).
+    Placement takes a host that is enabled, up and not in maintenance, whose admin caps
+    (times the overcommit ratios) fit the desktop and whose last heartbeat's sample shows
+    the memory free for it, and prefers the least loaded.
     """
 
     name = models.SlugField(max_length=50, unique=True)
@@ -44,9 +56,36 @@ class Host(models.Model):
         "address for a remote host. Never a public address.",
     )
     enabled = models.BooleanField(default=True)
+    maintenance = models.BooleanField(
+        default=False,
+        help_text="A host in maintenance takes no new desktops; turning it on drains the host "
+        "(running desktops move live to other hosts, stopped ones are re-homed).",
+    )
+    status = models.CharField(max_length=10, choices=HostStatus.choices, default=HostStatus.UP)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
     capacity_vcpus = models.PositiveIntegerField(default=16)
     capacity_memory_mib = models.PositiveIntegerField(default=16384)
     capacity_disk_gib = models.PositiveIntegerField(default=500)
+    cpu_overcommit = models.FloatField(
+        "vCPU overcommit ratio",
+        default=1.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(16.0)],
+        help_text="Placement allows this many desktop vCPUs per vCPU of capacity.",
+    )
+    memory_overcommit = models.FloatField(
+        "memory overcommit ratio",
+        default=1.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(4.0)],
+        help_text="Placement allows this much desktop memory per MiB of capacity.",
+    )
+    # The heartbeat's last sample of what the host really has and uses (None: not yet).
+    load_cpus = models.PositiveIntegerField(null=True, blank=True)
+    load_memory_mib = models.PositiveIntegerField(null=True, blank=True)
+    load_available_memory_mib = models.PositiveIntegerField(null=True, blank=True)
+    load_running_guests = models.PositiveIntegerField(null=True, blank=True)
+    load_cpu_percent = models.FloatField(null=True, blank=True)
+    load_cpu_counters = models.JSONField(default=dict, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     # Written by the heartbeat task; pages and /healthz read these, never libvirt.
     last_checked_at = models.DateTimeField(null=True, blank=True)
     last_check_ok = models.BooleanField(default=False)
@@ -148,6 +187,7 @@ class DesktopStatus(models.TextChoices):
     STOPPING = "stopping"
     STOPPED = "stopped"
     MIGRATING = "migrating"
+    RECOVERING = "recovering"
     DELETING = "deleting"
     DELETED = "deleted"
     ERROR = "error"

@@ -8,10 +8,12 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser, Group, User
-from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.db.models import CharField, Exists, F, OuterRef, Q, QuerySet
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast
 from django.utils import timezone
 
-from vms.models import ConsoleSession, Desktop, DesktopStatus, Template
+from vms.models import AuditEvent, ConsoleSession, Desktop, DesktopStatus, Template
 from vms.roles import HELPDESK_GROUP, desktop_role, is_admin, sees_all_desktops
 from vms.services.actions import actions_for, actions_valid_in, busy_label_of
 
@@ -74,19 +76,35 @@ def users_matching(
     return users.order_by("username")[:limit]
 
 
-# A SPICE client file is a console session for as long as its password works.
+# A SPICE client file is a console session for as long as its password works, and, once
+# remote-viewer connected through the SPICE proxy (audit SPICE_SET_OPEN_ACTION), for as long
+# as that connection set lives (the proxy closes the session when it ends).
 SPICE_FILE_RELAY = "spice-file"
 SPICE_FILE_VALID_S = 60
+SPICE_SET_OPEN_ACTION = "console.spice_connect"
+
+
+def spice_set_opened() -> Exists:
+    """Whether a session's SPICE file opened a connection set at the proxy (per row)."""
+    return Exists(
+        AuditEvent.objects.filter(action=SPICE_SET_OPEN_ACTION, desktop_id=OuterRef("desktop_id"))
+        .annotate(spice_set=KT("detail__spice_set"))
+        .filter(spice_set=Cast(OuterRef("pk"), output_field=CharField()))
+    )
 
 
 def console_sessions_open() -> QuerySet[ConsoleSession]:
     """Sessions open now: not ended, and not a SPICE file whose password has expired
-    (reconcile records its end later)."""
+    unused (reconcile records its end later)."""
     expired_file = Q(
         relay=SPICE_FILE_RELAY,
         started_at__lte=timezone.now() - timedelta(seconds=SPICE_FILE_VALID_S),
     )
-    return ConsoleSession.objects.filter(ended_at__isnull=True).exclude(expired_file)
+    return (
+        ConsoleSession.objects.filter(ended_at__isnull=True)
+        .annotate(spice_set_opened=spice_set_opened())
+        .exclude(expired_file & Q(spice_set_opened=False))
+    )
 
 
 def console_watchers(*, desktop_ids: list[Any]) -> dict[str, list[dict[str, Any]]]:
@@ -94,18 +112,28 @@ def console_watchers(*, desktop_ids: list[Any]) -> dict[str, list[dict[str, Any]
 
     Each entry says who, the mode, the reason given for taking control, since when (ISO
     8601, for the page to show in local time) and the session's id (for the owner's End
-    button). A SPICE file's entry says until when its password works, so pages can drop it
-    then.
+    button). A SPICE file's entry says so (`spice_client`); an unused one also says until
+    when its password works, so pages can drop it then; one connected through the SPICE
+    proxy stays until its set ends.
     """
     sessions = (
         console_sessions_open()
         .filter(desktop_id__in=desktop_ids)
         .exclude(user_id=F("desktop__owner_id"))
-        .values_list("pk", "desktop_id", "user__username", "mode", "reason", "relay", "started_at")
+        .values_list(
+            "pk",
+            "desktop_id",
+            "user__username",
+            "mode",
+            "reason",
+            "relay",
+            "started_at",
+            "spice_set_opened",
+        )
         .order_by("started_at")
     )
     watchers: dict[str, list[dict[str, Any]]] = {str(pk): [] for pk in desktop_ids}
-    for session_id, desktop_id, username, mode, reason, relay, started_at in sessions:
+    for session_id, desktop_id, username, mode, reason, relay, started_at, opened in sessions:
         entry: dict[str, Any] = {
             "session": session_id,
             "user": username,
@@ -114,6 +142,8 @@ def console_watchers(*, desktop_ids: list[Any]) -> dict[str, list[dict[str, Any]
             "since": started_at.isoformat(),
         }
         if relay == SPICE_FILE_RELAY:
+            entry["spice_client"] = True
+        if relay == SPICE_FILE_RELAY and not opened:
             until = started_at + timedelta(seconds=SPICE_FILE_VALID_S)
             entry["until"] = until.isoformat()
         watchers[str(desktop_id)].append(entry)

@@ -38,9 +38,9 @@ export function renderDesktopState(row, desktop) {
 
 // Who else has this desktop's console open: the owner's notice (the markup of
 // templates/vms/_watchers.html): who, viewing or in control (with the reason given), since
-// when in local time, and an End button per session. An entry with `until` (a SPICE client
-// file, which the portal cannot cut off) has no End button and is dropped when its
-// password stops working.
+// when in local time, and an End button per session. An entry with `spice_client` is a
+// SPICE file (remote-viewer through the portal's SPICE proxy); one that also has `until`
+// was not used yet and is dropped when its password stops working.
 export function renderWatchers(container, desktopName, watchers) {
   const now = Date.now();
   const current = watchers.filter((w) => !w.until || Date.parse(w.until) > now);
@@ -64,7 +64,7 @@ function watcherEntry(container, desktopName, watcher) {
   const who = document.createElement("strong");
   who.textContent = watcher.user;
   const how = watcher.mode === "view" ? "is viewing" : "is in control of";
-  const client = watcher.until ? " with a SPICE client" : "";
+  const client = watcher.spice_client ? " with a SPICE client" : "";
   line.append(who, ` (help desk) ${how} ${desktopName}${client} `);
   const since = document.createElement("span");
   since.className = "watcher-since";
@@ -80,7 +80,7 @@ function watcherEntry(container, desktopName, watcher) {
     line.append(" ", reason);
   }
   entry.append(line);
-  if (!watcher.until) entry.append(watcherEndForm(container, watcher));
+  entry.append(watcherEndForm(container, watcher));
   return entry;
 }
 

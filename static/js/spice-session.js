@@ -18,10 +18,6 @@ class TicketedWebSocket extends NativeWebSocket {
     super(url, ticketed && path === ticketed.path ? ["binary", `ticket.${ticketed.ticket}`] : protocols);
   }
 }
-// Installed by the first SPICE session only: noVNC (VNC pages) wants the native class.
-function useTicketedWebSockets() {
-  if (window.WebSocket !== TicketedWebSocket) window.WebSocket = TicketedWebSocket;
-}
 
 // PC scancodes (set 1) of the keys the page types, by KeyboardEvent.code; extended keys
 // are 0xE0xx. SPICE sends scancodes, and QEMU adds no Shift of its own.
@@ -59,7 +55,9 @@ export class SpiceSession extends EventTarget {
     this._scale = true;
     this.viewOnly = false; // a courtesy: the relay gives a view-only session no inputs channel
     ticketed = { path: new URL(url, window.location.href).pathname, ticket };
-    useTicketedWebSockets();
+    // Only SPICE pages get the ticketed sockets: noVNC refuses a WebSocket subclass
+    // ("Raw channel missing property: send"), so a VNC page keeps the browser's own.
+    window.WebSocket = TicketedWebSocket;
     this.conn = new SpiceMainConn({
       uri: url,
       screen_id: screen.id,

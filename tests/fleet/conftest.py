@@ -20,8 +20,9 @@ from tests.browser.conftest import chromium, portal_url  # noqa: F401
 from tests.fixtures import running_worker
 from tests.relay.conftest import channels_relay, gateway_relay, relay  # noqa: F401
 from vms.hypervisor import get_hypervisor
+from vms.hypervisor.kvmprobe import run_kvm_probe
 from vms.models import Host
-from vms.services.hosts import host_register
+from vms.services.fleet import host_register
 from vms.settings_access import name_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +64,9 @@ def lab_host_joined(
         def join(name: str) -> Host:
             uri = lab_hosts(name)
             address = urlsplit(uri).hostname or ""
-            host = host_register(name=name, uri=uri, console_address=address)
+            # Its QEMU shares this machine's kernel: the machine's own probe decides.
+            virt_type = "kvm" if run_kvm_probe() else "qemu"
+            host = host_register(name=name, uri=uri, console_address=address, virt_type=virt_type)
             assert host.last_check_ok, host.last_check_error
             worker = f"lab{name}{os.getpid()}@{socket.gethostname()}"
             workers.enter_context(running_worker(queues=host.queue_name, name=worker))

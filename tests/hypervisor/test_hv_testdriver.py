@@ -193,6 +193,8 @@ def test_clone_volume_is_overlay_and_idempotent(
 
     listed = hv.list_volumes(pool=TEST_DRIVER_POOL, prefix=prefix)
     assert {v.name for v in listed} == {name, f"{prefix}base.qcow2", f"{prefix}other.qcow2"}
+    # The names alone (one libvirt call, no description of each): the same, sorted.
+    assert hv.list_volume_names(pool=TEST_DRIVER_POOL, prefix=prefix) == [v.name for v in listed]
     assert hv.list_volumes(pool=TEST_DRIVER_POOL, prefix=volume_name(prefix, "9")) == [vol]
 
     for v in listed:

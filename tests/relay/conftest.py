@@ -61,6 +61,24 @@ def gateway_relay(django_db_setup: None) -> Iterator[Relay]:
         yield Relay("gateway", f"ws://127.0.0.1:{port}")
 
 
+@pytest.fixture(scope="session")
+def spice_proxy(django_db_setup: None) -> Iterator[int]:
+    """`manage.py spiceproxy` on a free loopback port (yields the port); re-checks every
+    second, gives a request head 3 s and holds at most 12 connections."""
+    port = free_port()
+    command = [sys.executable, "manage.py", "spiceproxy", "--listen", f"127.0.0.1:{port}"]
+    with running(
+        command,
+        port=port,
+        log_name="test-spiceproxy.log",
+        LOG_LEVEL="INFO",
+        CONSOLE_RECHECK_S="1",
+        CONSOLE_HANDSHAKE_TIMEOUT_S="3",
+        SPICE_PROXY_MAX_CONNECTIONS="12",
+    ):
+        yield port
+
+
 @pytest.fixture(params=["channels", "gateway"])
 def relay(request: pytest.FixtureRequest) -> Relay:
     """One relay (each test that asks for it runs against both)."""

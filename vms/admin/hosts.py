@@ -8,20 +8,26 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.timesince import timesince
 
 from vms.hypervisor import HostCapacity
-from vms.models import Host
+from vms.models import DesktopStatus, Host, HostStatus
 from vms.services.errors import ServiceError
+from vms.services.fleet import host_maintenance_set
 from vms.services.hosts import host_capacity_read, host_check_uri
 from vms.services.placement import allocation_annotations
 
 CAPACITY_FIELDS = ["capacity_vcpus", "capacity_memory_mib", "capacity_disk_gib"]
+OVERCOMMIT_FIELDS = ["cpu_overcommit", "memory_overcommit"]
+HEARTBEAT_FIELDS = ["status", "status_changed_at", "maintenance", "last_heartbeat_at",
+                    "load_cpus", "load_memory_mib", "load_available_memory_mib",
+                    "load_running_guests", "load_cpu_percent"]  # fmt: skip
 READ_CAPACITY = "_read_capacity"  # the add form's "Read capacity from the host" button
 
 
@@ -44,7 +50,8 @@ class HostForm(forms.ModelForm):
 
     class Meta:
         model = Host
-        fields = ["name", "uri", "console_address", "storage_pool", "enabled", *CAPACITY_FIELDS]
+        fields = ["name", "uri", "console_address", "storage_pool", "enabled", *CAPACITY_FIELDS,
+                  *OVERCOMMIT_FIELDS]  # fmt: skip
         labels = {
             "capacity_vcpus": "vCPUs",
             "capacity_memory_mib": "Memory (MiB)",
@@ -57,6 +64,8 @@ class HostForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["console_address"].required = False  # empty: the model's loopback
+        for name in OVERCOMMIT_FIELDS:
+            self.fields[name].required = False  # empty: 1, no overcommit
         if self.instance._state.adding:
             for name in CAPACITY_FIELDS:
                 field = self.fields[name]
@@ -67,6 +76,12 @@ class HostForm(forms.ModelForm):
     def clean_console_address(self) -> str:
         address = self.cleaned_data.get("console_address")
         return address or str(Host._meta.get_field("console_address").default)
+
+    def clean_cpu_overcommit(self) -> float:
+        return self.cleaned_data.get("cpu_overcommit") or 1.0
+
+    def clean_memory_overcommit(self) -> float:
+        return self.cleaned_data.get("memory_overcommit") or 1.0
 
     def clean_uri(self) -> str:
         try:
@@ -144,8 +159,20 @@ def _bar(used: int, capacity: int, unit: str) -> str:
 @admin.register(Host)
 class HostAdmin(admin.ModelAdmin):
     form = HostForm
-    list_display = ["name", "uri", "enabled", "vcpus", "memory", "disk", "health", "virt_type"]
-    readonly_fields = ["last_checked_at", "last_check_ok", "last_check_error", "virt_type"]
+    list_display = [
+        "name",
+        "uri",
+        "state",
+        "vcpus",
+        "memory",
+        "disk",
+        "load",
+        "health",
+        "virt_type",
+    ]
+    readonly_fields = ["last_checked_at", "last_check_ok", "last_check_error", "virt_type",
+                       *HEARTBEAT_FIELDS]  # fmt: skip
+    actions = ["maintenance_on", "maintenance_off"]
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         capacity = "What the desktops placed on this host may use in total."
@@ -157,14 +184,65 @@ class HostAdmin(admin.ModelAdmin):
         sets: list[Any] = [
             (None, {"fields": ["name", "uri", "console_address", "storage_pool", "enabled"]}),
             ("Capacity for desktops", {"fields": CAPACITY_FIELDS, "description": capacity}),
+            ("Overcommit", {"fields": OVERCOMMIT_FIELDS}),
         ]
         if obj is not None:  # the heartbeat's findings exist only once the host does
             sets.append(("Health (from the heartbeat)", {"fields": self.readonly_fields}))
         return sets
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Host]:
-        # What placement counts as allocated, in the same query as the list.
-        return super().get_queryset(request).annotate(**allocation_annotations())
+        # What placement counts as allocated, and the desktops still there (a drain's
+        # progress), in the same query as the list.
+        left = ~Q(desktops__status=DesktopStatus.DELETED)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(**allocation_annotations(), desktop_count=Count("desktops", filter=left))
+        )
+
+    @admin.display(description="State", ordering="status")
+    def state(self, host: Host) -> str:
+        """Up, down, disabled, or in maintenance with the desktops a drain has yet to move."""
+        left = getattr(host, "desktop_count", 0) or 0
+        if not host.enabled:
+            return format_html('<span class="host-state off">{}</span>', "Disabled")
+        if host.status == HostStatus.DOWN:
+            return format_html('<span class="host-state bad">{}</span>', "Down: recovering")
+        if host.maintenance:
+            said = f"Maintenance: draining, {left} left" if left else "Maintenance: empty"
+            return format_html('<span class="host-state maint">{}</span>', said)
+        return format_html('<span class="host-state ok">Up, {} desktops</span>', left)
+
+    @admin.display(description="Live load")
+    def load(self, host: Host) -> str:
+        """The last heartbeat's sample of what the host really uses."""
+        if host.load_memory_mib is None:
+            return "Not sampled yet"
+        cpu = "not yet known" if host.load_cpu_percent is None else f"{host.load_cpu_percent:g} %"
+        return (
+            f"CPU {cpu}, {host.load_available_memory_mib} of {host.load_memory_mib} MiB free, "
+            f"{host.load_running_guests} guests"
+        )
+
+    @admin.action(description="Put in maintenance (move its desktops away)")
+    def maintenance_on(self, request: HttpRequest, queryset: QuerySet[Host]) -> None:
+        self._maintenance(request, queryset, enabled=True)
+
+    @admin.action(description="Take out of maintenance")
+    def maintenance_off(self, request: HttpRequest, queryset: QuerySet[Host]) -> None:
+        self._maintenance(request, queryset, enabled=False)
+
+    def _maintenance(self, request: HttpRequest, hosts: QuerySet[Host], *, enabled: bool) -> None:
+        actor = request.user
+        assert isinstance(actor, User)
+        changed = [
+            h.name for h in hosts if host_maintenance_set(actor=actor, host=h, enabled=enabled)
+        ]
+        if not changed:
+            messages.info(request, "Nothing changed: those hosts already were so.")
+            return
+        what = "In maintenance, its desktops moving away" if enabled else "Back in service"
+        messages.success(request, f"{what}: {', '.join(changed)}.")
 
     @admin.display(description="vCPUs used")
     def vcpus(self, host: Host) -> str:

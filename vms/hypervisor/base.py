@@ -15,6 +15,8 @@ from .types import (
     DomainInfo,
     DomainSpec,
     HostCapacity,
+    HostLoad,
+    MigrationStats,
     PowerState,
     VolumeInfo,
 )
@@ -59,6 +61,11 @@ class Hypervisor(ABC):
     def list_volumes(self, *, pool: str, prefix: str) -> list[VolumeInfo]:
         """Volumes of ``pool`` whose names start with ``prefix``, sorted by name."""
 
+    def list_volume_names(self, *, pool: str, prefix: str) -> list[str]:
+        """The names alone of ``list_volumes``, sorted: a backend may answer them without
+        describing each volume (a shared pool lists every desktop's disk on every host)."""
+        return [volume.name for volume in self.list_volumes(pool=pool, prefix=prefix)]
+
     # --- domains -----------------------------------------------------------------------
 
     @abstractmethod
@@ -77,11 +84,11 @@ class Hypervisor(ABC):
     def reboot(self, *, name: str) -> None:
         """Reboot a running domain (a shut-off one is started)."""
 
-    def migrate_live(self, *, name: str, to_uri: str, to_address: str) -> None:
+    def migrate_live(self, *, name: str, to_uri: str, to_address: str) -> MigrationStats:
         """Move the running domain live to the hypervisor at ``to_uri`` (disks on storage
         both hosts share), its memory over ``to_address``, where its displays will listen
-        too. On failure the domain keeps running here. Not abstract: a backend that cannot
-        migrate says so."""
+        too; QEMU's figures of the move. On failure the domain keeps running here. Not
+        abstract: a backend that cannot migrate says so."""
         raise HypervisorError(f"{type(self).__name__} cannot migrate desktops", permanent=True)
 
     @abstractmethod
@@ -132,3 +139,9 @@ class Hypervisor(ABC):
             f"{type(self).__name__} cannot report a host's capacity; enter it by hand",
             permanent=True,
         )
+
+    def host_load(self) -> HostLoad:
+        """The host's CPUs, memory, available memory, running guests and CPU counters, for
+        the heartbeat (placement by live load). Not abstract: a backend that cannot tell
+        says so, and placement then uses the admin's figures alone."""
+        raise HypervisorError(f"{type(self).__name__} cannot report a host's load", permanent=True)

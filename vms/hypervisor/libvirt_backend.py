@@ -34,6 +34,8 @@ from .types import (
     DomainInfo,
     DomainSpec,
     HostCapacity,
+    HostLoad,
+    MigrationStats,
     PowerState,
     VolumeInfo,
 )
@@ -208,6 +210,15 @@ _MIGRATE_FLAGS = (
     | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
     | libvirt.VIR_MIGRATE_UNSAFE
 )
+
+
+def _migration_stats(arrived: libvirt.virDomain | None) -> MigrationStats:
+    """The completed migration job's figures, kept by the destination's libvirt."""
+    try:
+        stats = arrived.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED) if arrived else {}
+    except libvirt.libvirtError:
+        stats = {}
+    return MigrationStats(elapsed_ms=stats.get("time_elapsed"), downtime_ms=stats.get("downtime"))
 
 
 def _migration_params(destination_xml: str, to_address: str) -> dict[str, Any]:
@@ -574,6 +585,14 @@ class LibvirtHypervisor(Hypervisor):
 
         return self._call(f"listing volumes of storage pool '{pool}'", op)
 
+    def list_volume_names(self, *, pool: str, prefix: str) -> list[str]:
+        # One call: a volume's name comes with the listing, its description is a call each.
+        def op(conn: Conn) -> list[str]:
+            names = (str(vol.name()) for vol in _require_pool(conn, pool).listAllVolumes(0))
+            return sorted(name for name in names if name.startswith(prefix))
+
+        return self._call(f"listing volumes of storage pool '{pool}'", op)
+
     # --- domains -------------------------------------------------------------------------
 
     def define_domain(self, spec: DomainSpec) -> DomainInfo:
@@ -693,8 +712,8 @@ class LibvirtHypervisor(Hypervisor):
 
         self._call(f"rebooting desktop '{name}'", op)
 
-    def migrate_live(self, *, name: str, to_uri: str, to_address: str) -> None:
-        def op(conn: Conn) -> None:
+    def migrate_live(self, *, name: str, to_uri: str, to_address: str) -> MigrationStats:
+        def op(conn: Conn) -> MigrationStats:
             dom = _require_running(conn, name)
             # SECURE: the display password travels with the domain (a display without
             # one would be open to anyone on the destination's network).
@@ -702,11 +721,14 @@ class LibvirtHypervisor(Hypervisor):
             moved = vxml.domain_xml_moved(dom.XMLDesc(flags), listen_address=to_address)
             destination = libvirt.open(to_uri)
             try:
-                dom.migrate3(destination, _migration_params(moved, to_address), _MIGRATE_FLAGS)
+                arrived = dom.migrate3(
+                    destination, _migration_params(moved, to_address), _MIGRATE_FLAGS
+                )
+                return _migration_stats(arrived)
             finally:
                 destination.close()
 
-        self._call(f"migrating desktop '{name}' to {to_uri}", op)
+        return self._call(f"migrating desktop '{name}' to {to_uri}", op)
 
     def destroy(self, *, name: str) -> None:
         def op(conn: Conn) -> None:
@@ -873,6 +895,44 @@ class LibvirtHypervisor(Hypervisor):
             raise HypervisorError(
                 err.message.removesuffix(RETRY_NOTE), permanent=err.permanent
             ) from None
+
+    def host_load(self) -> HostLoad:
+        def op(conn: Conn) -> HostLoad:
+            info = conn.getInfo()
+            running = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            busy, total = _node_cpu_counters(conn)
+            return HostLoad(
+                cpus=int(info[2]),
+                memory_mib=int(info[1]),
+                available_memory_mib=_available_memory_mib(conn),
+                running_guests=len(running),
+                cpu_busy_ns=busy,
+                cpu_total_ns=total,
+            )
+
+        return self._call("reading the host's load", op)
+
+
+def _node_cpu_counters(conn: Conn) -> tuple[int | None, int | None]:
+    """(busy, total) nanoseconds over all CPUs since boot; (None, None) where unsupported."""
+    try:
+        stats = conn.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS)
+    except libvirt.libvirtError:
+        return None, None
+    idle = int(stats.get("idle", 0)) + int(stats.get("iowait", 0))
+    busy = int(stats.get("user", 0)) + int(stats.get("kernel", 0))
+    return busy, busy + idle
+
+
+def _available_memory_mib(conn: Conn) -> int:
+    """Free memory plus buffers and page cache (what guests can still get), in MiB; the
+    plain free figure where the driver has no memory statistics (libvirt's test driver)."""
+    try:
+        stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)
+    except libvirt.libvirtError:
+        return int(conn.getFreeMemory()) // 2**20
+    kib = sum(int(stats.get(key, 0)) for key in ("free", "buffers", "cached"))
+    return kib // 1024
 
 
 register_backend(LIBVIRT_SCHEMES, LibvirtHypervisor)

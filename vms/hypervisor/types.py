@@ -106,3 +106,31 @@ class HostCapacity:
     cpus: int
     memory_mib: int
     pool_gib: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class HostLoad:
+    """What a host uses right now, as its hypervisor reports it (the heartbeat's sample).
+
+    ``cpu_busy_ns`` and ``cpu_total_ns`` are the node's cumulative CPU counters (all CPUs);
+    a CPU use in percent is their change between two samples, never one sample alone.
+    ``available_memory_mib`` counts free memory plus the page cache the kernel gives back.
+    Counters a host cannot report are ``None``.
+    """
+
+    cpus: int
+    memory_mib: int
+    available_memory_mib: int
+    running_guests: int
+    cpu_busy_ns: int | None
+    cpu_total_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationStats:
+    """QEMU's own account of a finished live migration: its total time and the guest's
+    downtime (the pause while the last memory pages and the device state move), in
+    milliseconds; ``None`` where the hypervisor does not report one."""
+
+    elapsed_ms: int | None
+    downtime_ms: int | None

@@ -63,6 +63,9 @@ class DesktopAction:
     # path) that turns them into fields set with the move, inside its transaction.
     params: tuple[str, ...] = ()
     prepare: str = ""
+    # Whose host's queue runs the work: the desktop's `host`, or `migrate_to` (recovery
+    # runs on the host that takes the desktop over; its own host is gone).
+    queue_of: str = "host"
 
     @property
     def audit_verb(self) -> str:
@@ -145,6 +148,17 @@ ACTIONS: dict[str, DesktopAction] = {
             on_pages=False,
             params=("host",),
             prepare="vms.services.migration.migration_target_choose",
+        ),
+        DesktopAction(
+            name="recover",
+            label="Recover",
+            moves_to=S.RECOVERING,
+            ends_in=S.RUNNING,
+            worker="desktop_recover",
+            roles=frozenset({Role.ADMIN}),
+            offered=False,  # started by the portal when a host is lost (services.recovery)
+            only_from=frozenset({S.RUNNING, S.STARTING, S.STOPPING}),
+            queue_of="migrate_to",
         ),
         DesktopAction(
             name="delete",

@@ -15,7 +15,8 @@ from django.contrib.auth.models import Group
 
 from vms.models import Template
 from vms.roles import EMPLOYEE_GROUP, HELPDESK_GROUP
-from vms.services.hosts import host_ensure_local, host_heartbeat
+from vms.services.heartbeat import host_heartbeat
+from vms.services.hosts import host_ensure_local
 from vms.services.templates import template_import
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,11 @@
-"""Hypervisor hosts: reaching their hypervisor, the health heartbeat, the local host."""
+"""Hypervisor hosts: reaching their hypervisor, reading their capacity, the local host.
+
+The heartbeat is `vms.services.heartbeat`; registering, maintenance and draining are
+`vms.services.fleet`; recovering a lost host's desktops is `vms.services.recovery`."""
 
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 import queue
 import threading
@@ -11,11 +13,9 @@ from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
 from django.conf import settings
-from django.utils import timezone
 
 from vms.hypervisor import HostCapacity, Hypervisor, HypervisorError, backend_for, get_hypervisor
 from vms.models import Host
-from vms.services.audit import audit_record
 from vms.services.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -50,26 +50,6 @@ def host_virt_type(host: Host) -> str:
         host.virt_type = "kvm" if hypervisor_for(host).kvm_available() else "qemu"
         Host.objects.filter(pk=host.pk).update(virt_type=host.virt_type)
     return host.virt_type
-
-
-def host_heartbeat(*, host: Host) -> bool:
-    """Check the host's libvirt and storage pool; record the result for pages and /healthz."""
-    try:
-        hypervisor = hypervisor_for(host)
-        hypervisor.ensure_pool(name=host.storage_pool, path=str(settings.STORAGE_POOL_PATH))
-        virt_type = "kvm" if hypervisor.kvm_available() else "qemu"
-    except HypervisorError as exc:
-        log.warning("host %s is unhealthy: %s", host.name, exc.message)
-        _record(host, ok=False, error=exc.message)
-        return False
-    _record(host, ok=True, error="", virt_type=virt_type)
-    return True
-
-
-def _record(host: Host, *, ok: bool, error: str, **extra: str) -> None:
-    Host.objects.filter(pk=host.pk).update(
-        last_checked_at=timezone.now(), last_check_ok=ok, last_check_error=error, **extra
-    )
 
 
 def host_capacity_read(*, uri: str, pool: str) -> HostCapacity:
@@ -143,45 +123,3 @@ def host_ensure_local() -> Host:
             host.capacity_disk_gib,
         )
     return host
-
-
-def host_register(*, name: str, uri: str, console_address: str) -> Host:
-    """Register (or update) host `name` at `uri`, with the capacity it really has, and
-    check it once so placement may use it at once. Idempotent: a lab host that comes up
-    again keeps its row, its desktops and the admin's changes to its capacity."""
-    uri = host_check_uri(uri)
-    console_address = _checked_address(console_address)
-    found = host_capacity_read(uri=uri, pool=settings.STORAGE_POOL_NAME)
-    defaults = {
-        "capacity_vcpus": found.cpus,
-        "capacity_memory_mib": found.memory_mib,
-        "storage_pool": settings.STORAGE_POOL_NAME,
-    }
-    if found.pool_gib is not None:
-        defaults["capacity_disk_gib"] = found.pool_gib
-    host, created = Host.objects.get_or_create(
-        name=name, defaults={"uri": uri, "console_address": console_address, **defaults}
-    )
-    if not created:
-        Host.objects.filter(pk=host.pk).update(
-            uri=uri, console_address=console_address, enabled=True
-        )
-        host.refresh_from_db()
-    audit_record(action="host.register", name=name, uri=uri, created=created)
-    host_heartbeat(host=host)
-    host.refresh_from_db()  # the heartbeat's verdict
-    return host
-
-
-def _checked_address(address: str) -> str:
-    try:
-        return str(ipaddress.ip_address(address.strip()))
-    except ValueError:
-        raise ServiceError(f"{address!r} is not an IP address (the console address).") from None
-
-
-def host_disable(*, name: str) -> None:
-    """Take host `name` out of placement (its row, desktops and history stay)."""
-    if not Host.objects.filter(name=name).update(enabled=False):
-        raise ServiceError(f"There is no host named {name!r}.")
-    audit_record(action="host.disable", name=name)

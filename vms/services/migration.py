@@ -7,33 +7,31 @@ import ipaddress
 
 from vms.models import Desktop, Host
 from vms.services.errors import HostCannotTake
-from vms.services.placement import host_allocations, host_fits
+from vms.services.placement import host_least_loaded, hosts_taking_desktops
 
 
 def migration_target_choose(*, desktop: Desktop, host: str = "") -> dict[str, Host]:
     """The host `desktop` migrates to, locked in the caller's transaction: the one named
-    when it can take the desktop, else the enabled, healthy host with the most free memory.
-    Both hosts need a network address (guests' memory travels between them)."""
+    when it can take the desktop, else the least loaded host that may take it (see
+    vms.services.placement). Both hosts need a network address (guests' memory travels
+    between them)."""
     source = desktop.host
-    if source is None or not _networked(source):
+    if source is None or not networked(source):
         raise HostCannotTake(_no_network(source))
-    others = Host.objects.select_for_update().filter(enabled=True, last_check_ok=True)
-    candidates = list(others.exclude(pk=source.pk).order_by("pk"))
+    others = hosts_taking_desktops(proven=True).select_for_update().exclude(pk=source.pk)
+    candidates = list(others.order_by("pk"))
     if host:
         candidates = [h for h in candidates if h.name == host]
         if not candidates:
             raise HostCannotTake(_not_available(host, source))
-    used = host_allocations()
-    fitting = [h for h in candidates if _networked(h) and host_fits(h, used.get(h.pk, {}), desktop)]
-    if not fitting:
+    best = host_least_loaded([h for h in candidates if networked(h)], desktop)
+    if best is None:
         raise HostCannotTake(_no_room(host))
-    best = max(
-        fitting, key=lambda h: h.capacity_memory_mib - used.get(h.pk, {}).get("used_memory_mib", 0)
-    )
     return {"migrate_to": best}
 
 
-def _networked(host: Host) -> bool:
+def networked(host: Host) -> bool:
+    """Whether `host` has a network address (guests' memory and disks move between such)."""
     return not ipaddress.ip_address(host.console_address).is_loopback
 
 
@@ -48,7 +46,9 @@ def _no_network(host: Host | None) -> str:
 def _not_available(name: str, source: Host) -> str:
     if name == source.name:
         return f"The desktop already runs on {name}."
-    return f"Host {name!r} cannot take desktops now: it is unknown, disabled or down."
+    return (
+        f"Host {name!r} cannot take desktops now: it is unknown, disabled, down or in maintenance."
+    )
 
 
 def _no_room(name: str) -> str:

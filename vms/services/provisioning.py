@@ -37,6 +37,8 @@ from vms.settings_access import shutdown_timeout_s
 log = logging.getLogger(__name__)
 S = DesktopStatus
 GIB = 1024**3
+# What libvirt says when a disk another QEMU holds is refused (lockd, then QEMU's own lock).
+LEASE_HELD_HINTS = ("is locked", "resource busy", "lockspace", 'failed to get "write" lock')
 __all__ = ["DesktopBusy"]  # raised through desktop_lock; the tasks catch it
 
 
@@ -67,33 +69,33 @@ def _advance(desktop: Desktop, *, old: str, new: str, **fields: object) -> bool:
     return moved
 
 
-def domain_spec(desktop: Desktop) -> DomainSpec:
-    """The libvirt domain of a desktop.
+def domain_spec(desktop: Desktop, *, on: Host | None = None) -> DomainSpec:
+    """The libvirt domain of a desktop on its host (or on host `on`, which takes it over).
 
     The console password is random, expired from the start and never kept: nobody can
     reach the console until a console session sets a short-lived password of its own.
     """
-    assert desktop.host is not None
+    host = on or desktop.host
+    assert host is not None
     return DomainSpec(
         name=desktop.domain_name,
         vcpus=desktop.vcpus,
         memory_mib=desktop.memory_mib,
-        disk_path=_volume_path(desktop),
+        disk_path=_volume_path(desktop, host),
         graphics=GraphicsType(desktop.template.console_type),
-        virt_type="kvm" if host_virt_type(desktop.host) == "kvm" else "qemu",
+        virt_type="kvm" if host_virt_type(host) == "kvm" else "qemu",
         title=desktop.name,
         description=f"{desktop.template.name} for {desktop.owner.get_username()}",
         desktop_id=str(desktop.pk),
         console_password=secrets.token_urlsafe(6),
         console_password_valid_to=timezone.now(),
-        listen_address=desktop.host.console_address,
+        listen_address=host.console_address,
     )
 
 
-def _volume_path(desktop: Desktop) -> str:
-    assert desktop.host is not None
-    volume = _hypervisor(desktop).clone_volume(
-        pool=desktop.host.storage_pool,
+def _volume_path(desktop: Desktop, host: Host) -> str:
+    volume = hypervisor_for(host).clone_volume(
+        pool=host.storage_pool,
         name=desktop.volume_name,
         base_path=desktop.template.base_image_path,
         capacity_bytes=desktop.disk_gib * GIB,
@@ -193,7 +195,7 @@ def _reset_disk(desktop: Desktop, hypervisor: Hypervisor) -> None:
     """Throw away a non-persistent desktop's changes: a fresh overlay over the base."""
     assert desktop.host is not None
     hypervisor.delete_volume(pool=desktop.host.storage_pool, name=desktop.volume_name)
-    _volume_path(desktop)
+    _volume_path(desktop, desktop.host)
 
 
 def desktop_restart(*, desktop_id: UUID | str) -> None:
@@ -234,13 +236,61 @@ def desktop_migrate(*, desktop_id: UUID | str) -> None:
             return
         started = time.monotonic()
         try:
-            hypervisor_for(source).migrate_live(
+            stats = hypervisor_for(source).migrate_live(
                 name=desktop.domain_name, to_uri=target.uri, to_address=target.console_address
             )
         except HypervisorError as exc:
             _migration_failed(desktop, source=source, target=target, message=exc.message)
             return
-        _migration_done(desktop, source=source, target=target, seconds=time.monotonic() - started)
+        seconds = time.monotonic() - started
+        _migration_done(desktop, source=source, target=target, seconds=seconds,
+                        downtime_ms=stats.downtime_ms)  # fmt: skip
+
+
+def desktop_recover(*, desktop_id: UUID | str) -> None:
+    """Restart a lost host's desktop here, on `migrate_to`: recovering -> running.
+
+    Persistent desktops start from their own disk, non-persistent ones from a fresh
+    overlay. The lock manager refuses the disk while the old host's QEMU may still hold
+    it: the desktop then keeps waiting (the recovery pass sends this again each round).
+    """
+    with desktop_lock(desktop_id):
+        desktop = _load(desktop_id)
+        if desktop is None or desktop.status != S.RECOVERING or desktop.migrate_to is None:
+            return
+        target, source = desktop.migrate_to, desktop.host
+        hypervisor = hypervisor_for(target)
+        try:
+            if not desktop.template.persistent:
+                hypervisor.delete_volume(pool=target.storage_pool, name=desktop.volume_name)
+            hypervisor.define_domain(domain_spec(desktop, on=target))
+            hypervisor.start(name=desktop.domain_name)
+        except HypervisorError as exc:
+            if exc.permanent and not _lease_held(exc):
+                desktop_fail(desktop_id=desktop.pk, message=exc.message, cleanup=False)
+            else:
+                log.info("desktop %s waits to be recovered on %s: %s", desktop.pk, target, exc)
+            return
+        _recovered(desktop, source=source, target=target)
+
+
+def _lease_held(exc: HypervisorError) -> bool:
+    """Whether the disk is still held elsewhere: refused by the lock manager's lease, or by
+    QEMU's own image lock (which comes first when both QEMUs share one kernel, or NFSv4)."""
+    text = exc.message.lower()
+    return any(hint in text for hint in LEASE_HELD_HINTS)
+
+
+def _recovered(desktop: Desktop, *, source: Host | None, target: Host) -> None:
+    note = f"Restarted on host {target.name} after host {source} stopped answering."
+    with transaction.atomic():
+        if transitions.compare_and_set(
+            desktop_id=desktop.pk, old=S.RECOVERING, new=S.RUNNING,
+            host=target, migrate_to=None, last_error=note, progress="ready",
+        ):  # fmt: skip
+            audit_record(action="desktop.recovered", desktop=desktop, source=str(source),
+                         target=target.name, persistent=desktop.template.persistent)  # fmt: skip
+            push_desktop_changed(desktop_id=desktop.pk)
 
 
 def _runs_on(host: Host, desktop: Desktop) -> bool:
@@ -251,13 +301,18 @@ def _runs_on(host: Host, desktop: Desktop) -> bool:
 
 
 def _migration_done(
-    desktop: Desktop, *, source: Host, target: Host | None, seconds: float | None = None
+    desktop: Desktop,
+    *,
+    source: Host,
+    target: Host | None,
+    seconds: float | None = None,
+    downtime_ms: int | None = None,
 ) -> None:
     moved_to = target or source
     seconds = None if seconds is None else round(seconds, 2)
     _migration_settle(
         desktop, event="desktop.migrated", source=source, target=moved_to,
-        fields={"host": moved_to}, seconds=seconds,
+        fields={"host": moved_to}, seconds=seconds, downtime_ms=downtime_ms,
     )  # fmt: skip
 
 

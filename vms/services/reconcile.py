@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Set
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -45,34 +45,61 @@ class ReconcileReport:
     requeued: list[str] = field(default_factory=list)
 
 
-def reconcile_host(*, host: Host) -> ReconcileReport:
-    """One pass over one host. Raises HypervisorError when libvirt cannot be reached."""
+def reconcile_host(*, host: Host, volumes_live: Set[str] = frozenset()) -> ReconcileReport:
+    """One pass over one host. Raises HypervisorError when libvirt cannot be reached.
+
+    `volumes_live`: live desktops' volume names read once for a pass over every host (a
+    shared pool lists every desktop's disk on every host); a volume that is not among them
+    is looked up again after this host's listing, so a disk made since is never taken
+    for an orphan.
+    """
     hypervisor = hypervisor_for(host)
     report = ReconcileReport()
     domains = {d.name: d for d in hypervisor.list_domains(prefix=name_prefix())}
-    volumes = hypervisor.list_volumes(pool=host.storage_pool, prefix=name_prefix())
+    volume_names = hypervisor.list_volume_names(pool=host.storage_pool, prefix=name_prefix())
     live = {d.domain_name: d for d in Desktop.objects.filter(host=host).exclude(status=S.DELETED)}
     for desktop in live.values():
         _fix_state(desktop, domains.get(desktop.domain_name), report)
-    _remove_orphan_domains(hypervisor, domains, domains_owned_by(host=host), report)
-    _remove_orphan_volumes(hypervisor, host, volumes, volumes_in_use(), report)
+    # Only what this host's own desktops do not explain is looked up in the rest of the
+    # fleet: reading every desktop's names for every host made a pass over all hosts grow
+    # with hosts x desktops (docs/scale.md).
+    strangers = domains.keys() - live.keys()
+    owned = domains_owned_by(host=host, names=strangers)
+    _remove_orphan_domains(hypervisor, {n: domains[n] for n in strangers}, owned, report)
+    mine = {d.volume_name for d in live.values()}
+    unknown = {name for name in volume_names if name not in mine and name not in volumes_live}
+    in_use = volumes_in_use(names=unknown)
+    suspects = unknown - in_use
+    if suspects:  # orphans, maybe: only they are described (their paths)
+        volumes = hypervisor.list_volumes(pool=host.storage_pool, prefix=name_prefix())
+        orphans = [volume for volume in volumes if volume.name in suspects]
+        _remove_orphan_volumes(hypervisor, host, orphans, in_use, report)
     _requeue_stalled(live.values(), report)
     return report
 
 
-def domains_owned_by(*, host: Host) -> set[str]:
+def domains_owned_by(*, host: Host, names: Collection[str] | None = None) -> set[str]:
     """Domain names that belong on `host`'s libvirt: its desktops', those of another Host
     row naming the same libvirt, and those migrating to it (the incoming guest is defined
-    there before the database moves the desktop)."""
+    there before the database moves the desktop). Only among `names` when given."""
+    if names is not None and not names:
+        return set()
     here = Q(host__uri=host.uri) | Q(migrate_to__uri=host.uri)
     rows = Desktop.objects.filter(here).exclude(status=S.DELETED)
+    if names is not None:
+        rows = rows.filter(domain_name__in=names)
     return set(rows.values_list("domain_name", flat=True))
 
 
-def volumes_in_use() -> set[str]:
+def volumes_in_use(*, names: Collection[str] | None = None) -> set[str]:
     """Every live desktop's volume name, whatever its host: the pool directory is shared
-    between hosts (as NFS would be), so each host lists the others' disks too."""
+    between hosts (as NFS would be), so each host lists the others' disks too. Only among
+    `names` when given."""
+    if names is not None and not names:
+        return set()
     rows = Desktop.objects.exclude(status=S.DELETED)
+    if names is not None:
+        rows = rows.filter(volume_name__in=names)
     return set(rows.values_list("volume_name", flat=True))
 
 
@@ -119,6 +146,8 @@ def _remove_orphan_volumes(
     wanted: set[str],
     report: ReconcileReport,
 ) -> None:
+    if all(volume.name in wanted for volume in volumes):
+        return  # nothing to remove: no need to read the templates' bases
     # Template bases are named without the prefix, but a short prefix ("b", "base-")
     # would still match them: a base is never an orphan while its template exists.
     bases = {

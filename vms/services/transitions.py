@@ -14,11 +14,13 @@ S = DesktopStatus
 TRANSITIONS: dict[str, frozenset[str]] = {
     S.PROVISIONING: frozenset({S.STARTING, S.ERROR, S.DELETING}),
     # starting -> stopping: a forced stop of a desktop that is still booting.
-    S.STARTING: frozenset({S.RUNNING, S.STOPPING, S.STOPPED, S.ERROR, S.DELETING}),
-    S.RUNNING: frozenset({S.STOPPING, S.STOPPED, S.MIGRATING, S.ERROR, S.DELETING}),
+    S.STARTING: frozenset({S.RUNNING, S.STOPPING, S.STOPPED, S.RECOVERING, S.ERROR, S.DELETING}),
+    S.RUNNING: frozenset({S.STOPPING, S.STOPPED, S.MIGRATING, S.RECOVERING, S.ERROR, S.DELETING}),
     # migrating -> running: moved (or failed to, still running where it was).
     S.MIGRATING: frozenset({S.RUNNING, S.STOPPED, S.ERROR}),
-    S.STOPPING: frozenset({S.STOPPED, S.RUNNING, S.ERROR, S.DELETING}),
+    # recovering -> running: restarted on another host, or its own host came back.
+    S.RECOVERING: frozenset({S.RUNNING, S.ERROR}),
+    S.STOPPING: frozenset({S.STOPPED, S.RUNNING, S.RECOVERING, S.ERROR, S.DELETING}),
     S.STOPPED: frozenset({S.STARTING, S.RUNNING, S.ERROR, S.DELETING}),
     S.ERROR: frozenset({S.STARTING, S.STOPPED, S.RUNNING, S.DELETING}),
     S.DELETING: frozenset({S.DELETED, S.ERROR}),

@@ -1,6 +1,7 @@
 """Register a hypervisor host from the command line (scripts/lab-host uses it):
 
-manage.py host_register NAME --uri qemu+tcp://10.213.1.2/system --console-address 10.213.1.2
+manage.py host_register NAME --uri qemu+tcp://10.213.1.2/system --console-address 10.213.1.2 \
+    [--virt-type kvm|qemu]
 manage.py host_register NAME --disable
 """
 
@@ -10,8 +11,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from vms.hypervisor.kvmprobe import run_kvm_probe
 from vms.services.errors import ServiceError
-from vms.services.hosts import host_disable, host_register
+from vms.services.fleet import host_disable, host_register
 
 
 class Command(BaseCommand):
@@ -21,6 +23,13 @@ class Command(BaseCommand):
         parser.add_argument("name")
         parser.add_argument("--uri", help="how to reach its libvirt")
         parser.add_argument("--console-address", default="127.0.0.1")
+        parser.add_argument(
+            "--virt-type",
+            choices=["kvm", "qemu", "this-machine"],
+            default="",
+            help="KVM or TCG for its guests (default: from its libvirt's capabilities); "
+            "this-machine: what this machine's own KVM probe finds (lab hosts share its kernel)",
+        )
         parser.add_argument("--disable", action="store_true", help="stop placing desktops there")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -35,8 +44,15 @@ class Command(BaseCommand):
                 name=options["name"],
                 uri=options["uri"],
                 console_address=options["console_address"],
+                virt_type=_virt_type(options["virt_type"]),
             )
         except ServiceError as exc:
             raise CommandError(exc.message) from exc
         health = "healthy" if host.last_check_ok else f"unhealthy: {host.last_check_error}"
         self.stdout.write(f"host {host.name} at {host.uri}, {health}")
+
+
+def _virt_type(choice: str) -> str:
+    if choice != "this-machine":
+        return choice
+    return "kvm" if run_kvm_probe() else "qemu"

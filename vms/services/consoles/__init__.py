@@ -6,6 +6,7 @@ their leases and SPICE files. The relays in vms.console only move bytes and spea
     sessions   console_session_open / _close / _keep / _end, console_sessions_reap
     arming     console_arm: a one-off display password under the desktop's arm lock
     spice      the virt-viewer file of a SPICE desktop
+    spiceproxy what the SPICE proxy admits: one connection set per file, and its record
 """
 
 from vms.services.consoles.admission import (

@@ -19,7 +19,12 @@ from django.utils import timezone
 
 from vms.models import ConsoleSession, Desktop, DesktopStatus
 from vms.roles import is_admin
-from vms.selectors import SPICE_FILE_RELAY, SPICE_FILE_VALID_S, desktops_visible_to
+from vms.selectors import (
+    SPICE_FILE_RELAY,
+    SPICE_FILE_VALID_S,
+    desktops_visible_to,
+    spice_set_opened,
+)
 from vms.services.audit import audit_record
 from vms.services.consoles.errors import (
     CLOSE_ENDED_BY_OWNER,
@@ -173,16 +178,13 @@ def console_session_end(
     The end is recorded at once (the owner's notice drops it, the user's session cap frees
     up) with a `console.end` audit row naming who ended it; then the relay carrying the
     session is told to drop the connection with CLOSE_ENDED_BY_OWNER. (The websockify
-    gateway hears it at its next re-check, within CONSOLE_RECHECK_S.)
+    gateway and the SPICE proxy hear it at their next re-check, within CONSOLE_RECHECK_S; an
+    unused SPICE file is refused at the proxy from then on.)
     """
     desktop = session.desktop
     actor_owns = desktop.owner_id == actor.pk
     if session.user_id == desktop.owner_id or not (actor_owns or is_admin(actor)):
         raise PermissionDenied("Only the desktop's owner or an admin may end this session.")
-    if session.relay == SPICE_FILE_RELAY:
-        raise ConsoleRefused(
-            "A SPICE client talks to the desktop directly; the portal cannot end its session."
-        )
     reason = ENDED_BY_OWNER if actor_owns else ENDED_BY_ADMIN
     with transaction.atomic():
         if not console_session_close(session_id=session.pk, reason=reason):
@@ -242,22 +244,23 @@ def console_sessions_reap(*, now: datetime | None = None) -> int:
     """Close sessions nobody carries any more; return how many were closed.
 
     A relay session whose lease lapsed lost its relay process (killed, or its host went
-    away). A SPICE file's session ends when the file's password stops working.
+    away); so did a SPICE file's session whose connection set the SPICE proxy carried. A
+    SPICE file never used through the proxy ends when its password stops working.
     """
     now = now or timezone.now()
     open_rows = ConsoleSession.objects.filter(ended_at__isnull=True)
-    closed = 0
-    for session_id, started_at in open_rows.filter(
+    old_files = open_rows.filter(
         relay=SPICE_FILE_RELAY, started_at__lte=now - timedelta(seconds=SPICE_FILE_VALID_S)
-    ).values_list("pk", "started_at"):
+    ).annotate(opened=spice_set_opened())
+    closed = 0
+    for session_id, started_at in old_files.filter(opened=False).values_list("pk", "started_at"):
         ended_at = started_at + timedelta(seconds=SPICE_FILE_VALID_S)
         console_session_close(session_id=session_id, reason="SPICE file expired", ended_at=ended_at)
         closed += 1
-    relay_rows = list(
-        open_rows.filter(
-            relay__in=RELAYS_WITH_LEASES, started_at__lte=now - timedelta(seconds=lease_seconds())
-        ).values_list("pk", flat=True)
-    )
+    leased = open_rows.filter(
+        relay__in=RELAYS_WITH_LEASES, started_at__lte=now - timedelta(seconds=lease_seconds())
+    ).values_list("pk", flat=True)
+    relay_rows = [*leased, *old_files.filter(opened=True).values_list("pk", flat=True)]
     try:
         lapsed = console_leases_lapsed(session_ids=relay_rows, now=now)
     except (OSError, redis.RedisError) as exc:

@@ -1,4 +1,5 @@
-"""SPICE desktops in virt-viewer: a .vv file instead of the in-browser relay."""
+"""SPICE desktops in virt-viewer: a .vv file that reaches the guest through the portal's
+SPICE proxy (vms.services.consoles.spiceproxy), instead of the in-browser relay."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from vms.selectors import SPICE_FILE_RELAY
 from vms.services.consoles.arming import console_arm
 from vms.services.consoles.errors import ConsoleRefused
 from vms.services.consoles.sessions import console_session_open
+from vms.services.consoles.spiceproxy import spice_grant_issue, spice_proxy_url
 from vms.services.consoles.tickets import console_ticket_redeem
 
 
@@ -25,8 +27,10 @@ def console_spice_file_issue(
 
     Only for SPICE desktops: a VNC password in a file would skip the relay and its
     view-only filter. virt-viewer has no view-only mode we could enforce, so the ticket must
-    be for full control (owners, or help-desk with a reason). The session stays open, and
-    the owner sees the notice, for as long as the password works.
+    be for full control (owners, or help-desk with a reason). The file names the display
+    as libvirt reports it (as the proxy sees it) and the proxy with a one-off credential for
+    one connection set. The session stays open, and the owner sees the notice, for as long
+    as the password works, or the set lives.
     """
     claim = console_ticket_redeem(ticket=ticket)
     if claim is None or claim.user_id != user.pk or claim.desktop_id != str(desktop.pk):
@@ -37,12 +41,13 @@ def console_spice_file_issue(
         raise ConsoleRefused("This desktop's display is VNC; open it in the browser.")
     session = console_session_open(claim=claim, relay=SPICE_FILE_RELAY, source_ip=source_ip)
     with console_arm(session=session) as access:
+        proxy = spice_proxy_url(spice_grant_issue(session=session, endpoint=access.endpoint))
         return virt_viewer_file(
-            title=desktop.name, endpoint=access.endpoint, password=access.password
+            title=desktop.name, endpoint=access.endpoint, password=access.password, proxy=proxy
         )
 
 
-def virt_viewer_file(*, title: str, endpoint: ConsoleEndpoint, password: str) -> str:
+def virt_viewer_file(*, title: str, endpoint: ConsoleEndpoint, password: str, proxy: str) -> str:
     """The [virt-viewer] file remote-viewer opens; it asks the client to delete it."""
     config = configparser.ConfigParser(interpolation=None)
     config["virt-viewer"] = {
@@ -50,6 +55,7 @@ def virt_viewer_file(*, title: str, endpoint: ConsoleEndpoint, password: str) ->
         "host": endpoint.host,
         "port": str(endpoint.port),
         "password": password,
+        "proxy": proxy,
         "title": title.replace("\n", " "),
         "delete-this-file": "1",
         "toggle-fullscreen": "shift+f11",

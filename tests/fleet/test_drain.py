@@ -1,0 +1,53 @@
+"""Maintenance on real lab hosts: draining a host moves its running desktops live and
+re-homes its stopped one; the stopped one then starts on its new host."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.fixtures import wait_for_status
+from vms.models import AuditEvent, Desktop, Host
+from vms.services.desktops import desktop_act
+from vms.services.fleet import host_drain_pass, host_maintenance_set
+
+from .test_recovery import launch_on, running_on, two_hosts  # noqa: F401
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
+
+
+def test_draining_a_host_moves_every_desktop_and_it_takes_no_new_ones(
+    two_hosts,
+    admin_user_,
+    employee,
+    demo_template,  # noqa: F811
+) -> None:
+    laba, labb = two_hosts
+    running = [launch_on(laba, labb, employee, demo_template) for _ in range(2)]
+    stopped = launch_on(laba, labb, employee, demo_template)
+    desktop_act(actor=employee, desktop=stopped, action="stop")
+    wait_for_status(stopped.pk, "stopped", timeout=60)
+
+    assert host_maintenance_set(actor=admin_user_, host=Host.objects.get(pk=laba.pk), enabled=True)
+    for _ in range(90):  # the drain task's passes (vms.tasks.host_drain), run here
+        if not host_drain_pass(host_id=laba.pk, actor_id=admin_user_.pk):
+            break
+        time.sleep(2)
+    else:
+        raise AssertionError("the host was not drained within 3 minutes")
+    on_b = {d.pk for d in Desktop.objects.filter(host=labb, status__in=["running", "stopped"])}
+    assert {d.pk for d in running} | {stopped.pk} <= on_b
+    for desktop in running:
+        assert desktop.domain_name in running_on(labb)
+        assert desktop.domain_name not in running_on(laba)
+    assert AuditEvent.objects.filter(action="desktop.migrated").count() == 2
+    rehomed = AuditEvent.objects.get(action="desktop.rehomed", desktop=stopped)
+    assert rehomed.detail["target"] == "labb"
+
+    stopped.refresh_from_db()
+    desktop_act(actor=employee, desktop=stopped, action="start")
+    wait_for_status(stopped.pk, "running", timeout=120)
+    assert stopped.domain_name in running_on(labb)
+    new = launch_on(labb, [], employee, demo_template)  # laba in maintenance: placed on labb
+    assert new.host == labb

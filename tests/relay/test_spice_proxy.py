@@ -1,0 +1,367 @@
+"""The SPICE proxy (`manage.py spiceproxy`, HTTP CONNECT) that .vv files point at: what it
+refuses, its limits, one connection set per file, and a real remote-viewer under Xvfb
+showing a real QEMU guest through it (read back by OCR)."""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import json
+import os
+import secrets
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings as django_settings
+from django.test import Client
+from django.utils import timezone
+
+from tests.browser.conftest import wait_for_text
+from tests.fixtures import make_desktop, wait_for_status
+from tests.relay.conftest import mint_ticket
+from vms.hypervisor import ConsoleEndpoint, GraphicsType
+from vms.models import ConsoleSession, Desktop, DesktopStatus, Template
+from vms.selectors import SPICE_SET_OPEN_ACTION, console_watchers
+from vms.services.audit import audit_record
+from vms.services.consoles import console_session_end, console_sessions_reap
+from vms.services.consoles.leases import lease_seconds
+from vms.services.consoles.spiceproxy import GRANT_PREFIX, credential_key, spice_grant_issue
+from vms.services.desktops import desktop_act
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def proxy_url(settings: Any, spice_proxy: int) -> None:
+    """The .vv files the portal issues here name the test's proxy."""
+    settings.SPICE_PROXY_URL = f"http://127.0.0.1:{spice_proxy}"
+
+
+# --- a raw proxy client ---------------------------------------------------------------------
+
+
+def _basic(token: str) -> str:
+    return "Basic " + base64.b64encode(f"spice:{token}".encode()).decode()
+
+
+def connect_request(target: str, token: str | None) -> bytes:
+    """A CONNECT as remote-viewer (GLib) sends it."""
+    lines = [f"CONNECT {target} HTTP/1.0", f"Host: {target}"]
+    if token is not None:
+        lines.append(f"Proxy-Authorization: {_basic(token)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def read_answer(sock: socket.socket) -> tuple[int, str]:
+    """The proxy's status code and its whole answer (head and body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head = data.decode("latin-1")
+    if not head.startswith("HTTP/1.1 200"):
+        sock.settimeout(2)
+        try:
+            while chunk := sock.recv(4096):
+                head += chunk.decode("latin-1")
+        except ConnectionResetError:  # closed with the client's unread bytes (431)
+            return int(head.split(" ", 2)[1]), head
+    return int(head.split(" ", 2)[1]), head
+
+
+def ask(port: int, request: bytes) -> tuple[int, str]:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(request)
+        return read_answer(sock)
+
+
+def token_of(vv: str) -> str:
+    """The proxy credential in a .vv file's `proxy=` URL."""
+    proxy = _file(vv)["proxy"]
+    return proxy.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+
+
+def _file(vv: str) -> configparser.SectionProxy:
+    config = configparser.ConfigParser(interpolation=None)
+    config.read_string(vv)
+    return config["virt-viewer"]
+
+
+# --- grants without a guest: enough for every refusal before the guest is reached -----------
+
+
+@pytest.fixture
+def grant(employee, fake_template, fake_host) -> tuple[str, ConsoleSession]:
+    """A SPICE file's proxy credential for a running desktop row (no guest behind it)."""
+    desktop = make_desktop(employee, fake_template, name="row", status=DesktopStatus.RUNNING)
+    session = ConsoleSession.objects.create(
+        desktop=desktop, user=employee, mode="full", relay="spice-file"
+    )
+    endpoint = ConsoleEndpoint(type=GraphicsType.spice, host="127.0.0.1", port=5999, tls_port=None)
+    return spice_grant_issue(session=session, endpoint=endpoint), session
+
+
+def test_only_connect_is_served(spice_proxy) -> None:
+    status, answer = ask(spice_proxy, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 405 and "Allow: CONNECT" in answer and "CONNECT only" in answer
+    status, _ = ask(spice_proxy, b"CONNECT nowhere HTTP/1.1\r\n\r\n")
+    assert status == 400
+
+
+def test_a_connect_without_the_files_credential_is_407(spice_proxy) -> None:
+    status, answer = ask(spice_proxy, connect_request("127.0.0.1:5999", None))
+    assert status == 407 and 'Proxy-Authenticate: Basic realm="desktop-portal"' in answer
+    status, _ = ask(spice_proxy, connect_request("127.0.0.1:5999", secrets.token_urlsafe(32)))
+    assert status == 403  # a credential no file carries
+
+
+def test_an_address_the_file_does_not_name_is_refused(spice_proxy, grant) -> None:
+    token, session = grant
+    for target in ("127.0.0.1:5998", "127.0.0.2:5999", "localhost:5999", "[::1]:5999"):
+        status, answer = ask(spice_proxy, connect_request(target, token))
+        assert status == 403 and "does not name that address" in answer, target
+    session.refresh_from_db()
+    assert session.ended_at is None  # refusals open nothing
+
+
+def test_an_expired_file_is_refused(spice_proxy, grant) -> None:
+    token, _session = grant
+    store = redis.Redis.from_url(django_settings.REDIS_URL)
+    key = GRANT_PREFIX + credential_key(token)
+    stored = json.loads(store.get(key))
+    stored["issued"] -= 61  # issued a minute and a second ago
+    store.set(key, json.dumps(stored), keepttl=True)
+    status, answer = ask(spice_proxy, connect_request("127.0.0.1:5999", token))
+    assert status == 410 and "expired" in answer
+
+
+def test_the_proxy_limits_head_size_time_and_connections(spice_proxy) -> None:
+    huge = b"CONNECT 127.0.0.1:5999 HTTP/1.1\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n"
+    assert ask(spice_proxy, huge)[0] == 431
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", spice_proxy), timeout=20) as sock:
+        sock.sendall(b"CONNECT 127.0.0.1:5999 HTTP/1.1\r\n")  # and then nothing
+        assert read_answer(sock)[0] == 408
+    assert 2.5 < time.monotonic() - started < 10
+    idle = [socket.create_connection(("127.0.0.1", spice_proxy), timeout=20) for _ in range(12)]
+    try:
+        time.sleep(0.5)
+        assert ask(spice_proxy, connect_request("127.0.0.1:5999", None))[0] == 503
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_reconcile_closes_a_set_whose_proxy_went_away(grant) -> None:
+    """A set the proxy opened outlives the file's minute only while its lease is renewed."""
+    _token, session = grant
+    audit_record(
+        action=SPICE_SET_OPEN_ACTION,
+        actor=session.user,
+        desktop=session.desktop,
+        session=session.pk,
+        spice_set=str(session.pk),
+    )  # what the proxy records when the set opens; then the proxy is gone (no lease)
+    later = timezone.now() + timedelta(seconds=61)
+    assert console_sessions_reap(now=later) == 0  # a missing lease is only noted at first
+    assert ended(session.pk) is None
+    assert console_sessions_reap(now=later + timedelta(seconds=lease_seconds())) == 1
+    assert ConsoleSession.objects.get(pk=session.pk).close_reason == (
+        "the relay carrying it went away"
+    )
+
+
+# --- a real SPICE guest -------------------------------------------------------------------------
+
+
+def spice_desktop(api: Any, template: Template) -> Desktop:
+    Template.objects.filter(pk=template.pk).update(console_type="spice")
+    launched = api.post("/api/desktops/", {"template": template.pk}, format="json")
+    return wait_for_status(launched.json()["id"], "running")
+
+
+def download_vv(user: Any, desktop: Desktop, **ticket: str) -> str:
+    """A .vv file from the portal, as the console page downloads it."""
+    minted = mint_ticket(user, desktop, **ticket)["ticket"]
+    browser = Client()
+    browser.force_login(user)
+    response = browser.post(f"/desktops/{desktop.pk}/console.vv", {"ticket": minted})
+    assert response.status_code == 200, response.content
+    return response.content.decode()
+
+
+def wait_until(check: Any, *, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def ended(session_id: int) -> ConsoleSession | None:
+    session = ConsoleSession.objects.get(pk=session_id)
+    return session if session.ended_at is not None else None
+
+
+@contextmanager
+def stopped_at_end(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """Stop and wait for a process the test started, whatever happens."""
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _free_display() -> int:
+    for number in range(140, 200):
+        if (
+            not Path(f"/tmp/.X11-unix/X{number}").exists()
+            and not Path(f"/tmp/.X{number}-lock").exists()
+        ):
+            return number
+    raise AssertionError("no free X display number")
+
+
+@contextmanager
+def xvfb() -> Iterator[str]:
+    number = _free_display()
+    display = f":{number}"
+    command = ["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"]
+    with stopped_at_end(subprocess.Popen(command, stderr=subprocess.DEVNULL)):
+        wait_until(lambda: Path(f"/tmp/.X11-unix/X{number}").exists(), timeout=15)
+        yield display
+
+
+def screenshot(display: str) -> bytes:
+    done = subprocess.run(
+        ["import", "-display", display, "-window", "root", "png:-"],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )
+    return done.stdout
+
+
+@pytest.mark.libvirt
+def test_remote_viewer_shows_the_guest_through_the_proxy(
+    spice_proxy,
+    celery_worker,
+    api_for,
+    employee,
+    other_employee,
+    demo_template,
+    hypervisor,
+    tmp_path,
+) -> None:
+    desktop = spice_desktop(api_for(employee), demo_template)
+    vv = download_vv(employee, desktop)
+    file = _file(vv)
+    endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
+    assert (file["host"], int(file["port"])) == (endpoint.host, endpoint.port)  # libvirt's
+    assert file["proxy"].startswith("spice:", len("http://"))
+    assert file["proxy"].endswith(f"@127.0.0.1:{spice_proxy}")
+    session = ConsoleSession.objects.get(desktop=desktop)
+    (tmp_path / "desktop.vv").write_text(vv)
+
+    env = dict(os.environ, HOME=str(tmp_path), XDG_RUNTIME_DIR=str(tmp_path))
+    with xvfb() as display:
+        viewer = subprocess.Popen(
+            ["remote-viewer", f"--display={display}", str(tmp_path / "desktop.vv")],
+            env=env,
+            stdout=open(ROOT / "var" / "test-remote-viewer.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
+        with stopped_at_end(viewer):
+            text = wait_for_text(lambda: screenshot(display), r"DesktopPortaldemoguest", timeout=90)
+            Path(ROOT / "var" / "remote-viewer.png").write_bytes(screenshot(display))
+            assert viewer.poll() is None, text
+            assert not (tmp_path / "desktop.vv").exists()  # delete-this-file=1 was honoured
+            assert ended(session.pk) is None
+    # The viewer is gone: its set ended, and the session with it, counting the bytes.
+    wait_until(lambda: ended(session.pk) is not None)
+    closed = ConsoleSession.objects.get(pk=session.pk)
+    assert closed.close_reason == "remote-viewer disconnected"
+    assert closed.bytes_from_guest > 10_000 and closed.bytes_to_guest > 100
+    target = f"{endpoint.host}:{endpoint.port}"
+    status, answer = ask(spice_proxy, connect_request(target, token_of(vv)))
+    assert status == 410 and "used already" in answer  # a second use
+
+    # Another user's file names only their own desktop, never this one.
+    theirs = make_desktop(other_employee, demo_template, name="theirs", status="running")
+    their_session = ConsoleSession.objects.create(
+        desktop=theirs, user=other_employee, mode="full", relay="spice-file"
+    )
+    fake = ConsoleEndpoint(type=GraphicsType.spice, host="127.0.0.1", port=1, tls_port=None)
+    their_token = spice_grant_issue(session=their_session, endpoint=fake)
+    assert ask(spice_proxy, connect_request(target, their_token))[0] == 403
+    browser = Client()
+    browser.force_login(other_employee)
+    assert browser.post(f"/desktops/{desktop.pk}/console.vv", {"ticket": "x"}).status_code == 404
+    log = (ROOT / "var" / "test-spiceproxy.log").read_text()
+    assert token_of(vv) not in log and file["password"] not in log and "opened from" in log
+
+
+def _open_set(port: int, target: str, token: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock.sendall(connect_request(target, token))
+    status, answer = read_answer(sock)
+    assert status == 200, answer
+    return sock
+
+
+def _closed_by_proxy(sock: socket.socket, *, timeout: float) -> bool:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(4096) == b""  # QEMU says nothing until the client speaks
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.libvirt
+def test_a_helpdesk_set_keeps_the_notice_until_the_owner_ends_it_or_the_desktop_stops(
+    spice_proxy, celery_worker, api_for, employee, helpdesk_user, demo_template, hypervisor
+) -> None:
+    desktop = spice_desktop(api_for(employee), demo_template)
+    endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
+    target = f"{endpoint.host}:{endpoint.port}"
+    vv = download_vv(helpdesk_user, desktop, mode="full", reason="ticket 13")
+    session = ConsoleSession.objects.get(desktop=desktop)
+    with (
+        _open_set(spice_proxy, target, token_of(vv)) as first,
+        _open_set(spice_proxy, target, token_of(vv)) as second,
+    ):  # a second channel joins the set
+        [notice] = console_watchers(desktop_ids=[desktop.pk])[str(desktop.pk)]
+        assert notice["user"] == helpdesk_user.username and notice["spice_client"]
+        assert "until" not in notice  # the notice stays while the set lives
+        console_sessions_reap(now=timezone.now() + timedelta(seconds=61))
+        assert ended(session.pk) is None  # past the file's minute: the set still lives
+        session.refresh_from_db()
+        console_session_end(actor=employee, session=session)
+        assert _closed_by_proxy(first, timeout=10) and _closed_by_proxy(second, timeout=5)
+    assert ConsoleSession.objects.get(pk=session.pk).close_reason == "ended by the desktop's owner"
+    assert ask(spice_proxy, connect_request(target, token_of(vv)))[0] == 410
+
+    vv = download_vv(helpdesk_user, desktop, mode="full", reason="ticket 14")
+    with _open_set(spice_proxy, target, token_of(vv)) as channel:
+        desktop_act(actor=employee, desktop=desktop, action="stop")
+        assert _closed_by_proxy(channel, timeout=30)
+    stopped = ConsoleSession.objects.filter(desktop=desktop).order_by("-started_at").first()
+    assert stopped is not None
+    wait_until(lambda: ended(stopped.pk) is not None)
+    assert "The desktop is" in ConsoleSession.objects.get(pk=stopped.pk).close_reason
+    wait_for_status(desktop.pk, "stopped")
