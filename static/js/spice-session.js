@@ -128,7 +128,13 @@ export class SpiceSession extends EventTarget {
     this._done = true;
     this._observer.disconnect();
     if (ticketed && ticketed.ticket && window.spice_connection === this.conn) ticketed = null;
-    if (!clean) this.conn.stop();
+    if (!clean) {
+      try {
+        this.conn.stop(); // its other channels' sockets go too
+      } catch (error) {
+        console.warn("spice-html5 did not stop cleanly", error);
+      }
+    }
     this.dispatchEvent(new CustomEvent("disconnect", { detail: { clean } }));
   }
 }

@@ -138,12 +138,16 @@ def test_spice_view_only_has_no_inputs_and_helpdesk_takes_control(
     assert full.reason == "ticket #7: SPICE help"
 
 
-def test_spice_console_on_a_phone(browser, portal_url, employee, spice_template) -> None:
+def test_spice_console_on_a_phone(
+    browser, portal_url, employee, spice_template, hypervisor
+) -> None:
     desktop = running_desktop(employee, spice_template)
     page = logged_in(browser, portal_url, employee.username, **PHONE)
     open_console(page, portal_url, desktop, "full control")
     page.locator("#screen canvas").wait_for(timeout=30_000)
-    time.sleep(3)  # the boot text drawn
+    # The guest's shell is up; the page shows what the guest shows (drawn within a second).
+    wait_for_text(lambda: hypervisor.screenshot(name=desktop.domain_name), BANNER, timeout=60)
+    time.sleep(2)
     shot(page, "spice-console-phone")
     box = page.locator("#screen canvas").bounding_box()
     assert box is not None and box["width"] <= 390

@@ -17,6 +17,7 @@ from vms.console.spicelink import (
     CAP_AUTH_SELECTION,
     CAP_AUTH_SPICE,
     CAP_MINI_HEADER,
+    CHANNEL_DISPLAY,
     CHANNEL_INPUTS,
     CHANNEL_MAIN,
     HEADER,
@@ -44,6 +45,7 @@ from vms.console.spicemsg import (
     MessageFramer,
     SpiceMessageError,
     ViewOnlyMainFilter,
+    client_filter_for,
 )
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -259,3 +261,20 @@ def test_qemu_refuses_another_password(qemu_spice: int) -> None:
     link, sock = _link(qemu_spice, main_mess(), "not-the-password")
     sock.close()
     assert link.result == LINK_ERR_PERMISSION_DENIED
+
+
+def test_display_channel_refuses_a_short_display_init() -> None:
+    # QEMU 7.2's SPICE worker dereferences NULL after a short SPICE_MSGC_DISPLAY_INIT
+    # (seen on this machine: the guest died); the relay closes such a channel instead.
+    good = _mini(101, struct.pack("<BQBI", 1, 10 << 20, 0, 0))
+    display = client_filter_for(channel_type=CHANNEL_DISPLAY, view_only=True, mini_header=True)
+    assert display.feed(good[:3]) == b"" and display.feed(good[3:]) == good
+    assert display.feed(_mini(2, b"")) == _mini(2, b"")  # acks pass
+    with pytest.raises(SpiceMessageError):
+        display.feed(_mini(101, bytes(6)))
+    assert isinstance(
+        client_filter_for(channel_type=CHANNEL_MAIN, view_only=True, mini_header=True),
+        ViewOnlyMainFilter,
+    )
+    inputs = client_filter_for(channel_type=CHANNEL_INPUTS, view_only=False, mini_header=True)
+    assert inputs.feed(b"keys") == b"keys"

@@ -43,6 +43,9 @@ from websockify.websocket import WebSocketWantReadError, WebSocketWantWriteError
 
 from vms.console.guest import guest_connect_blocking
 from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
+from vms.console.spicegateway import SpiceChannelRefused, spice_link_blocking
+from vms.console.spicelink import SpiceLinkError
+from vms.console.spicemsg import ClientFilter, MainInitWatcher, SpiceMessageError
 from vms.models import ConsoleMode
 from vms.services.consoles import (
     BINARY_PROTOCOL,
@@ -56,6 +59,13 @@ from vms.services.consoles import (
     console_session_close,
     console_session_keep,
     forwarded_secure,
+)
+from vms.services.consoles.spice_channels import (
+    SpiceAdmission,
+    spice_admit,
+    spice_channel_tally,
+    spice_channels_close,
+    spice_channels_open,
 )
 from vms.web.client import client_address
 
@@ -77,7 +87,7 @@ MAX_CLOSE_REASON_BYTES = 123
 DEFAULT_LISTEN = "127.0.0.1:6080"
 RELAY_NAME = "gateway"
 
-_DESKTOP_PATH = re.compile(r"/ws/console/([0-9a-fA-F-]{32,36})/?$")
+_DESKTOP_PATH = re.compile(r"/ws/(console|spice)/([0-9a-fA-F-]{32,36})/?$")
 
 
 class GatewayStopping(BaseException):
@@ -125,13 +135,30 @@ class _GatewayWebSocket(websockifyserver.CompatibleWebSocket):  # type: ignore[m
             self._previous_sendmsg = None
 
 
+class LinkedSide:
+    """The browser side of a SPICE channel in the relay loop: linked before it began."""
+
+    done = True
+    leftover = b""
+
+    def receive(self, data: bytes) -> bytes:
+        raise AssertionError("a SPICE channel has no handshake left")  # pragma: no cover
+
+
 class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore[misc,unused-ignore]
     """One browser's console session, in its own forked process (see the module docstring)."""
 
     SocketClass = _GatewayWebSocket
 
     session_id: int | None = None
-    client_filter: ClientMessageFilter | None = None
+    client_filter: ClientMessageFilter | ClientFilter | None = None
+    browser_side: DownstreamHandshake | LinkedSide = LinkedSide()
+    guest_leftover = b""
+    to_guest_first = b""
+    spice: SpiceAdmission | None = None
+    watcher: MainInitWatcher | None = None
+    refused_channels = 0
+    link_queue: list[bytes]
     bytes_to_guest = 0
     bytes_from_guest = 0
     close_reason = "closed by the browser"
@@ -168,9 +195,14 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore
         if match is None:
             return None
         try:
-            return str(uuid.UUID(match.group(1)))
+            return str(uuid.UUID(match.group(2)))
         except ValueError:
             return None
+
+    def path_is_spice(self) -> bool:
+        """Whether the path is a SPICE channel's (/ws/spice/<uuid>/)."""
+        match = _DESKTOP_PATH.search(self.path.split("?", 1)[0])
+        return match is not None and match.group(1) == "spice"
 
     def knock(self) -> Knock:
         """The gateway cannot see the portal's session cookie: tickets are bound to the
@@ -207,11 +239,16 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore
         guest: socket.socket | None = None
         try:
             try:
-                guest, server_init, leftover = self._open()
-                self._relay(guest, server_init, leftover)
+                if self.path_is_spice():
+                    guest = self._open_spice()
+                else:
+                    guest = self._open_vnc()
+                self._relay(guest)
             except ConsoleClosed as closing:
+                if isinstance(closing, SpiceChannelRefused):
+                    self.refused_channels += 1
                 self._close(closing.code, closing.reason)
-            except RfbProtocolError as exc:
+            except (RfbProtocolError, SpiceLinkError, SpiceMessageError) as exc:
                 self._close(CLOSE_PROTOCOL, f"Console protocol error: {exc}")
             except GatewayStopping:
                 self._close(CLOSE_GOING_AWAY, "The console gateway is shutting down.")
@@ -224,6 +261,53 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore
                 _close_socket(guest)
             self._record_close()
             connections.close_all()
+
+    def _open_vnc(self) -> socket.socket:
+        """Admit, reach the guest's VNC and offer the browser RFB (its handshake goes on in
+        the relay loop; the guest's ServerInit follows the browser's ClientInit)."""
+        guest, server_init, leftover = self._open()
+        self.browser_side = DownstreamHandshake()
+        self._to_browser(self.browser_side.start())
+        self._to_browser(self.browser_side.server_init(server_init))
+        self.guest_leftover = leftover
+        return guest
+
+    def _open_spice(self) -> socket.socket:
+        """Admit a SPICE channel and link it on both sides (vms.console.spicegateway)."""
+        try:
+            self.spice = spice_admit(knock=self.knock(), relay=RELAY_NAME)
+            self.session_id = self.spice.session.pk
+        finally:
+            connections.close_all()
+        deadline = time.monotonic() + float(settings.CONSOLE_HANDSHAKE_TIMEOUT_S)
+        self.link_queue = []
+        try:
+            linked = spice_link_blocking(
+                admission=self.spice,
+                receive=lambda: self._browser_message(deadline),
+                send=self._to_browser,
+            )
+        finally:
+            connections.close_all()
+        self.client_filter = linked.client_filter
+        self.watcher = linked.watcher
+        self.guest_leftover = linked.guest_leftover
+        early = linked.browser_leftover + b"".join(self.link_queue)
+        self.to_guest_first = linked.client_filter.feed(early)
+        return linked.guest
+
+    def _browser_message(self, deadline: float) -> bytes:
+        """The browser's next message during a link, within the handshake's time."""
+        while not self.link_queue:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConsoleClosed(CLOSE_PROTOCOL, "The SPICE link took too long.")
+            if select.select([self.request], [], [], remaining)[0]:
+                messages, closed = self._receive_browser()
+                self.link_queue += [message for message in messages if message]
+                if closed and not self.link_queue:
+                    raise ConsoleClosed(1000, "closed by the browser")
+        return self.link_queue.pop(0)
 
     def _open(self) -> tuple[socket.socket, bytes, bytes]:
         try:
@@ -241,24 +325,25 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore
             # No idle Postgres connection per open console; rechecks reconnect briefly.
             connections.close_all()
 
-    def _relay(self, guest: socket.socket, server_init: bytes, guest_leftover: bytes) -> None:
-        """The select() loop: like websockify's do_proxy, with the RFB handshake and filter.
+    def _relay(self, guest: socket.socket) -> None:
+        """The select() loop: like websockify's do_proxy, with the filter (and for VNC the
+        rest of the browser's RFB handshake).
 
         Returns when the browser closes; raises ConsoleClosed for every other end.
         """
         assert self.client_filter is not None
         client_filter = self.client_filter
+        browser_side = self.browser_side
+        guest_leftover = self.guest_leftover
         guest.setblocking(False)
         self.request.setblocking(False)
         if not self.server.unix_listen:
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         guest.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-        browser_side = DownstreamHandshake()
-        self._to_browser(browser_side.start())
-        # The guest's ServerInit goes to the browser as soon as its ClientInit arrives.
-        self._to_browser(browser_side.server_init(server_init))
-        to_guest = bytearray()
+        to_guest = bytearray(self.to_guest_first)
+        if browser_side.done and guest_leftover:  # SPICE: linked before the loop
+            self._from_guest(guest_leftover)
         now = time.monotonic()
         recheck_at = now + float(settings.CONSOLE_RECHECK_S)
         ping_at = now + PING_INTERVAL_S
@@ -337,6 +422,19 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore
             self._flush_browser()
 
     def _from_guest(self, data: bytes) -> None:
+        # A SPICE main channel: its channels may join once QEMU named the SPICE session,
+        # before the browser hears the name and opens them.
+        if self.watcher is not None and self.watcher.session_id is None:
+            spice_session_id = self.watcher.feed(data)
+            if spice_session_id is not None and self.spice is not None:
+                try:
+                    spice_channels_open(
+                        session=self.spice.session,
+                        knock=self.knock(),
+                        spice_session_id=spice_session_id,
+                    )
+                finally:
+                    connections.close_all()
         self.bytes_from_guest += len(data)
         self._to_browser(data)
 
@@ -419,13 +517,28 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore
     def _record_close(self) -> None:
         if self.session_id is None:
             return
+        dropped = self.refused_channels
+        dropped += self.client_filter.dropped_messages if self.client_filter else 0
         try:
+            if self.spice is not None and not self.spice.main:
+                spice_channel_tally(
+                    session_id=self.session_id,
+                    bytes_to_guest=self.bytes_to_guest,
+                    bytes_from_guest=self.bytes_from_guest,
+                    dropped_messages=dropped,
+                )
+                return
+            to, back, more = (0, 0, 0)
+            if self.spice is not None:
+                to, back, more = spice_channels_close(
+                    knock=self.knock(), session_id=self.session_id
+                )
             console_session_close(
                 session_id=self.session_id,
                 reason=self.close_reason,
-                bytes_to_guest=self.bytes_to_guest,
-                bytes_from_guest=self.bytes_from_guest,
-                dropped_messages=self.client_filter.dropped_messages if self.client_filter else 0,
+                bytes_to_guest=self.bytes_to_guest + to,
+                bytes_from_guest=self.bytes_from_guest + back,
+                dropped_messages=dropped + more,
             )
         except Exception:
             log.exception("console session %s: could not record its end", self.session_id)

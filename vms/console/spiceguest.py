@@ -13,12 +13,39 @@ import asyncio
 import socket
 from dataclasses import dataclass
 
-from vms.console.spicelink import LINK_OK, GuestLinkClient, LinkMess, LinkReply, SpiceLinkError
+from vms.console.spicelink import (
+    CHANNEL_MAIN,
+    LINK_ERR_BAD_CONNECTION_ID,
+    LINK_ERR_INVALID_DATA,
+    LINK_ERR_PERMISSION_DENIED,
+    LINK_OK,
+    GuestLinkClient,
+    LinkMess,
+    LinkReply,
+    SpiceLinkError,
+)
 from vms.hypervisor import GraphicsType
 from vms.models import ConsoleSession
 from vms.services.consoles import GuestAccess, console_arm
+from vms.services.consoles.spice_channels import SpiceAdmission, spice_channel_allowed
 
 HANDSHAKE_TIMEOUT_S = 10.0
+
+
+LinkRefusal = tuple[int, str]
+
+
+def link_refusal(admission: SpiceAdmission, mess: LinkMess) -> LinkRefusal | None:
+    """Why this channel's link is refused (a SPICE link error and a close reason), or None."""
+    if admission.main and (mess.channel_type != CHANNEL_MAIN or mess.connection_id != 0):
+        return LINK_ERR_INVALID_DATA, "A SPICE console starts with its main channel."
+    if not admission.main and mess.channel_type == CHANNEL_MAIN:
+        return LINK_ERR_INVALID_DATA, "This console ticket was already used."
+    if not admission.main and mess.connection_id != admission.spice_session_id:
+        return LINK_ERR_BAD_CONNECTION_ID, "This channel is not of this console session."
+    if not spice_channel_allowed(mode=admission.session.mode, channel_type=mess.channel_type):
+        return LINK_ERR_PERMISSION_DENIED, "View only: this SPICE channel is not open to you."
+    return None
 
 
 @dataclass

@@ -21,18 +21,15 @@ from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
 from vms.console.relay import RELAY_NAME, ConsoleRelayConsumer, scope_knock
-from vms.console.spiceguest import SpiceGuestStream, spice_guest_connect
-from vms.console.spicelink import (
-    CHANNEL_MAIN,
-    LINK_ERR_BAD_CONNECTION_ID,
-    LINK_ERR_INVALID_DATA,
-    LINK_ERR_PERMISSION_DENIED,
-    LINK_OK,
-    BrowserLink,
-    LinkMess,
-    SpiceLinkError,
+from vms.console.spiceguest import SpiceGuestStream, link_refusal, spice_guest_connect
+from vms.console.spicelink import LINK_OK, BrowserLink, LinkMess, SpiceLinkError
+from vms.console.spicemsg import (
+    ClientFilter,
+    MainInitWatcher,
+    PassThrough,
+    SpiceMessageError,
+    client_filter_for,
 )
-from vms.console.spicemsg import MainInitWatcher, PassThrough, SpiceMessageError, ViewOnlyMainFilter
 from vms.models import ConsoleMode
 from vms.services.consoles import (
     BINARY_PROTOCOL,
@@ -48,7 +45,6 @@ from vms.services.consoles import (
 from vms.services.consoles.spice_channels import (
     SpiceAdmission,
     spice_admit,
-    spice_channel_allowed,
     spice_channel_tally,
     spice_channels_close,
     spice_channels_open,
@@ -57,20 +53,6 @@ from vms.services.events import desktop_group
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
-LinkRefusal = tuple[int, str]
-
-
-def link_refusal(admission: SpiceAdmission, mess: LinkMess) -> LinkRefusal | None:
-    """Why this channel's link is refused (a SPICE link error and a close reason), or None."""
-    if admission.main and (mess.channel_type != CHANNEL_MAIN or mess.connection_id != 0):
-        return LINK_ERR_INVALID_DATA, "A SPICE console starts with its main channel."
-    if not admission.main and mess.channel_type == CHANNEL_MAIN:
-        return LINK_ERR_INVALID_DATA, "This console ticket was already used."
-    if not admission.main and mess.connection_id != admission.spice_session_id:
-        return LINK_ERR_BAD_CONNECTION_ID, "This channel is not of this console session."
-    if not spice_channel_allowed(mode=admission.session.mode, channel_type=mess.channel_type):
-        return LINK_ERR_PERMISSION_DENIED, "View only: this SPICE channel is not open to you."
-    return None
 
 
 class SpiceRelayConsumer(ConsoleRelayConsumer):
@@ -79,6 +61,7 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
     admission: SpiceAdmission | None = None
     spice: SpiceGuestStream | None = None
     ready = False
+    linking = False
     refused_channels = 0
     tallied = (0, 0, 0)
 
@@ -96,7 +79,7 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
         self.session_id = admission.session.pk
         self.desktop_id = str(admission.session.desktop_id)
         self.browser = BrowserLink()
-        self.spice_filter: PassThrough | ViewOnlyMainFilter = PassThrough()
+        self.spice_filter: ClientFilter = PassThrough()
         self.watcher: MainInitWatcher | None = None
         await self.channel_layer.group_add(desktop_group(self.desktop_id), self.channel_name)
         await self.channel_layer.group_add(
@@ -112,7 +95,8 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
                 await self._to_guest(self.spice_filter.feed(bytes_data))
                 return
             self.browser.receive(bytes_data)
-            if self.spice is None and self.browser.mess is not None:
+            if not self.linking and self.browser.mess is not None:
+                self.linking = True  # once: a refused link stays refused
                 await self._link(self.admission, self.browser.mess)
             elif self.spice is not None and self.browser.ticket_received:
                 await self._ready(self.admission, self.spice)
@@ -148,10 +132,14 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
         if spice.result != LINK_OK:
             await self._close(CLOSE_UNREACHABLE, "The desktop's display refused the relay.")
             return
+        assert self.browser.mess is not None
+        self.spice_filter = client_filter_for(
+            channel_type=self.browser.mess.channel_type,
+            view_only=admission.session.mode == ConsoleMode.VIEW,
+            mini_header=spice.mini_header,
+        )
         if admission.main:
             self.watcher = MainInitWatcher(mini_header=spice.mini_header)
-            if admission.session.mode == ConsoleMode.VIEW:
-                self.spice_filter = ViewOnlyMainFilter(mini_header=spice.mini_header)
         self.ready = True
         self.tasks.append(asyncio.create_task(self._spice_to_browser(spice)))
         await self._to_guest(self.spice_filter.feed(self.browser.leftover))

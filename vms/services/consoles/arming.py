@@ -163,6 +163,7 @@ def _arm(session: ConsoleSession) -> GuestAccess:
 
 def _guest_unreachable(session: ConsoleSession, detail: str) -> DisplayUnreachable:
     """libvirt could not arm the display: the session ends."""
+    log.warning("console session %s: display not armed: %s", session.pk, detail)
     console_session_close(session_id=session.pk, reason=f"guest unreachable: {detail}")
     return DisplayUnreachable(UNREACHABLE)
 
