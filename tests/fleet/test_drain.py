@@ -9,7 +9,7 @@ import pytest
 
 from tests.fixtures import wait_for_status
 from vms.models import AuditEvent, Desktop, Host, Quota
-from vms.services.desktops import desktop_act
+from vms.services.desktops import desktop_act, desktop_create
 from vms.services.fleet import host_drain_pass, host_maintenance_set
 
 from .test_recovery import launch_on, running_on
@@ -24,7 +24,7 @@ def test_draining_a_host_moves_every_desktop_and_it_takes_no_new_ones(
     demo_template,
 ) -> None:
     laba, labb = two_hosts
-    Quota.objects.create(user=employee, max_desktops=4)  # three to drain, one launched after
+    Quota.objects.create(user=employee, max_desktops=6, max_vcpus=6)  # three to drain, three launched after
     Host.objects.filter(pk__in=[laba.pk, labb.pk]).update(cpu_overcommit=4.0)  # 2 CPUs each
     running = [launch_on(laba, labb, employee, demo_template) for _ in range(2)]
     stopped = launch_on(laba, labb, employee, demo_template)
@@ -51,5 +51,5 @@ def test_draining_a_host_moves_every_desktop_and_it_takes_no_new_ones(
     desktop_act(actor=employee, desktop=stopped, action="start")
     wait_for_status(stopped.pk, "running", timeout=120)
     assert stopped.domain_name in running_on(labb)
-    new = launch_on(labb, [], employee, demo_template)  # laba in maintenance: placed on labb
-    assert new.host == labb
+    for _ in range(3):  # laba is in maintenance: every new desktop is placed on labb
+        assert desktop_create(user=employee, template_id=demo_template.pk).host == labb
