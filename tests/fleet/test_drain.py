@@ -24,7 +24,9 @@ def test_draining_a_host_moves_every_desktop_and_it_takes_no_new_ones(
     demo_template,
 ) -> None:
     laba, labb = two_hosts
-    Quota.objects.create(user=employee, max_desktops=6, max_vcpus=6)  # three to drain, three launched after
+    Quota.objects.create(
+        user=employee, max_desktops=6, max_vcpus=6
+    )  # three to drain, three launched after
     Host.objects.filter(pk__in=[laba.pk, labb.pk]).update(cpu_overcommit=4.0)  # 2 CPUs each
     running = [launch_on(laba, labb, employee, demo_template) for _ in range(2)]
     stopped = launch_on(laba, labb, employee, demo_template)
