@@ -227,7 +227,14 @@ def test_host_capacity_as_bars_and_read_from_the_host(
     )
     assert local_row.locator("td.field-disk meter").is_visible()
     _assert_no_sideways_scroll(page)
+    assert local_row.locator("td.field-state").inner_text().strip() == "Up, 1 desktop"
     shot(page, "admin-hosts")
+    phone = admin_page(browser, portal_url, admin_user_, PHONE)
+    phone.goto(f"{portal_url}/admin/vms/host/")
+    name = phone.locator("#result_list tr", has_text="qemu:///system").locator("th a")
+    box = name.bounding_box()  # the host's name, its way in, stays in view on a phone
+    assert box and 0 <= box["x"] and box["x"] + box["width"] <= PHONE["width"]
+    shot(phone, "admin-hosts-phone")
 
     # Adding a host: its capacity is read from it, and an unreachable one is said so.
     page.get_by_role("link", name="Add host").click()

@@ -211,7 +211,8 @@ class HostAdmin(admin.ModelAdmin):
         if host.maintenance:
             said = f"Maintenance: draining, {left} left" if left else "Maintenance: empty"
             return format_html('<span class="host-state maint">{}</span>', said)
-        return format_html('<span class="host-state ok">Up, {} desktops</span>', left)
+        count = f"{left} desktop" if left == 1 else f"{left} desktops"
+        return format_html('<span class="host-state ok">Up, {}</span>', count)
 
     @admin.display(description="Live load")
     def load(self, host: Host) -> str:
@@ -221,7 +222,7 @@ class HostAdmin(admin.ModelAdmin):
         cpu = "not yet known" if host.load_cpu_percent is None else f"{host.load_cpu_percent:g} %"
         return (
             f"CPU {cpu}, {host.load_available_memory_mib} of {host.load_memory_mib} MiB free, "
-            f"{host.load_running_guests} guests"
+            f"{host.load_running_guests} running"
         )
 
     @admin.action(description="Put in maintenance (move its desktops away)")
