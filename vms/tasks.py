@@ -20,6 +20,7 @@ from vms.services import (
     audit,
     fleet,
     heartbeat,
+    networks,
     provisioning,
     queue,
     reconcile,
@@ -84,6 +85,16 @@ def reconcile_all_hosts() -> dict[str, str]:
             log.warning("reconcile skipped host %s: %s", host.name, exc.message)
             results[host.name] = f"unreachable: {exc.message}"
     return results
+
+
+@shared_task(acks_late=True)
+def network_remove(host_id: int, name: str, filter_name: str) -> bool:
+    """Remove a deleted network from one host (run by that host's worker)."""
+    host = Host.objects.filter(pk=host_id).first()
+    if host is None:
+        return False
+    networks.network_remove_from_host(host=host, name=name, filter_name=filter_name)
+    return True
 
 
 @shared_task(acks_late=True)

@@ -16,7 +16,9 @@ from .types import (
     DomainSpec,
     HostCapacity,
     HostLoad,
+    Lease,
     MigrationStats,
+    NetworkSpec,
     PowerState,
     VolumeInfo,
 )
@@ -106,6 +108,27 @@ class Hypervisor(ABC):
     @abstractmethod
     def list_domains(self, *, prefix: str) -> list[DomainInfo]:
         """Domains whose names start with ``prefix``, sorted by name."""
+
+    # --- networks (docs/networks.md) ---------------------------------------------------
+    # Not abstract: a backend without networks says so when a desktop needs one.
+
+    def ensure_network(self, spec: NetworkSpec) -> None:
+        """Make sure the network and its guard nwfilter exist as ``spec`` says, active and
+        autostarted, with exactly ``spec.hosts`` as fixed DHCP hosts (a stopped or missing
+        network is started or defined again: this is reconcile's repair too)."""
+        raise HypervisorError(f"{type(self).__name__} has no networks", permanent=True)
+
+    def remove_network(self, *, name: str, filter_name: str) -> None:
+        """Stop and undefine the network and its guard filter; missing is fine."""
+        raise HypervisorError(f"{type(self).__name__} has no networks", permanent=True)
+
+    def list_network_names(self, *, prefix: str) -> list[str]:
+        """Names of the defined networks that start with ``prefix``, sorted."""
+        return []
+
+    def network_leases(self, *, name: str) -> list[Lease]:
+        """The network's current DHCP leases; none for a missing or bridged network."""
+        return []
 
     # --- console -----------------------------------------------------------------------
 

@@ -35,7 +35,9 @@ from .types import (
     DomainSpec,
     HostCapacity,
     HostLoad,
+    Lease,
     MigrationStats,
+    NetworkSpec,
     PowerState,
     VolumeInfo,
 )
@@ -229,6 +231,44 @@ def _migration_params(destination_xml: str, to_address: str) -> dict[str, Any]:
         libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{to_address}",
         libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: to_address,
     }
+
+
+def _lookup_network(conn: Conn, name: str) -> Any:
+    return _or_none(lambda: conn.networkLookupByName(name), libvirt.VIR_ERR_NO_NETWORK)
+
+
+def _network_in_shape(conn: Conn, spec: NetworkSpec) -> Any:
+    """The defined network if it has the mode, subnet and bridge ``spec`` asks for; one of
+    another shape (the admin changed it) is removed, to be defined again."""
+    net = _lookup_network(conn, spec.name)
+    if net is None:
+        return None
+    if vxml.network_shape(net.XMLDesc(0)) == vxml.spec_shape(spec):
+        return net
+    log.warning("network %s changed shape; defining it again", spec.name)
+    if net.isActive():
+        net.destroy()
+    net.undefine()
+    return None
+
+
+_UPDATE_FLAGS: Final = (
+    libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE | libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+)
+
+
+def _sync_dhcp_hosts(net: Any, wanted: set[tuple[str, str]]) -> None:
+    """Make the network's fixed DHCP hosts ``wanted``: stale ones go first (their address
+    may be wanted by another MAC), then the missing ones are added, live and persistently."""
+    current = vxml.parse_network_hosts(net.XMLDesc(0))
+    wanted = {(mac.lower(), ip) for mac, ip in wanted}
+    for command, entries in (
+        (libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, current - wanted),
+        (libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, wanted - current),
+    ):
+        for mac, ip in sorted(entries):
+            net.update(command, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1,
+                       vxml.dhcp_host_xml(mac=mac, ip=ip), _UPDATE_FLAGS)  # fmt: skip
 
 
 def _lookup_pool(conn: Conn, name: str) -> Pool | None:
@@ -779,6 +819,79 @@ class LibvirtHypervisor(Hypervisor):
             return _described(domains, prefix, _domain_info, libvirt.VIR_ERR_NO_DOMAIN)
 
         return self._call("listing desktop domains", op)
+
+    # --- networks ----------------------------------------------------------------------
+
+    def ensure_network(self, spec: NetworkSpec) -> None:
+        try:
+            network_xml = vxml.build_network_xml(spec)
+            root_filter, chain_filter = vxml.build_guard_filter_xml(spec)
+        except ValueError as err:
+            raise HypervisorError(f"invalid network '{spec.name}': {err}", permanent=True) from None
+
+        def op(conn: Conn) -> None:
+            self._define_filters(conn, chain_filter, root_filter)
+            net = _network_in_shape(conn, spec)
+            if net is None:
+                net = conn.networkDefineXML(network_xml)
+                log.info("defined network %s", spec.name)
+            if not net.isActive():
+                net.create()
+                log.info("started network %s", spec.name)
+            if not net.autostart():
+                net.setAutostart(1)
+            if spec.mode != "bridge":
+                _sync_dhcp_hosts(net, set(spec.hosts))
+
+        self._call(f"preparing network '{spec.name}'", op)
+
+    def _define_filters(self, conn: Conn, *filters: str) -> None:
+        """Define (again: that updates running guests' rules) the guard filters. libvirt's
+        test driver has no nwfilter driver: its networks go without."""
+        try:
+            for filter_xml in filters:
+                conn.nwfilterDefineXML(filter_xml)
+        except libvirt.libvirtError as err:
+            if not (self.uri.startswith("test:") and _code(err) == libvirt.VIR_ERR_NO_SUPPORT):
+                raise
+
+    def remove_network(self, *, name: str, filter_name: str) -> None:
+        def op(conn: Conn) -> None:
+            net = _lookup_network(conn, name)
+            if net is not None:
+                if net.isActive():
+                    net.destroy()
+                net.undefine()
+            if self.uri.startswith("test:"):
+                return  # no nwfilter driver
+            for filter_ in (filter_name, f"{filter_name}-ipv4"):
+                found = _or_none(
+                    partial(conn.nwfilterLookupByName, filter_), libvirt.VIR_ERR_NO_NWFILTER
+                )
+                if found is not None:
+                    found.undefine()
+
+        self._call(f"removing network '{name}'", op)
+
+    def list_network_names(self, *, prefix: str) -> list[str]:
+        def op(conn: Conn) -> list[str]:
+            names = (str(net.name()) for net in conn.listAllNetworks(0))
+            return sorted(name for name in names if name.startswith(prefix))
+
+        return self._call("listing networks", op)
+
+    def network_leases(self, *, name: str) -> list[Lease]:
+        def op(conn: Conn) -> list[Lease]:
+            net = _lookup_network(conn, name)
+            if net is None or not net.isActive():
+                return []
+            return [
+                Lease(mac=str(lease["mac"]).lower(), ip=str(lease["ipaddr"]))
+                for lease in net.DHCPLeases()
+                if lease.get("mac") and lease.get("ipaddr")
+            ]
+
+        return self._call(f"reading the DHCP leases of network '{name}'", op)
 
     # --- console -------------------------------------------------------------------------
 

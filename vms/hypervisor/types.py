@@ -13,6 +13,9 @@ __all__ = [
     "DomainSpec",
     "GraphicsType",
     "HostCapacity",
+    "InterfaceSpec",
+    "Lease",
+    "NetworkSpec",
     "PowerState",
     "VirtType",
     "VolumeInfo",
@@ -40,6 +43,55 @@ class GraphicsType(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class InterfaceSpec:
+    """One virtio NIC of a desktop on a libvirt network.
+
+    ``filter`` is the nwfilter the NIC is bound to (the network's guard, which takes in
+    clean-traffic), with ``ip`` as its IP parameter when the portal assigned the address;
+    ``isolated`` sets ``<port isolated='yes'/>``; ``bandwidth_kb_s`` limits each direction.
+    """
+
+    network: str
+    mac: str
+    filter: str | None = None
+    ip: str | None = None
+    isolated: bool = False
+    bandwidth_kb_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSpec:
+    """A libvirt network and its guard nwfilter on one host.
+
+    ``mode`` is ``nat``, ``isolated`` or ``bridge``. NAT and isolated networks have a
+    ``gateway`` address with ``prefix_length``, a DHCP range and fixed DHCP ``hosts``
+    (MAC, address); a bridged one joins ``bridge``. The guard lets a desktop reach DHCP,
+    DNS and ``gateway_ports`` (TCP) on the gateway and drops every other packet to the
+    gateway and to ``blocked_addresses`` (the host's other addresses).
+    """
+
+    name: str
+    filter_name: str
+    mode: str
+    gateway: str | None = None
+    prefix_length: int | None = None
+    dhcp_start: str | None = None
+    dhcp_end: str | None = None
+    hosts: tuple[tuple[str, str], ...] = ()
+    bridge: str | None = None
+    gateway_ports: tuple[int, ...] = ()
+    blocked_addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A DHCP lease of a network: which MAC holds which address."""
+
+    mac: str
+    ip: str
+
+
+@dataclass(frozen=True, slots=True)
 class DomainSpec:
     """Everything needed to define one desktop's domain.
 
@@ -61,6 +113,7 @@ class DomainSpec:
     console_password_valid_to: dt.datetime | None = None
     listen_address: str = "127.0.0.1"
     disk_format: str = "qcow2"
+    interfaces: tuple[InterfaceSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from vms.services.actions import action_resuming
 from vms.services.audit import audit_record
 from vms.services.events import push_desktop_changed
 from vms.services.hosts import hypervisor_for
+from vms.services.networks import networks_reconcile
 from vms.services.queue import enqueue_desktop_task
 from vms.settings_access import name_prefix
 
@@ -42,6 +43,7 @@ class ReconcileReport:
     state_fixes: list[str] = field(default_factory=list)
     removed_domains: list[str] = field(default_factory=list)
     removed_volumes: list[str] = field(default_factory=list)
+    removed_networks: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
 
 
@@ -55,6 +57,7 @@ def reconcile_host(*, host: Host, volumes_live: Set[str] = frozenset()) -> Recon
     """
     hypervisor = hypervisor_for(host)
     report = ReconcileReport()
+    report.removed_networks = networks_reconcile(host=host)  # repairs missing or stopped ones
     domains = {d.name: d for d in hypervisor.list_domains(prefix=name_prefix())}
     volume_names = hypervisor.list_volume_names(pool=host.storage_pool, prefix=name_prefix())
     live = {d.domain_name: d for d in Desktop.objects.filter(host=host).exclude(status=S.DELETED)}
