@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Final, TypeVar
@@ -850,6 +851,12 @@ class LibvirtHypervisor(Hypervisor):
         test driver has no nwfilter driver: its networks go without."""
         try:
             for filter_xml in filters:
+                name = str(ET.fromstring(filter_xml).get("name"))  # noqa: S314 - ours
+                found = _or_none(
+                    partial(conn.nwfilterLookupByName, name), libvirt.VIR_ERR_NO_NWFILTER
+                )
+                if found is not None:
+                    filter_xml = vxml.filter_with_uuid(filter_xml, str(found.UUIDString()))
                 conn.nwfilterDefineXML(filter_xml)
         except libvirt.libvirtError as err:
             if not (self.uri.startswith("test:") and _code(err) == libvirt.VIR_ERR_NO_SUPPORT):

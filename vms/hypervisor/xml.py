@@ -418,6 +418,18 @@ def spec_shape(spec: NetworkSpec) -> tuple[str, str, str, str]:
     return spec.mode, spec.gateway or "", str(spec.prefix_length or ""), ""
 
 
+def filter_with_uuid(filter_xml: str, uuid: str) -> str:
+    """A filter definition that redefines the existing filter of that UUID (libvirt refuses
+    a filter of an existing name under no or another UUID)."""
+    root = ET.fromstring(filter_xml)  # noqa: S314 - built here, not from users
+    for old in root.findall("./uuid"):
+        root.remove(old)
+    el = ET.Element("uuid")
+    el.text = uuid
+    root.insert(0, el)
+    return ET.tostring(root, encoding="unicode")
+
+
 def _rule(parent: ET.Element, action: str, priority: int, **match: str) -> None:
     rule = _sub(parent, "rule", action=action, direction="out", priority=str(priority))
     _sub(rule, "ip", **match)
