@@ -256,6 +256,15 @@ def template_networks_set(*, actor: User, template: Template, network_ids: Seque
                      networks=[found[i].name for i in network_ids])  # fmt: skip
 
 
+def template_bandwidth_set(*, actor: User, template: Template, kb_s: int | None) -> None:
+    """Each NIC's limit for the template's desktops, each way (None: no limit); from their
+    next boot on."""
+    with transaction.atomic():
+        Template.objects.filter(pk=template.pk).update(bandwidth_kb_s=kb_s)
+        template.bandwidth_kb_s = kb_s
+        audit_record(action="template.bandwidth", actor=actor, template=template.name, kb_s=kb_s)
+
+
 # --- interfaces -----------------------------------------------------------------------------
 
 
