@@ -44,6 +44,10 @@ install_packages() {
   apt_install qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu \
     libvirt-clients libvirt-dev pkg-config gcc python3-dev python3-venv \
     syslinux syslinux-common mtools dosfstools cpio gzip ca-certificates procps
+  # Desktop networks (docs/networks.md): libvirt's network driver runs dnsmasq and iptables,
+  # its nwfilter driver ebtables and iptables, and clean-traffic comes with the config package
+  # (both drivers themselves ship in libvirt-daemon; no libvirt-daemon-system).
+  apt_install dnsmasq-base iptables ebtables libvirt-daemon-config-nwfilter
   apt_install redis-tools openssl
   if ! command -v redis-server >/dev/null && local_redis; then apt_install redis-server; fi
   command -v npm >/dev/null || apt_install npm
@@ -82,8 +86,22 @@ start_libvirt() {
     say "Starting libvirtd (the first call probes QEMU, ~8 s)"
     libvirtd -d
   fi
-  for _ in $(seq 60); do virsh -c qemu:///system version >/dev/null 2>&1 && return 0; sleep 0.5; done
-  echo "libvirtd does not answer on qemu:///system; see /var/log/libvirt/libvirtd.log" >&2; exit 1
+  for _ in $(seq 60); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.5; done
+  if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+    echo "libvirtd does not answer on qemu:///system; see /var/log/libvirt/libvirtd.log" >&2; exit 1
+  fi
+  standard_nwfilters
+}
+
+# A libvirtd started before libvirt-daemon-config-nwfilter was installed has not read the
+# standard filters (clean-traffic and the filters it takes in): define them now.
+standard_nwfilters() {
+  virsh -q -c qemu:///system nwfilter-list | grep -qw clean-traffic && return 0
+  say "Defining libvirt's standard nwfilters"
+  local f
+  for f in /etc/libvirt/nwfilter/*.xml; do
+    virsh -q -c qemu:///system nwfilter-define "$f" >/dev/null
+  done
 }
 
 start_postgres() {

@@ -30,6 +30,8 @@ export function renderDesktopState(row, desktop) {
   status.textContent = desktop.status_label;
   status.className = `status status-${desktop.status}`;
   row.querySelector("[data-field=last_error]").textContent = desktop.last_error;
+  const addresses = row.querySelector("[data-field=addresses]");
+  if (addresses && desktop.addresses !== undefined) addresses.textContent = desktop.addresses;
   for (const form of row.querySelectorAll("form[data-action]")) {
     form.hidden = !desktop.actions.includes(form.dataset.action);
   }

@@ -35,6 +35,7 @@ from vms.models import (
 )
 from vms.services.audit import audit_record
 from vms.services.errors import NetworkInUse, NetworkInvalid
+from vms.services.events import push_desktop_changed
 from vms.services.hosts import hypervisor_for
 from vms.services.queue import enqueue_tasks
 from vms.settings_access import name_prefix
@@ -442,6 +443,7 @@ def interfaces_refresh(*, host: Host) -> int:
             DesktopInterface.objects.filter(pk=row.pk).update(
                 addresses=addresses, addresses_at=timezone.now()
             )
+            push_desktop_changed(desktop_id=row.desktop_id)
             changed += 1
     return changed
 
