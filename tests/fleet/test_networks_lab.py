@@ -1,0 +1,188 @@
+"""Desktop networks with real guests on lab host 'neta', driven through their serial consoles.
+
+Two desktops on an isolated network and one on a NAT network: each gets its DHCP lease and
+the portal shows it; each reaches a test service on its own network's gateway address;
+neither reaches the other nor the desktop on the other network; none reaches the lab host's
+libvirtd, a guest's VNC display, or a Redis- or PostgreSQL-like listener on the gateway
+address; a guest that changes its MAC or its IP is cut off. Every packet stays inside the
+lab host's namespace (the network rule): the NAT network's guest only ever talks to
+addresses of that namespace.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group
+
+from tests.fixtures import wait_for_status
+from tests.guestshell import GuestShell, guest_shell
+from vms.hypervisor import get_hypervisor
+from vms.models import Desktop, DesktopInterface, Host, Template
+from vms.roles import EMPLOYEE_GROUP
+from vms.services.desktops import desktop_act, desktop_create
+from vms.services.heartbeat import host_heartbeat
+from vms.services.networks import network_create, networks_ensure, template_networks_set
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
+
+SERVICE = Path(__file__).with_name("netservice.py")
+LAB = "neta"
+NAMESPACE = f"dplab-{LAB}"
+ALLOWED = 8080  # the test service: a gateway port the networks allow
+REDIS, POSTGRES = 6379, 5432  # listeners on the gateway address that the guard must hide
+ISO = {"name": "iso", "mode": "isolated", "subnet": "10.81.0.0/24", "gateway_ports": [ALLOWED]}
+NAT = {"name": "nat", "mode": "nat", "subnet": "10.82.0.0/24", "gateway_ports": [ALLOWED]}
+GATEWAY = {"iso": "10.81.0.1", "nat": "10.82.0.1"}
+
+
+@pytest.fixture
+def lab(lab_host_joined: Callable[[str], Host], local_host: Host) -> Host:
+    """Lab host 'neta' in the portal; the machine's own host takes no desktops (no guest
+    with a network card ever runs there)."""
+    Host.objects.filter(pk=local_host.pk).update(enabled=False)
+    return lab_host_joined(LAB)
+
+
+@contextmanager
+def services_in_namespace(specs: list[str]) -> Iterator[None]:
+    """Test services (netservice.py) inside the lab host's namespace; stopped at the end."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", NAMESPACE, sys.executable, str(SERVICE), *specs],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _launch(user: Any, template: Template) -> Desktop:
+    return desktop_create(user=user, template_id=template.pk)
+
+
+def _address(sh: GuestShell, timeout: float = 60) -> str:
+    """The guest's eth0 address once udhcpc has it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", sh.run("ip -4 addr show eth0"))
+        if found:
+            return found.group(1)
+        time.sleep(1)
+    raise AssertionError("the guest got no DHCP lease")
+
+
+def _reaches(sh: GuestShell, address: str, port: int) -> bool:
+    """Whether a TCP connection from the guest gets the service's greeting."""
+    return f"hello {port}" in sh.run(f"echo | nc -w 3 {address} {port} 2>&1", timeout=15)
+
+
+def _connects(sh: GuestShell, address: str, port: int) -> bool:
+    """Whether a TCP connection from the guest is accepted at all (a service that says
+    nothing first, like libvirtd): busybox nc exits 0 only once connected."""
+    out = sh.run(f"nc -w 3 {address} {port} </dev/null >/dev/null 2>&1; echo rc=$?", timeout=15)
+    return "rc=0" in out
+
+
+def _pings(sh: GuestShell, address: str) -> bool:
+    out = sh.run(f"ping -c 2 -W 2 {address} 2>&1", timeout=15)
+    return " 0% packet loss" in out
+
+
+def _lease_shown(api: Any, desktop: Desktop, lab: Host, address: str) -> None:
+    """The portal shows the address from libvirt's DHCP lease (the heartbeat reads it)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        host_heartbeat(host=lab)
+        if DesktopInterface.objects.filter(desktop=desktop, addresses=[address]).exists():
+            break
+        time.sleep(1)
+    record = api.get(f"/api/desktops/{desktop.pk}/").json()
+    (nic,) = record["interfaces"]
+    assert nic["addresses"] == [address], record
+    assert nic["mac"] == desktop.interfaces.get().mac
+
+
+def test_desktops_are_segmented_on_a_lab_host(
+    lab, demo_template, employee, other_employee, admin_user_, api_for
+) -> None:
+    iso = network_create(actor=admin_user_, **ISO)
+    nat = network_create(actor=admin_user_, **NAT)
+    template_networks_set(actor=admin_user_, template=demo_template, network_ids=[iso.pk])
+    base = demo_template.base_image_path
+    on_nat = Template.objects.create(name="Demo on NAT", base_image_path=base, vcpus=1,
+                                     memory_mib=128, disk_gib=1)  # fmt: skip
+    on_nat.assigned_groups.add(Group.objects.get(name=EMPLOYEE_GROUP))
+    template_networks_set(actor=admin_user_, template=on_nat, network_ids=[nat.pk])
+    networks_ensure(host=lab)  # the gateways' addresses exist for the services to bind
+
+    # The test service and the Redis- and PostgreSQL-like listeners on both gateways.
+    specs = [f"{GATEWAY[net]}:{port}" for net in GATEWAY for port in (ALLOWED, REDIS, POSTGRES)]
+    with services_in_namespace(specs):
+        _segmentation(lab, demo_template, on_nat, employee, other_employee, api_for)
+
+
+def _segmentation(
+    lab: Host, iso_template: Template, on_nat: Template, employee: Any, other_employee: Any,
+    api_for: Any,
+) -> None:  # fmt: skip
+    a = _launch(employee, iso_template)
+    b = _launch(other_employee, iso_template)
+    c = _launch(employee, on_nat)
+    for desktop in (a, b, c):
+        assert desktop.host == lab
+        wait_for_status(desktop.pk, "running", timeout=180)
+
+    with ExitStack() as stack:
+        shells = {d: stack.enter_context(guest_shell(lab.uri, d.domain_name)) for d in (a, b, c)}
+        ips = {d: _address(sh) for d, sh in shells.items()}
+        owners = {a: employee, b: other_employee, c: employee}
+        for desktop, address in ips.items():
+            assert address == desktop.interfaces.get().ip  # the portal's fixed address
+            _lease_shown(api_for(owners[desktop]), desktop, lab, address)
+        sa, sb, sc = shells[a], shells[b], shells[c]
+
+        # Each reaches the test service on its own network's gateway.
+        assert _reaches(sa, GATEWAY["iso"], ALLOWED) and _reaches(sb, GATEWAY["iso"], ALLOWED)
+        assert _reaches(sc, GATEWAY["nat"], ALLOWED)
+
+        # Port isolation: the two desktops of the isolated network do not reach each other.
+        assert not _pings(sa, ips[b]) and not _pings(sb, ips[a])
+        # Nor across networks, even with routes a guest adds itself.
+        sa.run(f"ip route add 10.82.0.0/24 via {GATEWAY['iso']} 2>&1; true")
+        assert not _pings(sa, ips[c]) and not _pings(sc, ips[a])
+
+        # The host's own services stay out of reach through the gateway.
+        vnc = get_hypervisor(lab.uri).console_endpoint(name=b.domain_name)
+        sa.run(f"ip route add default via {GATEWAY['iso']} 2>&1; true")
+        for sh, net in ((sa, "iso"), (sc, "nat")):
+            for port in (REDIS, POSTGRES):
+                assert not _reaches(sh, GATEWAY[net], port), (net, port)
+            assert not _connects(sh, lab.console_address, 16509), net  # libvirtd
+            assert not _connects(sh, vnc.host, vnc.port), net  # another guest's VNC
+            assert not _connects(sh, GATEWAY[net], 16509), net
+        assert _reaches(sa, GATEWAY["iso"], ALLOWED)  # the guard did not just cut it off
+
+        # A guest that changes its MAC, or its IP, is cut off.
+        sb.run("ip link set eth0 down; ip link set eth0 address 52:54:00:ee:ee:ee; "
+               "ip link set eth0 up; sleep 1", timeout=20)  # fmt: skip
+        assert not _reaches(sb, GATEWAY["iso"], ALLOWED)
+        spoofed = "10.82.0.250"
+        sc.run(f"ip addr flush dev eth0; ip addr add {spoofed}/24 dev eth0; sleep 1", timeout=20)
+        assert not _reaches(sc, GATEWAY["nat"], ALLOWED)
+
+    for desktop in (a, b, c):
+        desktop_act(actor=owners[desktop], desktop=desktop, action="delete", source_ip=None)
+    for desktop in (a, b, c):
+        wait_for_status(desktop.pk, "deleted", timeout=90)
+    assert not DesktopInterface.objects.exists()  # MACs and addresses given back
