@@ -264,6 +264,8 @@ GUEST_SHUTDOWN_TIMEOUT_S = envcheck.read(env.float, "GUEST_SHUTDOWN_TIMEOUT_S", 
 DEMO_GUEST_IMAGE = envcheck.read(
     env.str, "DEMO_GUEST_IMAGE", default="/var/lib/desktop-portal/images/demo-desktop.qcow2"
 )
+# The NAT network `desktops` that the first-run set-up creates for the demo template.
+DESKTOPS_NETWORK_SUBNET = envcheck.read(env.str, "DESKTOPS_NETWORK_SUBNET", default="10.80.0.0/24")
 # Directories from which admins may import base images (no path traversal elsewhere).
 IMAGE_IMPORT_DIRS = envcheck.read(
     env.list, "IMAGE_IMPORT_DIRS", default=["/var/lib/desktop-portal/images"]
