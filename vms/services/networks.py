@@ -274,13 +274,15 @@ def interfaces_allocate(*, desktop: Desktop) -> list[DesktopInterface]:
     transaction): a unique MAC each, and a free address of a managed network's range."""
     made = []
     links = TemplateNetwork.objects.filter(template=desktop.template).select_related("network")
-    for link in links:
-        network = Network.objects.select_for_update().get(pk=link.network_id)
-        interface = DesktopInterface(
-            desktop=desktop, network=network, position=link.position, ip=_free_address(network)
-        )
-        _save_with_new_mac(interface)
-        made.append(interface)
+    with transaction.atomic():  # the desktop's own, when it calls; the row lock needs one
+        for link in links:
+            network = Network.objects.select_for_update().get(pk=link.network_id)
+            interface = DesktopInterface(
+                desktop=desktop, network=network, position=link.position,
+                ip=_free_address(network),
+            )  # fmt: skip
+            _save_with_new_mac(interface)
+            made.append(interface)
     return made
 
 
