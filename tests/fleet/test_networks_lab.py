@@ -49,7 +49,10 @@ def lab(lab_host_joined: Callable[[str], Host], local_host: Host) -> Host:
     """Lab host 'neta' in the portal; the machine's own host takes no desktops (no guest
     with a network card ever runs there)."""
     Host.objects.filter(pk=local_host.pk).update(enabled=False)
-    return lab_host_joined(LAB)
+    host = lab_host_joined(LAB)
+    Host.objects.filter(pk=host.pk).update(cpu_overcommit=4.0)  # three 1-vCPU desktops on 2 CPUs
+    host.refresh_from_db()
+    return host
 
 
 @contextmanager
@@ -84,7 +87,7 @@ def _address(sh: GuestShell, timeout: float = 60) -> str:
 
 def _reaches(sh: GuestShell, address: str, port: int) -> bool:
     """Whether a TCP connection from the guest gets the service's greeting."""
-    return f"hello {port}" in sh.run(f"echo | nc -w 3 {address} {port} 2>&1", timeout=15)
+    return "hello" in sh.run(f"echo | nc -w 3 {address} {port} 2>&1", timeout=15, check=False)
 
 
 def _connects(sh: GuestShell, address: str, port: int) -> bool:
@@ -95,8 +98,16 @@ def _connects(sh: GuestShell, address: str, port: int) -> bool:
 
 
 def _pings(sh: GuestShell, address: str) -> bool:
-    out = sh.run(f"ping -c 2 -W 2 {address} 2>&1", timeout=15)
-    return " 0% packet loss" in out
+    """Whether the guest's pings get answers (False only when ping ran and all were lost)."""
+    out = sh.run(f"ping -c 2 -W 2 {address} 2>&1", timeout=15, check=False)
+    assert "packet loss" in out, out  # ping really ran
+    return "100% packet loss" not in out
+
+
+def _listen(sh: GuestShell, port: int, greeting: str) -> None:
+    """A one-shot TCP listener in the guest that greets whoever connects (lo up: the demo
+    guest leaves it down, and the guest's own check below connects through it)."""
+    sh.run(f"ip link set lo up; (echo {greeting} | nc -l -p {port} >/dev/null 2>&1 &)")
 
 
 def _lease_shown(api: Any, desktop: Desktop, lab: Host, address: str) -> None:
@@ -156,8 +167,12 @@ def _segmentation(
         assert _reaches(sa, GATEWAY["iso"], ALLOWED) and _reaches(sb, GATEWAY["iso"], ALLOWED)
         assert _reaches(sc, GATEWAY["nat"], ALLOWED)
 
-        # Port isolation: the two desktops of the isolated network do not reach each other.
+        # Port isolation: the two desktops of the isolated network do not reach each other,
+        # by ping nor by TCP (the listener was there: B itself reads it afterwards).
         assert not _pings(sa, ips[b]) and not _pings(sb, ips[a])
+        _listen(sb, 7000, "hello-from-b")
+        assert not _reaches(sa, ips[b], 7000)
+        assert "hello-from-b" in sb.run(f"echo | nc -w 3 {ips[b]} 7000", timeout=15)
         # Nor across networks, even with routes a guest adds itself.
         sa.run(f"ip route add 10.82.0.0/24 via {GATEWAY['iso']} 2>&1; true")
         assert not _pings(sa, ips[c]) and not _pings(sc, ips[a])
@@ -172,6 +187,7 @@ def _segmentation(
             assert not _connects(sh, vnc.host, vnc.port), net  # another guest's VNC
             assert not _connects(sh, GATEWAY[net], 16509), net
         assert _reaches(sa, GATEWAY["iso"], ALLOWED)  # the guard did not just cut it off
+        assert _connects(sa, GATEWAY["iso"], ALLOWED)  # and _connects sees a connection
 
         # A guest that changes its MAC, or its IP, is cut off.
         sb.run("ip link set eth0 down; ip link set eth0 address 52:54:00:ee:ee:ee; "
