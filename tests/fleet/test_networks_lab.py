@@ -20,17 +20,21 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 from django.contrib.auth.models import Group
 
 from tests.fixtures import wait_for_status
 from tests.guestshell import GuestShell, guest_shell
 from vms.hypervisor import get_hypervisor
+from vms.hypervisor import xml as vxml
 from vms.models import Desktop, DesktopInterface, Host, Template
 from vms.roles import EMPLOYEE_GROUP
 from vms.services.desktops import desktop_act, desktop_create
 from vms.services.heartbeat import host_heartbeat
 from vms.services.networks import network_create, networks_ensure, template_networks_set
+from vms.services.reconcile import reconcile_host
+from vms.settings_access import name_prefix
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 
@@ -202,3 +206,20 @@ def _segmentation(
     for desktop in (a, b, c):
         wait_for_status(desktop.pk, "deleted", timeout=90)
     assert not DesktopInterface.objects.exists()  # MACs and addresses given back
+
+    # Reconcile repairs a network stopped (or removed) behind the portal's back.
+    conn = libvirt.open(lab.uri)
+    try:
+        conn.networkLookupByName(_libvirt_name("iso")).destroy()
+        conn.networkLookupByName(_libvirt_name("nat")).undefine()
+        reconcile_host(host=lab)
+        for name in ("iso", "nat"):
+            net = conn.networkLookupByName(_libvirt_name(name))
+            assert net.isActive() and net.autostart()
+            assert not vxml.parse_network_hosts(net.XMLDesc(0))  # deleted desktops' entries
+    finally:
+        conn.close()
+
+
+def _libvirt_name(network: str) -> str:
+    return f"{name_prefix()}net-{network}"

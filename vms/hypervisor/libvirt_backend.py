@@ -253,23 +253,31 @@ def _network_in_shape(conn: Conn, spec: NetworkSpec) -> Any:
     return None
 
 
-_UPDATE_FLAGS: Final = (
-    libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE | libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
-)
-
-
 def _sync_dhcp_hosts(net: Any, wanted: set[tuple[str, str]]) -> None:
-    """Make the network's fixed DHCP hosts ``wanted``: stale ones go first (their address
-    may be wanted by another MAC), then the missing ones are added, live and persistently."""
-    current = vxml.parse_network_hosts(net.XMLDesc(0))
+    """Make the network's fixed DHCP hosts ``wanted``, in its definition and in the running
+    network (they differ after a repair), stale entries first: their address may be wanted
+    by another MAC."""
     wanted = {(mac.lower(), ip) for mac, ip in wanted}
+    try:
+        config = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
+    except libvirt.libvirtError:  # libvirt's test driver: one definition, live and kept
+        both = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE | libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+        _apply_dhcp_hosts(net, net.XMLDesc(0), wanted, both)
+        return
+    _apply_dhcp_hosts(net, config, wanted, libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG)
+    if net.isActive():
+        _apply_dhcp_hosts(net, net.XMLDesc(0), wanted, libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE)
+
+
+def _apply_dhcp_hosts(net: Any, xml: str, wanted: set[tuple[str, str]], flags: int) -> None:
+    current = vxml.parse_network_hosts(xml)
     for command, entries in (
         (libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, current - wanted),
         (libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, wanted - current),
     ):
         for mac, ip in sorted(entries):
             net.update(command, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1,
-                       vxml.dhcp_host_xml(mac=mac, ip=ip), _UPDATE_FLAGS)  # fmt: skip
+                       vxml.dhcp_host_xml(mac=mac, ip=ip), flags)  # fmt: skip
 
 
 def _lookup_pool(conn: Conn, name: str) -> Pool | None:
@@ -836,6 +844,9 @@ class LibvirtHypervisor(Hypervisor):
             if net is None:
                 net = conn.networkDefineXML(network_xml)
                 log.info("defined network %s", spec.name)
+            elif not net.isPersistent():  # running, but undefined behind our back
+                net = conn.networkDefineXML(vxml.with_uuid(network_xml, str(net.UUIDString())))
+                log.info("defined running network %s again", spec.name)
             if not net.isActive():
                 net.create()
                 log.info("started network %s", spec.name)
@@ -856,7 +867,7 @@ class LibvirtHypervisor(Hypervisor):
                     partial(conn.nwfilterLookupByName, name), libvirt.VIR_ERR_NO_NWFILTER
                 )
                 if found is not None:
-                    filter_xml = vxml.filter_with_uuid(filter_xml, str(found.UUIDString()))
+                    filter_xml = vxml.with_uuid(filter_xml, str(found.UUIDString()))
                 conn.nwfilterDefineXML(filter_xml)
         except libvirt.libvirtError as err:
             if not (self.uri.startswith("test:") and _code(err) == libvirt.VIR_ERR_NO_SUPPORT):

@@ -418,15 +418,15 @@ def spec_shape(spec: NetworkSpec) -> tuple[str, str, str, str]:
     return spec.mode, spec.gateway or "", str(spec.prefix_length or ""), ""
 
 
-def filter_with_uuid(filter_xml: str, uuid: str) -> str:
-    """A filter definition that redefines the existing filter of that UUID (libvirt refuses
-    a filter of an existing name under no or another UUID)."""
-    root = ET.fromstring(filter_xml)  # noqa: S314 - built here, not from users
+def with_uuid(definition_xml: str, uuid: str) -> str:
+    """A filter or network definition that redefines the existing one of that UUID (libvirt
+    refuses one of an existing name under no or another UUID)."""
+    root = ET.fromstring(definition_xml)  # noqa: S314 - built here, not from users
     for old in root.findall("./uuid"):
         root.remove(old)
     el = ET.Element("uuid")
     el.text = uuid
-    root.insert(0, el)
+    root.insert(1 if root.tag == "network" else 0, el)  # a network's comes after its name
     return ET.tostring(root, encoding="unicode")
 
 
