@@ -60,10 +60,10 @@ def lab(lab_host_joined: Callable[[str], Host], local_host: Host) -> Host:
 
 
 @contextmanager
-def services_in_namespace(specs: list[str]) -> Iterator[None]:
+def services_in_namespace(specs: list[str], namespace: str = NAMESPACE) -> Iterator[None]:
     """Test services (netservice.py) inside the lab host's namespace; stopped at the end."""
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", NAMESPACE, sys.executable, str(SERVICE), *specs],
+        ["ip", "netns", "exec", namespace, sys.executable, str(SERVICE), *specs],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -223,3 +223,63 @@ def _segmentation(
 
 def _libvirt_name(network: str) -> str:
     return f"{name_prefix()}net-{network}"
+
+
+def test_a_desktop_keeps_its_network_when_it_moves_live_to_another_lab_host(
+    lab_host_joined, local_host, demo_template, employee, admin_user_
+) -> None:
+    """The destination gets the network, its guard and the DHCP entry before the guest
+    arrives; the guest keeps its address, still reaches its gateway's service there, and
+    the portal keeps showing the address (the new host's dnsmasq has no lease yet)."""
+    Host.objects.filter(pk=local_host.pk).update(enabled=False)
+    first, second = lab_host_joined(LAB), lab_host_joined("netb")
+    Host.objects.filter(pk=second.pk).update(enabled=False)  # launch on the first
+    iso = network_create(actor=admin_user_, **ISO)
+    template_networks_set(actor=admin_user_, template=demo_template, network_ids=[iso.pk])
+    desktop = wait_for_status(_launch(employee, demo_template).pk, "running", timeout=180)
+    assert desktop.host == first
+    networks_ensure(host=second)  # its gateway address, for the service to bind
+    with ExitStack() as stack:
+        stack.enter_context(services_in_namespace([f"{GATEWAY['iso']}:{ALLOWED}"]))
+        stack.enter_context(
+            services_in_namespace([f"{GATEWAY['iso']}:{ALLOWED}"], namespace="dplab-netb")
+        )
+        with guest_shell(first.uri, desktop.domain_name) as sh:
+            address = _address(sh)
+            assert _reaches(sh, GATEWAY["iso"], ALLOWED)
+        _lease_shown(api_for_owner := _api(employee), desktop, first, address)
+
+        Host.objects.filter(pk=second.pk).update(enabled=True)
+        desktop_act(actor=admin_user_, desktop=desktop, action="migrate", source_ip=None,
+                    params={"host": second.name})  # fmt: skip
+        desktop = wait_for_status(desktop.pk, "running", timeout=120)
+        assert desktop.host == second and desktop.migrate_to is None
+        nic = vxml_interface(second.uri, desktop.domain_name)
+        assert nic.find("filterref/parameter").get("value") == address
+        assert nic.find("port").get("isolated") == "yes"
+        with guest_shell(second.uri, desktop.domain_name) as sh:
+            assert _address(sh) == address
+            assert _reaches(sh, GATEWAY["iso"], ALLOWED)  # netb's own gateway now
+        host_heartbeat(host=second)
+        _lease_shown(api_for_owner, desktop, second, address)
+    desktop_act(actor=employee, desktop=desktop, action="delete", source_ip=None)
+    wait_for_status(desktop.pk, "deleted", timeout=90)
+
+
+def _api(user: Any) -> Any:
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+def vxml_interface(uri: str, domain: str) -> Any:
+    import xml.etree.ElementTree as ET
+
+    conn = libvirt.open(uri)
+    try:
+        root = ET.fromstring(conn.lookupByName(domain).XMLDesc(0))  # noqa: S314
+    finally:
+        conn.close()
+    return root.find("./devices/interface")

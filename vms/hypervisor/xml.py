@@ -14,6 +14,7 @@ kicking the others. noVNC asks for a shared session by default (``shared: true``
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import xml.etree.ElementTree as ET
 from typing import Final
@@ -375,6 +376,9 @@ def build_network_xml(spec: NetworkSpec) -> str:
     if spec.mode == "nat":
         _sub(root, "forward", mode="nat")
     _sub(root, "bridge", stp="off", delay="0")
+    # The gateway's MAC is the same on every host: a desktop that moves live keeps its ARP
+    # entry for the gateway, and it stays right.
+    _sub(root, "mac", address=gateway_mac(spec.name))
     ip = _sub(root, "ip", address=spec.gateway, prefix=str(spec.prefix_length))
     dhcp = _sub(ip, "dhcp")
     if spec.dhcp_start and spec.dhcp_end:
@@ -382,6 +386,12 @@ def build_network_xml(spec: NetworkSpec) -> str:
     for mac, address in spec.hosts:
         _sub(dhcp, "host", mac=mac, ip=address)
     return _to_string(root)
+
+
+def gateway_mac(network_name: str) -> str:
+    """A stable, locally administered MAC for a network's bridge, from its name."""
+    digest = hashlib.sha256(network_name.encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
 def dhcp_host_xml(*, mac: str, ip: str) -> str:

@@ -23,6 +23,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from vms.hypervisor import HypervisorError, InterfaceSpec, NetworkSpec
+from vms.hypervisor.xml import gateway_mac
 from vms.models import (
     Desktop,
     DesktopInterface,
@@ -287,8 +288,11 @@ def interfaces_allocate(*, desktop: Desktop) -> list[DesktopInterface]:
 
 
 def _save_with_new_mac(interface: DesktopInterface) -> None:
+    gateway = gateway_mac(libvirt_network_name(interface.network))  # the bridge's own
     for _ in range(8):
         interface.mac = f"{MAC_PREFIX}:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+        if interface.mac == gateway:
+            continue
         try:
             with transaction.atomic():
                 interface.save()
@@ -424,7 +428,7 @@ def interfaces_refresh(*, host: Host) -> int:
     rows = list(
         DesktopInterface.objects.filter(desktop__host=host)
         .exclude(desktop__status=DesktopStatus.DELETED)
-        .select_related("network")
+        .select_related("network", "desktop")
     )
     if not rows:
         return 0
@@ -441,6 +445,8 @@ def interfaces_refresh(*, host: Host) -> int:
     changed = 0
     for row in rows:
         addresses = sorted(leases.get(row.mac.lower(), []))
+        if not addresses and _keeps_fixed_address(row):
+            continue
         if addresses != row.addresses:
             DesktopInterface.objects.filter(pk=row.pk).update(
                 addresses=addresses, addresses_at=timezone.now()
@@ -450,15 +456,12 @@ def interfaces_refresh(*, host: Host) -> int:
     return changed
 
 
-def networks_of_desktops(desktop_ids: Iterable[Any]) -> dict[str, list[dict[str, Any]]]:
-    """The interfaces of these desktops, for pages: {desktop id: [{network, mac,
-    addresses}]} in one query."""
-    result: dict[str, list[dict[str, Any]]] = {}
-    rows = DesktopInterface.objects.filter(desktop_id__in=list(desktop_ids)).select_related(
-        "network"
+def _keeps_fixed_address(row: DesktopInterface) -> bool:
+    """A running desktop that moved here keeps its fixed address, though this host's
+    dnsmasq has no lease for it until the guest renews (it then answers with the same
+    address: every host has the DHCP host entry)."""
+    return (
+        row.ip is not None
+        and row.addresses == [row.ip]
+        and row.desktop.status in (DesktopStatus.RUNNING, DesktopStatus.MIGRATING)
     )
-    for row in rows.order_by("desktop_id", "position"):
-        result.setdefault(str(row.desktop_id), []).append(
-            {"network": row.network.name, "mac": row.mac, "addresses": row.addresses}
-        )
-    return result
