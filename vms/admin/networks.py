@@ -8,7 +8,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.models import User
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
@@ -17,8 +17,10 @@ from vms.services.errors import ServiceError
 from vms.services.networks import (
     network_addressing,
     network_clean,
+    network_create,
     network_delete,
     network_in_use,
+    network_update,
 )
 
 
@@ -108,12 +110,17 @@ class NetworkAdmin(admin.ModelAdmin):
         return int(getattr(network, "n_interfaces", 0))
 
     def save_model(self, request: HttpRequest, obj: Network, form: Any, change: bool) -> None:
-        from vms.services.audit import audit_record
-
-        super().save_model(request, obj, form, change)
-        audit_record(action="network.update" if change else "network.create",
-                     actor=request.user, network=obj.name, mode=obj.mode, subnet=obj.subnet,
-                     gateway_ports=obj.gateway_ports)  # fmt: skip
+        """Through the services, as the API (the form has checked the same rules)."""
+        assert isinstance(request.user, User)
+        fields = {name: form.cleaned_data[name] for name in NetworkForm.Meta.fields}
+        try:
+            if change:
+                network_update(actor=request.user, network=Network.objects.get(pk=obj.pk),
+                               **fields)  # fmt: skip
+            else:
+                obj.pk = network_create(actor=request.user, **fields).pk
+        except ServiceError as exc:
+            raise PermissionDenied(exc.message) from exc
 
     def has_delete_permission(self, request: HttpRequest, obj: Network | None = None) -> bool:
         return super().has_delete_permission(request, obj) and (
