@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, expect
 from tests.browser.conftest import logged_in_page
 from tests.browser.test_admin_ux import DESKTOP, PHONE, admin_page, shot
 from tests.fixtures import make_desktop
-from vms.models import DesktopInterface, DesktopStatus, Network, Template
+from vms.models import AuditEvent, DesktopInterface, DesktopStatus, Network, Template
 from vms.services.networks import interfaces_allocate, network_create, template_networks_set
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -54,6 +54,7 @@ def test_an_admin_adds_a_network_and_puts_a_template_on_it(
     expect(row).to_contain_text("office")
     expect(row).to_contain_text("2000 kB/s each way")
     assert list(fake_template.networks.values_list("name", flat=True)) == ["office"]
+    assert AuditEvent.objects.filter(action="template.networks").exists()
 
     page.goto(f"{portal_url}/admin/vms/network/{office.pk}/change/")
     expect(page.locator(".deletelink")).to_have_count(0)  # in use: no Delete

@@ -14,6 +14,7 @@ from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 
 from vms.models import DesktopStatus, Template, TemplateNetwork
+from vms.services.audit import audit_record
 from vms.services.errors import ServiceError
 from vms.services.images import image_inspect
 from vms.services.templates import template_save_imported
@@ -123,6 +124,14 @@ class TemplateAdmin(admin.ModelAdmin):
             .annotate(live_desktops=Count("desktops", filter=live))
             .prefetch_related("templatenetwork_set__network")
         )
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)
+        if formset.model is TemplateNetwork and formset.has_changed():
+            template = form.instance
+            names = [link.network.name for link in template.templatenetwork_set.all()]
+            audit_record(action="template.networks", actor=request.user,
+                         template=template.name, networks=names)  # fmt: skip
 
     @admin.display(description="Networks")
     def network_list(self, template: Template) -> str:
