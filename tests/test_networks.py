@@ -194,10 +194,10 @@ def test_networks_are_defined_started_repaired_and_removed_on_a_host(
         conn_net = _test_driver_network(name)
         assert conn_net.isActive() and conn_net.autostart()
         conn_net.destroy()  # stopped behind the portal's back: reconcile starts it again
-        assert networks_reconcile(host=fake_host) == []
+        assert networks_reconcile(host=fake_host) == ([], [])
         assert _test_driver_network(name).isActive()
         iso.delete()
-        assert networks_reconcile(host=fake_host) == [name]
+        assert networks_reconcile(host=fake_host) == ([name], [])
         assert name not in hypervisor.list_network_names(prefix="")
     finally:
         if name in hypervisor.list_network_names(prefix=""):

@@ -406,11 +406,20 @@ def networks_ensure(*, host: Host, networks: Iterable[Network] | None = None) ->
     return done
 
 
-def networks_reconcile(*, host: Host) -> list[str]:
-    """Reconcile's part: every network defined, active and current on `host`, and the
-    networks of our prefix that no longer exist removed; returns the names removed."""
-    networks_ensure(host=host)
+def networks_reconcile(*, host: Host) -> tuple[list[str], list[str]]:
+    """Reconcile's part: every network defined, active and current on `host` (a missing or
+    stopped one is repaired), and our prefix's networks that the portal no longer has
+    removed. Returns (names removed, errors): a network that fails is logged and reported,
+    and the others are still done."""
     hypervisor = hypervisor_for(host)
+    gateways = _all_gateways()
+    errors = []
+    for network in Network.objects.all():
+        try:
+            hypervisor.ensure_network(network_spec(network=network, host=host, gateways=gateways))
+        except HypervisorError as exc:
+            log.warning("network %s on host %s: %s", network.name, host.name, exc.message)
+            errors.append(exc.message)
     prefix = f"{name_prefix()}net-"
     wanted = {libvirt_network_name(n) for n in Network.objects.all()}
     removed = []
@@ -419,7 +428,7 @@ def networks_reconcile(*, host: Host) -> list[str]:
             filter_name = name_prefix() + "guard-" + name.removeprefix(prefix)
             hypervisor.remove_network(name=name, filter_name=filter_name)
             removed.append(name)
-    return removed
+    return removed, errors
 
 
 def interfaces_refresh(*, host: Host) -> int:

@@ -44,6 +44,7 @@ class ReconcileReport:
     removed_domains: list[str] = field(default_factory=list)
     removed_volumes: list[str] = field(default_factory=list)
     removed_networks: list[str] = field(default_factory=list)
+    network_errors: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
 
 
@@ -57,7 +58,6 @@ def reconcile_host(*, host: Host, volumes_live: Set[str] = frozenset()) -> Recon
     """
     hypervisor = hypervisor_for(host)
     report = ReconcileReport()
-    report.removed_networks = networks_reconcile(host=host)  # repairs missing or stopped ones
     domains = {d.name: d for d in hypervisor.list_domains(prefix=name_prefix())}
     volume_names = hypervisor.list_volume_names(pool=host.storage_pool, prefix=name_prefix())
     live = {d.domain_name: d for d in Desktop.objects.filter(host=host).exclude(status=S.DELETED)}
@@ -78,6 +78,8 @@ def reconcile_host(*, host: Host, volumes_live: Set[str] = frozenset()) -> Recon
         orphans = [volume for volume in volumes if volume.name in suspects]
         _remove_orphan_volumes(hypervisor, host, orphans, in_use, report)
     _requeue_stalled(live.values(), report)
+    # Networks last, and on their own: one that cannot be repaired does not hold up the rest.
+    report.removed_networks, report.network_errors = networks_reconcile(host=host)
     return report
 
 
