@@ -31,7 +31,7 @@ async def blob(size: int, reader: asyncio.StreamReader, writer: asyncio.StreamWr
         left -= min(CHUNK, left)
         await writer.drain()
     writer.write_eof()
-    await reader.read()  # the client closes once it has everything
+    await reader.read()  # the client's end (or its half-close)
     print(f"sent {size} in {time.monotonic() - started:.3f}", flush=True)
     writer.close()
 
