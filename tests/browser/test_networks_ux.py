@@ -5,7 +5,7 @@ help-desk page show a desktop's addresses. The desktops here are rows with no gu
 them, their addresses written as the heartbeat writes them from DHCP leases: no guest with
 a network card runs on this machine's own host (the network rule; the real leases are
 tests/fleet/test_networks_lab.py). Screenshots: docs/screenshots/admin-network*.png,
-dash-network*.png, help-network.png."""
+dash-network*.png, help-network*.png."""
 
 from __future__ import annotations
 
@@ -95,8 +95,10 @@ def test_the_dashboard_and_help_desk_show_a_desktops_addresses(
         shot(page, name)
         page.context.close()
 
-    page = logged_in_page(browser, portal_url, helpdesk_user.username)
-    page.goto(f"{portal_url}/helpdesk/?q={employee.username}")
-    expect(page.locator(f"tr[data-desktop='{desktop.pk}']")).to_contain_text("office 10.90.0.2")
-    shot(page, "help-network")
-    page.context.close()
+    for viewport, name in ((DESKTOP, "help-network"), (PHONE, "help-network-phone")):
+        page = logged_in_page(browser, portal_url, helpdesk_user.username, viewport=viewport)
+        page.goto(f"{portal_url}/helpdesk/?q={employee.username}")
+        row = page.locator(f"tr[data-desktop='{desktop.pk}']")
+        expect(row).to_contain_text("office 10.90.0.2")
+        shot(page, name)
+        page.context.close()
