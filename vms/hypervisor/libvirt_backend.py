@@ -29,13 +29,16 @@ from .errors import HypervisorError
 from .kvmprobe import run_kvm_probe
 from .libvirt_errors import POOL_FULL_OR_READONLY_HINTS, RETRY_NOTE, from_libvirt_error
 from .registry import register_backend
+from .stats import domain_stats_from
 from .types import (
     ConsoleEndpoint,
     DomainInfo,
     DomainSpec,
+    DomainStats,
     HostCapacity,
     HostLoad,
     MigrationStats,
+    PoolUsage,
     PowerState,
     VolumeInfo,
 )
@@ -911,6 +914,41 @@ class LibvirtHypervisor(Hypervisor):
             )
 
         return self._call("reading the host's load", op)
+
+    def domain_stats(self, *, prefix: str) -> list[DomainStats]:
+        def op(conn: Conn) -> list[DomainStats]:
+            records = conn.getAllDomainStats(_STATS_KINDS, _STATS_RUNNING)
+            return [
+                domain_stats_from(name=name, uuid=dom.UUIDString(), record=record)
+                for dom, record in records
+                if (name := dom.name()).startswith(prefix)
+            ]
+
+        return self._call("reading the running domains' statistics", op)
+
+    def pool_usage(self, *, pool: str) -> PoolUsage | None:
+        def op(conn: Conn) -> PoolUsage | None:
+            found = _lookup_pool(conn, pool)
+            if found is None:
+                return None
+            _state, capacity, allocation, available = found.info()
+            return PoolUsage(
+                capacity_bytes=int(capacity),
+                allocation_bytes=int(allocation),
+                available_bytes=int(available),
+            )
+
+        return self._call(f"reading storage pool {pool}'s usage", op)
+
+
+# What one bulk statistics call reads of each running domain (one round trip per host).
+_STATS_KINDS: Final = (
+    libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+)
+_STATS_RUNNING: Final = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
 
 
 def _node_cpu_counters(conn: Conn) -> tuple[int | None, int | None]:

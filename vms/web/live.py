@@ -12,8 +12,10 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from vms.roles import is_admin
 from vms.selectors import desktops_visible_to
 from vms.services.events import desktop_group, user_group
+from vms.services.metrics_push import ADMINS_GROUP
 from vms.web.client import scope_origin_allowed
 
 MAX_WATCHED = 200
@@ -29,8 +31,10 @@ class DesktopEventsConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated or not scope_origin_allowed(self.scope):
             await self.close(code=4403)
             return
-        self.groups_joined = [user_group(user.pk)]
-        await self.channel_layer.group_add(self.groups_joined[0], self.channel_name)
+        # Admins' pages also get every host's monitoring values (vms.services.metrics_push).
+        self.groups_joined = [user_group(user.pk)] + ([ADMINS_GROUP] if is_admin(user) else [])
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
@@ -65,3 +69,9 @@ class DesktopEventsConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(
             {"kind": "watchers", "desktop_id": event["desktop_id"], "watchers": event["watchers"]}
         )
+
+    async def desktop_metrics(self, event: dict[str, Any]) -> None:
+        await self.send_json({"kind": "metrics", "metrics": event["metrics"]})
+
+    async def host_metrics(self, event: dict[str, Any]) -> None:
+        await self.send_json({"kind": "host_metrics", "metrics": event["metrics"]})
