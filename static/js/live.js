@@ -13,6 +13,10 @@ export function connectLive({ onDesktop = () => {}, onWatchers = () => {}, watch
       const message = JSON.parse(event.data);
       if (message.kind === "desktop") onDesktop(message.desktop);
       if (message.kind === "watchers") onWatchers(message.desktop_id, message.watchers);
+      // Monitoring values (kinds "metrics", "host_metrics") go to the charts (metrics.js).
+      if (message.kind.endsWith("metrics")) {
+        document.dispatchEvent(new CustomEvent(`live:${message.kind}`, { detail: message.metrics }));
+      }
     });
     socket.addEventListener("close", () => {
       document.body.dataset.live = "disconnected";
