@@ -14,7 +14,7 @@ function chartOptions(width, height, { max, color, fill, axes }) {
     legend: { show: false },
     cursor: { show: axes },
     scales: { x: { time: true }, y: { range: (u, lo, hi) => [0, Math.max(max ?? 0, hi || 1)] } },
-    axes: axes ? [{ size: 28 }, { size: 44 }] : [{ show: false }, { show: false }],
+    axes: axes ? [{ size: 28 }, { size: 56 }] : [{ show: false }, { show: false }],
     series: [{}, { stroke: color, fill, width: 1.5, spanGaps: true, points: { show: false } }],
   };
 }
