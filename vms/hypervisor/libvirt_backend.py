@@ -904,13 +904,15 @@ class LibvirtHypervisor(Hypervisor):
             info = conn.getInfo()
             running = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
             busy, total = _node_cpu_counters(conn)
+            available, stats_total = _memory_mib(conn)
             return HostLoad(
                 cpus=int(info[2]),
                 memory_mib=int(info[1]),
-                available_memory_mib=_available_memory_mib(conn),
+                available_memory_mib=available,
                 running_guests=len(running),
                 cpu_busy_ns=busy,
                 cpu_total_ns=total,
+                memory_stats_total_mib=stats_total,
             )
 
         return self._call("reading the host's load", op)
@@ -962,15 +964,17 @@ def _node_cpu_counters(conn: Conn) -> tuple[int | None, int | None]:
     return busy, busy + idle
 
 
-def _available_memory_mib(conn: Conn) -> int:
-    """Free memory plus buffers and page cache (what guests can still get), in MiB; the
-    plain free figure where the driver has no memory statistics (libvirt's test driver)."""
+def _memory_mib(conn: Conn) -> tuple[int, int | None]:
+    """(available, total) MiB by the kernel's statistics: available is free memory plus
+    buffers and page cache (what guests can still get); where the driver has no memory
+    statistics (libvirt's test driver), the plain free figure and no total."""
     try:
         stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)
     except libvirt.libvirtError:
-        return int(conn.getFreeMemory()) // 2**20
+        return int(conn.getFreeMemory()) // 2**20, None
     kib = sum(int(stats.get(key, 0)) for key in ("free", "buffers", "cached"))
-    return kib // 1024
+    total = stats.get("total")
+    return kib // 1024, int(total) // 1024 if total is not None else None
 
 
 register_backend(LIBVIRT_SCHEMES, LibvirtHypervisor)

@@ -126,6 +126,10 @@ class HostLoad:
     running_guests: int
     cpu_busy_ns: int | None
     cpu_total_ns: int | None
+    # Total memory by the same statistics as `available_memory_mib` (None: the driver has
+    # none); it can differ from `memory_mib` (libvirt's node info), so "used" is this
+    # minus the available figure.
+    memory_stats_total_mib: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

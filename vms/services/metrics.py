@@ -227,8 +227,8 @@ def _host_record(host: Host, reading: HostReading, *, running: int, now: dt.date
     load, pool = reading.load, reading.pool
     counters = {"busy_ns": load.cpu_busy_ns, "total_ns": load.cpu_total_ns} if load else {}
     cpu = _host_cpu_percent(before or {}, counters)
-    used = None if load is None else float(load.memory_mib - load.available_memory_mib)
-    total = None if load is None else float(load.memory_mib)
+    total = None if load is None else float(load.memory_stats_total_mib or load.memory_mib)
+    used = None if load is None or total is None else max(total - load.available_memory_mib, 0.0)
     usage, _ = HostUsage.objects.update_or_create(
         host=host,
         defaults={
