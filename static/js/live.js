@@ -15,7 +15,9 @@ export function connectLive({ onDesktop = () => {}, onWatchers = () => {}, watch
       if (message.kind === "watchers") onWatchers(message.desktop_id, message.watchers);
       // Monitoring values (kinds "metrics", "host_metrics") go to the charts (metrics.js).
       if (message.kind.endsWith("metrics")) {
-        document.dispatchEvent(new CustomEvent(`live:${message.kind}`, { detail: message.metrics }));
+        for (const metrics of [].concat(message.metrics)) {
+          document.dispatchEvent(new CustomEvent(`live:${message.kind}`, { detail: metrics }));
+        }
       }
     });
     socket.addEventListener("close", () => {

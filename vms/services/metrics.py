@@ -108,7 +108,6 @@ class HostReading:
 @dataclass(frozen=True, slots=True)
 class _Known:
     pk: Any
-    owner_id: int
     vcpus: int
     memory_mib: int
 
@@ -142,8 +141,7 @@ def metrics_record(
     loads = _desktop_loads(host, [s for s in stats if s.name in known], known, now)
     usage = _host_record(host, reading, running=len(loads), now=now)
     alerts_evaluate(host=host, loads=loads, usage=usage, reading=reading, now=now)
-    owners = {k.pk: k.owner_id for k in known.values()}
-    metrics_push(host=host, loads=loads, owners=owners, usage=usage)
+    metrics_push(host=host, loads=loads, usage=usage)
     return len(loads)
 
 
@@ -151,9 +149,9 @@ def _desktops_of(stats: Iterable[DomainStats]) -> dict[str, _Known]:
     rows = (
         Desktop.objects.filter(domain_name__in=[s.name for s in stats])
         .exclude(status=DesktopStatus.DELETED)
-        .values_list("domain_name", "pk", "owner_id", "vcpus", "memory_mib")
+        .values_list("domain_name", "pk", "vcpus", "memory_mib")
     )
-    return {name: _Known(pk, owner, vcpus, memory) for name, pk, owner, vcpus, memory in rows}
+    return {name: _Known(pk, vcpus, memory) for name, pk, vcpus, memory in rows}
 
 
 def _desktop_loads(

@@ -17,11 +17,12 @@ from vms.selectors import desktops_visible_to
 from vms.services.events import desktop_group, user_group
 from vms.services.metrics_push import ADMINS_GROUP
 from vms.web.client import scope_origin_allowed
+from vms.web.live_metrics import MetricsFeedMixin
 
 MAX_WATCHED = 200
 
 
-class DesktopEventsConsumer(AsyncJsonWebsocketConsumer):
+class DesktopEventsConsumer(MetricsFeedMixin, AsyncJsonWebsocketConsumer):
     """One open page's live feed."""
 
     groups_joined: list[str]
@@ -36,6 +37,7 @@ class DesktopEventsConsumer(AsyncJsonWebsocketConsumer):
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
+        await self.metrics_follow()
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         wanted = content.get("watch") if isinstance(content, dict) else None
@@ -47,6 +49,7 @@ class DesktopEventsConsumer(AsyncJsonWebsocketConsumer):
             if group not in self.groups_joined:
                 self.groups_joined.append(group)
                 await self.channel_layer.group_add(group, self.channel_name)
+        await self.metrics_follow(allowed)
 
     @database_sync_to_async
     def _visible(self, ids: list[str]) -> list[str]:
@@ -64,14 +67,9 @@ class DesktopEventsConsumer(AsyncJsonWebsocketConsumer):
 
     async def desktop_changed(self, event: dict[str, Any]) -> None:
         await self.send_json({"kind": "desktop", "desktop": event["desktop"]})
+        await self.metrics_follow()  # it may have moved hosts, or be new
 
     async def console_watchers(self, event: dict[str, Any]) -> None:
         await self.send_json(
             {"kind": "watchers", "desktop_id": event["desktop_id"], "watchers": event["watchers"]}
         )
-
-    async def desktop_metrics(self, event: dict[str, Any]) -> None:
-        await self.send_json({"kind": "metrics", "metrics": event["metrics"]})
-
-    async def host_metrics(self, event: dict[str, Any]) -> None:
-        await self.send_json({"kind": "host_metrics", "metrics": event["metrics"]})
