@@ -67,11 +67,11 @@ def test_a_busy_loop_in_the_guest_shows_as_high_cpu_within_two_periods(running_g
         sample_round(running_guest)
         time.sleep(PERIOD_S)
         idle = sample_round(running_guest).cpu_percent
-        shell.run("while :; do :; done >/dev/null 2>&1 &", timeout=30)
+        shell.run("(while :; do :; done) >/dev/null 2>&1 & echo $! > /tmp/busy", timeout=30)
         readings = []
         for _ in range(2):  # two sampling periods
             time.sleep(PERIOD_S)
             readings.append(sample_round(running_guest).cpu_percent)
-        shell.run("kill %1", timeout=30)
+        shell.run("kill $(cat /tmp/busy)", timeout=30)
     assert max(readings) >= 70, (idle, readings)
     assert idle is not None and idle < max(readings) - 30, (idle, readings)
