@@ -90,11 +90,13 @@ for (const box of document.querySelectorAll("[data-metrics-desktop]")) {
 }
 document.addEventListener("live:metrics", (event) => addPoint(event.detail.desktop_id, event.detail));
 
-// The admin's host page: <section data-metrics-host="<name>" data-period="1h|24h|7d">.
+// The admin's host page: <section data-metrics-host="<name>" data-period="1h|24h|7d">; the
+// charts of its desktops' cards inside it are theirs.
+const ownCharts = (box) => [...box.querySelectorAll("[data-chart]")].filter((el) => !el.closest("[data-metrics-desktop]"));
 for (const box of document.querySelectorAll("[data-metrics-host]")) {
   const name = box.dataset.metricsHost;
   const show = (period) => load(`host:${name}`, `/api/hosts/${encodeURIComponent(name)}/metrics/?period=${period}`,
-                                box.querySelectorAll("[data-chart]"), true);
+                                ownCharts(box), true);
   show(box.dataset.period || "1h");
   for (const button of box.querySelectorAll("button[data-period]")) {
     button.addEventListener("click", () => {

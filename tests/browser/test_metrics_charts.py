@@ -15,6 +15,7 @@ from tests.browser.conftest import logged_in_page, off_thread
 from tests.fixtures import make_desktop
 from tests.metrics import helpers
 from tests.metrics.helpers import stats_for
+from vms.services.metrics import metrics_rollup
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -41,7 +42,9 @@ def measured(fake_host, fake_template, employee):
         memory = (150 + 60 * math.sin(i / 20)) * 1024
         record(fake_host, start + dt.timedelta(seconds=15 * i),
                stats_for(desktop, cpu_s=cpu, memory_used_kib=int(memory)),
-               stats_for(quiet, cpu_s=spare), busy_s=cpu * 1.2, total_s=30 * i)  # fmt: skip
+               stats_for(quiet, cpu_s=spare), busy_s=cpu * 1.2, total_s=30 * i,
+               pool_used=0.93)  # fmt: skip
+    metrics_rollup()  # the usage report's hourly rows
     desktop.cpu_s = cpu  # type: ignore[attr-defined]  # where its counter stands
     return desktop
 
@@ -85,7 +88,16 @@ def test_the_admin_host_page_draws_the_host(browser, portal_url, admin_user_, me
         wait_for_charts(page, 3 + 4)  # the host's three and two desktops' two each
         host = page.locator("[data-metrics-host=fake]")
         assert host.locator('[data-chart="running_desktops"]').get_attribute("data-points")
-        assert "2 running" in host.inner_text()
+        assert "2 running" in host.inner_text() and "93 % full" in host.inner_text()
+        desktop = host.locator(f'[data-metrics-desktop="{measured.pk}"] [data-field=value]')
+        memory = desktop.nth(1).inner_text()
+        assert memory.endswith(" MiB") and memory[0].isdigit()  # its own, not the host's
         page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-    page.goto(f"{portal_url}/admin/vms/host/usage/")
-    page.screenshot(path=str(SHOTS / "metrics-usage-report.png"), full_page=True)
+
+
+def test_the_usage_report_page(browser, portal_url, admin_user_, measured):
+    for name, context in (("metrics-usage-report", {}), ("metrics-usage-report-phone", PHONE)):
+        page = logged_in_page(browser, portal_url, admin_user_.username, **context)
+        page.goto(f"{portal_url}/admin/vms/host/usage/")
+        assert "employee1" in page.locator("table.usage-report").inner_text()
+        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)

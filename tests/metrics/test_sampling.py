@@ -107,7 +107,7 @@ def test_rollups_keep_means_and_maxima_and_pruning_keeps_its_promise(
     assert hour.cpu_percent == 30.0 and hour.cpu_percent_max == 50.0
     assert hour.running_s == pytest.approx(120)
     assert HostSample.objects.filter(host=fake_host, resolution=Resolution.MINUTE).count() == 2
-    assert metrics_rollup()["DesktopSample.minute"] == 2  # again: the same rows, replaced
+    assert metrics_rollup()["DesktopSample.minute"] == 1  # again: the last bucket, replaced
     assert minutes.count() == 2
 
     minutes.update(at=F("at") - dt.timedelta(days=8))
@@ -117,3 +117,17 @@ def test_rollups_keep_means_and_maxima_and_pruning_keeps_its_promise(
     assert pruned["pruned DesktopSample.raw"] == 8
     assert pruned["pruned DesktopSample.minute"] == 2
     assert DesktopSample.objects.filter(resolution=Resolution.HOUR).count() == 1
+
+
+def test_a_backlog_is_rolled_up_whole(fake_host, fake_template, employee):
+    """After the rollup task stood still (or on its first run), every raw sample still
+    kept is rolled up, not only the last few minutes."""
+    desktop = make_desktop(employee, fake_template, domain_name="dpm-backlog")
+    start = timezone.now().replace(second=0, microsecond=0) - dt.timedelta(minutes=40)
+    for i in range(4 * 30):  # half an hour, every 15 s
+        record(fake_host, start + dt.timedelta(seconds=15 * i), stats_for(desktop, cpu_s=1.5 * i))
+    metrics_rollup()
+    minutes = DesktopSample.objects.filter(desktop=desktop, resolution=Resolution.MINUTE)
+    assert minutes.count() == 30
+    hours = DesktopSample.objects.filter(desktop=desktop, resolution=Resolution.HOUR)
+    assert sum(h.running_s for h in hours) == pytest.approx(30 * 60)

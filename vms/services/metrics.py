@@ -357,22 +357,24 @@ def alerts_open(*, host: Host | None = None) -> list[MetricAlert]:
 
 
 def metrics_rollup(*, now: dt.datetime | None = None) -> dict[str, int]:
-    """Write the 1-minute rows from raw samples and the 1-hour rows from minute rows (the
-    last few buckets again, the current one included: each run replaces them), then
-    prune rows past their retention. Idempotent. Returns row counts."""
-    from vms.services.metrics_history import history_prune, history_roll
+    """Write the 1-minute rows from raw samples and the 1-hour rows from minute rows, from
+    the last bucket already written (again: each run replaces it) up to the current one
+    included; a first run, or one after the task stood still, goes back as far as the
+    finer rows are kept. Then prune rows past their retention. Idempotent. Returns counts."""
+    from vms.services.metrics_history import history_prune, history_roll, history_rolled_until
 
     now = now or timezone.now()
-    done = {
-        f"{model.__name__}.{target.name.lower()}": history_roll(
-            model=model, source=source, target=target, since=now - lookback, until=now
-        )
-        for model in (DesktopSample, HostSample)
-        for source, target, lookback in (
-            (Resolution.RAW, Resolution.MINUTE, dt.timedelta(minutes=10)),
-            (Resolution.MINUTE, Resolution.HOUR, dt.timedelta(hours=2)),
-        )
-    }
+    kept = {Resolution.RAW: dt.timedelta(hours=metric("RAW_RETENTION_H")),
+            Resolution.MINUTE: dt.timedelta(days=metric("MINUTE_RETENTION_DAYS"))}  # fmt: skip
+    done = {}
+    for model in (DesktopSample, HostSample):
+        for source, target in ((Resolution.RAW, Resolution.MINUTE),
+                               (Resolution.MINUTE, Resolution.HOUR)):  # fmt: skip
+            since = history_rolled_until(model=model, target=target) or now - kept[source]
+            done[f"{model.__name__}.{target.name.lower()}"] = history_roll(
+                model=model, source=source, target=target, since=max(since, now - kept[source]),
+                until=now,
+            )  # fmt: skip
     return done | history_prune(now=now)
 
 

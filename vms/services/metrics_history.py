@@ -78,6 +78,14 @@ def history_roll(
     return len(made)
 
 
+def history_rolled_until(*, model: type[Model], target: Resolution) -> dt.datetime | None:
+    """The latest `target` bucket written so far (None: none yet)."""
+    latest: dt.datetime | None = model.objects.filter(resolution=target).aggregate(  # type: ignore[attr-defined]
+        at=Max("at")
+    )["at"]
+    return latest
+
+
 def _round(value: Any) -> Any:
     return round(value, 2) if isinstance(value, float) else value
 
