@@ -153,11 +153,15 @@ class MetricAlert(models.Model):
         ordering = ["-started_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["host", "kind", "desktop"],
-                condition=models.Q(ended_at__isnull=True),
-                name="metric_alert_open_once",
-                nulls_distinct=False,
-            )
+                fields=["host", "kind"],
+                condition=models.Q(ended_at__isnull=True, desktop__isnull=True),
+                name="metric_alert_host_open_once",
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "desktop"],
+                condition=models.Q(ended_at__isnull=True, desktop__isnull=False),
+                name="metric_alert_desktop_open_once",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -88,7 +88,12 @@ for (const box of document.querySelectorAll("[data-metrics-desktop]")) {
   const id = box.dataset.metricsDesktop;
   load(id, `/api/desktops/${id}/metrics/?period=1h`, box.querySelectorAll("[data-chart]"), false);
 }
-document.addEventListener("live:metrics", (event) => addPoint(event.detail.desktop_id, event.detail));
+document.addEventListener("live:metrics", (event) => {
+  for (const box of document.querySelectorAll(`[data-metrics-desktop="${event.detail.desktop_id}"]`)) {
+    box.hidden = false; // it runs: it was sampled
+  }
+  addPoint(event.detail.desktop_id, event.detail);
+});
 
 // The admin's host page: <section data-metrics-host="<name>" data-period="1h|24h|7d">; the
 // charts of its desktops' cards inside it are theirs.

@@ -15,6 +15,7 @@ from tests.browser.conftest import logged_in_page, off_thread
 from tests.fixtures import make_desktop
 from tests.metrics import helpers
 from tests.metrics.helpers import stats_for
+from vms.models import Desktop
 from vms.services.metrics import metrics_rollup
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -52,22 +53,33 @@ def measured(fake_host, fake_template, employee):
 def wait_for_charts(page, count: int) -> None:
     page.wait_for_function(
         f"document.querySelectorAll('[data-chart] canvas').length >= {count} && "
-        "[...document.querySelectorAll('[data-chart]')].every(c => Number(c.dataset.points) > 0)"
+        "[...document.querySelectorAll('[data-chart]')]"
+        ".every(c => c.closest('[hidden]') || Number(c.dataset.points) > 0)"
     )
 
 
-def test_charts_draw_and_take_live_values(browser, portal_url, employee, measured, fake_host):
+def test_charts_draw_and_take_live_values(
+    browser, portal_url, employee, measured, fake_host, fake_template
+):
+    late = make_desktop(employee, fake_template, domain_name="dpm-late", status="stopped")
     page = logged_in_page(browser, portal_url, employee.username)
+    assert page.locator(f'[data-metrics-desktop="{late.pk}"]').is_hidden()
     wait_for_charts(page, 4)
     box = page.locator(f'[data-metrics-desktop="{measured.pk}"]')
     assert box.locator("[data-field=value]").first.inner_text().startswith("CPU ")
     assert int(box.locator('[data-chart="cpu_percent"]').get_attribute("data-points")) == POINTS
     page.wait_for_selector("body[data-live=connected]")
-    record(fake_host, timezone.now(), stats_for(measured, cpu_s=measured.cpu_s + 4.5))
+    Desktop.objects.filter(pk=late.pk).update(status="running")  # it started meanwhile
+    both = (stats_for(measured, cpu_s=measured.cpu_s + 4.5), stats_for(late, cpu_s=1))
+    record(fake_host, timezone.now(), *both)
     page.wait_for_function(
         f'document.querySelector(\'[data-metrics-desktop="{measured.pk}"] '
         f"[data-chart=cpu_percent]').dataset.points === '{POINTS + 1}'"
     )
+    page.locator(f'[data-metrics-desktop="{late.pk}"]').wait_for(state="visible")
+    Desktop.objects.filter(pk=late.pk).delete()  # not in the screenshots
+    page.reload()
+    wait_for_charts(page, 4)
     page.screenshot(path=str(SHOTS / "metrics-dashboard.png"), full_page=True)
     phone = logged_in_page(browser, portal_url, employee.username, **PHONE)
     wait_for_charts(phone, 4)

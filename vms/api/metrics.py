@@ -8,7 +8,12 @@ from typing import Any
 
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -40,6 +45,8 @@ SERIES = inline_serializer(
     },
 )
 
+BAD_PERIOD = OpenApiResponse(description="`period` is not one of 1h, 24h, 7d (a `detail` says so)")
+
 
 def _period(request: Request) -> str:
     period = request.query_params.get("period", "1h")
@@ -58,7 +65,11 @@ def _series(model: Any, owner_id: Any, request: Request) -> Response:
 class DesktopMetricsView(APIView):
     """A desktop's CPU (percent of its vCPUs), memory (MiB), disk and network rates."""
 
-    @extend_schema(parameters=[PERIOD], responses={200: SERIES}, operation_id="desktops_metrics")
+    @extend_schema(
+        parameters=[PERIOD],
+        responses={200: SERIES, 400: BAD_PERIOD, 404: OpenApiResponse(description="not yours")},
+        operation_id="desktops_metrics",
+    )
     def get(self, request: Request, pk: str) -> Response:
         desktop = get_object_or_404(desktops_visible_to(user=request.user), pk=pk)
         return _series(DesktopSample, desktop.pk, request)
@@ -69,7 +80,11 @@ class HostMetricsView(APIView):
 
     permission_classes = [IsPortalAdmin]
 
-    @extend_schema(parameters=[PERIOD], responses={200: SERIES}, operation_id="hosts_metrics")
+    @extend_schema(
+        parameters=[PERIOD],
+        responses={200: SERIES, 400: BAD_PERIOD, 403: OpenApiResponse(description="admins only")},
+        operation_id="hosts_metrics",
+    )
     def get(self, request: Request, name: str) -> Response:
         host = get_object_or_404(Host, name=name)
         return _series(HostSample, host.pk, request)
