@@ -509,3 +509,16 @@ class ConsoleSession(AppendOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.user} on {self.desktop} ({self.mode})"
+
+
+# Monitoring models live in their own module (vms.models_metrics); imported here so Django
+# registers them with the app.
+from vms.models_metrics import (  # noqa: E402, F401
+    AlertKind,
+    DesktopLoad,
+    DesktopSample,
+    HostSample,
+    HostUsage,
+    MetricAlert,
+    Resolution,
+)

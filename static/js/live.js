@@ -13,6 +13,12 @@ export function connectLive({ onDesktop = () => {}, onWatchers = () => {}, watch
       const message = JSON.parse(event.data);
       if (message.kind === "desktop") onDesktop(message.desktop);
       if (message.kind === "watchers") onWatchers(message.desktop_id, message.watchers);
+      // Monitoring values (kinds "metrics", "host_metrics") go to the charts (metrics.js).
+      if (message.kind.endsWith("metrics")) {
+        for (const metrics of [].concat(message.metrics)) {
+          document.dispatchEvent(new CustomEvent(`live:${message.kind}`, { detail: metrics }));
+        }
+      }
     });
     socket.addEventListener("close", () => {
       document.body.dataset.live = "disconnected";

@@ -14,11 +14,13 @@ from .types import (
     ConsoleEndpoint,
     DomainInfo,
     DomainSpec,
+    DomainStats,
     HostCapacity,
     HostLoad,
     Lease,
     MigrationStats,
     NetworkSpec,
+    PoolUsage,
     PowerState,
     VolumeInfo,
 )
@@ -168,3 +170,15 @@ class Hypervisor(ABC):
         the heartbeat (placement by live load). Not abstract: a backend that cannot tell
         says so, and placement then uses the admin's figures alone."""
         raise HypervisorError(f"{type(self).__name__} cannot report a host's load", permanent=True)
+
+    def domain_stats(self, *, prefix: str) -> list[DomainStats]:
+        """The counters and memory of every running domain whose name starts with
+        ``prefix``, read in one bulk call (the monitoring sample). Not abstract: a backend
+        that cannot tell says so, and its desktops go unmeasured."""
+        raise HypervisorError(
+            f"{type(self).__name__} cannot report domain statistics", permanent=True
+        )
+
+    def pool_usage(self, *, pool: str) -> PoolUsage | None:
+        """Storage pool ``pool``'s size and allocation; ``None`` when it does not exist."""
+        raise HypervisorError(f"{type(self).__name__} cannot report a pool's usage", permanent=True)
