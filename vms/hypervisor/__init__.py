@@ -19,6 +19,7 @@ from .errors import HypervisorError
 from .naming import domain_name, is_ours, volume_name
 from .registry import backend_for, get_hypervisor, register_backend, registered_schemes
 from .types import (
+    BackupJob,
     ConsoleEndpoint,
     DomainInfo,
     DomainSpec,
@@ -27,11 +28,13 @@ from .types import (
     HostLoad,
     MigrationStats,
     PowerState,
+    SnapshotInfo,
     VirtType,
     VolumeInfo,
 )
 
 __all__ = [
+    "BackupJob",
     "ConsoleEndpoint",
     "DomainInfo",
     "DomainSpec",
@@ -42,6 +45,7 @@ __all__ = [
     "HypervisorError",
     "MigrationStats",
     "PowerState",
+    "SnapshotInfo",
     "VirtType",
     "VolumeInfo",
     "backend_for",
