@@ -21,7 +21,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from vms.models import Backup, BackupStatus, Desktop, DesktopStatus, Template
-from vms.roles import DesktopRole, desktop_role
+from vms.roles import DesktopRole, desktop_role, sees_all_desktops
 from vms.services.actions import ACTIONS, busy_label_of
 from vms.services.audit import audit_record
 from vms.services.errors import InvalidTransition, ServiceError
@@ -75,10 +75,13 @@ def backups_listed(*, desktop: Desktop) -> QuerySet[Backup]:
 
 
 def backups_visible_to(*, user: User) -> QuerySet[Backup]:
-    """Backups of desktops `user` may see (another user's answer 404)."""
-    from vms.selectors import desktops_visible_to
-
-    return Backup.objects.filter(desktop__in=desktops_visible_to(user=user))
+    """Backups `user` may see: of their own desktops, deleted ones included (a backup
+    outlives its desktop: "restore to a new desktop"); help-desk and admins see all.
+    Another user's answer 404."""
+    rows = Backup.objects.select_related("desktop__owner", "desktop__template")
+    if not user.is_authenticated:
+        return rows.none()
+    return rows if sees_all_desktops(user) else rows.filter(desktop__owner=user)
 
 
 def backup_request(
