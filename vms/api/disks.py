@@ -5,6 +5,7 @@ desktop or backup answers 404 on every one of them (they are looked up through
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -49,22 +50,24 @@ class BackupSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-def _desktop(request: Request, desktop_id: str) -> Desktop:
+def _uuid(value: str, what: str) -> UUID:
+    """The id of the URL, or 404 (a malformed id names nothing, like another's)."""
     try:
-        found = desktops_visible_to(user=request.user).filter(pk=desktop_id).first()
-    except (ValueError, TypeError):
-        found = None
+        return UUID(value)
+    except ValueError:
+        raise NotFound(f"No such {what}.") from None
+
+
+def _desktop(request: Request, desktop_id: str) -> Desktop:
+    found = desktops_visible_to(user=request.user).filter(pk=_uuid(desktop_id, "desktop")).first()
     if found is None:
         raise NotFound("No such desktop.")
     return found
 
 
 def _backup(request: Request, backup_id: str) -> Backup:
-    try:
-        found = backups.backups_visible_to(user=request.user).select_related("desktop")
-        row = found.filter(pk=backup_id).first()
-    except (ValueError, TypeError):
-        row = None
+    rows = backups.backups_visible_to(user=request.user)
+    row = rows.filter(pk=_uuid(backup_id, "backup")).first()
     if row is None:
         raise NotFound("No such backup.")
     return row
@@ -112,10 +115,8 @@ def snapshot_detail(request: Request, desktop_id: str, snapshot_id: str) -> Resp
 
 
 def _snapshot_of(desktop: Desktop, snapshot_id: str) -> Snapshot:
-    try:
-        found = desktop.snapshots.filter(pk=snapshot_id).exclude(status="deleted").first()
-    except (ValueError, TypeError):
-        found = None
+    rows = desktop.snapshots.exclude(status="deleted")
+    found = rows.filter(pk=_uuid(snapshot_id, "snapshot")).first()
     if found is None:
         raise NotFound("No such snapshot.")
     return found
