@@ -13,9 +13,10 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 
-from vms.models import DesktopStatus, Template
+from vms.models import DesktopStatus, Template, TemplateVersion
 from vms.services.errors import ServiceError
 from vms.services.images import image_inspect
+from vms.services.template_versions import base_in_use
 from vms.services.templates import template_save_imported
 
 
@@ -84,6 +85,24 @@ def _saved_upload(upload: Any) -> Path:
     return target
 
 
+class TemplateVersionInline(admin.TabularInline):
+    """The template's base versions, newest first (read-only: a new one is published from
+    a prepared desktop, with the desktops list's "Publish" action)."""
+
+    model = TemplateVersion
+    extra = 0
+    fields = ["number", "status", "made_from", "created_by", "created_at", "note", "in_use"]
+    readonly_fields = fields
+    can_delete = False
+
+    @admin.display(description="Base still in use")
+    def in_use(self, version: TemplateVersion) -> bool:
+        return bool(version.base_image_path) and base_in_use(path=version.base_image_path)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Template)
 class TemplateAdmin(admin.ModelAdmin):
     list_display = [
@@ -100,6 +119,7 @@ class TemplateAdmin(admin.ModelAdmin):
     filter_horizontal = ["assigned_users", "assigned_groups"]
     search_fields = ["name"]
     actions = ["enable", "disable"]
+    inlines = [TemplateVersionInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Template]:
         live = ~Q(desktops__status=DesktopStatus.DELETED)

@@ -1,0 +1,75 @@
+"""Template versions from a prepared desktop, on the real libvirtd with a real worker: the
+admin publishes a stopped desktop; its disk is flattened into a new base; new launches get
+its changes, existing desktops keep their base until reset; a base in use is never deleted."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.disks.test_snapshots_live import (
+    MARK,
+    disk_path,
+    has_pattern,
+    launched_and_stopped,
+    wait_for_status,
+    wait_idle,
+    write_pattern,
+)
+from vms.hypervisor import qemuimg
+from vms.models import Quota, Template, TemplateVersion
+from vms.services.errors import InvalidTransition
+from vms.services.template_versions import template_version_delete, template_version_publish
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
+
+
+def wait_version(version_id: int, *, timeout: float = 120) -> TemplateVersion:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        version = TemplateVersion.objects.get(pk=version_id)
+        if version.status != "building":
+            return version
+        time.sleep(0.2)
+    raise AssertionError("the version was not built")
+
+
+def test_version_from_a_prepared_desktop_launches_with_its_changes(
+    celery_worker, api_for, employee, admin_user_, demo_template, hypervisor
+) -> None:
+    Quota.objects.create(user=employee, max_desktops=3)
+    client = api_for(employee)
+    old_base = demo_template.base_image_path
+    prepared = launched_and_stopped(client, demo_template)
+    write_pattern(disk_path(prepared, hypervisor), MARK, 0xEE, "2M")  # the admin's changes
+    bystander = launched_and_stopped(client, demo_template)
+
+    version = wait_version(template_version_publish(actor=admin_user_, desktop=prepared).pk)
+    assert version.status == "ready", version.last_error
+    assert version.number == 2
+    template = Template.objects.get(pk=demo_template.pk)
+    assert template.base_image_path == version.base_image_path != old_base
+    assert qemuimg.image_chain(version.base_image_path)[0].get("backing-filename") is None
+    qemuimg.image_check(version.base_image_path)
+
+    launched = client.post("/api/desktops/", {"template": template.pk}, format="json")
+    new = wait_for_status(launched.json()["id"], "running")
+    assert new.base_image_path == version.base_image_path
+    assert client.post(f"/api/desktops/{new.pk}/force-stop/").status_code == 202
+    new = wait_for_status(new.pk, "stopped")
+    assert has_pattern(disk_path(new, hypervisor), MARK, 0xEE, "2M")
+
+    # The bystander keeps the old base until it is reset, and the old base stays.
+    v1 = TemplateVersion.objects.get(template=template, number=1)
+    assert bystander.base_image_path == old_base
+    with pytest.raises(InvalidTransition):
+        template_version_delete(actor=admin_user_, version=v1)
+    assert client.post(f"/api/desktops/{bystander.pk}/reset/").status_code == 202
+    reset = wait_idle(bystander.pk)
+    assert reset.base_image_path == version.base_image_path
+    assert has_pattern(disk_path(reset, hypervisor), MARK, 0xEE, "2M")
+    assert hypervisor.volume_info(pool=reset.host.storage_pool, name=reset.volume_name)
+    # The prepared desktop still rests on v1, so v1's base is still kept.
+    with pytest.raises(InvalidTransition):
+        template_version_delete(actor=admin_user_, version=v1)
