@@ -159,11 +159,16 @@ def reap_console_sessions() -> int:
 
 @shared_task(acks_late=True)
 def backups_round() -> dict[str, int]:
-    """The beat's backup round: clean up after killed workers, then queue the scheduled
-    backups that are due (each runs on its desktop's host queue)."""
-    from vms.services import backup_work, backups
+    """The beat's backup round: clean up after killed workers (backups failed, snapshot
+    work queued again), then queue the scheduled backups that are due (each runs on its
+    desktop's host queue)."""
+    from vms.services import backup_work, backups, snapshot_work
 
-    return {"failed": backup_work.backups_reconcile(), "queued": backups.backups_round()}
+    return {
+        "failed": backup_work.backups_reconcile(),
+        "snapshots_resumed": snapshot_work.snapshots_resume(),
+        "queued": backups.backups_round(),
+    }
 
 
 @shared_task(acks_late=True)

@@ -4,6 +4,8 @@ the desktop is stopped (see test_snapshots_live)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.disks.test_snapshots_live import (
@@ -18,7 +20,7 @@ from tests.disks.test_snapshots_live import (
 )
 from vms.hypervisor import qemuimg
 from vms.models import Backup, Desktop
-from vms.services.backups import backup_path
+from vms.services.backups import backup_folder, backup_path
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 SECOND = MARK + 0x1000000
@@ -105,3 +107,57 @@ def test_running_desktop_backs_up_live_and_incrementally(
         inc.checkpoint,
         third.checkpoint,
     }
+
+
+def test_retention_merges_the_oldest_and_the_chain_still_reads_whole(
+    celery_worker, api_for, employee, demo_template, hypervisor
+) -> None:
+    demo_template.backup_keep = 2
+    demo_template.save()
+    client = api_for(employee)
+    desktop = launched_and_stopped(client, demo_template)
+    path = disk_path(desktop, hypervisor)
+    offsets = [MARK + n * 0x200000 for n in range(3)]
+    made = []
+    for n, offset in enumerate(offsets):
+        write_pattern(path, offset, 0x11 + n, "1M")
+        made.append(backed_up(client, desktop))
+    wait_idle(desktop.pk)
+    deadline = time.monotonic() + 30  # retention runs right after the backup is ready
+    while Backup.objects.get(pk=made[0].pk).status != "expired" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    first, second, third = (Backup.objects.get(pk=b.pk) for b in made)
+    assert first.status == "expired" and not backup_path(first).exists()
+    assert second.parent_id is None  # merged: now the chain's full backup
+    assert third.parent_id == second.pk
+    qemuimg.image_check(str(backup_path(second)))
+    # The newest backup still reads every write, the first one's included.
+    assert qemuimg.image_compare(str(backup_path(third)), path)
+
+
+def test_scheduled_backups_and_cancel(
+    celery_worker, api_for, employee, demo_template, hypervisor
+) -> None:
+    from vms.services.backups import backups_due, backups_round
+
+    demo_template.backup_every_hours = 24
+    demo_template.save()
+    client = api_for(employee)
+    desktop = launched_and_stopped(client, demo_template)
+    write_pattern(disk_path(desktop, hypervisor), 0, 0x42, "900M")
+    assert backups_due() == [desktop]
+    assert backups_round() == 1
+    backup = Backup.objects.get(desktop=desktop)
+    assert backup.scheduled and backups_due() == []
+    # Cancel it while it copies: nothing listed, no file, no checkpoint left.
+    deadline = time.monotonic() + 60
+    while Backup.objects.get(pk=backup.pk).status == "queued" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    answer = client.post(f"/api/backups/{backup.pk}/cancel/")
+    assert answer.status_code == 202, answer.content
+    backup = wait_backup(backup.pk)
+    assert backup.status == "cancelled", backup.status
+    assert client.get(f"/api/desktops/{desktop.pk}/backups/").json() == []
+    assert list(backup_folder(desktop.pk).iterdir()) == []
+    assert hypervisor.checkpoint_names(name=desktop.domain_name) == []
+    assert hypervisor.state(name=desktop.domain_name) == "shutoff"

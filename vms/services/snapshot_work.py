@@ -194,3 +194,30 @@ def _reset_done(desktop: Desktop, *, old_base: str) -> None:
             new_base=desktop.base_image_path,
         )
         push_desktop_changed(desktop_id=desktop.pk)
+
+
+PENDING_ACTION: dict[str, str] = {
+    S.CREATING: "snapshot",
+    S.REVERTING: "snapshot-revert",
+    S.DELETING: "snapshot-delete",
+}
+
+
+def snapshots_resume() -> int:
+    """Queue again the snapshot work of killed workers: a pending snapshot whose desktop
+    lock is free has nobody working on it (the beat's backups round calls this)."""
+    from vms.services.actions import ACTIONS
+    from vms.services.locks import DesktopBusy
+    from vms.services.queue import enqueue_desktop_task
+
+    resumed = 0
+    pending = Snapshot.objects.filter(status__in=PENDING_ACTION).select_related("desktop__host")
+    for snapshot in pending:
+        try:
+            with desktop_lock(snapshot.desktop_id, wait_s=0.5):
+                pass
+        except DesktopBusy:
+            continue
+        enqueue_desktop_task(ACTIONS[PENDING_ACTION[snapshot.status]], desktop=snapshot.desktop)
+        resumed += 1
+    return resumed
