@@ -1,6 +1,6 @@
 """Backups and restores on real guests through the REST API and a real Celery worker
-(docs/backups.md). Disk contents are written and read at the disk level with qemu-io while
-the desktop is stopped (see test_snapshots_live)."""
+(docs/backups.md). The main test writes and reads files in the guest's /root through its
+serial shell; retention and the schedule write patterns at the disk level (qemu-io)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 from tests.disks.test_snapshots_live import (
     MARK,
     disk_path,
-    has_pattern,
+    launched,
     launched_and_stopped,
+    power,
+    shell_of,
     wait_backup,
     wait_for_status,
     wait_idle,
@@ -38,16 +40,18 @@ def test_full_incremental_destroy_restore_both_ways(
     celery_worker, api_for, employee, other_employee, demo_template, hypervisor
 ) -> None:
     client = api_for(employee)
-    desktop = launched_and_stopped(client, demo_template)
-    path = disk_path(desktop, hypervisor)
-    write_pattern(path, MARK, 0xAB, "4M")
+    desktop = launched(client, demo_template)
+    with shell_of(desktop) as shell:
+        shell.run("echo first > /root/one && sync")
 
-    full = backed_up(client, desktop)
-    assert not full.incremental and full.bytes_written > 4 * 1024 * 1024
-    write_pattern(path, SECOND, 0xCD, "1M")  # another file, after the first backup
+    full = backed_up(client, desktop)  # live, the guest keeps running
+    assert not full.incremental
+    with shell_of(desktop) as shell:  # another file, 10 MiB, after the first backup
+        shell.run("dd if=/dev/urandom of=/root/two bs=1M count=10 2>/dev/null && sync", timeout=60)
+        two = shell.run("md5sum /root/two")
     inc = backed_up(client, desktop)
     assert inc.parent_id == full.pk
-    assert inc.bytes_written < 3 * 1024 * 1024  # about the 1 MiB changed, not the disk
+    assert 10 * 2**20 <= inc.bytes_written < 14 * 2**20  # about the 10 MiB, not the disk
     for backup in (full, inc):
         qemuimg.image_check(str(backup_path(backup)))
     listed = client.get(f"/api/desktops/{desktop.pk}/backups/").json()
@@ -62,18 +66,18 @@ def test_full_incremental_destroy_restore_both_ways(
         == 404
     )
 
-    # In place: the disk is wiped, then restored from the chain.
-    write_pattern(path, MARK, 0x00, "4M")
-    write_pattern(path, SECOND, 0x00, "1M")
+    # In place: the files are removed, then the disk is restored from the chain.
+    with shell_of(desktop) as shell:
+        shell.run("rm /root/one /root/two && sync")
     answer = client.post(f"/api/backups/{inc.pk}/restore/", {"target": "in_place"}, format="json")
     assert answer.status_code == 202, answer.content
     restored = wait_idle(desktop.pk)
-    assert restored.last_error == ""
-    path = disk_path(restored, hypervisor)
-    assert has_pattern(path, MARK, 0xAB, "4M") and has_pattern(path, SECOND, 0xCD, "1M")
-    qemuimg.image_check(path)
-    assert client.post(f"/api/desktops/{desktop.pk}/start/").status_code == 202
-    wait_for_status(desktop.pk, "running")
+    assert restored.status == "stopped" and restored.last_error == ""
+    qemuimg.image_check(disk_path(restored, hypervisor))
+    power(client, desktop, "start", "running")
+    with shell_of(desktop) as shell:
+        assert shell.run("cat /root/one") == "first\n"
+        assert shell.run("md5sum /root/two") == two
 
     # Destroyed, then restored to a new desktop.
     assert client.delete(f"/api/desktops/{desktop.pk}/").status_code == 202
@@ -82,11 +86,11 @@ def test_full_incremental_destroy_restore_both_ways(
     assert answer.status_code == 202, answer.content
     new = wait_for_status(answer.json()["id"], "running")
     assert new.restored_from_id == inc.pk
-    assert client.post(f"/api/desktops/{new.pk}/force-stop/").status_code == 202
-    new = wait_for_status(new.pk, "stopped")
-    new_path = disk_path(new, hypervisor)
-    assert has_pattern(new_path, MARK, 0xAB, "4M") and has_pattern(new_path, SECOND, 0xCD, "1M")
-    qemuimg.image_check(new_path)
+    with shell_of(new) as shell:
+        assert shell.run("cat /root/one") == "first\n"
+        assert shell.run("md5sum /root/two") == two
+    new = power(client, new, "stop", "stopped")
+    qemuimg.image_check(disk_path(new, hypervisor))
 
 
 def test_running_desktop_backs_up_live_and_incrementally(

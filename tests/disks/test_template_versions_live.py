@@ -1,6 +1,7 @@
 """Template versions from a prepared desktop, on the real libvirtd with a real worker: the
-admin publishes a stopped desktop; its disk is flattened into a new base; new launches get
-its changes, existing desktops keep their base until reset; a base in use is never deleted."""
+admin prepares a desktop (a file in /root, through the guest's serial shell) and publishes
+it stopped; its disk is flattened into a new base; new launches get its changes, existing
+desktops keep their base until reset; a base in use is never deleted."""
 
 from __future__ import annotations
 
@@ -8,15 +9,7 @@ import time
 
 import pytest
 
-from tests.disks.test_snapshots_live import (
-    MARK,
-    disk_path,
-    has_pattern,
-    launched_and_stopped,
-    wait_for_status,
-    wait_idle,
-    write_pattern,
-)
+from tests.disks.test_snapshots_live import launched, power, shell_of, wait_idle
 from vms.hypervisor import qemuimg
 from vms.models import Quota, Template, TemplateVersion
 from vms.services.errors import InvalidTransition
@@ -41,9 +34,11 @@ def test_version_from_a_prepared_desktop_launches_with_its_changes(
     Quota.objects.create(user=employee, max_desktops=3)
     client = api_for(employee)
     old_base = demo_template.base_image_path
-    prepared = launched_and_stopped(client, demo_template)
-    write_pattern(disk_path(prepared, hypervisor), MARK, 0xEE, "2M")  # the admin's changes
-    bystander = launched_and_stopped(client, demo_template)
+    prepared = launched(client, demo_template)
+    with shell_of(prepared) as shell:  # the admin prepares the desktop
+        shell.run("echo office-suite-2 > /root/installed && sync")
+    prepared = power(client, prepared, "stop", "stopped")
+    bystander = launched(client, demo_template)
 
     version = wait_version(template_version_publish(actor=admin_user_, desktop=prepared).pk)
     assert version.status == "ready", version.last_error
@@ -53,23 +48,27 @@ def test_version_from_a_prepared_desktop_launches_with_its_changes(
     assert qemuimg.image_chain(version.base_image_path)[0].get("backing-filename") is None
     qemuimg.image_check(version.base_image_path)
 
-    launched = client.post("/api/desktops/", {"template": template.pk}, format="json")
-    new = wait_for_status(launched.json()["id"], "running")
+    new = launched(client, template)
     assert new.base_image_path == version.base_image_path
-    assert client.post(f"/api/desktops/{new.pk}/force-stop/").status_code == 202
-    new = wait_for_status(new.pk, "stopped")
-    assert has_pattern(disk_path(new, hypervisor), MARK, 0xEE, "2M")
+    with shell_of(new) as shell:  # launched with the version's changes
+        assert shell.run("cat /root/installed") == "office-suite-2\n"
 
     # The bystander keeps the old base until it is reset, and the old base stays.
     v1 = TemplateVersion.objects.get(template=template, number=1)
     assert bystander.base_image_path == old_base
+    with shell_of(bystander) as shell:
+        assert "No such file" in shell.run("cat /root/installed 2>&1", check=False)
+        shell.run("echo mine > /root/mine && sync")
     with pytest.raises(InvalidTransition):
         template_version_delete(actor=admin_user_, version=v1)
+    # Reset (confirmed on the page): a fresh disk over the newest version, left stopped.
     assert client.post(f"/api/desktops/{bystander.pk}/reset/").status_code == 202
     reset = wait_idle(bystander.pk)
-    assert reset.base_image_path == version.base_image_path
-    assert has_pattern(disk_path(reset, hypervisor), MARK, 0xEE, "2M")
-    assert hypervisor.volume_info(pool=reset.host.storage_pool, name=reset.volume_name)
+    assert reset.status == "stopped" and reset.base_image_path == version.base_image_path
+    power(client, reset, "start", "running")
+    with shell_of(reset) as shell:
+        assert shell.run("cat /root/installed") == "office-suite-2\n"
+        assert "No such file" in shell.run("cat /root/mine 2>&1", check=False)
     # The prepared desktop still rests on v1, so v1's base is still kept.
     with pytest.raises(InvalidTransition):
         template_version_delete(actor=admin_user_, version=v1)
