@@ -193,3 +193,7 @@ class Hypervisor(ABC):
     def full_copy_volume(self, *, pool: str, name: str, base_path: str) -> VolumeInfo:
         """A new independent volume holding the flattened contents of ``base_path``."""
         raise self._cannot("copy volumes")
+
+    def volume_from_image(self, *, pool: str, name: str, source_path: str) -> VolumeInfo:
+        """A new standalone volume with everything the qcow2 chain at ``source_path`` reads."""
+        raise self._cannot("restore volumes")

@@ -21,7 +21,9 @@ What Debian 12's libvirt 9.0 with QEMU 7.2 does, probed on this machine (docs/ba
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,7 +33,7 @@ import libvirt
 
 from .errors import HypervisorError
 from .types import BackupJob, PowerState, SnapshotInfo, VolumeInfo
-from .xml import parse_volume
+from .xml import build_pool_xml, build_volume_xml, parse_volume
 
 __all__ = ["LibvirtDiskOps"]
 
@@ -301,3 +303,48 @@ class LibvirtDiskOps:
 
         result: VolumeInfo | None = self._call(f"measuring volume '{name}' in '{pool}'", op)
         return result
+
+    def volume_from_image(self, *, pool: str, name: str, source_path: str) -> VolumeInfo:
+        """A new standalone volume ``name`` in ``pool`` holding everything the qcow2 chain
+        at ``source_path`` reads (a backup's newest file): libvirt's volume API copies it
+        (``qemu-img convert``, flattening the chain) straight into the pool, through a
+        transient pool over the source's folder. An existing volume is returned as is."""
+        folder = os.path.dirname(source_path)
+        scratch = f"restore-{hashlib.sha256(folder.encode()).hexdigest()[:16]}"
+
+        def op(conn: Conn) -> VolumeInfo:
+            target = conn.storagePoolLookupByName(pool)
+            existing = _lookup_volume(target, name)
+            if existing is not None:
+                return parse_volume(existing.XMLDesc(0))
+            source_pool = _transient_pool(conn, scratch, folder)
+            try:
+                source = source_pool.storageVolLookupByName(os.path.basename(source_path))
+                capacity = parse_volume(source.XMLDesc(0)).capacity_bytes
+                xml = build_volume_xml(name=name, capacity_bytes=capacity)
+                return parse_volume(target.createXMLFrom(xml, source, 0).XMLDesc(0))
+            finally:
+                source_pool.destroy()
+
+        result: VolumeInfo = self._call(f"restoring {source_path} into '{pool}' as '{name}'", op)
+        return result
+
+
+def _lookup_volume(pool: Any, name: str) -> Any | None:
+    try:
+        return pool.storageVolLookupByName(name)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+            return None
+        raise
+
+
+def _transient_pool(conn: Conn, name: str, folder: str) -> Any:
+    """A transient directory pool over ``folder`` (gone when destroyed), replacing one of
+    that name a killed run left behind."""
+    try:
+        conn.storagePoolLookupByName(name).destroy()
+    except libvirt.libvirtError as err:
+        if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+            raise
+    return conn.storagePoolCreateXML(build_pool_xml(name=name, path=folder), 0)

@@ -282,33 +282,24 @@ def _remove_stray_files() -> None:
 
 def restored_volume_path(desktop: Desktop, host: Host) -> str:
     """The desktop's disk made from its `restored_from` backup (idempotent: an existing
-    disk is kept): the chain flattened into a temporary file, checked, then imported."""
-    hypervisor = hypervisor_for(host)
-    existing = hypervisor.volume_info(pool=host.storage_pool, name=desktop.volume_name)
-    if existing is not None:
-        return existing.path
+    disk is kept): the backup's chain copied and flattened into the pool by libvirt, then
+    checked. A copy that fails its check is removed (nothing half-made)."""
     assert desktop.restored_from_id is not None
     backup = Backup.objects.get(pk=desktop.restored_from_id)
-    flat = _flatten(backup, desktop)
-    try:
-        volume = hypervisor.import_base_volume(
-            pool=host.storage_pool, name=desktop.volume_name, source_path=str(flat)
-        )
-    finally:
-        flat.unlink(missing_ok=True)
-    return volume.path
+    return _restore_volume(backup, desktop, host)
 
 
-def _flatten(backup: Backup, desktop: Desktop) -> Path:
-    flat = backup_folder(backup.desktop_id) / f".restore-{desktop.pk}{PARTIAL}"
-    flat.unlink(missing_ok=True)
+def _restore_volume(backup: Backup, desktop: Desktop, host: Host) -> str:
+    hypervisor = hypervisor_for(host)
+    volume = hypervisor.volume_from_image(
+        pool=host.storage_pool, name=desktop.volume_name, source_path=str(backup_path(backup))
+    )
     try:
-        qemuimg.image_flatten(str(backup_path(backup)), str(flat))
-        qemuimg.image_check(str(flat))
-    except BaseException:
-        flat.unlink(missing_ok=True)
+        qemuimg.image_check(volume.path)
+    except HypervisorError:
+        hypervisor.delete_volume(pool=host.storage_pool, name=desktop.volume_name)
         raise
-    return flat
+    return volume.path
 
 
 def desktop_restore(*, desktop_id: UUID | str) -> None:
@@ -336,17 +327,15 @@ def desktop_restore(*, desktop_id: UUID | str) -> None:
 
 
 def _restore_in_place(desktop: Desktop, backup: Backup) -> None:
+    """The backup's chain is verified again first (a damaged backup leaves the desktop as
+    it was); then the old disk goes and the copy takes its place."""
     assert desktop.host is not None
     hypervisor = _hypervisor(desktop)
-    flat = _flatten(backup, desktop)
-    try:
-        hypervisor.undefine(name=desktop.domain_name)  # with snapshot and checkpoint metadata
-        hypervisor.delete_volume(pool=desktop.host.storage_pool, name=desktop.volume_name)
-        hypervisor.import_base_volume(
-            pool=desktop.host.storage_pool, name=desktop.volume_name, source_path=str(flat)
-        )
-    finally:
-        flat.unlink(missing_ok=True)
+    for link in qemuimg.image_chain(str(backup_path(backup))):
+        qemuimg.image_check(str(link["filename"]))
+    hypervisor.undefine(name=desktop.domain_name)  # with snapshot and checkpoint metadata
+    hypervisor.delete_volume(pool=desktop.host.storage_pool, name=desktop.volume_name)
+    _restore_volume(backup, desktop, desktop.host)
     Desktop.objects.filter(pk=desktop.pk).update(restored_from=backup)
     desktop.restored_from = backup
     hypervisor.define_domain(domain_spec(desktop))
