@@ -71,9 +71,10 @@ def usage(*, user: User) -> Limits:
 def snapshot_bytes_of(*, owner_id: int) -> int:
     """The measured space of a user's snapshots that still exist."""
     live = ("creating", "ready", "reverting", "deleting", "error")
-    total = Snapshot.objects.filter(desktop__owner_id=owner_id, status__in=live).aggregate(
-        total=Sum("size_bytes")
-    )["total"]
+    rows = Snapshot.objects.filter(desktop__owner_id=owner_id, status__in=live).exclude(
+        desktop__status__in=NOT_COUNTED
+    )
+    total = rows.aggregate(total=Sum("size_bytes"))["total"]
     return int(total or 0)
 
 
