@@ -95,7 +95,7 @@ class TemplateVersionInline(admin.TabularInline):
     readonly_fields = fields
     can_delete = False
 
-    @admin.display(description="Base still in use")
+    @admin.display(description="Base still in use", boolean=True)
     def in_use(self, version: TemplateVersion) -> bool:
         return bool(version.base_image_path) and base_in_use(path=version.base_image_path)
 
