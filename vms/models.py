@@ -539,7 +539,8 @@ class TemplateVersion(models.Model):
     template = models.ForeignKey(Template, on_delete=models.PROTECT, related_name="versions")
     number = models.PositiveIntegerField()
     base_image_path = models.CharField(max_length=1024, blank=True, default="")
-    status = models.CharField(max_length=12, default="building")  # building, ready, failed
+    # building, ready, failed, cancelled, deleted (vms.services.template_versions)
+    status = models.CharField(max_length=12, default="building")
     made_from = models.ForeignKey(
         Desktop, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

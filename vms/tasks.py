@@ -162,10 +162,11 @@ def backups_round() -> dict[str, int]:
     """The beat's backup round: clean up after killed workers (backups failed, snapshot
     work queued again), then queue the scheduled backups that are due (each runs on its
     desktop's host queue)."""
-    from vms.services import backup_work, backups, snapshot_work
+    from vms.services import backup_work, backups, snapshot_work, template_versions
 
     return {
         "failed": backup_work.backups_reconcile(),
+        "versions_failed": template_versions.versions_reconcile(),
         "snapshots_resumed": snapshot_work.snapshots_resume(),
         "queued": backups.backups_round(),
     }

@@ -72,3 +72,41 @@ def test_version_from_a_prepared_desktop_launches_with_its_changes(
     # The prepared desktop still rests on v1, so v1's base is still kept.
     with pytest.raises(InvalidTransition):
         template_version_delete(actor=admin_user_, version=v1)
+
+
+def test_a_cancelled_or_cut_off_build_leaves_no_base(
+    celery_worker, api_for, employee, admin_user_, demo_template, hypervisor
+) -> None:
+    from tests.disks.test_snapshots_live import launched_and_stopped
+    from vms.services.template_versions import (
+        template_version_build,
+        template_version_cancel,
+        version_volume_name,
+        versions_reconcile,
+    )
+
+    desktop = launched_and_stopped(api_for(employee), demo_template)
+    pool = desktop.host.storage_pool
+    # Cancelled before its build ran: the build does nothing.
+    first = TemplateVersion.objects.create(template=demo_template, number=2, made_from=desktop)
+    template_version_cancel(actor=admin_user_, version=first)
+    template_version_build(version_id=first.pk)
+    assert hypervisor.volume_info(pool=pool, name=version_volume_name(first)) is None
+    # Cut off mid-copy (a killed worker left a partial volume): the round fails it and
+    # removes the copy; the template keeps its base.
+    second = TemplateVersion.objects.create(template=demo_template, number=3, made_from=desktop)
+    hypervisor.clone_volume(
+        pool=pool,
+        name=version_volume_name(second),
+        base_path=demo_template.base_image_path,
+        capacity_bytes=2**30,
+    )
+    TemplateVersion.objects.filter(pk=second.pk).update(
+        created_at=second.created_at.replace(year=2020)
+    )
+    assert versions_reconcile() == 1
+    assert TemplateVersion.objects.get(pk=second.pk).status == "failed"
+    assert hypervisor.volume_info(pool=pool, name=version_volume_name(second)) is None
+    assert (
+        Template.objects.get(pk=demo_template.pk).base_image_path == demo_template.base_image_path
+    )

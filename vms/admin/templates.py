@@ -16,7 +16,7 @@ from django.http import HttpRequest
 from vms.models import DesktopStatus, Template, TemplateVersion
 from vms.services.errors import ServiceError
 from vms.services.images import image_inspect
-from vms.services.template_versions import base_in_use
+from vms.services.template_versions import base_in_use, template_version_cancel
 from vms.services.templates import template_save_imported
 
 
@@ -118,7 +118,7 @@ class TemplateAdmin(admin.ModelAdmin):
     list_filter = ["enabled", "console_type"]
     filter_horizontal = ["assigned_users", "assigned_groups"]
     search_fields = ["name"]
-    actions = ["enable", "disable"]
+    actions = ["enable", "disable", "cancel_version"]
     inlines = [TemplateVersionInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Template]:
@@ -147,6 +147,13 @@ class TemplateAdmin(admin.ModelAdmin):
             raise PermissionDenied(exc.message) from exc
         finally:
             form.discard_upload()
+
+    @admin.action(description="Cancel the version being built of the selected templates")
+    def cancel_version(self, request: HttpRequest, queryset: QuerySet[Template]) -> None:
+        building = TemplateVersion.objects.filter(template__in=queryset, status="building")
+        for version in building.select_related("template"):
+            template_version_cancel(actor=request.user, version=version)  # type: ignore[arg-type]
+            self.message_user(request, f"Cancelled {version}; its copy is removed.")
 
     @admin.action(description="Enable the selected templates")
     def enable(self, request: HttpRequest, queryset: QuerySet[Template]) -> None:

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Max, Q
+from django.utils import timezone
 
 from vms.hypervisor import HypervisorError
-from vms.models import Desktop, DesktopStatus, Template, TemplateVersion
+from vms.models import Desktop, DesktopStatus, Host, Template, TemplateVersion
 from vms.roles import is_admin
 from vms.services.audit import audit_record
 from vms.services.errors import InvalidTransition
 from vms.services.hosts import hypervisor_for
+from vms.services.locks import DesktopBusy, desktop_lock
 from vms.services.queue import enqueue_task
-from vms.services.templates import base_volume_name_new
+from vms.services.templates import base_volume_name
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,17 @@ def template_version_publish(*, actor: User, desktop: Desktop, note: str = "") -
     return version
 
 
+def version_volume_name(version: TemplateVersion) -> str:
+    """The new base's volume name: fixed per version, so a run cut off (a killed worker)
+    and the run after it, or the clean-up, find the same volume."""
+    return base_volume_name(
+        template_name=f"{version.template.name}-v{version.number}", token=f"tv{version.pk}"
+    )
+
+
 def template_version_build(*, version_id: int) -> None:
-    """The worker half: flatten, then make the version the template's current base."""
+    """The worker half: flatten, then make the version the template's current base. A
+    version cancelled meanwhile keeps nothing; a failure removes what was copied."""
     version = TemplateVersion.objects.select_related("template", "made_from__host").get(
         pk=version_id
     )
@@ -77,35 +89,83 @@ def template_version_build(*, version_id: int) -> None:
         return
     host = desktop.host
     hypervisor = hypervisor_for(host)
-    name = base_volume_name_new(template_name=f"{version.template.name}-v{version.number}")
-    try:
-        source = hypervisor.volume_info(pool=host.storage_pool, name=desktop.volume_name)
-        if source is None:
-            raise HypervisorError("the desktop's disk is gone", permanent=True)
-        base = hypervisor.full_copy_volume(pool=host.storage_pool, name=name, base_path=source.path)
-    except HypervisorError as exc:
-        hypervisor.delete_volume(pool=host.storage_pool, name=name)
-        TemplateVersion.objects.filter(pk=version.pk).update(
-            status="failed", last_error=exc.message
+    name = version_volume_name(version)
+    with desktop_lock(desktop.pk):  # nobody starts the desktop's disk while it is copied
+        try:
+            hypervisor.delete_volume(pool=host.storage_pool, name=name)  # a cut-off run's copy
+            source = hypervisor.volume_info(pool=host.storage_pool, name=desktop.volume_name)
+            if source is None:
+                raise HypervisorError("the desktop's disk is gone", permanent=True)
+            base = hypervisor.full_copy_volume(
+                pool=host.storage_pool, name=name, base_path=source.path
+            )
+        except HypervisorError as exc:
+            _version_failed(version, host, message=exc.message)
+            return
+        with transaction.atomic():
+            if not TemplateVersion.objects.filter(pk=version.pk, status="building").update(
+                status="ready", base_image_path=base.path
+            ):  # cancelled while it copied
+                hypervisor.delete_volume(pool=host.storage_pool, name=name)
+                return
+            Template.objects.filter(pk=version.template_id).update(base_image_path=base.path)
+            audit_record(
+                action="template.version_ready",
+                template=version.template.name,
+                version=version.number,
+                base=base.path,
+            )
+
+
+def _version_failed(version: TemplateVersion, host: Host, *, message: str) -> None:
+    hypervisor_for(host).delete_volume(pool=host.storage_pool, name=version_volume_name(version))
+    with transaction.atomic():
+        TemplateVersion.objects.filter(pk=version.pk, status="building").update(
+            status="failed", last_error=message
         )
         audit_record(
             action="template.version_failed",
             template=version.template.name,
             version=version.number,
-            message=exc.message,
+            message=message,
         )
-        return
+
+
+def template_version_cancel(*, actor: User, version: TemplateVersion) -> None:
+    """Cancel a version still being built: it never becomes current, and its copy is
+    removed (by the build when it finishes, or here if the build never ran)."""
+    if not is_admin(actor):
+        raise PermissionDenied("Only admins may cancel template versions.")
     with transaction.atomic():
-        TemplateVersion.objects.filter(pk=version.pk).update(
-            status="ready", base_image_path=base.path
-        )
-        Template.objects.filter(pk=version.template_id).update(base_image_path=base.path)
+        if not TemplateVersion.objects.filter(pk=version.pk, status="building").update(
+            status="cancelled"
+        ):
+            raise InvalidTransition("That version is not being built.")
         audit_record(
-            action="template.version_ready",
+            action="template.version_cancel",
+            actor=actor,
             template=version.template.name,
             version=version.number,
-            base=base.path,
         )
+
+
+def versions_reconcile(*, stalled_after_s: float = 3600) -> int:
+    """Versions whose build was cut off (a killed worker: still `building` long after,
+    with the desktop's lock free) fail, and their partial copy is removed."""
+    cutoff = timezone.now() - timedelta(seconds=stalled_after_s)
+    failed = 0
+    stalled = TemplateVersion.objects.filter(status="building", created_at__lt=cutoff)
+    for version in stalled.select_related("template", "made_from__host"):
+        desktop = version.made_from
+        if desktop is None or desktop.host is None:
+            continue
+        try:
+            with desktop_lock(desktop.pk, wait_s=0.5):
+                _version_failed(version, desktop.host, message="interrupted (its worker stopped)")
+                failed += 1
+        except DesktopBusy:
+            continue
+    return failed
 
 
 def base_in_use(*, path: str) -> bool:
