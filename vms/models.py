@@ -559,3 +559,16 @@ class TemplateVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.template} v{self.number}"
+
+
+# Monitoring models live in their own module (vms.models_metrics); imported here so Django
+# registers them with the app.
+from vms.models_metrics import (  # noqa: E402, F401
+    AlertKind,
+    DesktopLoad,
+    DesktopSample,
+    HostSample,
+    HostUsage,
+    MetricAlert,
+    Resolution,
+)

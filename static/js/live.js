@@ -14,6 +14,12 @@ export function connectLive({ onDesktop = () => {}, onWatchers = () => {}, onNot
       if (message.kind === "desktop") onDesktop(message.desktop);
       if (message.kind === "watchers") onWatchers(message.desktop_id, message.watchers);
       if (message.kind === "notice") onNotice(message.desktop_id, message.text);
+      // Monitoring values (kinds "metrics", "host_metrics") go to the charts (metrics.js).
+      if (message.kind.endsWith("metrics")) {
+        for (const metrics of [].concat(message.metrics)) {
+          document.dispatchEvent(new CustomEvent(`live:${message.kind}`, { detail: metrics }));
+        }
+      }
     });
     socket.addEventListener("close", () => {
       document.body.dataset.live = "disconnected";

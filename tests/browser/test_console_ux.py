@@ -2,17 +2,14 @@
 worker, real QEMU guests): paste as keystrokes, Ctrl-Alt-Del, a stop and a start, a phone,
 and a help-desk person taking and releasing control.
 
-What a guest receives is read back through its serial port (the guest's shell copies it
-there with `cat > /dev/ttyS0`), so the exact text is compared, not an OCR guess."""
+What a guest receives is read back through its serial console (the guest's VGA shell
+copies it there with `cat > /dev/ttyS0`; tests/guestshell.py), so the exact text is
+compared, not an OCR guess."""
 
 from __future__ import annotations
 
-import os
 import re
-import select
-import subprocess
 import time
-import tty
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +21,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import logged_in_page, off_thread, wait_for_text
 from tests.fixtures import wait_for_status
+from tests.guestshell import GuestShell, guest_shell
 from vms.models import ConsoleSession, Desktop
 from vms.services.desktops import desktop_create
 
@@ -74,47 +72,12 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-class GuestSerial:
-    """The host end of a guest's serial port (libvirt's pty). Opened before the guest
-    writes: QEMU drops what it writes while nobody holds the pty."""
-
-    def __init__(self, domain_name: str) -> None:
-        path = subprocess.run(
-            ["virsh", "-c", settings.LIBVIRT_URI, "ttyconsole", domain_name],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
-        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
-        tty.setraw(self.fd)
-        self.received = ""
-
-    def wait_for(self, pattern: str, *, timeout: float = 30) -> re.Match[str]:
-        """Read until what the guest sent matches `pattern`; consume up to the match."""
-        deadline = time.monotonic() + timeout
-        while not (found := re.search(pattern, self.received)):
-            left = deadline - time.monotonic()
-            assert left > 0, f"the guest never sent {pattern!r}; it sent {self.received!r}"
-            if select.select([self.fd], [], [], left)[0]:
-                self.received += os.read(self.fd, 4096).decode(errors="replace").replace("\r", "")
-        self.received = self.received[found.end() :]
-        return found
-
-    def line(self, *, timeout: float = 30) -> str:
-        return self.wait_for(r"([^\n]*)\n", timeout=timeout).group(1)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 @contextmanager
-def serial_of(desktop: Desktop) -> Iterator[GuestSerial]:
-    port = GuestSerial(desktop.domain_name)
-    try:
-        yield port
-    finally:
-        port.close()
+def serial_of(desktop: Desktop) -> Iterator[GuestShell]:
+    """The guest's serial console, its shell answering and idle at its prompt, so that
+    what the guest's programs write there comes line by line."""
+    with guest_shell(settings.LIBVIRT_URI, desktop.domain_name) as shell:
+        yield shell
 
 
 # --- 1, 3, 5: paste as keystrokes, Ctrl-Alt-Del, the title ------------------------------

@@ -9,6 +9,7 @@ from rest_framework.routers import DefaultRouter
 
 from vms.api import disks
 from vms.api.hosts import HostViewSet
+from vms.api.metrics import DesktopMetricsView, HostMetricsView
 from vms.api.views import DesktopViewSet, TemplateViewSet
 
 router = DefaultRouter(trailing_slash=True)
@@ -25,5 +26,7 @@ urlpatterns = [
     path("desktops/<str:desktop_id>/backups/", disks.backup_list),
     path("backups/<str:backup_id>/restore/", disks.backup_restore),
     path("backups/<str:backup_id>/cancel/", disks.backup_cancel),
+    path("desktops/<uuid:pk>/metrics/", DesktopMetricsView.as_view(), name="desktop-metrics"),
+    path("hosts/<slug:name>/metrics/", HostMetricsView.as_view(), name="host-metrics"),
     *router.urls,
 ]

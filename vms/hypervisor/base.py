@@ -15,9 +15,11 @@ from .types import (
     ConsoleEndpoint,
     DomainInfo,
     DomainSpec,
+    DomainStats,
     HostCapacity,
     HostLoad,
     MigrationStats,
+    PoolUsage,
     PowerState,
     SnapshotInfo,
     VolumeInfo,
@@ -197,3 +199,15 @@ class Hypervisor(ABC):
     def volume_from_image(self, *, pool: str, name: str, source_path: str) -> VolumeInfo:
         """A new standalone volume with everything the qcow2 chain at ``source_path`` reads."""
         raise self._cannot("restore volumes")
+
+    def domain_stats(self, *, prefix: str) -> list[DomainStats]:
+        """The counters and memory of every running domain whose name starts with
+        ``prefix``, read in one bulk call (the monitoring sample). Not abstract: a backend
+        that cannot tell says so, and its desktops go unmeasured."""
+        raise HypervisorError(
+            f"{type(self).__name__} cannot report domain statistics", permanent=True
+        )
+
+    def pool_usage(self, *, pool: str) -> PoolUsage | None:
+        """Storage pool ``pool``'s size and allocation; ``None`` when it does not exist."""
+        raise HypervisorError(f"{type(self).__name__} cannot report a pool's usage", permanent=True)

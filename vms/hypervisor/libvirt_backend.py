@@ -30,13 +30,16 @@ from .kvmprobe import run_kvm_probe
 from .libvirt_disks import LibvirtDiskOps
 from .libvirt_errors import POOL_FULL_OR_READONLY_HINTS, RETRY_NOTE, from_libvirt_error
 from .registry import register_backend
+from .stats import domain_stats_from
 from .types import (
     ConsoleEndpoint,
     DomainInfo,
     DomainSpec,
+    DomainStats,
     HostCapacity,
     HostLoad,
     MigrationStats,
+    PoolUsage,
     PowerState,
     VolumeInfo,
 )
@@ -902,16 +905,53 @@ class LibvirtHypervisor(LibvirtDiskOps, Hypervisor):
             info = conn.getInfo()
             running = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
             busy, total = _node_cpu_counters(conn)
+            available, stats_total = _memory_mib(conn)
             return HostLoad(
                 cpus=int(info[2]),
                 memory_mib=int(info[1]),
-                available_memory_mib=_available_memory_mib(conn),
+                available_memory_mib=available,
                 running_guests=len(running),
                 cpu_busy_ns=busy,
                 cpu_total_ns=total,
+                memory_stats_total_mib=stats_total,
             )
 
         return self._call("reading the host's load", op)
+
+    def domain_stats(self, *, prefix: str) -> list[DomainStats]:
+        def op(conn: Conn) -> list[DomainStats]:
+            records = conn.getAllDomainStats(_STATS_KINDS, _STATS_RUNNING)
+            return [
+                domain_stats_from(name=name, uuid=dom.UUIDString(), record=record)
+                for dom, record in records
+                if (name := dom.name()).startswith(prefix)
+            ]
+
+        return self._call("reading the running domains' statistics", op)
+
+    def pool_usage(self, *, pool: str) -> PoolUsage | None:
+        def op(conn: Conn) -> PoolUsage | None:
+            found = _lookup_pool(conn, pool)
+            if found is None:
+                return None
+            _state, capacity, allocation, available = found.info()
+            return PoolUsage(
+                capacity_bytes=int(capacity),
+                allocation_bytes=int(allocation),
+                available_bytes=int(available),
+            )
+
+        return self._call(f"reading storage pool {pool}'s usage", op)
+
+
+# What one bulk statistics call reads of each running domain (one round trip per host).
+_STATS_KINDS: Final = (
+    libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+)
+_STATS_RUNNING: Final = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
 
 
 def _node_cpu_counters(conn: Conn) -> tuple[int | None, int | None]:
@@ -925,15 +965,17 @@ def _node_cpu_counters(conn: Conn) -> tuple[int | None, int | None]:
     return busy, busy + idle
 
 
-def _available_memory_mib(conn: Conn) -> int:
-    """Free memory plus buffers and page cache (what guests can still get), in MiB; the
-    plain free figure where the driver has no memory statistics (libvirt's test driver)."""
+def _memory_mib(conn: Conn) -> tuple[int, int | None]:
+    """(available, total) MiB by the kernel's statistics: available is free memory plus
+    buffers and page cache (what guests can still get); where the driver has no memory
+    statistics (libvirt's test driver), the plain free figure and no total."""
     try:
         stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)
     except libvirt.libvirtError:
-        return int(conn.getFreeMemory()) // 2**20
+        return int(conn.getFreeMemory()) // 2**20, None
     kib = sum(int(stats.get(key, 0)) for key in ("free", "buffers", "cached"))
-    return kib // 1024
+    total = stats.get("total")
+    return kib // 1024, int(total) // 1024 if total is not None else None
 
 
 register_backend(LIBVIRT_SCHEMES, LibvirtHypervisor)

@@ -12,8 +12,10 @@ __all__ = [
     "ConsoleEndpoint",
     "DomainInfo",
     "DomainSpec",
+    "DomainStats",
     "GraphicsType",
     "HostCapacity",
+    "PoolUsage",
     "PowerState",
     "SnapshotInfo",
     "VirtType",
@@ -126,6 +128,10 @@ class HostLoad:
     running_guests: int
     cpu_busy_ns: int | None
     cpu_total_ns: int | None
+    # Total memory by the same statistics as `available_memory_mib` (None: the driver has
+    # none); it can differ from `memory_mib` (libvirt's node info), so "used" is this
+    # minus the available figure.
+    memory_stats_total_mib: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,3 +165,39 @@ class BackupJob:
     total_bytes: int = 0
     ok: bool | None = None
     error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DomainStats:
+    """One running domain's cumulative counters and memory, from one bulk stats call.
+
+    Counters (``cpu_time_ns``, disk and network totals over all its disks and cards) only
+    grow while the domain runs; a rate is their change between two samples. They start
+    again from zero when the domain restarts. ``memory_used_kib`` is what the guest uses
+    by its balloon driver's account (available minus unused) where it reports that, else
+    what its QEMU process holds (RSS). Values a host cannot report are ``None``.
+    """
+
+    name: str
+    uuid: str
+    vcpus: int | None
+    cpu_time_ns: int | None
+    memory_used_kib: int | None
+    memory_max_kib: int | None
+    block_rd_bytes: int = 0
+    block_wr_bytes: int = 0
+    block_rd_reqs: int = 0
+    block_wr_reqs: int = 0
+    net_rx_bytes: int = 0
+    net_tx_bytes: int = 0
+    net_rx_packets: int = 0
+    net_tx_packets: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolUsage:
+    """A storage pool's size and how much of it is allocated, in bytes."""
+
+    capacity_bytes: int
+    allocation_bytes: int
+    available_bytes: int

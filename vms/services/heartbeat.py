@@ -67,7 +67,10 @@ def _load_fields(host: Host, load: HostLoad | None) -> dict[str, Any]:
     return {
         "last_heartbeat_at": timezone.now(),
         "load_cpus": load.cpus,
-        "load_memory_mib": load.memory_mib,
+        # The total by the same statistics as the available figure, where the host has
+        # them: libvirt's node info can count another total (7 GiB beside 23 GiB seen
+        # here), and "22000 of 7385 MiB free" helps nobody.
+        "load_memory_mib": load.memory_stats_total_mib or load.memory_mib,
         "load_available_memory_mib": load.available_memory_mib,
         "load_running_guests": load.running_guests,
         "load_cpu_percent": cpu_percent(before=host.load_cpu_counters, after=counters),

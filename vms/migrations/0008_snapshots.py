@@ -10,7 +10,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("vms", "0006_fleet_load_maintenance_recovery"),
+        ("vms", "0007_metrics"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
