@@ -5,6 +5,8 @@ and phone) go to docs/screenshots/."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
@@ -86,3 +88,43 @@ def test_snapshot_revert_backup_restore_from_the_dashboard(
         phone.locator(f'[data-disks="{desktop.pk}"] [data-field=backups] li').first
     ).to_contain_text("full")
     shot(phone, "dash-snapshots-backups-phone")
+
+
+def test_helpdesk_reverts_from_the_help_desk_page_with_a_reason(
+    browser: Browser, portal_url: str, employee, helpdesk_user, demo_template, api_for
+) -> None:
+    client = api_for(employee)
+    launched = off_the_loop(
+        lambda: client.post("/api/desktops/", {"template": demo_template.pk}, format="json")
+    )
+    desktop = off_the_loop(lambda: wait_for_status(launched.json()["id"], "running"))
+    taken = off_the_loop(
+        lambda: client.post(
+            f"/api/desktops/{desktop.pk}/snapshots/", {"name": "morning"}, format="json"
+        )
+    )
+    assert taken.status_code == 202
+
+    def ready() -> bool:
+        return Snapshot.objects.get(pk=taken.json()["id"]).status == "ready"
+
+    deadline = time.monotonic() + 60
+    while not off_the_loop(ready) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    page = logged_in_page(browser, portal_url, helpdesk_user.username)
+    page.goto(f"{portal_url}/helpdesk/?q={employee.username}")
+    page.on("dialog", lambda dialog: dialog.accept())
+    row = page.locator(f'tr[data-desktop="{desktop.pk}"]')
+    assert off_the_loop(ready), "the snapshot was not taken"
+    row.get_by_text("Revert to a snapshot").click()
+    row.get_by_label("Reason").fill("ticket 77: broken profile")
+    shot(page, "helpdesk-revert")
+    row.get_by_role("button", name="Revert").click()
+    expect(page.locator(".messages")).to_contain_text("reverting to 'morning'")
+    deadline = time.monotonic() + 60  # reverted: the snapshot is offered again
+    while not off_the_loop(ready) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    phone = logged_in_page(browser, portal_url, helpdesk_user.username, viewport=PHONE)
+    phone.goto(f"{portal_url}/helpdesk/?q={employee.username}")
+    phone.locator(f'tr[data-desktop="{desktop.pk}"]').get_by_text("Revert to a snapshot").click()
+    shot(phone, "helpdesk-revert-phone")

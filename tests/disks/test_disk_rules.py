@@ -126,3 +126,28 @@ def test_backup_and_restore_refusals(api_for, employee, desktop) -> None:
     Backup.objects.filter(pk=queued.pk).update(status="ready")
     bad = client.post(f"/api/backups/{queued.pk}/restore/", {"target": "elsewhere"}, format="json")
     assert bad.status_code == 400 and "target" in bad.json()["detail"]
+
+
+def test_helpdesk_page_reverts_with_a_reason_only(
+    client, helpdesk_user, employee, desktop, snapshot
+) -> None:
+    client.force_login(helpdesk_user)
+    page = client.get("/helpdesk/", {"q": employee.username}).content.decode()
+    assert "Revert to a snapshot" in page and str(snapshot.pk) in page
+    url = f"/desktops/{desktop.pk}/revert-snapshot/"
+    refused = client.post(url, {"snapshot": str(snapshot.pk), "reason": " "}, follow=True)
+    assert "must give a reason" in refused.content.decode()
+    assert Snapshot.objects.get(pk=snapshot.pk).status == "ready"
+    done = client.post(url, {"snapshot": str(snapshot.pk), "reason": "ticket 9"}, follow=True)
+    assert "reverting to" in done.content.decode()
+    assert Snapshot.objects.get(pk=snapshot.pk).status == "reverting"
+    assert AuditEvent.objects.get(action="snapshot.revert").detail["reason"] == "ticket 9"
+    assert client.post(url, {"snapshot": "nope", "reason": "x"}).status_code == 404
+
+
+def test_the_help_desk_form_is_404_for_an_employee_on_another_users_desktop(
+    client, other_employee, desktop, snapshot
+) -> None:
+    client.force_login(other_employee)
+    url = f"/desktops/{desktop.pk}/revert-snapshot/"
+    assert client.post(url, {"snapshot": str(snapshot.pk), "reason": "x"}).status_code == 404
