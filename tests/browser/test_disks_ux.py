@@ -26,15 +26,20 @@ def panel_of(page: Page, desktop: Desktop):
     return panel
 
 
+def running_desktop(client, template) -> Desktop:
+    """A desktop launched through the API, once it runs (off Playwright's event loop)."""
+    answer = off_the_loop(
+        lambda: client.post("/api/desktops/", {"template": template.pk}, format="json")
+    )
+    return off_the_loop(lambda: wait_for_status(answer.json()["id"], "running"))
+
+
 def test_snapshot_revert_backup_restore_from_the_dashboard(
     browser: Browser, portal_url: str, employee, helpdesk_user, demo_template, api_for
 ) -> None:
     Quota.objects.create(user=employee, max_desktops=3)
     client = api_for(employee)
-    launched = off_the_loop(
-        lambda: client.post("/api/desktops/", {"template": demo_template.pk}, format="json")
-    )
-    desktop = off_the_loop(lambda: wait_for_status(launched.json()["id"], "running"))
+    desktop = running_desktop(client, demo_template)
     page = logged_in_page(browser, portal_url, employee.username)
     live(page)
     page.on("dialog", lambda dialog: dialog.accept())
@@ -94,10 +99,7 @@ def test_helpdesk_reverts_from_the_help_desk_page_with_a_reason(
     browser: Browser, portal_url: str, employee, helpdesk_user, demo_template, api_for
 ) -> None:
     client = api_for(employee)
-    launched = off_the_loop(
-        lambda: client.post("/api/desktops/", {"template": demo_template.pk}, format="json")
-    )
-    desktop = off_the_loop(lambda: wait_for_status(launched.json()["id"], "running"))
+    desktop = running_desktop(client, demo_template)
     taken = off_the_loop(
         lambda: client.post(
             f"/api/desktops/{desktop.pk}/snapshots/", {"name": "morning"}, format="json"

@@ -12,6 +12,7 @@ from playwright.sync_api import Browser, expect
 
 from tests.browser.test_admin_ux import DESKTOP, PHONE, admin_page, shot
 from tests.browser.test_dashboard_ux import off_the_loop
+from tests.browser.test_disks_ux import running_desktop
 from tests.fixtures import wait_for_status
 from vms.models import TemplateVersion
 
@@ -22,11 +23,7 @@ def test_admin_publishes_a_stopped_desktop_as_a_new_version(
     browser: Browser, portal_url: str, admin_user_, employee, demo_template, api_for
 ) -> None:
     client = api_for(employee)
-    launched = off_the_loop(
-        lambda: client.post("/api/desktops/", {"template": demo_template.pk}, format="json")
-    )
-    desktop_id = launched.json()["id"]
-    off_the_loop(lambda: wait_for_status(desktop_id, "running"))
+    desktop_id = running_desktop(client, demo_template).pk
     off_the_loop(lambda: client.post(f"/api/desktops/{desktop_id}/stop/"))
     off_the_loop(lambda: wait_for_status(desktop_id, "stopped"))
 
