@@ -238,6 +238,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": HOST_HEARTBEAT_INTERVAL_S,
     },
     "console-sessions": {"task": "vms.tasks.reap_console_sessions", "schedule": 30},
+    "backups": {"task": "vms.tasks.backups_round", "schedule": 300},
     "thumbnails": {
         "task": "vms.tasks.refresh_thumbnails",
         "schedule": envcheck.read(env.int, "THUMBNAIL_INTERVAL_S", default=20),
@@ -283,6 +284,9 @@ STORAGE_POOL_NAME = envcheck.read(env.str, "STORAGE_POOL_NAME", default="desktop
 STORAGE_POOL_PATH = envcheck.read(
     env.str, "STORAGE_POOL_PATH", default="/var/lib/desktop-portal/pool"
 )
+# Where desktop backups are written (a directory; NFS in production, mounted at the same
+# path on every host, since each host's libvirt writes its desktops' backups there).
+BACKUP_DIR = envcheck.read(env.str, "BACKUP_DIR", default="/var/lib/desktop-portal/backups")
 VIRT_TYPE = envcheck.choice(
     envcheck.read(env.str, "VIRT_TYPE", default="auto"), "VIRT_TYPE", ("auto", "kvm", "qemu")
 )

@@ -10,6 +10,7 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("PORTAL_NAME_PREFIX", "dpt-")
 os.environ.setdefault("STORAGE_POOL_NAME", "portal-test-desktops")
 os.environ.setdefault("STORAGE_POOL_PATH", "/var/lib/desktop-portal/test-desktops")
+os.environ.setdefault("BACKUP_DIR", os.environ["STORAGE_POOL_PATH"] + "-backups")
 os.environ.setdefault("GUEST_SHUTDOWN_TIMEOUT_S", "15")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -160,6 +161,17 @@ def demo_template(local_host: Host, employee: Any) -> Template:
     )
     template.assigned_groups.add(Group.objects.get(name=EMPLOYEE_GROUP))
     return template
+
+
+@pytest.fixture(autouse=True)
+def backup_folders_removed() -> Iterator[None]:
+    """The backup folders a test's desktops got in BACKUP_DIR go when it ends."""
+    root = Path(settings.BACKUP_DIR)
+    before = set(root.iterdir()) if root.is_dir() else set()
+    yield
+    if root.is_dir():
+        for folder in set(root.iterdir()) - before:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

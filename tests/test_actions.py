@@ -18,11 +18,12 @@ from tests.fixtures import make_desktop
 from vms import tasks
 from vms.models import AuditEvent, Desktop, DesktopStatus, Host
 from vms.roles import DesktopRole
-from vms.services import provisioning, transitions
+from vms.services import transitions
 from vms.services.actions import (
     ACTIONS,
     DesktopAction,
     action_resuming,
+    action_worker,
     actions_offered,
     actions_valid_in,
     table_check,
@@ -55,7 +56,7 @@ def test_every_offered_action_is_reachable_everywhere(
     action: DesktopAction, admin_user_, employee, fake_template, django_capture_on_commit_callbacks
 ) -> None:
     assert action.label and action.audit_verb.startswith("desktop.")
-    assert callable(getattr(provisioning, action.worker))
+    assert callable(action_worker(action))
     assert tasks.DESKTOP_TASKS[action.name].name == f"vms.tasks.{action.task_name}"
     schema = _schema()
     if action.http_method == "POST":

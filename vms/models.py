@@ -200,6 +200,18 @@ class Template(models.Model):
         help_text="Each desktop interface's limit, each way, in kB/s (1 kB = 1000 bytes).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Snapshots and backups (docs/backups.md).
+    snapshot_limit = models.PositiveSmallIntegerField(
+        default=5, validators=[MaxValueValidator(50)], help_text="Snapshots a desktop may keep."
+    )
+    backup_keep = models.PositiveSmallIntegerField(
+        default=7,
+        validators=[MinValueValidator(1), MaxValueValidator(365)],
+        help_text="Backups kept per desktop; older ones are merged away.",
+    )
+    backup_every_hours = models.PositiveSmallIntegerField(
+        default=0, help_text="Back up each desktop this often (0: only on demand)."
+    )
 
     class Meta:
         ordering = ["name"]
@@ -313,6 +325,13 @@ class Desktop(models.Model):
     # When the worker last stored a screenshot (MEDIA_ROOT/thumbnails/<id>.png).
     thumbnail_at = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+    # The base its overlay was made over ("": the template's current one); a reset moves
+    # it to the template's newest version. A restored desktop's disk is a standalone copy
+    # of the backup `restored_from` instead of an overlay.
+    base_image_path = models.CharField(max_length=1024, blank=True, default="")
+    restored_from = models.ForeignKey(
+        "Backup", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -509,6 +528,139 @@ class ConsoleSession(AppendOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.user} on {self.desktop} ({self.mode})"
+
+
+class SnapshotStatus(models.TextChoices):
+    """A snapshot's state; the moves are vms.services.snapshots.SNAPSHOT_TRANSITIONS."""
+
+    CREATING = "creating"
+    READY = "ready"
+    REVERTING = "reverting"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    ERROR = "error"
+
+
+class Snapshot(models.Model):
+    """An internal snapshot of a desktop's qcow2 disk (libvirt's snapshot API).
+
+    `with_memory` when taken of a running guest (a revert resumes it); else taken of a
+    stopped desktop (a revert leaves it stopped). `size_bytes` is measured from the image:
+    how much the desktop's volume grew when the snapshot was taken (its saved memory and
+    metadata), plus what later writes have copied since; it counts toward the disk quota.
+    The `reason` and `requested_by` of the last revert are kept for the help-desk rule.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    desktop = models.ForeignKey(Desktop, on_delete=models.PROTECT, related_name="snapshots")
+    name = models.CharField(max_length=100)
+    libvirt_name = models.CharField(max_length=60)
+    status = models.CharField(
+        max_length=12, choices=SnapshotStatus.choices, default=SnapshotStatus.CREATING
+    )
+    with_memory = models.BooleanField(default=False)
+    size_bytes = models.BigIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} of {self.desktop_id}"
+
+
+class BackupStatus(models.TextChoices):
+    """A backup's state; the moves are vms.services.backups.BACKUP_TRANSITIONS. Only
+    `ready` backups are listed to people and restorable."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    READY = "ready"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class Backup(models.Model):
+    """One backup of a desktop's disk: a qcow2 file in BACKUP_DIR, full or incremental.
+
+    An incremental backup's file holds only the clusters changed since `parent` and names
+    the parent's file as its backing file, so the newest file of a chain reads as the whole
+    disk. It is written under a temporary name and renamed when it is complete and verified;
+    `file_name` is set only then. `checkpoint` is the libvirt checkpoint it made, which the
+    next incremental backup starts from. `restore_pending` marks an in-place restore from
+    it that its worker has not finished yet.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    desktop = models.ForeignKey(Desktop, on_delete=models.PROTECT, related_name="backups")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    status = models.CharField(
+        max_length=12, choices=BackupStatus.choices, default=BackupStatus.QUEUED
+    )
+    checkpoint = models.CharField(max_length=60, blank=True, default="")
+    file_name = models.CharField(max_length=200, blank=True, default="")
+    bytes_written = models.BigIntegerField(default=0)
+    virtual_bytes = models.BigIntegerField(default=0)
+    progress = models.PositiveSmallIntegerField(default=0)
+    scheduled = models.BooleanField(default=False)
+    # An in-place restore of the desktop from this backup waits for its worker.
+    restore_pending = models.BooleanField(default=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["desktop", "status"])]
+
+    def __str__(self) -> str:
+        return f"backup {self.pk} of {self.desktop_id}"
+
+    @property
+    def incremental(self) -> bool:
+        return self.parent_id is not None
+
+
+class TemplateVersion(models.Model):
+    """A version of a template's base image; the newest ready one is the template's
+    `base_image_path`. Version 1 is the imported image; later ones are flattened from a
+    prepared desktop (`made_from`). A base still under any desktop is never deleted."""
+
+    template = models.ForeignKey(Template, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField()
+    base_image_path = models.CharField(max_length=1024, blank=True, default="")
+    # building, ready, failed, cancelled, deleted (vms.services.template_versions)
+    status = models.CharField(max_length=12, default="building")
+    made_from = models.ForeignKey(
+        Desktop, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    note = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["template", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["template", "number"], name="template_version_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.template} v{self.number}"
 
 
 # Monitoring models live in their own module (vms.models_metrics); imported here so Django

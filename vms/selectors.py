@@ -13,7 +13,15 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from vms.models import AuditEvent, ConsoleSession, Desktop, DesktopStatus, Template
+from vms.models import (
+    AuditEvent,
+    ConsoleSession,
+    Desktop,
+    DesktopStatus,
+    Snapshot,
+    SnapshotStatus,
+    Template,
+)
 from vms.roles import HELPDESK_GROUP, desktop_role, is_admin, sees_all_desktops
 from vms.services.actions import actions_for, actions_valid_in, busy_label_of
 
@@ -224,3 +232,13 @@ def desktop_status_label(desktop: Desktop) -> str:
     """What pages show as the desktop's state: a busy action's label while one is under
     way ("Rebooting…"), otherwise the state's own label."""
     return busy_label_of(desktop.progress) or desktop.get_status_display()
+
+
+def snapshots_revertable(*, desktop_ids: list[Any]) -> dict[Any, list[Snapshot]]:
+    """Per desktop, the snapshots it may be reverted to (help-desk page), newest first;
+    one query for all of them."""
+    found: dict[Any, list[Snapshot]] = {pk: [] for pk in desktop_ids}
+    ready = Snapshot.objects.filter(desktop_id__in=desktop_ids, status=SnapshotStatus.READY)
+    for snapshot in ready.order_by("-created_at"):
+        found[snapshot.desktop_id].append(snapshot)
+    return found

@@ -29,7 +29,7 @@ from vms.services import (
     thumbnails,
 )
 from vms.services import consoles as console_services
-from vms.services.actions import ACTIONS, DesktopAction
+from vms.services.actions import ACTIONS, DesktopAction, action_worker
 
 log = logging.getLogger(__name__)
 MAX_RETRIES = 6
@@ -54,7 +54,7 @@ def _run(task: Task, desktop_id: str, work: Callable[[], None], *, cleanup: bool
 
 def _desktop_task(action: DesktopAction) -> Task:
     """The Celery task `vms.tasks.desktop_<action>`: run the action's worker function."""
-    worker = getattr(provisioning, action.worker)
+    worker = action_worker(action)
 
     def run(self: Task, desktop_id: str) -> None:
         _run(self, desktop_id, lambda: worker(desktop_id=desktop_id, **action.worker_kwargs),
@@ -172,6 +172,29 @@ def host_thumbnails(host_id: int) -> int:
 def reap_console_sessions() -> int:
     """Close console sessions whose relay went away or whose SPICE file expired."""
     return console_services.console_sessions_reap()
+
+
+@shared_task(acks_late=True)
+def backups_round() -> dict[str, int]:
+    """The beat's backup round: clean up after killed workers (backups failed, snapshot
+    work queued again), then queue the scheduled backups that are due (each runs on its
+    desktop's host queue)."""
+    from vms.services import backup_work, backups, snapshot_work, template_versions
+
+    return {
+        "failed": backup_work.backups_reconcile(),
+        "versions_failed": template_versions.versions_reconcile(),
+        "snapshots_resumed": snapshot_work.snapshots_resume(),
+        "queued": backups.backups_round(),
+    }
+
+
+@shared_task(acks_late=True)
+def template_version_build(version_id: int) -> None:
+    """Flatten a prepared desktop's disk into a new base version of its template."""
+    from vms.services import template_versions
+
+    template_versions.template_version_build(version_id=version_id)
 
 
 @shared_task(acks_late=True)

@@ -1,4 +1,5 @@
 // The dashboard: live status, launch progress, quota and console notices without reloading.
+import { initDiskPanels, refreshDisks, showNotice } from "./disks.js";
 import { confirmBeforeSubmit, connectLive, renderDesktopState, renderWatchers } from "./live.js";
 
 const STEPS = ["queued", "cloning", "defining", "starting", "ready"];
@@ -192,7 +193,8 @@ new MutationObserver(() => {
 }).observe(document.body, { attributes: true, attributeFilter: ["data-live"] });
 
 connectLive({
-  onDesktop: onPushed,
+  onDesktop: (desktop) => { onPushed(desktop); refreshDisks(desktop.id); },
+  onNotice: (_desktopId, text) => showNotice(text),
   onWatchers: (desktopId, watchers) => {
     const banner = document.querySelector(`[data-watchers="${desktopId}"]`);
     if (banner) renderWatchers(banner, banner.dataset.name, watchers);
@@ -200,3 +202,4 @@ connectLive({
 });
 
 confirmBeforeSubmit();
+initDiskPanels();

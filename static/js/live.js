@@ -1,5 +1,5 @@
 // Live updates over /ws/desktops/ (same origin, wss:// behind TLS). Reconnects with backoff.
-export function connectLive({ onDesktop = () => {}, onWatchers = () => {}, watch = [] } = {}) {
+export function connectLive({ onDesktop = () => {}, onWatchers = () => {}, onNotice = () => {}, watch = [] } = {}) {
   let delay = 1000;
   function open() {
     const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
@@ -13,6 +13,7 @@ export function connectLive({ onDesktop = () => {}, onWatchers = () => {}, watch
       const message = JSON.parse(event.data);
       if (message.kind === "desktop") onDesktop(message.desktop);
       if (message.kind === "watchers") onWatchers(message.desktop_id, message.watchers);
+      if (message.kind === "notice") onNotice(message.desktop_id, message.text);
       // Monitoring values (kinds "metrics", "host_metrics") go to the charts (metrics.js).
       if (message.kind.endsWith("metrics")) {
         for (const metrics of [].concat(message.metrics)) {

@@ -99,7 +99,7 @@ def test_a_named_launch_reads_its_steps_then_actions_follow_each_state(
     expect(message).to_have_text("Quarterly report is running.")
     assert row.locator("progress").is_hidden()
     _each_step_was_readable(page.evaluate("window.progressSeen"))
-    assert visible_actions(page, desktop) == {"console", "stop", "reboot", "delete"}
+    assert visible_actions(page, desktop) == {"console", "stop", "reboot", "reset", "delete"}
     shot(page, "dashboard")
 
     # Reboot: "Rebooting…" (and no second Reboot) until the worker is done, then Running.
@@ -118,12 +118,12 @@ def test_a_named_launch_reads_its_steps_then_actions_follow_each_state(
     row.get_by_role("button", name="Stop").click()
     expect(row.locator("[data-field=status]")).to_have_text("Stopped", timeout=60_000)
     expect(row.locator('form[data-action="stop"]')).to_be_hidden()
-    assert visible_actions(page, desktop) == {"start", "delete"}
+    assert visible_actions(page, desktop) == {"start", "reset", "delete"}
     assert message.count() == 0  # "… is running" is no longer true: it went
     row.get_by_role("button", name="Start").click()
     expect(row.locator("[data-field=status]")).to_have_text("Running", timeout=60_000)
     expect(row.locator('form[data-action="start"]')).to_be_hidden()
-    assert visible_actions(page, desktop) == {"console", "stop", "reboot", "delete"}
+    assert visible_actions(page, desktop) == {"console", "stop", "reboot", "reset", "delete"}
     page.context.close()
 
 

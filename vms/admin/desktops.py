@@ -173,6 +173,11 @@ class DesktopAdmin(admin.ModelAdmin):
             name = f"bulk_{entry.name.replace('-', '_')}"
             description = f"{entry.label} the selected desktops"
             found[name] = (_bulk(entry), name, description)
+        found["publish_version"] = (
+            _publish_version,
+            "publish_version",
+            "Publish the selected (stopped) desktop as its template's new version",
+        )
         return found
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -273,3 +278,21 @@ def _confirmation(
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
     }
     return TemplateResponse(request, "admin/vms/desktop/bulk_action_confirmation.html", context)
+
+
+def _publish_version(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Desktop]
+) -> None:
+    """Flatten one prepared, stopped desktop's disk into a new version of its template
+    (a Celery task; the template's page lists the versions and their state)."""
+    from vms.services.template_versions import template_version_publish
+
+    if queryset.count() != 1:
+        modeladmin.message_user(request, "Select exactly one desktop.", level=messages.ERROR)
+        return
+    try:
+        version = template_version_publish(actor=request.user, desktop=queryset.get())
+    except ServiceError as exc:
+        modeladmin.message_user(request, exc.message, level=messages.ERROR)
+        return
+    modeladmin.message_user(request, f"Building {version}; new launches use it once ready.")

@@ -13,10 +13,11 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 
-from vms.models import DesktopStatus, Template, TemplateNetwork
+from vms.models import DesktopStatus, Template, TemplateNetwork, TemplateVersion
 from vms.services.audit import audit_record
 from vms.services.errors import ServiceError
 from vms.services.images import image_inspect
+from vms.services.template_versions import base_in_use, template_version_cancel
 from vms.services.templates import template_save_imported
 
 
@@ -96,9 +97,27 @@ class TemplateNetworkInline(admin.TabularInline):
     verbose_name_plural = "Networks (one NIC each, in order; from the next launch on)"
 
 
+class TemplateVersionInline(admin.TabularInline):
+    """The template's base versions, newest first (read-only: a new one is published from
+    a prepared desktop, with the desktops list's "Publish" action)."""
+
+    model = TemplateVersion
+    extra = 0
+    fields = ["number", "status", "made_from", "created_by", "created_at", "note", "in_use"]
+    readonly_fields = fields
+    can_delete = False
+
+    @admin.display(description="Base still in use", boolean=True)
+    def in_use(self, version: TemplateVersion) -> bool:
+        return bool(version.base_image_path) and base_in_use(path=version.base_image_path)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Template)
 class TemplateAdmin(admin.ModelAdmin):
-    inlines = [TemplateNetworkInline]
+    inlines = [TemplateNetworkInline, TemplateVersionInline]
     list_display = [
         "name",
         "os_label",
@@ -114,7 +133,7 @@ class TemplateAdmin(admin.ModelAdmin):
     list_filter = ["enabled", "console_type"]
     filter_horizontal = ["assigned_users", "assigned_groups"]
     search_fields = ["name"]
-    actions = ["enable", "disable"]
+    actions = ["enable", "disable", "cancel_version"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Template]:
         live = ~Q(desktops__status=DesktopStatus.DELETED)
@@ -166,6 +185,13 @@ class TemplateAdmin(admin.ModelAdmin):
             raise PermissionDenied(exc.message) from exc
         finally:
             form.discard_upload()
+
+    @admin.action(description="Cancel the version being built of the selected templates")
+    def cancel_version(self, request: HttpRequest, queryset: QuerySet[Template]) -> None:
+        building = TemplateVersion.objects.filter(template__in=queryset, status="building")
+        for version in building.select_related("template"):
+            template_version_cancel(actor=request.user, version=version)  # type: ignore[arg-type]
+            self.message_user(request, f"Cancelled {version}; its copy is removed.")
 
     @admin.action(description="Enable the selected templates")
     def enable(self, request: HttpRequest, queryset: QuerySet[Template]) -> None:

@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework.permissions import AllowAny
 from rest_framework.routers import DefaultRouter
 
+from vms.api import disks
 from vms.api.hosts import HostViewSet
 from vms.api.metrics import DesktopMetricsView, HostMetricsView
 from vms.api.networks import NetworkViewSet
@@ -21,6 +22,12 @@ router.register("networks", NetworkViewSet, basename="network")
 urlpatterns = [
     # The schema is public, as API schemas usually are: it describes, it grants nothing.
     path("schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="api-schema"),
+    path("desktops/<str:desktop_id>/snapshots/", disks.snapshot_list),
+    path("desktops/<str:desktop_id>/snapshots/<str:snapshot_id>/", disks.snapshot_detail),
+    path("desktops/<str:desktop_id>/snapshots/<str:snapshot_id>/revert/", disks.snapshot_revert),
+    path("desktops/<str:desktop_id>/backups/", disks.backup_list),
+    path("backups/<str:backup_id>/restore/", disks.backup_restore),
+    path("backups/<str:backup_id>/cancel/", disks.backup_cancel),
     path("desktops/<uuid:pk>/metrics/", DesktopMetricsView.as_view(), name="desktop-metrics"),
     path("hosts/<slug:name>/metrics/", HostMetricsView.as_view(), name="host-metrics"),
     *router.urls,

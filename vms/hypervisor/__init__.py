@@ -19,6 +19,7 @@ from .errors import HypervisorError
 from .naming import domain_name, is_ours, volume_name
 from .registry import backend_for, get_hypervisor, register_backend, registered_schemes
 from .types import (
+    BackupJob,
     ConsoleEndpoint,
     DomainInfo,
     DomainSpec,
@@ -32,11 +33,13 @@ from .types import (
     NetworkSpec,
     PoolUsage,
     PowerState,
+    SnapshotInfo,
     VirtType,
     VolumeInfo,
 )
 
 __all__ = [
+    "BackupJob",
     "ConsoleEndpoint",
     "DomainInfo",
     "DomainSpec",
@@ -52,6 +55,7 @@ __all__ = [
     "NetworkSpec",
     "PoolUsage",
     "PowerState",
+    "SnapshotInfo",
     "VirtType",
     "VolumeInfo",
     "backend_for",

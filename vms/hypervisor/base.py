@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 
 from .errors import HypervisorError
 from .types import (
+    BackupJob,
     ConsoleEndpoint,
     DomainInfo,
     DomainSpec,
@@ -22,6 +23,7 @@ from .types import (
     NetworkSpec,
     PoolUsage,
     PowerState,
+    SnapshotInfo,
     VolumeInfo,
 )
 
@@ -170,6 +172,56 @@ class Hypervisor(ABC):
         the heartbeat (placement by live load). Not abstract: a backend that cannot tell
         says so, and placement then uses the admin's figures alone."""
         raise HypervisorError(f"{type(self).__name__} cannot report a host's load", permanent=True)
+
+    # --- snapshots, checkpoints and backups (libvirt_disks.py; docs/backups.md) ------------
+    # Not abstract: a backend without them says so, and the portal refuses the action.
+
+    def _cannot(self, what: str) -> HypervisorError:
+        return HypervisorError(f"{type(self).__name__} cannot {what}", permanent=True)
+
+    def snapshot_create(self, *, name: str, snapshot: str) -> SnapshotInfo:
+        """Take internal snapshot ``snapshot`` (with memory if running); idempotent."""
+        raise self._cannot("take snapshots")
+
+    def snapshot_list(self, *, name: str) -> list[SnapshotInfo]:
+        raise self._cannot("list snapshots")
+
+    def snapshot_revert(self, *, name: str, snapshot: str) -> PowerState:
+        """Go back to ``snapshot``; the power state it leaves the domain in."""
+        raise self._cannot("revert snapshots")
+
+    def snapshot_delete(self, *, name: str, snapshot: str) -> None:
+        raise self._cannot("delete snapshots")
+
+    def checkpoint_names(self, *, name: str) -> list[str]:
+        raise self._cannot("list checkpoints")
+
+    def backup_start(
+        self, *, name: str, target_path: str, checkpoint: str, incremental_from: str | None
+    ) -> bool:
+        """Start a push backup into ``target_path``; True if QEMU was started paused for it."""
+        raise self._cannot("back up desktops")
+
+    def backup_job(self, *, name: str) -> BackupJob:
+        raise self._cannot("back up desktops")
+
+    def backup_abort(self, *, name: str, checkpoint: str) -> None:
+        raise self._cannot("back up desktops")
+
+    def backup_finish(self, *, name: str) -> None:
+        raise self._cannot("back up desktops")
+
+    def volume_info(self, *, pool: str, name: str) -> VolumeInfo | None:
+        """The volume measured now (allocation after a pool refresh); None if missing."""
+        raise self._cannot("measure volumes")
+
+    def full_copy_volume(self, *, pool: str, name: str, base_path: str) -> VolumeInfo:
+        """A new independent volume holding the flattened contents of ``base_path``."""
+        raise self._cannot("copy volumes")
+
+    def volume_from_image(self, *, pool: str, name: str, source_path: str) -> VolumeInfo:
+        """A new standalone volume with everything the qcow2 chain at ``source_path`` reads."""
+        raise self._cannot("restore volumes")
 
     def domain_stats(self, *, prefix: str) -> list[DomainStats]:
         """The counters and memory of every running domain whose name starts with

@@ -28,6 +28,7 @@ from .base import Hypervisor
 from .connection import LibvirtConnection
 from .errors import HypervisorError
 from .kvmprobe import run_kvm_probe
+from .libvirt_disks import LibvirtDiskOps
 from .libvirt_errors import POOL_FULL_OR_READONLY_HINTS, RETRY_NOTE, from_libvirt_error
 from .registry import register_backend
 from .stats import domain_stats_from
@@ -379,7 +380,7 @@ def _is_missing_backing(message: str) -> bool:
     return "backing" in low and ("inaccessible" in low or "no such file" in low)
 
 
-class LibvirtHypervisor(Hypervisor):
+class LibvirtHypervisor(LibvirtDiskOps, Hypervisor):
     """A hypervisor reached through one libvirt URI (``qemu:///system``, ``test:///default``)."""
 
     def __init__(self, uri: str) -> None:

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Literal
 
 __all__ = [
+    "BackupJob",
     "ConsoleEndpoint",
     "DomainInfo",
     "DomainSpec",
@@ -19,6 +20,7 @@ __all__ = [
     "NetworkSpec",
     "PoolUsage",
     "PowerState",
+    "SnapshotInfo",
     "VirtType",
     "VolumeInfo",
 ]
@@ -193,6 +195,29 @@ class MigrationStats:
 
     elapsed_ms: int | None
     downtime_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """One internal snapshot of a domain's disk; ``with_memory`` when the guest was running
+    (its RAM is in the snapshot and a revert resumes it), else disk-only in effect (taken of
+    a QEMU started paused, which ran no guest code; a revert leaves the desktop stopped)."""
+
+    name: str
+    with_memory: bool
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class BackupJob:
+    """The state of a domain's backup job: ``active`` while it copies; when it is over,
+    ``ok`` says whether it finished and ``error`` why not."""
+
+    active: bool
+    processed_bytes: int = 0
+    total_bytes: int = 0
+    ok: bool | None = None
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)

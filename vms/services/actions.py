@@ -12,8 +12,10 @@ refuses a move the transitions table forbids).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+from django.utils.module_loading import import_string
 
 from vms.models import DesktopStatus
 from vms.roles import DesktopRole as Role
@@ -35,7 +37,8 @@ class DesktopAction:
     moves_to: str | None
     # Where the worker function leaves it when it is done.
     ends_in: str
-    # The worker function in vms.services.provisioning that does the libvirt work.
+    # The worker function in vms.services.provisioning that does the libvirt work (or a
+    # dotted path to one elsewhere).
     worker: str
     roles: frozenset[Role] = EVERYONE
     # Narrower starting states than the transitions table allows (None: all it allows).
@@ -170,8 +173,64 @@ ACTIONS: dict[str, DesktopAction] = {
             confirm="Delete {name}? Its disk is removed for good.",
             http_method="DELETE",
         ),
+        # Snapshots, reset, backups and restores (docs/backups.md): their own routes
+        # start them (vms.services.snapshots, .backups); the desktop keeps its state and
+        # shows the busy label while the worker runs.
+        DesktopAction(
+            name="reset",
+            label="Reset",
+            moves_to=None,
+            ends_in=S.STOPPED,
+            worker="vms.services.snapshot_work.desktop_reset",
+            roles=frozenset({Role.OWNER, Role.ADMIN}),
+            only_from=frozenset({S.RUNNING, S.STOPPED}),
+            confirm="Reset {name} to a fresh copy of its template? It is powered off, and "
+            "everything on its disk, and its snapshots, are lost.",
+            busy_label="Resetting…",
+        ),
+        *(
+            DesktopAction(
+                name=name,
+                label=label,
+                moves_to=None,
+                ends_in=S.RUNNING,
+                offered=False,
+                worker=f"vms.services.{worker}",
+                busy_label=busy,
+                only_from=frozenset({S.RUNNING, S.STOPPED}),
+            )
+            for name, label, worker, busy in (
+                (
+                    "snapshot",
+                    "Snapshot",
+                    "snapshot_work.desktop_snapshot_take",
+                    "Taking a snapshot…",
+                ),
+                (
+                    "snapshot-revert",
+                    "Revert",
+                    "snapshot_work.desktop_snapshot_revert",
+                    "Reverting…",
+                ),
+                (
+                    "snapshot-delete",
+                    "Delete snapshot",
+                    "snapshot_work.desktop_snapshot_remove",
+                    "Deleting a snapshot…",
+                ),
+                ("backup", "Back up", "backup_work.desktop_backup", ""),
+                ("restore", "Restore", "backup_work.desktop_restore", "Restoring…"),
+            )
+        ),
     )
 }
+
+
+def action_worker(action: DesktopAction) -> Callable[..., None]:
+    """The action's worker function: a dotted path, or a name in vms.services.provisioning."""
+    path = action.worker if "." in action.worker else f"vms.services.provisioning.{action.worker}"
+    worker: Callable[..., None] = import_string(path)
+    return worker
 
 
 def action_get(name: str) -> DesktopAction | None:

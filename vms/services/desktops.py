@@ -73,6 +73,7 @@ def _insert(*, user: User, template: Template, name: str) -> Desktop:
         vcpus=template.vcpus,
         memory_mib=template.memory_mib,
         disk_gib=template.disk_gib,
+        base_image_path=template.base_image_path,
         name=name or template.name[:NAME_MAX],
         progress="queued",
     )

@@ -100,3 +100,17 @@ def _push_watchers(desktop_id: UUID | str) -> None:
     }
     groups = (desktop_group(desktop_id), user_group(owner_id))
     group_send_best_effort(groups, message, what=f"the console watchers of desktop {desktop_id}")
+
+
+def push_owner_notice(*, desktop_id: UUID | str, text: str) -> None:
+    """After commit, show the desktop's owner a notice on their open pages (e.g. a
+    help-desk revert of their desktop, with its reason)."""
+    transaction.on_commit(partial(_push_notice, desktop_id, text))
+
+
+def _push_notice(desktop_id: UUID | str, text: str) -> None:
+    owner_id = Desktop.objects.filter(pk=desktop_id).values_list("owner_id", flat=True).first()
+    if owner_id is None:
+        return
+    message = {"type": "desktop.notice", "desktop_id": str(desktop_id), "text": text}
+    group_send_best_effort([user_group(owner_id)], message, what=f"a notice on {desktop_id}")

@@ -33,7 +33,7 @@ class DesktopBusy(Exception):
 
 
 @contextmanager
-def desktop_lock(desktop_id: UUID | str) -> Iterator[None]:
+def desktop_lock(desktop_id: UUID | str, *, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     """Hold the desktop's provisioning lock; raise DesktopBusy after LOCK_WAIT_S.
 
     PostgreSQL: a session advisory lock, which the server drops by itself when the worker
@@ -42,15 +42,15 @@ def desktop_lock(desktop_id: UUID | str) -> Iterator[None]:
     """
     key = int.from_bytes(UUID(str(desktop_id)).bytes[:4], "big", signed=True)
     if connection.vendor == "postgresql":
-        with _advisory_lock(key, desktop_id):
+        with _advisory_lock(key, desktop_id, wait_s):
             yield
     else:
-        with _file_lock(key % _LOCK_FILES, desktop_id):
+        with _file_lock(key % _LOCK_FILES, desktop_id, wait_s):
             yield
 
 
-def _wait_for(take: Callable[[], bool], desktop_id: UUID | str) -> None:
-    deadline = time.monotonic() + LOCK_WAIT_S
+def _wait_for(take: Callable[[], bool], desktop_id: UUID | str, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
     while not take():
         if time.monotonic() >= deadline:
             raise DesktopBusy(f"desktop {desktop_id} is being worked on by another task")
@@ -58,14 +58,14 @@ def _wait_for(take: Callable[[], bool], desktop_id: UUID | str) -> None:
 
 
 @contextmanager
-def _advisory_lock(key: int, desktop_id: UUID | str) -> Iterator[None]:
+def _advisory_lock(key: int, desktop_id: UUID | str, wait_s: float) -> Iterator[None]:
     def take() -> bool:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_CLASS, key])
             row = cursor.fetchone()
         return bool(row and row[0])
 
-    _wait_for(take, desktop_id)
+    _wait_for(take, desktop_id, wait_s)
     try:
         yield
     finally:
@@ -79,7 +79,7 @@ def _advisory_lock(key: int, desktop_id: UUID | str) -> Iterator[None]:
 
 
 @contextmanager
-def _file_lock(slot: int, desktop_id: UUID | str) -> Iterator[None]:
+def _file_lock(slot: int, desktop_id: UUID | str, wait_s: float) -> Iterator[None]:
     folder = Path(tempfile.gettempdir()) / "desktop-portal-locks"
     folder.mkdir(mode=0o700, exist_ok=True)
     with open(folder / f"desktop-{slot}.lock", "a+b") as handle:
@@ -91,7 +91,7 @@ def _file_lock(slot: int, desktop_id: UUID | str) -> Iterator[None]:
                 return False
             return True
 
-        _wait_for(take, desktop_id)
+        _wait_for(take, desktop_id, wait_s)
         try:
             yield
         finally:

@@ -96,10 +96,14 @@ def domain_spec(desktop: Desktop, *, on: Host | None = None) -> DomainSpec:
 
 
 def _volume_path(desktop: Desktop, host: Host) -> str:
+    if desktop.restored_from_id is not None:
+        from vms.services.backup_work import restored_volume_path
+
+        return restored_volume_path(desktop, host)
     volume = hypervisor_for(host).clone_volume(
         pool=host.storage_pool,
         name=desktop.volume_name,
-        base_path=desktop.template.base_image_path,
+        base_path=desktop.base_image_path or desktop.template.base_image_path,
         capacity_bytes=desktop.disk_gib * GIB,
     )
     return volume.path

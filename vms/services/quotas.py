@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db.models import Count, Max, Sum
 
-from vms.models import Desktop, DesktopStatus, Quota, Template
+from vms.models import Desktop, DesktopStatus, Quota, Snapshot, Template
 from vms.services.errors import QuotaExceeded
 
 LIMIT_NAMES = {
@@ -61,7 +61,21 @@ def usage(*, user: User) -> Limits:
             max_disk_gib=Sum("disk_gib"),
         )
     )
-    return Limits(**{key: value or 0 for key, value in totals.items()})
+    used = {key: value or 0 for key, value in totals.items()}
+    # Snapshots' measured space counts toward the disk limit (whole GiB, rounded up).
+    snapshot_bytes = snapshot_bytes_of(owner_id=user.pk)
+    used["max_disk_gib"] += -(-snapshot_bytes // 1024**3)
+    return Limits(**used)
+
+
+def snapshot_bytes_of(*, owner_id: int) -> int:
+    """The measured space of a user's snapshots that still exist."""
+    live = ("creating", "ready", "reverting", "deleting", "error")
+    rows = Snapshot.objects.filter(desktop__owner_id=owner_id, status__in=live).exclude(
+        desktop__status__in=NOT_COUNTED
+    )
+    total = rows.aggregate(total=Sum("size_bytes"))["total"]
+    return int(total or 0)
 
 
 def first_exceeded(*, limits: Limits, used: Limits, template: Template) -> QuotaExceeded | None:

@@ -20,7 +20,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from vms.hypervisor import DomainInfo, Hypervisor, PowerState, VolumeInfo
-from vms.models import Desktop, DesktopStatus, Host, Template
+from vms.models import Desktop, DesktopStatus, Host, Template, TemplateVersion
 from vms.services import transitions
 from vms.services.actions import action_resuming
 from vms.services.audit import audit_record
@@ -157,6 +157,13 @@ def _remove_orphan_volumes(
     # would still match them: a base is never an orphan while its template exists.
     bases = {
         os.path.normpath(p) for p in Template.objects.values_list("base_image_path", flat=True)
+    }
+    # Older template versions stay while desktops rest on them (services.template_versions).
+    bases |= {
+        os.path.normpath(p)
+        for p in TemplateVersion.objects.exclude(base_image_path="").values_list(
+            "base_image_path", flat=True
+        )
     }
     for volume in volumes:
         if volume.name not in wanted and os.path.normpath(volume.path) not in bases:

@@ -3,6 +3,8 @@ console session (all through the services)."""
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -16,6 +18,7 @@ from vms.services.actions import action_get
 from vms.services.consoles import console_session_end
 from vms.services.desktops import desktop_act, desktop_create, desktop_rename
 from vms.services.errors import ServiceError
+from vms.services.snapshots import snapshot_revert
 from vms.web.client import client_ip
 
 
@@ -48,6 +51,8 @@ def desktop_action(request: HttpRequest, pk: str, action: str) -> HttpResponse:
     desktop = get_object_or_404(desktops_visible_to(user=request.user), pk=pk)
     if action == RENAME:
         return _rename(request, desktop)
+    if action == REVERT:
+        return _revert(request, desktop)
     entry = action_get(action)
     if entry is None or not entry.offered:
         raise Http404("No such action.")
@@ -60,6 +65,34 @@ def desktop_action(request: HttpRequest, pk: str, action: str) -> HttpResponse:
     else:
         messages.success(request, f"{desktop.name}: {entry.label.lower()} requested.")
     return redirect(_safe_next(request) or "dashboard")
+
+
+# A snapshot revert from the help-desk page, with its reason (POST .../snapshots/{sid}/revert/
+# in the API); like rename it shares the route, which no action of the table names so.
+REVERT = "revert-snapshot"
+
+
+def _revert(request: HttpRequest, desktop: Desktop) -> HttpResponse:
+    try:
+        snapshot = snapshot_revert(
+            actor=request.user,
+            desktop=desktop,
+            snapshot_id=_uuid_or_404(request.POST.get("snapshot", "")),
+            reason=request.POST.get("reason", ""),
+            source_ip=client_ip(request),
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{desktop.name}: reverting to '{snapshot.name}'.")
+    return redirect(_safe_next(request) or "dashboard")
+
+
+def _uuid_or_404(value: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise Http404("No such snapshot.") from None
 
 
 # Renaming changes no state and queues no work, so it is no action of the table; it

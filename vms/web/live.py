@@ -73,3 +73,8 @@ class DesktopEventsConsumer(MetricsFeedMixin, AsyncJsonWebsocketConsumer):
         await self.send_json(
             {"kind": "watchers", "desktop_id": event["desktop_id"], "watchers": event["watchers"]}
         )
+
+    async def desktop_notice(self, event: dict[str, Any]) -> None:
+        await self.send_json(
+            {"kind": "notice", "desktop_id": event["desktop_id"], "text": event["text"]}
+        )

@@ -19,6 +19,7 @@ from vms.selectors import (
     desktop_status_label,
     desktops_visible_to,
     helpdesk_search,
+    snapshots_revertable,
     templates_for_user,
 )
 from vms.services.events import desktop_payload
@@ -131,9 +132,11 @@ def helpdesk(request: HttpRequest) -> HttpResponse:
             employees_only=search.employees_only,
             with_desktops_only=search.with_desktops_only,
         )
+    revertable = snapshots_revertable(desktop_ids=[d.pk for _p, ds in results for d in ds])
     for _person, desktops in results:
         for desktop in desktops:
             desktop.buttons = action_buttons(user=request.user, desktop=desktop)  # type: ignore[attr-defined]
+            desktop.revertable = revertable[desktop.pk]  # type: ignore[attr-defined]
     context = {"search": search, "results": results, "filters": FILTERS}
     status = 400 if search.errors else 200
     return render(request, "vms/helpdesk.html", context, status=status)

@@ -1,0 +1,350 @@
+"""Snapshots, checkpoints and backups of a desktop's disk through libvirt (the libvirt
+backend's half of ``base.DiskOps``).
+
+What Debian 12's libvirt 9.0 with QEMU 7.2 does, probed on this machine (docs/backups.md):
+
+* Snapshots are **internal** (kept inside the desktop's qcow2): libvirt 9.0 cannot revert an
+  external snapshot (that arrived in 9.9), and internal ones need no extra files to clean up.
+  A running guest is snapshotted with its memory. A stopped desktop's snapshot is taken of a
+  QEMU started paused (no guest code runs: in effect disk-only), because libvirt refuses an
+  offline snapshot while checkpoints exist ("cannot perform block operations while checkpoint
+  exists"); reverting to it leaves the desktop stopped.
+* Backups use ``backupBegin`` in push mode, with a ``<domaincheckpoint>`` (a persistent dirty
+  bitmap in the qcow2) made by every backup, so the next one can be incremental. A backup of
+  a stopped desktop runs on a QEMU started paused: libvirt backs up only active domains.
+* Checkpoints are deleted only on an active domain (libvirt: "cannot delete checkpoint for
+  inactive domain"), and QEMU refuses to load an internal snapshot while the image has
+  dirty bitmaps ("Device has active dirty bitmaps"). A revert therefore drops every
+  checkpoint first, so the backup after a revert is a full one (the disk went back in time;
+  the bitmaps would no longer describe the change since the last backup anyway).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final, TypeVar
+
+import libvirt
+
+from .errors import HypervisorError
+from .types import BackupJob, PowerState, SnapshotInfo, VolumeInfo
+from .xml import build_pool_xml, build_volume_xml, parse_volume
+
+__all__ = ["LibvirtDiskOps"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Conn = Any
+Dom = Any
+
+DISK: Final = "vda"
+_CHILDREN: Final = libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_CHILDREN
+_JOB_DONE: Final = {libvirt.VIR_DOMAIN_JOB_COMPLETED}
+
+
+def _xml(root: ET.Element) -> str:
+    return ET.tostring(root, encoding="unicode")
+
+
+def _snapshot_xml(snapshot: str) -> str:
+    root = ET.Element("domainsnapshot")
+    ET.SubElement(root, "name").text = snapshot
+    return _xml(root)
+
+
+def _checkpoint_xml(checkpoint: str) -> str:
+    root = ET.Element("domaincheckpoint")
+    ET.SubElement(root, "name").text = checkpoint
+    disks = ET.SubElement(root, "disks")
+    ET.SubElement(disks, "disk", name=DISK, checkpoint="bitmap")
+    return _xml(root)
+
+
+def _backup_xml(target_path: str, incremental_from: str | None) -> str:
+    root = ET.Element("domainbackup", mode="push")
+    if incremental_from:
+        ET.SubElement(root, "incremental").text = incremental_from
+    disks = ET.SubElement(root, "disks")
+    disk = ET.SubElement(disks, "disk", name=DISK, type="file")
+    ET.SubElement(disk, "target", file=target_path)
+    ET.SubElement(disk, "driver", type="qcow2")
+    return _xml(root)
+
+
+def _snapshot_info(snap: Any) -> SnapshotInfo:
+    root = ET.fromstring(snap.getXMLDesc(0))  # noqa: S314 - XML from libvirtd
+    return SnapshotInfo(
+        name=str(snap.getName()),
+        with_memory=root.findtext("state") == "running",
+        created_at=int(root.findtext("creationTime") or 0),
+    )
+
+
+def _lookup_snapshot(dom: Dom, snapshot: str) -> Any | None:
+    try:
+        return dom.snapshotLookupByName(snapshot, 0)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+            return None
+        raise
+
+
+def _domain(conn: Conn, name: str) -> Dom:
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            raise HypervisorError(
+                f"desktop domain '{name}' does not exist", permanent=True
+            ) from None
+        raise
+
+
+@contextmanager
+def _active(dom: Dom) -> Iterator[bool]:
+    """The domain active for the block: a shut-off one is started paused (no guest code
+    runs) and destroyed again afterwards. Yields whether it was started here."""
+    if dom.isActive():
+        yield False
+        return
+    dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+    try:
+        yield True
+    finally:
+        if dom.isActive():
+            dom.destroy()
+
+
+def _drop_checkpoints(dom: Dom, keep: frozenset[str] = frozenset()) -> list[str]:
+    """Delete the domain's checkpoints (and their bitmaps) except ``keep``; the active
+    domain merges each deleted one's bitmap into its parent, so no change is lost."""
+    dropped = []
+    for checkpoint in dom.listAllCheckpoints(0):
+        name = str(checkpoint.getName())
+        if name not in keep:
+            checkpoint.delete(0)
+            dropped.append(name)
+    return dropped
+
+
+class LibvirtDiskOps:
+    """The disk operations of ``LibvirtHypervisor`` (mixed in; it supplies ``_call``)."""
+
+    _call: Callable[..., Any]
+
+    def _on_domain(self, what: str, name: str, op: Callable[[Dom], T]) -> T:
+        result: T = self._call(what, lambda conn: op(_domain(conn, name)))
+        return result
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    def snapshot_create(self, *, name: str, snapshot: str) -> SnapshotInfo:
+        """An internal snapshot: with memory when running, else of a paused QEMU."""
+
+        def op(dom: Dom) -> SnapshotInfo:
+            existing = _lookup_snapshot(dom, snapshot)
+            if existing is not None:
+                return _snapshot_info(existing)
+            with _active(dom):
+                return _snapshot_info(dom.snapshotCreateXML(_snapshot_xml(snapshot), 0))
+
+        return self._on_domain(f"snapshotting '{name}' as '{snapshot}'", name, op)
+
+    def snapshot_list(self, *, name: str) -> list[SnapshotInfo]:
+        def op(dom: Dom) -> list[SnapshotInfo]:
+            return sorted(
+                (_snapshot_info(s) for s in dom.listAllSnapshots(0)), key=lambda s: s.created_at
+            )
+
+        return self._on_domain(f"listing the snapshots of '{name}'", name, op)
+
+    def snapshot_revert(self, *, name: str, snapshot: str) -> PowerState:
+        """Go back to ``snapshot``; the power state afterwards (running for a snapshot
+        with memory, shutoff for one of a stopped desktop). Drops every checkpoint."""
+
+        def op(dom: Dom) -> PowerState:
+            snap = _lookup_snapshot(dom, snapshot)
+            if snap is None:
+                raise HypervisorError(f"'{name}' has no snapshot '{snapshot}'", permanent=True)
+            if dom.listAllCheckpoints(0):
+                with _active(dom):
+                    _drop_checkpoints(dom)
+            dom.revertToSnapshot(snap, 0)
+            if not _snapshot_info(snap).with_memory and dom.isActive():
+                dom.destroy()  # it was taken of a paused QEMU: the desktop stays stopped
+            return PowerState.running if dom.isActive() else PowerState.shutoff
+
+        return self._on_domain(f"reverting '{name}' to snapshot '{snapshot}'", name, op)
+
+    def snapshot_delete(self, *, name: str, snapshot: str) -> None:
+        """Delete one snapshot (its space in the qcow2 is freed); missing is fine."""
+
+        def op(dom: Dom) -> None:
+            snap = _lookup_snapshot(dom, snapshot)
+            if snap is None:
+                return
+            with _active(dom):
+                snap.delete(0)
+
+        self._on_domain(f"deleting snapshot '{snapshot}' of '{name}'", name, op)
+
+    # --- checkpoints and backups ---------------------------------------------------------
+
+    def checkpoint_names(self, *, name: str) -> list[str]:
+        def op(dom: Dom) -> list[str]:
+            return sorted(str(c.getName()) for c in dom.listAllCheckpoints(0))
+
+        return self._on_domain(f"listing the checkpoints of '{name}'", name, op)
+
+    def backup_start(
+        self, *, name: str, target_path: str, checkpoint: str, incremental_from: str | None
+    ) -> bool:
+        """Start a push-mode backup of the disk into ``target_path`` (a new qcow2 that
+        libvirt creates), making checkpoint ``checkpoint``; with ``incremental_from`` only
+        the clusters changed since that checkpoint are written. A stopped desktop's QEMU is
+        started paused for it: returns True then, and ``backup_finish`` powers it off.
+        Checkpoints other than ``incremental_from`` are dropped first (their bitmaps would
+        only cost every write)."""
+
+        def op(dom: Dom) -> bool:
+            started = False
+            if not dom.isActive():
+                dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+                started = True
+            try:
+                keep = frozenset({incremental_from}) if incremental_from else frozenset()
+                _drop_checkpoints(dom, keep)
+                dom.backupBegin(
+                    _backup_xml(target_path, incremental_from), _checkpoint_xml(checkpoint), 0
+                )
+            except BaseException:
+                if started and dom.isActive():
+                    dom.destroy()
+                raise
+            return started
+
+        return self._on_domain(f"starting a backup of '{name}'", name, op)
+
+    def backup_job(self, *, name: str) -> BackupJob:
+        """How the domain's backup job is doing (or how its last job ended)."""
+
+        def op(dom: Dom) -> BackupJob:
+            if not dom.isActive():
+                return BackupJob(active=False, ok=False, error="the desktop's QEMU stopped")
+            stats = dom.jobStats(0)
+            if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE:
+                return BackupJob(
+                    active=True,
+                    processed_bytes=int(stats.get("disk_processed", 0)),
+                    total_bytes=int(stats.get("disk_total", 0)),
+                )
+            done = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            ok = done.get("type") in _JOB_DONE and done.get("success", True)
+            return BackupJob(
+                active=False,
+                processed_bytes=int(done.get("disk_processed", 0)),
+                total_bytes=int(done.get("disk_total", 0)),
+                ok=bool(ok),
+                error="" if ok else str(done.get("errmsg", "the backup job failed")),
+            )
+
+        return self._on_domain(f"reading the backup job of '{name}'", name, op)
+
+    def backup_abort(self, *, name: str, checkpoint: str) -> None:
+        """Stop a running backup job, if any, and drop the checkpoint it made (its bitmap
+        merges back into the previous one, so the next incremental misses nothing)."""
+
+        def op(dom: Dom) -> None:
+            if not dom.isActive():
+                return
+            if dom.jobStats(0).get("type", libvirt.VIR_DOMAIN_JOB_NONE):
+                try:
+                    dom.abortJob()
+                except libvirt.libvirtError as err:
+                    log.info("aborting the backup of %s: %s", name, err)
+            for found in dom.listAllCheckpoints(0):
+                if found.getName() == checkpoint:
+                    found.delete(0)
+
+        self._on_domain(f"aborting the backup of '{name}'", name, op)
+
+    def backup_finish(self, *, name: str) -> None:
+        """Power off a QEMU that ``backup_start`` started paused (only a paused one)."""
+
+        def op(dom: Dom) -> None:
+            if dom.isActive() and dom.state(0)[0] == libvirt.VIR_DOMAIN_PAUSED:
+                dom.destroy()
+
+        self._on_domain(f"ending the backup of '{name}'", name, op)
+
+    # --- volumes -------------------------------------------------------------------------
+
+    def volume_info(self, *, pool: str, name: str) -> VolumeInfo | None:
+        """A volume's description with its allocation measured now (the pool refreshed
+        first, as qcow2 files grow outside libvirt's view); None when it is missing."""
+
+        def op(conn: Conn) -> VolumeInfo | None:
+            p = conn.storagePoolLookupByName(pool)
+            try:
+                p.refresh(0)
+            except libvirt.libvirtError as err:  # e.g. an upload is running; not fatal
+                log.debug("refreshing pool %s: %s", pool, err)
+            try:
+                return parse_volume(p.storageVolLookupByName(name).XMLDesc(0))
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    return None
+                raise
+
+        result: VolumeInfo | None = self._call(f"measuring volume '{name}' in '{pool}'", op)
+        return result
+
+    def volume_from_image(self, *, pool: str, name: str, source_path: str) -> VolumeInfo:
+        """A new standalone volume ``name`` in ``pool`` holding everything the qcow2 chain
+        at ``source_path`` reads (a backup's newest file): libvirt's volume API copies it
+        (``qemu-img convert``, flattening the chain) straight into the pool, through a
+        transient pool over the source's folder. An existing volume is returned as is."""
+        folder = os.path.dirname(source_path)
+        scratch = f"restore-{hashlib.sha256(folder.encode()).hexdigest()[:16]}"
+
+        def op(conn: Conn) -> VolumeInfo:
+            target = conn.storagePoolLookupByName(pool)
+            existing = _lookup_volume(target, name)
+            if existing is not None:
+                return parse_volume(existing.XMLDesc(0))
+            source_pool = _transient_pool(conn, scratch, folder)
+            try:
+                source = source_pool.storageVolLookupByName(os.path.basename(source_path))
+                capacity = parse_volume(source.XMLDesc(0)).capacity_bytes
+                xml = build_volume_xml(name=name, capacity_bytes=capacity)
+                return parse_volume(target.createXMLFrom(xml, source, 0).XMLDesc(0))
+            finally:
+                source_pool.destroy()
+
+        result: VolumeInfo = self._call(f"restoring {source_path} into '{pool}' as '{name}'", op)
+        return result
+
+
+def _lookup_volume(pool: Any, name: str) -> Any | None:
+    try:
+        return pool.storageVolLookupByName(name)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+            return None
+        raise
+
+
+def _transient_pool(conn: Conn, name: str, folder: str) -> Any:
+    """A transient directory pool over ``folder`` (gone when destroyed), replacing one of
+    that name a killed run left behind."""
+    try:
+        conn.storagePoolLookupByName(name).destroy()
+    except libvirt.libvirtError as err:
+        if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+            raise
+    return conn.storagePoolCreateXML(build_pool_xml(name=name, path=folder), 0)

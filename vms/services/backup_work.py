@@ -1,0 +1,353 @@
+"""Worker-side backup and restore work (the action table's "backup" and "restore").
+
+A backup is written by libvirt to ``.<id>.partial`` in the desktop's backup folder; when
+the job ends it is linked to its parent (incremental), checked with ``qemu-img check``,
+compared with the source disk when the source was quiescent (a stopped desktop's QEMU ran
+paused), and only then renamed to ``<id>.qcow2`` and marked ready. Any failure (or a
+cancel) aborts the job, drops the checkpoint it made and removes the partial file. A
+worker killed mid-backup leaves its row `running` and the lock free:
+`backups_reconcile` then does the same clean-up, and removes files no ready backup owns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from uuid import UUID
+
+from django.db import transaction
+from django.utils import timezone
+
+from vms.hypervisor import Hypervisor, HypervisorError, qemuimg
+from vms.models import Backup, BackupStatus, Desktop, DesktopStatus, Host, Snapshot, SnapshotStatus
+from vms.services import transitions
+from vms.services.audit import audit_record
+from vms.services.backups import UNDER_WAY, backup_folder, backup_move, backup_path
+from vms.services.events import push_desktop_changed
+from vms.services.hosts import hypervisor_for
+from vms.services.locks import DesktopBusy, desktop_lock
+from vms.services.provisioning import _clear_progress, _hypervisor, _load, domain_spec
+
+log = logging.getLogger(__name__)
+B = BackupStatus
+POLL_S = 0.25
+PARTIAL = ".partial"
+
+
+class BackupCancelled(Exception):
+    """Someone cancelled the backup while it ran."""
+
+
+def _partial(backup: Backup) -> Path:
+    return backup_folder(backup.desktop_id) / f".{backup.pk}{PARTIAL}"
+
+
+def _parent_for(desktop: Desktop, hypervisor: Hypervisor) -> Backup | None:
+    """The last ready backup, if its checkpoint still exists (else this one is full)."""
+    last = desktop.backups.filter(status=B.READY).order_by("-created_at").first()
+    if last is None or not last.checkpoint:
+        return None
+    if last.checkpoint not in hypervisor.checkpoint_names(name=desktop.domain_name):
+        return None
+    return last
+
+
+def desktop_backup(*, desktop_id: UUID | str) -> None:
+    """Run the desktop's queued backup (one at a time), then apply retention."""
+    with desktop_lock(desktop_id):
+        desktop = _load(desktop_id)
+        if desktop is None:
+            return
+        for backup in desktop.backups.filter(status=B.QUEUED).order_by("created_at"):
+            if backup_move(backup_id=backup.pk, old=B.QUEUED, new=B.RUNNING):
+                _backup(desktop, backup)
+        retention_apply(desktop=desktop)
+
+
+def _backup(desktop: Desktop, backup: Backup) -> None:
+    hypervisor = _hypervisor(desktop)
+    partial = _partial(backup)
+    checkpoint = f"bk-{backup.pk.hex}"
+    Backup.objects.filter(pk=backup.pk).update(checkpoint=checkpoint)
+    started_at = time.monotonic()
+    try:
+        parent = _parent_for(desktop, hypervisor)
+        quiescent = hypervisor.backup_start(
+            name=desktop.domain_name,
+            target_path=str(partial),
+            checkpoint=checkpoint,
+            incremental_from=parent.checkpoint if parent else None,
+        )
+        total = _wait(desktop, backup, hypervisor)
+        if quiescent:
+            hypervisor.backup_finish(name=desktop.domain_name)
+        _verify(desktop, partial, parent=parent, quiescent=quiescent)
+    except (HypervisorError, BackupCancelled) as exc:
+        _undo(desktop, backup, hypervisor, partial, checkpoint)
+        _ended(backup, exc)
+        if isinstance(exc, HypervisorError) and not exc.permanent:
+            raise
+        return
+    _commit(
+        desktop,
+        backup,
+        partial,
+        parent=parent,
+        total=total,
+        seconds=time.monotonic() - started_at,
+        compared=quiescent,
+    )
+
+
+def _wait(desktop: Desktop, backup: Backup, hypervisor: Hypervisor) -> int:
+    """Follow the job to its end, writing its progress; cancel when asked."""
+    while True:
+        job = hypervisor.backup_job(name=desktop.domain_name)
+        if not job.active:
+            if not job.ok:
+                raise HypervisorError(f"the backup job failed: {job.error}", permanent=True)
+            return job.total_bytes
+        percent = int(100 * job.processed_bytes / job.total_bytes) if job.total_bytes else 0
+        Backup.objects.filter(pk=backup.pk).update(progress=min(percent, 99))
+        if Backup.objects.filter(pk=backup.pk, status=B.CANCELLING).exists():
+            raise BackupCancelled("cancelled")
+        time.sleep(POLL_S)
+
+
+def _verify(desktop: Desktop, partial: Path, *, parent: Backup | None, quiescent: bool) -> None:
+    if parent is not None:
+        qemuimg.image_link(str(partial), parent=str(backup_path(parent)))
+    for link in qemuimg.image_chain(str(partial)):
+        qemuimg.image_check(str(link["filename"]))
+    if quiescent:
+        source = _volume_path_now(desktop)
+        if not qemuimg.image_compare(str(partial), source):
+            raise HypervisorError("the backup differs from the desktop's disk", permanent=True)
+
+
+def _volume_path_now(desktop: Desktop) -> str:
+    assert desktop.host is not None
+    info = hypervisor_for(desktop.host).volume_info(
+        pool=desktop.host.storage_pool, name=desktop.volume_name
+    )
+    if info is None:
+        raise HypervisorError("the desktop's disk is gone", permanent=True)
+    return info.path
+
+
+def _commit(
+    desktop: Desktop,
+    backup: Backup,
+    partial: Path,
+    *,
+    parent: Backup | None,
+    total: int,
+    seconds: float,
+    compared: bool,
+) -> None:
+    final = partial.with_name(f"{backup.pk}.qcow2")
+    written = partial.stat().st_blocks * 512
+    os.replace(partial, final)  # atomic: either the partial or the whole backup
+    with transaction.atomic():
+        if not backup_move(
+            backup_id=backup.pk,
+            old=B.RUNNING,
+            new=B.READY,
+            parent=parent,
+            file_name=final.name,
+            bytes_written=written,
+            virtual_bytes=total,
+            progress=100,
+            finished_at=timezone.now(),
+            seconds=round(seconds, 2),
+        ):
+            final.unlink(missing_ok=True)  # cancelled at the last moment
+            backup_move(backup_id=backup.pk, old=B.CANCELLING, new=B.CANCELLED)
+            return
+        audit_record(
+            action="backup.ready",
+            desktop=desktop,
+            backup=str(backup.pk),
+            incremental=parent is not None,
+            bytes_written=written,
+            seconds=round(seconds, 2),
+            compared=compared,
+        )
+        push_desktop_changed(desktop_id=desktop.pk)
+
+
+def _undo(
+    desktop: Desktop, backup: Backup, hypervisor: Hypervisor, partial: Path, checkpoint: str
+) -> None:
+    try:
+        hypervisor.backup_abort(name=desktop.domain_name, checkpoint=checkpoint)
+        hypervisor.backup_finish(name=desktop.domain_name)
+    except HypervisorError as exc:
+        log.warning("clean-up of backup %s: %s", backup.pk, exc.message)
+    partial.unlink(missing_ok=True)
+    partial.with_name(f"{backup.pk}.qcow2").unlink(missing_ok=True)
+
+
+def _ended(backup: Backup, exc: Exception) -> None:
+    message = exc.message if isinstance(exc, HypervisorError) else "cancelled"
+    with transaction.atomic():
+        current = Backup.objects.filter(pk=backup.pk).values_list("status", flat=True).first()
+        new = B.CANCELLED if current == B.CANCELLING else B.FAILED
+        if current in (B.RUNNING, B.CANCELLING):
+            backup_move(
+                backup_id=backup.pk,
+                old=current,
+                new=new,
+                last_error=message,
+                finished_at=timezone.now(),
+            )
+        audit_record(
+            action=f"backup.{new}", desktop=backup.desktop, backup=str(backup.pk), message=message
+        )
+
+
+def retention_apply(*, desktop: Desktop) -> int:
+    """Keep the template's last N ready backups: the oldest ones go, their data merged
+    into the backup resting on them first (which becomes the chain's new start)."""
+    keep = desktop.template.backup_keep
+    ready = list(desktop.backups.filter(status=B.READY).order_by("created_at"))
+    removed = 0
+    for oldest in ready[: max(len(ready) - keep, 0)]:
+        child = Backup.objects.filter(parent=oldest, status=B.READY).first()
+        if child is not None:
+            grand = oldest.parent
+            qemuimg.image_rebase_away(
+                str(backup_path(child)), new_parent=str(backup_path(grand)) if grand else None
+            )
+            Backup.objects.filter(pk=child.pk).update(parent=grand)
+        backup_path(oldest).unlink(missing_ok=True)
+        with transaction.atomic():
+            backup_move(backup_id=oldest.pk, old=B.READY, new=B.EXPIRED)
+            audit_record(action="backup.expired", desktop=desktop, backup=str(oldest.pk))
+        removed += 1
+    return removed
+
+
+def backups_reconcile() -> int:
+    """Clean up after killed workers: a backup `running` whose desktop lock is free has no
+    worker; abort its job, drop its checkpoint and files, mark it failed. Then remove
+    files in BACKUP_DIR that no ready backup owns. Returns how many backups it failed."""
+    failed = 0
+    for backup in Backup.objects.filter(status__in=(B.RUNNING, B.CANCELLING)).select_related(
+        "desktop__host"
+    ):
+        try:
+            with desktop_lock(backup.desktop_id, wait_s=0.5):
+                _undo(
+                    backup.desktop,
+                    backup,
+                    _hypervisor(backup.desktop),
+                    _partial(backup),
+                    backup.checkpoint,
+                )
+                _ended(backup, HypervisorError("interrupted (its worker stopped)", permanent=True))
+                failed += 1
+        except DesktopBusy:
+            continue  # a worker is on it
+    _remove_stray_files()
+    return failed
+
+
+def _remove_stray_files() -> None:
+    from vms.services.backups import backup_root
+
+    root = backup_root()
+    owned = {
+        (str(d), f)
+        for d, f in Backup.objects.filter(status=B.READY).values_list("desktop_id", "file_name")
+    }
+    busy = {
+        str(pk) for pk in Backup.objects.filter(status__in=UNDER_WAY).values_list("pk", flat=True)
+    }
+    for folder in root.iterdir():
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            name = path.name
+            if (folder.name, name) in owned or any(pk in name for pk in busy):
+                continue
+            log.info("removing stray backup file %s", path)
+            path.unlink(missing_ok=True)
+
+
+# --- restore -------------------------------------------------------------------------------
+
+
+def restored_volume_path(desktop: Desktop, host: Host) -> str:
+    """The desktop's disk made from its `restored_from` backup (idempotent: an existing
+    disk is kept): the backup's chain copied and flattened into the pool by libvirt, then
+    checked. A copy that fails its check is removed (nothing half-made)."""
+    assert desktop.restored_from_id is not None
+    backup = Backup.objects.get(pk=desktop.restored_from_id)
+    return _restore_volume(backup, desktop, host)
+
+
+def _restore_volume(backup: Backup, desktop: Desktop, host: Host) -> str:
+    hypervisor = hypervisor_for(host)
+    volume = hypervisor.volume_from_image(
+        pool=host.storage_pool, name=desktop.volume_name, source_path=str(backup_path(backup))
+    )
+    try:
+        qemuimg.image_check(volume.path)
+    except HypervisorError:
+        hypervisor.delete_volume(pool=host.storage_pool, name=desktop.volume_name)
+        raise
+    return volume.path
+
+
+def desktop_restore(*, desktop_id: UUID | str) -> None:
+    """Replace the desktop's disk with its pending backup's (in place). The slow part
+    (flatten and check) runs first: if it fails, the desktop keeps its disk."""
+    with desktop_lock(desktop_id):
+        desktop = _load(desktop_id)
+        if desktop is None:
+            return
+        backup = Backup.objects.filter(desktop=desktop, restore_pending=True).first()
+        if backup is None:
+            _clear_progress(desktop, step="restore")
+            return
+        try:
+            _restore_in_place(desktop, backup)
+        except HypervisorError as exc:
+            if not exc.permanent:
+                raise
+            Desktop.objects.filter(pk=desktop.pk).update(
+                last_error=f"Restore failed: {exc.message}"
+            )
+            audit_record(action="backup.restore_failed", desktop=desktop, message=exc.message)
+        Backup.objects.filter(pk=backup.pk).update(restore_pending=False)
+        _clear_progress(desktop, step="restore")
+
+
+def _restore_in_place(desktop: Desktop, backup: Backup) -> None:
+    """The backup's chain is verified again first (a damaged backup leaves the desktop as
+    it was); then the old disk goes and the copy takes its place."""
+    assert desktop.host is not None
+    hypervisor = _hypervisor(desktop)
+    for link in qemuimg.image_chain(str(backup_path(backup))):
+        qemuimg.image_check(str(link["filename"]))
+    hypervisor.undefine(name=desktop.domain_name)  # with snapshot and checkpoint metadata
+    hypervisor.delete_volume(pool=desktop.host.storage_pool, name=desktop.volume_name)
+    _restore_volume(backup, desktop, desktop.host)
+    Desktop.objects.filter(pk=desktop.pk).update(restored_from=backup)
+    desktop.restored_from = backup
+    hypervisor.define_domain(domain_spec(desktop))
+    with transaction.atomic():
+        Snapshot.objects.filter(desktop=desktop).exclude(status=SnapshotStatus.DELETED).update(
+            status=SnapshotStatus.DELETED
+        )
+        if desktop.status == DesktopStatus.RUNNING:
+            transitions.compare_and_set(
+                desktop_id=desktop.pk, old=DesktopStatus.RUNNING, new=DesktopStatus.STOPPED
+            )
+        audit_record(
+            action="backup.restored", desktop=desktop, backup=str(backup.pk), target="in_place"
+        )
+        push_desktop_changed(desktop_id=desktop.pk)

@@ -1,0 +1,240 @@
+"""Backups and restores: people's requests, the schedule, and the backup selectors.
+
+A request writes a Backup row (`queued`) and its audit row and queues the desktop's
+"backup" action on commit; `vms.services.backup_work` does the copying. Only `ready`
+backups are listed as backups and can be restored; one under way is shown with its
+progress and can be cancelled. See docs/backups.md.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from vms.models import Backup, BackupStatus, Desktop, DesktopStatus, Template
+from vms.roles import DesktopRole, desktop_role, sees_all_desktops
+from vms.services.actions import ACTIONS, busy_label_of
+from vms.services.audit import audit_record
+from vms.services.errors import InvalidTransition, ServiceError
+from vms.services.events import push_desktop_changed, push_owner_notice
+from vms.services.queue import broker_check, enqueue_desktop_task
+from vms.services.quotas import quota_check
+
+B = BackupStatus
+D = DesktopStatus
+MANAGERS = frozenset({DesktopRole.OWNER, DesktopRole.ADMIN})
+UNDER_WAY = (B.QUEUED, B.RUNNING, B.CANCELLING)
+BACKUP_TRANSITIONS: dict[str, frozenset[str]] = {
+    B.QUEUED: frozenset({B.RUNNING, B.CANCELLED, B.FAILED}),
+    B.RUNNING: frozenset({B.READY, B.FAILED, B.CANCELLING}),
+    B.CANCELLING: frozenset({B.CANCELLED, B.FAILED, B.READY}),
+    B.READY: frozenset({B.EXPIRED}),
+    B.FAILED: frozenset(),
+    B.CANCELLED: frozenset(),
+    B.EXPIRED: frozenset(),
+}
+
+
+def backup_move(*, backup_id: UUID | str, old: str, new: str, **fields: object) -> bool:
+    """Compare-and-set one backup's status through BACKUP_TRANSITIONS."""
+    if new not in BACKUP_TRANSITIONS[old]:
+        raise InvalidTransition(f"A backup cannot go from {old} to {new}.")
+    return Backup.objects.filter(pk=backup_id, status=old).update(status=new, **fields) == 1
+
+
+def backup_root() -> Path:
+    """BACKUP_DIR, made if missing (root only: backups hold whole disks)."""
+    root = Path(settings.BACKUP_DIR)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return root
+
+
+def backup_folder(desktop_id: UUID | str) -> Path:
+    folder = backup_root() / str(desktop_id)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
+
+
+def backup_path(backup: Backup) -> Path:
+    """Where a ready backup's file is (its chain's parents sit next to it)."""
+    return backup_root() / str(backup.desktop_id) / backup.file_name
+
+
+def backups_listed(*, desktop: Desktop) -> QuerySet[Backup]:
+    """A desktop's backups as people see them: ready ones, and the one under way."""
+    return desktop.backups.filter(status__in=(B.READY, *UNDER_WAY)).order_by("-created_at")
+
+
+def backups_visible_to(*, user: User) -> QuerySet[Backup]:
+    """Backups `user` may see: of their own desktops, deleted ones included (a backup
+    outlives its desktop: "restore to a new desktop"); help-desk and admins see all.
+    Another user's answer 404."""
+    rows = Backup.objects.select_related("desktop__owner", "desktop__template")
+    if not user.is_authenticated:
+        return rows.none()
+    return rows if sees_all_desktops(user) else rows.filter(desktop__owner=user)
+
+
+def backup_request(
+    *,
+    actor: User | None,
+    desktop: Desktop,
+    scheduled: bool = False,
+    source_ip: str | None = None,
+) -> Backup:
+    """Queue a backup of `desktop` (incremental when its last checkpoint still exists)."""
+    if actor is not None and desktop_role(actor, owner_id=desktop.owner_id) not in MANAGERS:
+        raise PermissionDenied("Only the desktop's owner or an admin may back it up.")
+    broker_check()
+    with transaction.atomic():
+        row = Desktop.objects.select_for_update().get(pk=desktop.pk)
+        if row.status not in (D.RUNNING, D.STOPPED) or busy_label_of(row.progress):
+            raise InvalidTransition(
+                f"The desktop is {row.get_status_display().lower()}; a backup is possible "
+                "when it is running or stopped and nothing else is under way."
+            )
+        if row.backups.filter(status__in=UNDER_WAY).exists():
+            raise InvalidTransition("A backup of this desktop is already under way.")
+        backup = Backup.objects.create(desktop=row, created_by=actor, scheduled=scheduled)
+        audit_record(
+            action="backup.request",
+            actor=actor,
+            desktop=row,
+            source_ip=source_ip,
+            backup=str(backup.pk),
+            scheduled=scheduled,
+        )
+        enqueue_desktop_task(ACTIONS["backup"], desktop=row)
+    return backup
+
+
+def backup_cancel(*, actor: User, backup: Backup, source_ip: str | None = None) -> None:
+    """Cancel a backup under way; its partial file is removed, nothing is listed."""
+    if desktop_role(actor, owner_id=backup.desktop.owner_id) not in MANAGERS:
+        raise PermissionDenied("Only the desktop's owner or an admin may cancel its backup.")
+    with transaction.atomic():
+        moved = backup_move(backup_id=backup.pk, old=B.QUEUED, new=B.CANCELLED) or (
+            backup_move(backup_id=backup.pk, old=B.RUNNING, new=B.CANCELLING)
+        )
+        if not moved:
+            raise InvalidTransition("That backup is not under way.")
+        audit_record(
+            action="backup.cancel",
+            actor=actor,
+            desktop=backup.desktop,
+            source_ip=source_ip,
+            backup=str(backup.pk),
+        )
+
+
+def backup_restore(
+    *, actor: User, backup: Backup, target: str, source_ip: str | None = None
+) -> Desktop:
+    """Restore a ready backup: `new` launches a new desktop from it (the quota applies),
+    `in_place` replaces the desktop's disk (its snapshots go; a running one is stopped)."""
+    if desktop_role(actor, owner_id=backup.desktop.owner_id) not in MANAGERS:
+        raise PermissionDenied("Only the desktop's owner or an admin may restore it.")
+    if backup.status != B.READY:
+        raise InvalidTransition("Only a finished backup can be restored.")
+    if target not in ("new", "in_place"):
+        raise ServiceError('target must be "new" or "in_place".')
+    broker_check()
+    if target == "new":
+        return _restore_new(actor=actor, backup=backup, source_ip=source_ip)
+    return _restore_in_place(actor=actor, backup=backup, source_ip=source_ip)
+
+
+def _restore_new(*, actor: User, backup: Backup, source_ip: str | None) -> Desktop:
+    from vms.services.desktops import _insert
+
+    source = backup.desktop
+    owner = source.owner
+    with transaction.atomic():
+        get_user_model().objects.select_for_update().get(pk=owner.pk)
+        quota_check(user=owner, template=source.template)
+        desktop = _insert(
+            user=owner, template=source.template, name=f"{source.name} (restored)"[:100]
+        )
+        Desktop.objects.filter(pk=desktop.pk).update(
+            restored_from=backup, base_image_path=source.base_image_path
+        )
+        desktop.restored_from = backup
+        audit_record(
+            action="backup.restore",
+            actor=actor,
+            desktop=desktop,
+            source_ip=source_ip,
+            backup=str(backup.pk),
+            target="new",
+            source=str(source.pk),
+        )
+        push_desktop_changed(desktop_id=desktop.pk)
+        enqueue_desktop_task(ACTIONS["provision"], desktop=desktop)
+    return desktop
+
+
+def _restore_in_place(*, actor: User, backup: Backup, source_ip: str | None) -> Desktop:
+    with transaction.atomic():
+        row = Desktop.objects.select_for_update().get(pk=backup.desktop_id)
+        if row.status not in (D.RUNNING, D.STOPPED) or busy_label_of(row.progress):
+            raise InvalidTransition(
+                "The desktop is busy; restore it when it is running or stopped."
+            )
+        if row.backups.filter(status__in=UNDER_WAY).exists():
+            raise InvalidTransition("A backup of this desktop is under way; restore after it.")
+        Desktop.objects.filter(pk=row.pk).update(progress="restore")
+        audit_record(
+            action="backup.restore",
+            actor=actor,
+            desktop=row,
+            source_ip=source_ip,
+            backup=str(backup.pk),
+            target="in_place",
+        )
+        if desktop_role(actor, owner_id=row.owner_id) is not DesktopRole.OWNER:
+            push_owner_notice(
+                desktop_id=row.pk,
+                text=f"{actor.get_username()} is restoring "
+                f"{row.name} from the backup of {backup.created_at:%Y-%m-%d %H:%M}.",
+            )
+        push_desktop_changed(desktop_id=row.pk)
+        Backup.objects.filter(pk=backup.pk).update(restore_pending=True)
+        enqueue_desktop_task(ACTIONS["restore"], desktop=row)
+    return row
+
+
+def backups_due() -> list[Desktop]:
+    """Desktops whose template backs them up every N hours and whose last backup (ready
+    or under way) is older than that."""
+    due = []
+    now = timezone.now()
+    for template in Template.objects.filter(backup_every_hours__gt=0):
+        cutoff = now - timedelta(hours=template.backup_every_hours)
+        for desktop in template.desktops.filter(status__in=(D.RUNNING, D.STOPPED)):
+            recent = desktop.backups.filter(
+                status__in=(B.READY, *UNDER_WAY), created_at__gte=cutoff
+            ).exists()
+            if not recent:
+                due.append(desktop)
+    return due
+
+
+def backups_round() -> int:
+    """The beat's round: queue the scheduled backups that are due; how many."""
+    queued = 0
+    for desktop in backups_due():
+        try:
+            backup_request(actor=None, desktop=desktop, scheduled=True)
+            queued += 1
+        except ServiceError:
+            continue
+    return queued

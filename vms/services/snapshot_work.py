@@ -1,0 +1,223 @@
+"""Worker-side snapshot and reset work (the action table's "snapshot", "snapshot-revert",
+"snapshot-delete" and "reset"), run by Celery tasks on the desktop's host.
+
+Each function takes the desktop's lock, works through the desktop's snapshot rows in the
+pending state it handles (so a task delivered twice does nothing the second time), and
+clears the desktop's busy note when done. A permanent hypervisor error marks the snapshot
+`error` with the message; a transient one propagates and the task retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from uuid import UUID
+
+from django.db import transaction
+
+from vms.hypervisor import HypervisorError, PowerState
+from vms.models import Desktop, DesktopStatus, Snapshot, SnapshotStatus
+from vms.services import transitions
+from vms.services.audit import audit_record
+from vms.services.events import push_desktop_changed
+from vms.services.hosts import hypervisor_for
+from vms.services.locks import desktop_lock
+from vms.services.provisioning import _clear_progress, _hypervisor, _load, domain_spec
+from vms.services.snapshots import snapshot_move
+
+log = logging.getLogger(__name__)
+S = SnapshotStatus
+D = DesktopStatus
+
+
+def _allocation(desktop: Desktop) -> int:
+    assert desktop.host is not None
+    info = hypervisor_for(desktop.host).volume_info(
+        pool=desktop.host.storage_pool, name=desktop.volume_name
+    )
+    return info.allocation_bytes if info is not None else 0
+
+
+def _pending(desktop: Desktop, status: str) -> list[Snapshot]:
+    return list(desktop.snapshots.filter(status=status).order_by("created_at"))
+
+
+def _failed(snapshot: Snapshot, *, old: str, exc: HypervisorError) -> None:
+    log.warning("snapshot %s failed: %s", snapshot.pk, exc.message)
+    with transaction.atomic():
+        snapshot_move(snapshot_id=snapshot.pk, old=old, new=S.ERROR, last_error=exc.message)
+        audit_record(
+            action="snapshot.error",
+            desktop=snapshot.desktop,
+            snapshot=str(snapshot.pk),
+            message=exc.message,
+        )
+
+
+def desktop_snapshot_take(*, desktop_id: UUID | str) -> None:
+    """Take the desktop's pending snapshots; each one's size is measured from the
+    volume's allocation before and after."""
+    with desktop_lock(desktop_id):
+        desktop = _load(desktop_id)
+        if desktop is None:
+            return
+        for snapshot in _pending(desktop, S.CREATING):
+            _take(desktop, snapshot)
+        _clear_progress(desktop, step="snapshot")
+
+
+def _take(desktop: Desktop, snapshot: Snapshot) -> None:
+    try:
+        before = _allocation(desktop)
+        info = _hypervisor(desktop).snapshot_create(
+            name=desktop.domain_name, snapshot=snapshot.libvirt_name
+        )
+        size = max(_allocation(desktop) - before, 0)
+    except HypervisorError as exc:
+        if not exc.permanent:
+            raise
+        _failed(snapshot, old=S.CREATING, exc=exc)
+        return
+    with transaction.atomic():
+        snapshot_move(
+            snapshot_id=snapshot.pk,
+            old=S.CREATING,
+            new=S.READY,
+            with_memory=info.with_memory,
+            size_bytes=size,
+        )
+        audit_record(
+            action="snapshot.ready",
+            desktop=desktop,
+            snapshot=str(snapshot.pk),
+            with_memory=info.with_memory,
+            size_bytes=size,
+        )
+
+
+def desktop_snapshot_revert(*, desktop_id: UUID | str) -> None:
+    """Take the desktop back to its snapshot being reverted to; the desktop ends running
+    (a snapshot with memory) or stopped (one of a stopped desktop)."""
+    with desktop_lock(desktop_id):
+        desktop = _load(desktop_id)
+        if desktop is None:
+            return
+        for snapshot in _pending(desktop, S.REVERTING):
+            _revert(desktop, snapshot)
+        _clear_progress(desktop, step="snapshot-revert")
+
+
+def _revert(desktop: Desktop, snapshot: Snapshot) -> None:
+    try:
+        state = _hypervisor(desktop).snapshot_revert(
+            name=desktop.domain_name, snapshot=snapshot.libvirt_name
+        )
+    except HypervisorError as exc:
+        if not exc.permanent:
+            raise
+        _failed(snapshot, old=S.REVERTING, exc=exc)
+        return
+    new = D.RUNNING if state is PowerState.running else D.STOPPED
+    with transaction.atomic():
+        snapshot_move(snapshot_id=snapshot.pk, old=S.REVERTING, new=S.READY)
+        if desktop.status != new:
+            transitions.compare_and_set(desktop_id=desktop.pk, old=desktop.status, new=new)
+        audit_record(
+            action="snapshot.reverted",
+            desktop=desktop,
+            snapshot=str(snapshot.pk),
+            old=desktop.status,
+            new=new,
+        )
+        push_desktop_changed(desktop_id=desktop.pk)
+
+
+def desktop_snapshot_remove(*, desktop_id: UUID | str) -> None:
+    """Delete the desktop's snapshots marked for deletion (their space is given back)."""
+    with desktop_lock(desktop_id):
+        desktop = _load(desktop_id)
+        if desktop is None:
+            return
+        for snapshot in _pending(desktop, S.DELETING):
+            try:
+                _hypervisor(desktop).snapshot_delete(
+                    name=desktop.domain_name, snapshot=snapshot.libvirt_name
+                )
+            except HypervisorError as exc:
+                if not exc.permanent:
+                    raise
+                _failed(snapshot, old=S.DELETING, exc=exc)
+                continue
+            _gone(desktop, snapshot)
+        _clear_progress(desktop, step="snapshot-delete")
+
+
+def _gone(desktop: Desktop, snapshot: Snapshot) -> None:
+    with transaction.atomic():
+        snapshot_move(snapshot_id=snapshot.pk, old=snapshot.status, new=S.DELETED)
+        audit_record(action="snapshot.deleted", desktop=desktop, snapshot=str(snapshot.pk))
+
+
+def desktop_reset(*, desktop_id: UUID | str) -> None:
+    """A fresh overlay over the template's newest base: the disk, its snapshots and its
+    checkpoints are thrown away. The desktop ends stopped (a running one is powered off
+    first, as the confirmation says); the owner starts it on its fresh disk."""
+    with desktop_lock(desktop_id):
+        desktop = _load(desktop_id)
+        if desktop is None or desktop.status not in (D.RUNNING, D.STOPPED):
+            return
+        hypervisor = _hypervisor(desktop)
+        assert desktop.host is not None
+        was_running = desktop.status == D.RUNNING
+        old_base = desktop.base_image_path
+        hypervisor.undefine(name=desktop.domain_name)  # with its snapshots' metadata
+        hypervisor.delete_volume(pool=desktop.host.storage_pool, name=desktop.volume_name)
+        desktop.base_image_path = desktop.template.base_image_path
+        desktop.restored_from = None
+        Desktop.objects.filter(pk=desktop.pk).update(
+            base_image_path=desktop.base_image_path, restored_from=None
+        )
+        hypervisor.define_domain(domain_spec(desktop))
+        if was_running:
+            transitions.compare_and_set(desktop_id=desktop.pk, old=D.RUNNING, new=D.STOPPED)
+        _reset_done(desktop, old_base=old_base)
+        _clear_progress(desktop, step="reset")
+
+
+def _reset_done(desktop: Desktop, *, old_base: str) -> None:
+    with transaction.atomic():
+        for snapshot in desktop.snapshots.exclude(status=S.DELETED):
+            Snapshot.objects.filter(pk=snapshot.pk).update(status=S.DELETED)
+        audit_record(
+            action="desktop.reset_done",
+            desktop=desktop,
+            old_base=old_base,
+            new_base=desktop.base_image_path,
+        )
+        push_desktop_changed(desktop_id=desktop.pk)
+
+
+PENDING_ACTION: dict[str, str] = {
+    S.CREATING: "snapshot",
+    S.REVERTING: "snapshot-revert",
+    S.DELETING: "snapshot-delete",
+}
+
+
+def snapshots_resume() -> int:
+    """Queue again the snapshot work of killed workers: a pending snapshot whose desktop
+    lock is free has nobody working on it (the beat's backups round calls this)."""
+    from vms.services.actions import ACTIONS
+    from vms.services.locks import DesktopBusy
+    from vms.services.queue import enqueue_desktop_task
+
+    resumed = 0
+    pending = Snapshot.objects.filter(status__in=PENDING_ACTION).select_related("desktop__host")
+    for snapshot in pending:
+        try:
+            with desktop_lock(snapshot.desktop_id, wait_s=0.5):
+                pass
+        except DesktopBusy:
+            continue
+        enqueue_desktop_task(ACTIONS[PENDING_ACTION[snapshot.status]], desktop=snapshot.desktop)
+        resumed += 1
+    return resumed
