@@ -184,3 +184,53 @@ def _closed(desktop: Any, user: Any, timeout: float = 20) -> ConsoleSession:
             return session
         time.sleep(0.25)
     raise AssertionError("the relay did not record the end of the session")
+
+
+async def display_bytes(display: Channel) -> int:
+    """What QEMU sends a display channel within a few seconds of its init (at least once)."""
+    got = len(display.buffer)
+    try:
+        while True:
+            got += len(await asyncio.wait_for(display.ws.recv(), 3))
+    except TimeoutError:
+        return got
+
+
+def test_a_display_channel_closed_before_or_at_its_init_does_not_stop_the_guests_spice(
+    relay, employee, spice_desktop, hypervisor
+) -> None:
+    """QEMU 7.2's SPICE worker dereferences NULL when a display channel closes before it
+    was served and a new SPICE session follows at once (docs/threat-model.md). Both
+    triggers, through the relay, then a new session at once: the guest's SPICE serves it."""
+    url = f"{relay.url}/ws/spice/{spice_desktop.pk}/"
+    cookie = session_cookie(employee)
+    pid = hypervisor_pid(spice_desktop)
+
+    tickets = [mint_ticket(employee, spice_desktop)["ticket"] for _ in range(3)]
+
+    async def session(close_display_early: bool, send_init: bool) -> int:
+        ticket = tickets.pop()
+        main, spice_session = await open_main(url, ticket, cookie)
+        display, shown = await link(url, ticket, cookie, CHANNEL_DISPLAY, spice_session)
+        assert shown == LINK_OK
+        if send_init:
+            await display.send(MSGC_DISPLAY_INIT, DISPLAY_INIT)
+        got = 0 if close_display_early else await display_bytes(display)
+        await display.ws.close()
+        await main.ws.close()
+        return got
+
+    async def sequence() -> int:
+        await session(close_display_early=True, send_init=False)  # closed before its init
+        await session(close_display_early=True, send_init=True)  # closed at its init
+        return await session(close_display_early=False, send_init=True)
+
+    assert asyncio.run(sequence()) > 1000  # the new session's display is served
+    assert hypervisor_pid(spice_desktop) == pid  # the same QEMU, still running
+
+
+def hypervisor_pid(desktop: Any) -> int:
+    """The pid of the desktop's QEMU process (libvirt's pid file)."""
+    from pathlib import Path
+
+    return int(Path(f"/run/libvirt/qemu/{desktop.domain_name}.pid").read_text())
