@@ -529,3 +529,49 @@ def test_a_helpdesk_set_keeps_the_notice_until_the_owner_ends_it_or_the_desktop_
     wait_until(lambda: ended(stopped.pk) is not None)
     assert "The desktop is" in ConsoleSession.objects.get(pk=stopped.pk).close_reason
     wait_for_status(desktop.pk, "stopped")
+
+
+@pytest.mark.libvirt
+def test_a_display_channel_closed_before_or_at_its_init_does_not_stop_the_guests_spice(
+    spice_proxy, celery_worker, api_for, employee, demo_template, hypervisor
+) -> None:
+    """QEMU 7.2's SPICE worker crash (docs/threat-model.md), triggered through the proxy:
+    a display channel closed before its init, one closed at its init, then a new session
+    at once, which the same QEMU serves."""
+    desktop = spice_desktop(api_for(employee), demo_template)
+    endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
+    target = f"{endpoint.host}:{endpoint.port}"
+    pid = Path(f"/run/libvirt/qemu/{desktop.domain_name}.pid").read_text()
+    files = [download_vv(employee, desktop) for _ in range(3)]
+
+    def session(vv: str, *, send_init: bool, wait: bool) -> int:
+        password = _file(vv)["password"]
+        with _open_set(spice_proxy, target, token_of(vv)) as main:
+            assert spice_link(main, kind=CHANNEL_MAIN, connection_id=0, password=password)[0] == 0
+            spice_session = spice_session_of(main)
+            with _open_set(spice_proxy, target, token_of(vv)) as display:
+                linked = spice_link(
+                    display, kind=CHANNEL_DISPLAY, connection_id=spice_session, password=password
+                )
+                assert linked[0] == LINK_OK
+                if send_init:
+                    display.sendall(MINI.pack(MSGC_DISPLAY_INIT, len(DISPLAY_INIT)) + DISPLAY_INIT)
+                return _received(display, seconds=3) if wait else 0
+
+    session(files[0], send_init=False, wait=False)
+    session(files[1], send_init=True, wait=False)
+    assert session(files[2], send_init=True, wait=True) > 1000
+    assert Path(f"/run/libvirt/qemu/{desktop.domain_name}.pid").read_text() == pid
+
+
+def _received(sock: socket.socket, *, seconds: float) -> int:
+    got, deadline = 0, time.monotonic() + seconds
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not (data := sock.recv(65536)):
+                break
+            got += len(data)
+    except TimeoutError:
+        pass
+    return got
