@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Build the Desktop Portal demo/test guest: a small bootable qcow2 disk image
-# (64 MiB vfat + syslinux -> Debian kernel + busybox initramfs), with no
-# internet access other than the Debian package mirror. See DESIGN.md, section 5.
+# Build the Desktop Portal demo/test guest: a bootable 1 GiB qcow2 disk image with
+# an MBR and two partitions, with no internet access other than the Debian package
+# mirror (see DESIGN.md, section 5):
+#   1. a 64 MiB FAT file system with syslinux -> Debian kernel + busybox initramfs;
+#   2. an empty ext4 file system (label "home") that the guest mounts on /root, so
+#      that what a user writes there is on the desktop's own disk: it survives a
+#      reboot, and snapshots and backups see it.
+# The qcow2 is sparse: about 10 MiB on disk.
 #
 # Usage: scripts/build-guest-image.sh [--force] OUT.qcow2
 #
@@ -11,23 +16,38 @@
 #
 # The required tools are installed by the project's set-up, not here:
 #   apt-get install -y --no-install-recommends qemu-utils syslinux \
-#       syslinux-common mtools dosfstools cpio
+#       syslinux-common mtools dosfstools cpio e2fsprogs fdisk
+#
+# The image is rebuilt when the guest's files or this script change: a stamp
+# beside it (OUT.stamp) records their hash.
 set -euo pipefail
 
 PROG=$(basename "$0")
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GUEST_DIR="$REPO_DIR/guest"
 CACHE_DIR=${GUEST_CACHE_DIR:-/var/cache/desktop-portal/guest}
-DISK_KIB=65536   # 64 MiB vfat disk
+# The layout, in 512-byte sectors: partition 1 (boot, FAT) from 1 MiB, 64 MiB long;
+# partition 2 (home, ext4) from 65 MiB to the end of the 1 GiB disk.
+DISK_SECTORS=2097152
+BOOT_START=2048
+BOOT_SECTORS=131072
+HOME_START=$((BOOT_START + BOOT_SECTORS))
+HOME_SECTORS=$((DISK_SECTORS - HOME_START))
+SYSLINUX_MBR=/usr/lib/syslinux/mbr/mbr.bin
 
 # Loaded in this order by guest/init. Missing ones that are built into the
 # kernel are skipped; any other missing one is an error.
+# (The Debian kernel package has no modules.dep: each module's `depends=` in its
+# .modinfo section is what orders this list.)
 MODULES=(
     virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
     virtio_blk
+    failover net_failover virtio_net           # eth0.. (on desktops with a network)
+    crc16 mbcache crc32c_generic jbd2 ext4     # /root on the disk's second partition
     button    # ACPI power button -> input device
     evdev     # /dev/input/event*, read by busybox acpid
 )
+GUEST_FILES=(init inittab profile acpi-power syslinux.cfg udhcpc.script net-up)
 
 die() { echo "$PROG: error: $*" >&2; exit 1; }
 log() { echo "$PROG: $*" >&2; }
@@ -52,26 +72,35 @@ done
 
 # --- tools ------------------------------------------------------------------
 missing=()
-for tool in apt-get apt-cache dpkg-deb tar cpio gzip mkfs.vfat syslinux mcopy qemu-img; do
+for tool in apt-get apt-cache dpkg-deb tar cpio gzip mkfs.vfat syslinux mcopy qemu-img mkfs.ext4 sfdisk; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     die "missing tools: ${missing[*]} (Debian packages: apt, dpkg, cpio, gzip," \
-        "dosfstools, syslinux + syslinux-common, mtools, qemu-utils)"
+        "dosfstools, syslinux + syslinux-common, mtools, qemu-utils, e2fsprogs, fdisk)"
 fi
-for f in init inittab profile acpi-power syslinux.cfg; do
+[ -f "$SYSLINUX_MBR" ] || die "missing $SYSLINUX_MBR (Debian package syslinux-common)"
+for f in "${GUEST_FILES[@]}"; do
     [ -f "$GUEST_DIR/$f" ] || die "missing guest file $GUEST_DIR/$f"
 done
+
+# What the image is built from: when this changes, the image is rebuilt.
+STAMP="$OUT.stamp"
+SOURCE_HASH=$( (cd "$GUEST_DIR" && cat "${GUEST_FILES[@]}" "$REPO_DIR/scripts/$PROG") | sha256sum | cut -d' ' -f1)
 
 # --- up to date? --------------------------------------------------------------
 if [ "$FORCE" = 0 ] && [ -f "$OUT" ]; then
     # -U: the image may be open in a running guest.
     if qemu-img info -U --output=json "$OUT" 2>/dev/null | grep -q '"format": *"qcow2"' &&
         qemu-img check -U -q "$OUT" >/dev/null 2>&1; then
-        echo "guest image $OUT is up to date"
-        exit 0
+        if [ "$(cat "$STAMP" 2>/dev/null)" = "$SOURCE_HASH" ]; then
+            echo "guest image $OUT is up to date"
+            exit 0
+        fi
+        log "$OUT was built from other guest files: rebuilding"
+    else
+        log "$OUT exists but is not a valid qcow2 image: rebuilding"
     fi
-    log "$OUT exists but is not a valid qcow2 image: rebuilding"
 fi
 
 OUT_DIR=$(dirname "$OUT")
@@ -190,6 +219,8 @@ install -m 0755 "$GUEST_DIR/init" "$ROOT/init"
 install -m 0644 "$GUEST_DIR/inittab" "$ROOT/etc/inittab"
 install -m 0644 "$GUEST_DIR/profile" "$ROOT/etc/profile"
 install -m 0755 "$GUEST_DIR/acpi-power" "$ROOT/etc/acpi/PWRF/00000080"
+install -m 0755 "$GUEST_DIR/udhcpc.script" "$ROOT/etc/udhcpc.script"
+install -m 0755 "$GUEST_DIR/net-up" "$ROOT/sbin/net-up"
 echo "root:x:0:0:root:/root:/bin/sh" > "$ROOT/etc/passwd"
 echo "root:x:0:" > "$ROOT/etc/group"
 echo demo-guest > "$ROOT/etc/hostname"
@@ -223,14 +254,29 @@ done
     cpio --null --quiet -o -H newc -R 0:0) | gzip -9 -n > "$WORK/initrd.gz"
 
 # --- disk -----------------------------------------------------------------------------------
+# Everything is written into one sparse raw file at the partitions' offsets: no loop
+# devices, no mounts.
 cp "$VMLINUZ" "$WORK/vmlinuz"
 cp "$GUEST_DIR/syslinux.cfg" "$WORK/syslinux.cfg"
-mkfs.vfat -n DEMOGUEST -C "$WORK/disk.img" "$DISK_KIB" >/dev/null
-syslinux --install "$WORK/disk.img"
-mcopy -i "$WORK/disk.img" "$WORK/vmlinuz" "$WORK/initrd.gz" "$WORK/syslinux.cfg" ::
+DISK="$WORK/disk.img"
+truncate -s $((DISK_SECTORS * 512)) "$DISK"
+sfdisk --quiet "$DISK" <<EOF_PARTITIONS
+label: dos
+start=$BOOT_START, size=$BOOT_SECTORS, type=6, bootable
+start=$HOME_START, size=$HOME_SECTORS, type=83
+EOF_PARTITIONS
+dd if="$SYSLINUX_MBR" of="$DISK" bs=440 count=1 conv=notrunc status=none
+# (mkfs.vfat warns that the file is larger than the file system: that is the point.)
+fat_log=$(mkfs.vfat -F 16 -n DEMOGUEST --offset "$BOOT_START" -h "$BOOT_START" "$DISK" \
+    $((BOOT_SECTORS / 2)) 2>&1) || { echo "$fat_log" >&2; die "mkfs.vfat failed"; }
+syslinux --install --offset $((BOOT_START * 512)) "$DISK"
+mcopy -i "$DISK@@$((BOOT_START * 512))" "$WORK/vmlinuz" "$WORK/initrd.gz" "$WORK/syslinux.cfg" ::
+# A small journal: the home file system is mostly empty and guests have little RAM.
+mkfs.ext4 -q -F -L home -J size=4 -E "offset=$((HOME_START * 512))" "$DISK" $((HOME_SECTORS / 2))k
 rm -f "$TMP_OUT"
-qemu-img convert -f raw -O qcow2 "$WORK/disk.img" "$TMP_OUT"
+qemu-img convert -f raw -O qcow2 "$DISK" "$TMP_OUT"
 mv -f "$TMP_OUT" "$OUT"
+echo "$SOURCE_HASH" > "$STAMP"
 
 log "built $OUT (kernel $KVER, $(du -h "$OUT" | cut -f1) on disk," \
     "initrd $(du -h "$WORK/initrd.gz" | cut -f1))"

@@ -43,7 +43,7 @@ install_packages() {
   # No libvirt-daemon-system: it drags in systemd, udev and firewalls (DESIGN.md section 5).
   apt_install qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu \
     libvirt-clients libvirt-dev pkg-config gcc python3-dev python3-venv \
-    syslinux syslinux-common mtools dosfstools cpio gzip ca-certificates procps
+    syslinux syslinux-common mtools dosfstools e2fsprogs fdisk cpio gzip ca-certificates procps
   apt_install redis-tools openssl
   if ! command -v redis-server >/dev/null && local_redis; then apt_install redis-server; fi
   command -v npm >/dev/null || apt_install npm

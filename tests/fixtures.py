@@ -117,8 +117,21 @@ def local_host(db: None) -> Iterator[Host]:
     remove_imported_bases(hypervisor, host.storage_pool)
 
 
-# A fixed token: every test shares one upload of the demo image.
-DEMO_BASE = base_volume_name(template_name="Demo desktop", token="tests")
+def _demo_base_name() -> str:
+    """Every test shares one upload of the demo image; its name follows the image's
+    build (size and time), so a rebuilt guest (the same size, other files) is uploaded
+    again rather than found under the old name."""
+    try:
+        found = os.stat(settings.DEMO_GUEST_IMAGE)
+    except OSError:
+        return base_volume_name(template_name="Demo desktop", token="tests")
+    return base_volume_name(
+        template_name="Demo desktop", token=f"tests-{found.st_size:x}-{found.st_mtime_ns:x}"
+    )
+
+
+DEMO_BASE = _demo_base_name()
+DEMO_BASE_FAMILY = base_volume_name(template_name="Demo desktop", token="tests")[: -len(".qcow2")]
 
 
 def remove_imported_bases(hypervisor: Any, pool: str) -> None:
@@ -127,6 +140,10 @@ def remove_imported_bases(hypervisor: Any, pool: str) -> None:
     paths = set(Template.objects.values_list("base_image_path", flat=True))
     for volume in hypervisor.list_volumes(pool=pool, prefix="base-"):
         if volume.path in paths and volume.name != DEMO_BASE:
+            hypervisor.delete_volume(pool=pool, name=volume.name)
+        elif volume.name.startswith(DEMO_BASE_FAMILY) and volume.name != DEMO_BASE:
+            # An upload of an earlier build of the demo image (every desktop of this
+            # test is gone by now, so nothing stands on it).
             hypervisor.delete_volume(pool=pool, name=volume.name)
 
 

@@ -1,0 +1,133 @@
+"""Drive a guest through the root shell on its serial console, over libvirt's console
+stream (`virDomainOpenConsole`), so that tests read what commands print instead of
+reading the screen by OCR. It works for any host the tests reach, lab hosts included.
+
+The demo guest (guest/inittab) runs `-/bin/sh` on ttyS0. Each command is framed by two
+markers that the shell prints; the markers are written split in quotes, so the echo of
+the typed line never matches them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import libvirt
+
+from vms.hypervisor.connection import silence_libvirt_stderr
+
+# Terminal control sequences (ash asks for the cursor position at each prompt) and
+# carriage returns: nothing a test wants to compare.
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
+class GuestShellError(AssertionError):
+    """The guest's shell did not answer in time, or a command failed."""
+
+
+class GuestShell:
+    """The serial-console shell of one running domain.
+
+    The console stream is blocking, read by a thread of its own: a non-blocking stream on a
+    remote connection only moves data while some other call is in flight, since these
+    tests run no libvirt event loop."""
+
+    def __init__(self, *, uri: str, domain: str) -> None:
+        silence_libvirt_stderr()
+        self._conn = libvirt.open(uri)
+        self._stream = self._conn.newStream(0)
+        # FORCE: take the console over from a session a previous test left open.
+        self._conn.lookupByName(domain).openConsole(
+            None, self._stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE
+        )
+        self._buffer = ""
+        self._closed = False
+        self._end = "the console closed"
+        self._arrived = threading.Condition()
+        self._serial = itertools.count(1)
+        self._reader = threading.Thread(target=self._read, name=f"console-{domain}", daemon=True)
+        self._reader.start()
+
+    def close(self) -> None:
+        with contextlib.suppress(libvirt.libvirtError):  # the guest may be gone already
+            self._stream.abort()
+        self._reader.join(timeout=10)
+        assert not self._reader.is_alive(), "the console reader did not stop"
+        self._conn.close()
+
+    def _read(self) -> None:
+        try:
+            while data := self._stream.recv(65536):
+                assert isinstance(data, bytes)
+                with self._arrived:
+                    self._buffer += _CONTROL.sub("", data.decode("utf-8", "replace"))
+                    self._arrived.notify_all()
+        except libvirt.libvirtError as err:
+            # Aborted by close(), or the guest went away: both end the stream, and a
+            # wait that was still on says why.
+            self._end = f"the console closed: {err.get_error_message()}"
+        finally:
+            with self._arrived:
+                self._closed = True
+                self._arrived.notify_all()
+
+    def _send(self, text: str) -> None:
+        payload = text.encode()
+        while payload:
+            payload = payload[self._stream.send(payload) :]
+
+    def wait_for(self, pattern: str, *, timeout: float = 60.0) -> re.Match[str]:
+        """Wait until `pattern` (a regex) appears in what the console printed, and
+        consume everything up to the end of the match."""
+        wanted = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while not (found := wanted.search(self._buffer)):
+                left = deadline - time.monotonic()
+                if self._closed or left <= 0:
+                    why = self._end if self._closed else f"{timeout:.0f} s passed"
+                    tail = self._buffer[-400:]
+                    raise GuestShellError(f"no {pattern!r} on the console ({why}): {tail!r}")
+                self._arrived.wait(left)
+            self._buffer = self._buffer[found.end() :]
+            return found
+
+    def wait_ready(self, *, timeout: float = 120.0) -> None:
+        """Wait until the shell answers (the guest may still be booting)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.run("true", timeout=5.0)
+                return
+            except GuestShellError:
+                if time.monotonic() > deadline:
+                    raise
+
+    def run(self, command: str, *, timeout: float = 30.0, check: bool = True) -> str:
+        """Run `command` in the guest's shell; return what it printed (without the
+        shell's echo). With `check`, a non-zero exit status raises."""
+        n = next(self._serial)
+        begin, end = f"__BEGIN_{n}__", f"__END_{n}__"
+        self._send(f'echo "{begin[:4]}""{begin[4:]}"; {command}; echo "{end[:4]}""{end[4:]}" $?\n')
+        self.wait_for(rf"{begin}\n", timeout=timeout)
+        found = self.wait_for(rf"(?s)(.*?){end} (\d+)\n", timeout=timeout)
+        output, status = found.group(1), int(found.group(2))
+        if check and status != 0:
+            raise GuestShellError(f"{command!r} exited with {status}: {output!r}")
+        return output
+
+
+@contextmanager
+def guest_shell(uri: str, domain: str, *, ready_timeout: float = 120.0) -> Iterator[GuestShell]:
+    """The serial-console shell of `domain` on the libvirt at `uri`, once it answers."""
+    shell = GuestShell(uri=uri, domain=domain)
+    try:
+        shell.wait_ready(timeout=ready_timeout)
+        yield shell
+    finally:
+        shell.close()
