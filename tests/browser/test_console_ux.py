@@ -34,6 +34,11 @@ DESKTOP = {"viewport": {"width": 1280, "height": 900}}
 PASTED = 'Hello World! @#$%^&*()_+ "quoted" ~/path|pipe'
 PRINTABLE_ASCII = "".join(chr(code) for code in range(0x20, 0x7F))
 BANNER = r"DesktopPortaldemoguest"
+SERIAL_PROMPTS = re.compile(r"^(?:[\w().-]+:[~/\w.-]*# )+")
+# What busybox's shell on the serial console (guest/inittab) prints when it starts.
+SERIAL_SHELL_BANNER = re.compile(
+    r"^BusyBox v\S+ .*built-in shell \(ash\)$|^Enter 'help' for a list of built-in commands\.$"
+)
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -102,7 +107,15 @@ class GuestSerial:
         return found
 
     def line(self, *, timeout: float = 30) -> str:
-        return self.wait_for(r"([^\n]*)\n", timeout=timeout).group(1)
+        """The next line a program wrote to the serial port, without what the guest's
+        serial shell prints itself: its banner, its prompts (guest/profile: PS1
+        '\\h:\\w# ') and the blank lines around them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(0.1, deadline - time.monotonic())
+            text = SERIAL_PROMPTS.sub("", self.wait_for(r"([^\n]*)\n", timeout=left).group(1))
+            if text and not SERIAL_SHELL_BANNER.match(text):
+                return text
 
     def close(self) -> None:
         os.close(self.fd)
