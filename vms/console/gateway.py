@@ -298,7 +298,8 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore
         self.watcher = linked.watcher
         self.guest_leftover = linked.guest_leftover
         self.spice_guest = linked.spice
-        early = linked.browser_first + b"".join(self.link_queue)
+        self.bytes_to_guest += linked.sent_first
+        early = b"".join(self.link_queue)
         self.to_guest_first = linked.client_filter.feed(early)
         return linked.guest
 

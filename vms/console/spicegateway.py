@@ -48,7 +48,7 @@ class LinkedChannel:
 
     spice: SpiceGuestSocket
     guest_leftover: bytes
-    browser_first: bytes  # the browser's bytes after its ticket (a display init, ...)
+    sent_first: int  # the browser's bytes after its ticket (a display init...), sent on
     client_filter: ClientFilter
     watcher: MainInitWatcher | None
 
@@ -94,15 +94,26 @@ def spice_link_blocking(
     except BaseException:
         spice_guest_close_blocking(spice, heard=False)
         raise
+    client_filter = client_filter_for(
+        channel_type=browser.mess.channel_type,
+        view_only=admission.session.mode == ConsoleMode.VIEW,
+        mini_header=spice.mini_header,
+    )
+    # At once: a display channel QEMU has opened must get its init (vms.console.spiceguest).
+    to_guest = client_filter.feed(first)
+    assert spice.sock is not None
+    try:
+        spice.sock.sendall(to_guest)
+    except OSError as exc:
+        spice_guest_close_blocking(spice, heard=False)
+        raise ConsoleClosed(
+            CLOSE_UNREACHABLE, "The desktop's display closed the connection."
+        ) from exc
     return LinkedChannel(
         spice=spice,
         guest_leftover=spice.take_leftover(),
-        browser_first=first,
-        client_filter=client_filter_for(
-            channel_type=browser.mess.channel_type,
-            view_only=admission.session.mode == ConsoleMode.VIEW,
-            mini_header=spice.mini_header,
-        ),
+        sent_first=len(to_guest),
+        client_filter=client_filter,
         watcher=MainInitWatcher(mini_header=spice.mini_header) if admission.main else None,
     )
 
