@@ -12,6 +12,7 @@ from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_K
 from django.contrib.auth.models import Group
 from django.contrib.sessions.backends.db import SessionStore
 from django.core.management import call_command
+from django.db import connections
 
 from bench.common import LIBVIRT_URI, POOL, POOL_PATH, PREFIX, log
 from tests.factories import DesktopFactory
@@ -26,7 +27,7 @@ TEMPLATE_NAME = "Bench desktop"
 
 
 def database_prepare() -> None:
-    """Create the bench database if missing, migrate it and empty it."""
+    """Make the bench database anew and migrate it."""
     db = settings.DATABASES["default"]
     if not db["ENGINE"].endswith("postgresql"):
         raise SystemExit("the bench runs on PostgreSQL (BENCH_DATABASE_URL)")
@@ -39,12 +40,13 @@ def database_prepare() -> None:
         dbname="postgres",
         autocommit=True,
     ) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db["NAME"],))
-        if exists.fetchone() is None:
-            log(f"creating database {db['NAME']} on {url.hostname}")
-            conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
+        # A new database each run: one left by another checkout's schema (a branch with
+        # more tables) cannot be emptied by `flush`, and must not be measured against.
+        log(f"creating database {db['NAME']} on {url.hostname}")
+        connections.close_all()
+        conn.execute(f'DROP DATABASE IF EXISTS "{db["NAME"]}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
     call_command("migrate", verbosity=0, interactive=False)
-    call_command("flush", verbosity=0, interactive=False)
     setup_roles()
 
 

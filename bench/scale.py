@@ -25,7 +25,7 @@ test Client, as a superuser). SQL statements and the rows they return are counte
 log-log) along each series: hosts varying at a fixed number of desktops, and desktops
 varying at a fixed number of hosts.
 
-Keeps to itself: BENCH_DATABASE_URL (emptied), BENCH_REDIS_URL (flushed at the end); node
+Keeps to itself: BENCH_DATABASE_URL (made anew), BENCH_REDIS_URL (flushed at the end); node
 files under a temporary folder; no real libvirtd is touched.
 """
 
@@ -104,7 +104,7 @@ class Fleet:
 
 
 def database_reset() -> None:
-    """Create the bench database if missing, migrate and empty it (bench.fixtures)."""
+    """Make the bench database anew and migrate it (bench.fixtures)."""
     from bench.fixtures import database_prepare
 
     database_prepare()

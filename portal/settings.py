@@ -61,10 +61,12 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "channels",
     "axes",
+    "django_prometheus",
     "vms",
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",  # request metrics, /metrics
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -76,6 +78,7 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
     "vms.web.middleware.StaffOnlyAdminMiddleware",
     "vms.web.middleware.MethodNotAllowedPageMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 AUTHENTICATION_BACKENDS = [
@@ -241,6 +244,32 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# Monitoring (docs/monitoring.md): each host's worker samples its desktops and itself this
+# often; history is kept raw for METRICS_RAW_RETENTION_H, as 1-minute and 1-hour rollups
+# for the days below; alerts fire above the thresholds (percent; minutes for a pinned CPU).
+METRICS = {
+    name: envcheck.read(env.float, f"METRICS_{name}", default=default)
+    for name, default in {
+        "SAMPLE_INTERVAL_S": 15.0, "RAW_RETENTION_H": 24.0, "MINUTE_RETENTION_DAYS": 7.0,
+        "HOUR_RETENTION_DAYS": 90.0, "ALERT_HOST_CPU_PERCENT": 90.0,
+        "ALERT_HOST_MEMORY_PERCENT": 90.0, "ALERT_DESKTOP_CPU_PERCENT": 95.0,
+        "ALERT_DESKTOP_CPU_MINUTES": 10.0, "ALERT_POOL_PERCENT": 90.0,
+    }.items()
+}  # fmt: skip
+if min(METRICS.values()) <= 0 or METRICS["SAMPLE_INTERVAL_S"] < 1:
+    raise ImproperlyConfigured(
+        "Environment variables METRICS_* must be positive (METRICS_SAMPLE_INTERVAL_S at least 1)"
+    )
+CELERY_BEAT_SCHEDULE["metrics-sample"] = {
+    "task": "vms.tasks.metrics_sample_all_hosts", "schedule": METRICS["SAMPLE_INTERVAL_S"]
+}  # fmt: skip
+CELERY_BEAT_SCHEDULE["metrics-rollup"] = {"task": "vms.tasks.metrics_rollup", "schedule": 60}
+# GET /metrics (Prometheus) wants "Authorization: Bearer <METRICS_TOKEN>"; empty: only
+# callers on loopback (the client address, through trusted proxies) are answered.
+METRICS_TOKEN = envcheck.token(
+    envcheck.read(env.str, "METRICS_TOKEN", default=""), "METRICS_TOKEN", min_length=32
+)
+
 # /healthz shows each check's detail (host names, error text) to staff and to a monitor that
 # sends "Authorization: Bearer <HEALTHZ_TOKEN>"; everyone else gets only ok/unavailable.
 # Empty: no token access.
@@ -264,6 +293,8 @@ GUEST_SHUTDOWN_TIMEOUT_S = envcheck.read(env.float, "GUEST_SHUTDOWN_TIMEOUT_S", 
 DEMO_GUEST_IMAGE = envcheck.read(
     env.str, "DEMO_GUEST_IMAGE", default="/var/lib/desktop-portal/images/demo-desktop.qcow2"
 )
+# The NAT network `desktops` that the first-run set-up creates for the demo template.
+DESKTOPS_NETWORK_SUBNET = envcheck.read(env.str, "DESKTOPS_NETWORK_SUBNET", default="10.80.0.0/24")
 # Directories from which admins may import base images (no path traversal elsewhere).
 IMAGE_IMPORT_DIRS = envcheck.read(
     env.list, "IMAGE_IMPORT_DIRS", default=["/var/lib/desktop-portal/images"]

@@ -5,11 +5,13 @@ from django.urls import include, path
 
 from vms.web import account, actions, console, pages
 from vms.web.login import PortalLoginView
+from vms.web.prometheus import metrics_view
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
     path("home/", pages.home, name="home"),
     path("healthz", pages.healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("helpdesk/", pages.helpdesk, name="helpdesk"),
     path("desktops/launch/", actions.launch, name="launch"),
     path("desktops/<uuid:pk>/console/", console.console_page, name="console"),

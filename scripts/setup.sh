@@ -19,6 +19,9 @@ NOVNC_INTEGRITY="sha512-ucEJOx4T2avIRCleodk7YobZj5O2Ga2AeLfQ69A/yjG9HHba2+PDgwSk
 # spice-html5 (the SPICE client of SPICE desktops' console page): plain ES modules.
 SPICE_HTML5_VERSION=0.2.1
 SPICE_HTML5_INTEGRITY="sha512-NY86i+x/0ldKK89enXghsXCzWwfb5DQ91hQFu9hbyLcAfCVn+ZKoYsw7xUWX6/HQBRrdu/4F1id7SdOwNqpG9g=="
+# uPlot (the monitoring charts): one ES module and its stylesheet.
+UPLOT_VERSION=1.6.32
+UPLOT_INTEGRITY="sha512-KIMVnG68zvu5XXUbC4LQEPnhwOxBuLyW1AHtpm6IKTXImkbLgkMy+jabjLgSLMasNuGGzQm/ep3tOkyTxpiQIw=="
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -44,6 +47,10 @@ install_packages() {
   apt_install qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu \
     libvirt-clients libvirt-dev pkg-config gcc python3-dev python3-venv \
     syslinux syslinux-common mtools dosfstools e2fsprogs fdisk cpio gzip ca-certificates procps
+  # Desktop networks (docs/networks.md): libvirt's network driver runs dnsmasq and iptables,
+  # its nwfilter driver ebtables and iptables, and clean-traffic comes with the config package
+  # (both drivers themselves ship in libvirt-daemon; no libvirt-daemon-system).
+  apt_install dnsmasq-base iptables ebtables libvirt-daemon-config-nwfilter
   apt_install redis-tools openssl
   if ! command -v redis-server >/dev/null && local_redis; then apt_install redis-server; fi
   command -v npm >/dev/null || apt_install npm
@@ -51,6 +58,8 @@ install_packages() {
     apt_install chromium chromium-driver tesseract-ocr tesseract-ocr-eng wrk
     # remote-viewer through the SPICE proxy, on a virtual X screen, screenshotted for OCR.
     apt_install virt-viewer xvfb imagemagick
+    # promtool and a Prometheus server for the /metrics tests (started by the tests themselves).
+    apt_install prometheus
     command -v pg_ctlcluster >/dev/null || apt_install postgresql
   fi
 }
@@ -82,8 +91,22 @@ start_libvirt() {
     say "Starting libvirtd (the first call probes QEMU, ~8 s)"
     libvirtd -d
   fi
-  for _ in $(seq 60); do virsh -c qemu:///system version >/dev/null 2>&1 && return 0; sleep 0.5; done
-  echo "libvirtd does not answer on qemu:///system; see /var/log/libvirt/libvirtd.log" >&2; exit 1
+  for _ in $(seq 60); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.5; done
+  if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+    echo "libvirtd does not answer on qemu:///system; see /var/log/libvirt/libvirtd.log" >&2; exit 1
+  fi
+  standard_nwfilters
+}
+
+# A libvirtd started before libvirt-daemon-config-nwfilter was installed has not read the
+# standard filters (clean-traffic and the filters it takes in): define them now.
+standard_nwfilters() {
+  virsh -q -c qemu:///system nwfilter-list | grep -qw clean-traffic && return 0
+  say "Defining libvirt's standard nwfilters"
+  local f
+  for f in /etc/libvirt/nwfilter/*.xml; do
+    virsh -q -c qemu:///system nwfilter-define "$f" >/dev/null
+  done
 }
 
 start_postgres() {
@@ -116,43 +139,45 @@ python_env() {
   fi
 }
 
-novnc_assets() {
-  local dest=static/vendor/novnc
-  if [[ -f $dest/.version && $(cat $dest/.version) == "$NOVNC_VERSION" ]]; then return 0; fi
-  say "Fetching noVNC $NOVNC_VERSION from the npm registry"
-  local work
+# npm_asset NAME PACKAGE VERSION INTEGRITY DEST COPY... : fetch PACKAGE@VERSION with npm
+# pack, check the tarball's sha512 against INTEGRITY, and copy the listed paths (relative to
+# the package) into DEST. Done once per version (DEST/.version).
+npm_asset() {
+  local name=$1 package=$2 version=$3 integrity=$4 dest=$5
+  shift 5
+  if [[ -f $dest/.version && $(cat "$dest/.version") == "$version" ]]; then return 0; fi
+  say "Fetching $name $version from the npm registry"
+  local work tarball actual
   work=$(mktemp -d)
-  (cd "$work" && npm pack --silent "@novnc/novnc@$NOVNC_VERSION" >/dev/null 2>&1)
-  local tarball="$work/novnc-novnc-$NOVNC_VERSION.tgz"
-  local actual="sha512-$(openssl dgst -sha512 -binary "$tarball" | base64 -w0)"
-  if [[ "$actual" != "$NOVNC_INTEGRITY" ]]; then
-    echo "noVNC tarball integrity mismatch: $actual" >&2; rm -rf "$work"; exit 1
+  (cd "$work" && npm pack --silent "$package@$version" >/dev/null 2>&1)
+  tarball=$(ls "$work"/*.tgz)
+  actual="sha512-$(openssl dgst -sha512 -binary "$tarball" | base64 -w0)"
+  if [[ "$actual" != "$integrity" ]]; then
+    echo "$name tarball integrity mismatch: $actual" >&2; rm -rf "$work"; exit 1
   fi
   tar -xzf "$tarball" -C "$work"
   rm -rf "$dest" && mkdir -p "$dest"
-  cp -r "$work/package/core" "$work/package/vendor" "$work/package/LICENSE.txt" "$dest/"
-  echo "$NOVNC_VERSION" > "$dest/.version"
+  local item
+  for item in "$@"; do cp -r "$work/package/$item" "$dest/"; done
+  echo "$version" > "$dest/.version"
   rm -rf "$work"
 }
 
+novnc_assets() {
+  npm_asset noVNC @novnc/novnc "$NOVNC_VERSION" "$NOVNC_INTEGRITY" static/vendor/novnc \
+    core vendor LICENSE.txt
+}
+
 spice_html5_assets() {
-  local dest=static/vendor/spice-html5
-  if [[ -f $dest/.version && $(cat $dest/.version) == "$SPICE_HTML5_VERSION" ]]; then return 0; fi
-  say "Fetching spice-html5 $SPICE_HTML5_VERSION from the npm registry"
-  local work
-  work=$(mktemp -d)
-  (cd "$work" && npm pack --silent "@spice-project/spice-html5@$SPICE_HTML5_VERSION" >/dev/null 2>&1)
-  local tarball="$work/spice-project-spice-html5-$SPICE_HTML5_VERSION.tgz"
-  local actual="sha512-$(openssl dgst -sha512 -binary "$tarball" | base64 -w0)"
-  if [[ "$actual" != "$SPICE_HTML5_INTEGRITY" ]]; then
-    echo "spice-html5 tarball integrity mismatch: $actual" >&2; rm -rf "$work"; exit 1
-  fi
-  tar -xzf "$tarball" -C "$work"
   # Only the modules: the package's own page and its ES-module loader for old browsers stay out.
-  rm -rf "$dest" "$work/package/src/thirdparty/browser-es-module-loader" && mkdir -p "$dest"
-  cp -r "$work/package/src" "$work/package/COPYING.LESSER" "$dest/"
-  echo "$SPICE_HTML5_VERSION" > "$dest/.version"
-  rm -rf "$work"
+  npm_asset spice-html5 @spice-project/spice-html5 "$SPICE_HTML5_VERSION" \
+    "$SPICE_HTML5_INTEGRITY" static/vendor/spice-html5 src COPYING.LESSER
+  rm -rf static/vendor/spice-html5/src/thirdparty/browser-es-module-loader
+}
+
+uplot_assets() {
+  npm_asset uPlot uplot "$UPLOT_VERSION" "$UPLOT_INTEGRITY" static/vendor/uplot \
+    dist/uPlot.esm.js dist/uPlot.min.css LICENSE
 }
 
 guest_image() {
@@ -170,6 +195,7 @@ start_libvirt
 python_env
 novnc_assets
 spice_html5_assets
+uplot_assets
 guest_image
 if [[ $FOR_TESTS -eq 1 ]]; then
   start_postgres

@@ -23,6 +23,7 @@ from vms.hypervisor.connection import silence_libvirt_stderr
 
 # Terminal control sequences (ash asks for the cursor position at each prompt) and
 # carriage returns: nothing a test wants to compare.
+_PROMPT = r"[\w.-]+:[^\n]*# "  # the demo guest's PS1, '\h:\w# '
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
 
 
@@ -97,6 +98,10 @@ class GuestShell:
             self._buffer = self._buffer[found.end() :]
             return found
 
+    def line(self, *, timeout: float = 30.0) -> str:
+        """The next line the guest writes on its serial console."""
+        return self.wait_for(r"([^\n]*)\n", timeout=timeout).group(1)
+
     def wait_ready(self, *, timeout: float = 120.0) -> None:
         """Wait until the shell answers (the guest may still be booting)."""
         deadline = time.monotonic() + timeout
@@ -117,6 +122,7 @@ class GuestShell:
         self.wait_for(rf"{begin}\n", timeout=timeout)
         found = self.wait_for(rf"(?s)(.*?){end} (\d+)\n", timeout=timeout)
         output, status = found.group(1), int(found.group(2))
+        self.wait_for(_PROMPT, timeout=timeout)  # idle again: what follows is news
         if check and status != 0:
             raise GuestShellError(f"{command!r} exited with {status}: {output!r}")
         return output

@@ -1,4 +1,4 @@
-"""The portal's data: hosts, templates, quotas, desktops and the audit trail.
+"""The portal's data: hosts, networks, templates, quotas, desktops and the audit trail.
 
 Models hold data and simple derived values only. They never call libvirt; state changes
 go through `vms.services`. The audit trail (AuditEvent, ConsoleSession) is append-only
@@ -104,6 +104,57 @@ class Host(models.Model):
         return f"host.{self.name}"
 
 
+class NetworkMode(models.TextChoices):
+    """How a network reaches beyond its hosts: routed out with NAT, not at all (desktops and
+    the gateway only), or bridged onto an existing bridge or VLAN of the hosts."""
+
+    NAT = "nat", "NAT"
+    ISOLATED = "isolated", "Isolated"
+    BRIDGE = "bridge", "Bridged"
+
+
+class Network(models.Model):
+    """A desktop network, created by the hypervisor layer on every host (libvirt network
+    `<prefix>net-<name>`, with its guard nwfilter `<prefix>guard-<name>`).
+
+    NAT and isolated networks have a `subnet` the portal manages: the gateway is its first
+    address, each desktop interface gets a fixed address of the DHCP range (a DHCP host
+    entry) and may send from that address only (nwfilter clean-traffic). A bridged network
+    joins `bridge`, an existing bridge on the hosts; its addresses come from the LAN.
+    `isolate_desktops` keeps the desktops of the network from reaching each other (port
+    isolation); `gateway_ports` are the TCP ports on the gateway address desktops may reach
+    besides DHCP and DNS (every other port of the host is dropped: docs/networks.md).
+    """
+
+    name = models.SlugField(max_length=30, unique=True)
+    mode = models.CharField(max_length=10, choices=NetworkMode.choices, default=NetworkMode.NAT)
+    subnet = models.CharField(
+        max_length=43, blank=True, default="", help_text="IPv4 subnet, e.g. 10.80.0.0/24."
+    )
+    dhcp_start = models.GenericIPAddressField("DHCP range start", protocol="IPv4", null=True,
+                                              blank=True)  # fmt: skip
+    dhcp_end = models.GenericIPAddressField("DHCP range end", protocol="IPv4", null=True,
+                                            blank=True)  # fmt: skip
+    bridge = models.CharField(
+        max_length=15, blank=True, default="", help_text="Bridged mode: the hosts' bridge."
+    )
+    isolate_desktops = models.BooleanField(
+        default=True, help_text="Desktops of this network cannot reach each other."
+    )
+    gateway_ports = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="TCP ports on the gateway address desktops may reach (besides DHCP, DNS).",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class ConsoleType(models.TextChoices):
     VNC = "vnc", "VNC"
     SPICE = "spice", "SPICE"
@@ -138,6 +189,16 @@ class Template(models.Model):
         settings.AUTH_USER_MODEL, blank=True, related_name="assigned_templates"
     )
     assigned_groups = models.ManyToManyField(Group, blank=True, related_name="assigned_templates")
+    networks = models.ManyToManyField(
+        Network, through="TemplateNetwork", blank=True, related_name="templates"
+    )
+    bandwidth_kb_s = models.PositiveIntegerField(
+        "bandwidth limit (kB/s)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(8)],
+        help_text="Each desktop interface's limit, each way, in kB/s (1 kB = 1000 bytes).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -145,6 +206,23 @@ class Template(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class TemplateNetwork(models.Model):
+    """A template's network, in order: its desktops' first NIC is on position 0."""
+
+    template = models.ForeignKey(Template, on_delete=models.CASCADE)
+    network = models.ForeignKey(Network, on_delete=models.PROTECT)
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["template", "network"], name="template_network_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.template_id}: {self.network_id} #{self.position}"
 
 
 class Quota(models.Model):
@@ -242,6 +320,30 @@ class Desktop(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.owner})"
+
+
+class DesktopInterface(models.Model):
+    """A desktop's NIC on one network: its MAC (allocated once, 52:54:00:xx:xx:xx), the
+    address the portal assigned on a managed network, and the addresses libvirt's DHCP
+    leases last showed (written by the heartbeat; pages read them from here)."""
+
+    desktop = models.ForeignKey(Desktop, on_delete=models.CASCADE, related_name="interfaces")
+    network = models.ForeignKey(Network, on_delete=models.PROTECT, related_name="interfaces")
+    position = models.PositiveSmallIntegerField(default=0)
+    mac = models.CharField("MAC", max_length=17, unique=True)
+    ip = models.GenericIPAddressField("assigned address", protocol="IPv4", null=True,
+                                      blank=True)  # fmt: skip
+    addresses = models.JSONField(default=list, blank=True)
+    addresses_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["network", "ip"], name="interface_address_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mac} on {self.network_id}"
 
 
 class AppendOnlyError(Exception):
@@ -407,3 +509,16 @@ class ConsoleSession(AppendOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.user} on {self.desktop} ({self.mode})"
+
+
+# Monitoring models live in their own module (vms.models_metrics); imported here so Django
+# registers them with the app.
+from vms.models_metrics import (  # noqa: E402, F401
+    AlertKind,
+    DesktopLoad,
+    DesktopSample,
+    HostSample,
+    HostUsage,
+    MetricAlert,
+    Resolution,
+)

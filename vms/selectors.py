@@ -169,7 +169,8 @@ def helpdesk_search(
     with_desktops_only: bool = False,
 ) -> list[tuple[Any, list[Desktop]]]:
     """Users matching `query` (narrowed as `users_matching` says), each with their live
-    desktops: two queries in all, however many users and desktops match."""
+    desktops and their interfaces: three queries in all, however many users and desktops
+    match."""
     users = list(
         users_matching(
             query=query,
@@ -182,6 +183,7 @@ def helpdesk_search(
         Desktop.objects.exclude(status=DesktopStatus.DELETED)
         .filter(owner__in=users)
         .select_related("template", "host")
+        .prefetch_related("interfaces__network")
         .order_by("created_at")
     )
     by_owner: dict[int, list[Desktop]] = {user.pk: [] for user in users}

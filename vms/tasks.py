@@ -20,6 +20,8 @@ from vms.services import (
     audit,
     fleet,
     heartbeat,
+    metrics,
+    networks,
     provisioning,
     queue,
     reconcile,
@@ -87,6 +89,16 @@ def reconcile_all_hosts() -> dict[str, str]:
 
 
 @shared_task(acks_late=True)
+def network_remove(host_id: int, name: str, filter_name: str) -> bool:
+    """Remove a deleted network from one host (run by that host's worker)."""
+    host = Host.objects.filter(pk=host_id).first()
+    if host is None:
+        return False
+    networks.network_remove_from_host(host=host, name=name, filter_name=filter_name)
+    return True
+
+
+@shared_task(acks_late=True)
 def apply_audit_retention() -> dict[str, int]:
     """Remove audit rows older than AUDIT_RETENTION_DAYS (the only path that deletes any)."""
     return audit.audit_retention_apply()
@@ -131,10 +143,15 @@ def refresh_thumbnails() -> int:
     one task on each enabled host's own queue, as for the heartbeat. In one process, 100
     hosts' running desktops did not fit the 20 s round (docs/scale.md). Returns how many
     hosts were asked."""
-    interval = float(settings.CELERY_BEAT_SCHEDULE["thumbnails"]["schedule"])
+    return _on_each_host("vms.tasks.host_thumbnails", schedule="thumbnails")
+
+
+def _on_each_host(task_name: str, *, schedule: str) -> int:
+    """Queue `task_name(host_id)` on each enabled host's own queue, expiring after one
+    period of beat schedule `schedule`; how many hosts were asked."""
+    interval = float(settings.CELERY_BEAT_SCHEDULE[schedule]["schedule"])
     hosts = list(Host.objects.filter(enabled=True).only("pk", "name"))
-    queue.enqueue_tasks("vms.tasks.host_thumbnails", [(h.queue_name, (h.pk,)) for h in hosts],
-                        expires_s=interval)  # fmt: skip
+    queue.enqueue_tasks(task_name, [(h.queue_name, (h.pk,)) for h in hosts], expires_s=interval)
     return len(hosts)
 
 
@@ -155,3 +172,29 @@ def host_thumbnails(host_id: int) -> int:
 def reap_console_sessions() -> int:
     """Close console sessions whose relay went away or whose SPICE file expired."""
     return console_services.console_sessions_reap()
+
+
+@shared_task(acks_late=True)
+def metrics_sample_all_hosts() -> int:
+    """The beat's round of monitoring samples: one task on each enabled host's queue, as
+    for the heartbeat (a host whose worker is gone goes unmeasured, not mismeasured)."""
+    return _on_each_host("vms.tasks.host_metrics_sample", schedule="metrics-sample")
+
+
+@shared_task(acks_late=True)
+def host_metrics_sample(host_id: int) -> int:
+    """One host's monitoring sample, run by that host's worker; desktops measured."""
+    host = Host.objects.filter(pk=host_id, enabled=True).first()
+    if host is None:
+        return 0
+    try:
+        return metrics.metrics_sample_host(host=host)
+    except HypervisorError as exc:
+        log.warning("metrics skipped host %s: %s", host.name, exc.message)
+        return 0
+
+
+@shared_task(acks_late=True)
+def metrics_rollup() -> dict[str, int]:
+    """Roll the monitoring history up (1-minute, 1-hour rows) and prune old rows."""
+    return metrics.metrics_rollup()

@@ -13,6 +13,12 @@ export function connectLive({ onDesktop = () => {}, onWatchers = () => {}, watch
       const message = JSON.parse(event.data);
       if (message.kind === "desktop") onDesktop(message.desktop);
       if (message.kind === "watchers") onWatchers(message.desktop_id, message.watchers);
+      // Monitoring values (kinds "metrics", "host_metrics") go to the charts (metrics.js).
+      if (message.kind.endsWith("metrics")) {
+        for (const metrics of [].concat(message.metrics)) {
+          document.dispatchEvent(new CustomEvent(`live:${message.kind}`, { detail: metrics }));
+        }
+      }
     });
     socket.addEventListener("close", () => {
       document.body.dataset.live = "disconnected";
@@ -30,6 +36,8 @@ export function renderDesktopState(row, desktop) {
   status.textContent = desktop.status_label;
   status.className = `status status-${desktop.status}`;
   row.querySelector("[data-field=last_error]").textContent = desktop.last_error;
+  const addresses = row.querySelector("[data-field=addresses]");
+  if (addresses && desktop.addresses !== undefined) addresses.textContent = desktop.addresses;
   for (const form of row.querySelectorAll("form[data-action]")) {
     form.hidden = !desktop.actions.includes(form.dataset.action);
   }

@@ -2,17 +2,14 @@
 worker, real QEMU guests): paste as keystrokes, Ctrl-Alt-Del, a stop and a start, a phone,
 and a help-desk person taking and releasing control.
 
-What a guest receives is read back through its serial port (the guest's shell copies it
-there with `cat > /dev/ttyS0`), so the exact text is compared, not an OCR guess."""
+What a guest receives is read back through its serial console (the guest's VGA shell
+copies it there with `cat > /dev/ttyS0`; tests/guestshell.py), so the exact text is
+compared, not an OCR guess."""
 
 from __future__ import annotations
 
-import os
 import re
-import select
-import subprocess
 import time
-import tty
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +21,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import logged_in_page, off_thread, wait_for_text
 from tests.fixtures import wait_for_status
+from tests.guestshell import GuestShell, guest_shell
 from vms.models import ConsoleSession, Desktop
 from vms.services.desktops import desktop_create
 
@@ -34,11 +32,6 @@ DESKTOP = {"viewport": {"width": 1280, "height": 900}}
 PASTED = 'Hello World! @#$%^&*()_+ "quoted" ~/path|pipe'
 PRINTABLE_ASCII = "".join(chr(code) for code in range(0x20, 0x7F))
 BANNER = r"DesktopPortaldemoguest"
-SERIAL_PROMPTS = re.compile(r"^(?:[\w().-]+:[~/\w.-]*# )+")
-# What busybox's shell on the serial console (guest/inittab) prints when it starts.
-SERIAL_SHELL_BANNER = re.compile(
-    r"^BusyBox v\S+ .*built-in shell \(ash\)$|^Enter 'help' for a list of built-in commands\.$"
-)
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -79,55 +72,12 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-class GuestSerial:
-    """The host end of a guest's serial port (libvirt's pty). Opened before the guest
-    writes: QEMU drops what it writes while nobody holds the pty."""
-
-    def __init__(self, domain_name: str) -> None:
-        path = subprocess.run(
-            ["virsh", "-c", settings.LIBVIRT_URI, "ttyconsole", domain_name],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
-        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
-        tty.setraw(self.fd)
-        self.received = ""
-
-    def wait_for(self, pattern: str, *, timeout: float = 30) -> re.Match[str]:
-        """Read until what the guest sent matches `pattern`; consume up to the match."""
-        deadline = time.monotonic() + timeout
-        while not (found := re.search(pattern, self.received)):
-            left = deadline - time.monotonic()
-            assert left > 0, f"the guest never sent {pattern!r}; it sent {self.received!r}"
-            if select.select([self.fd], [], [], left)[0]:
-                self.received += os.read(self.fd, 4096).decode(errors="replace").replace("\r", "")
-        self.received = self.received[found.end() :]
-        return found
-
-    def line(self, *, timeout: float = 30) -> str:
-        """The next line a program wrote to the serial port, without what the guest's
-        serial shell prints itself: its banner, its prompts (guest/profile: PS1
-        '\\h:\\w# ') and the blank lines around them."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = max(0.1, deadline - time.monotonic())
-            text = SERIAL_PROMPTS.sub("", self.wait_for(r"([^\n]*)\n", timeout=left).group(1))
-            if text and not SERIAL_SHELL_BANNER.match(text):
-                return text
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 @contextmanager
-def serial_of(desktop: Desktop) -> Iterator[GuestSerial]:
-    port = GuestSerial(desktop.domain_name)
-    try:
-        yield port
-    finally:
-        port.close()
+def serial_of(desktop: Desktop) -> Iterator[GuestShell]:
+    """The guest's serial console, its shell answering and idle at its prompt, so that
+    what the guest's programs write there comes line by line."""
+    with guest_shell(settings.LIBVIRT_URI, desktop.domain_name) as shell:
+        yield shell
 
 
 # --- 1, 3, 5: paste as keystrokes, Ctrl-Alt-Del, the title ------------------------------

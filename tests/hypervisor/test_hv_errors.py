@@ -78,3 +78,16 @@ def test_error_without_details_is_transient() -> None:
     err = libvirt.libvirtError("virDomainCreate() failed")
     err.err = None
     assert from_libvirt_error(err, "starting").permanent is False
+
+
+def test_a_kernel_that_cannot_shape_says_what_to_do() -> None:
+    # libvirt's own words on this CI machine's kernel (no sch_sfq, no act_police).
+    for text in (
+        "internal error: Child process (tc qdisc add dev vnet0 parent 1:1 handle 2: sfq "
+        "perturb 10) unexpected exit status 2: Error: Specified qdisc kind is unknown.",
+        "internal error: Child process (tc filter add dev vnet1 parent ffff: protocol all "
+        "u32 match u32 0 0 police rate 500kbps burst 50kb mtu 64kb drop flowid :1) "
+        "unexpected exit status 2: Error: Failed to load TC action module.",
+    ):
+        mapped = from_libvirt_error(fake_error(libvirt.VIR_ERR_INTERNAL_ERROR, text), "x")
+        assert mapped.permanent and "remove the template's limit" in mapped.message

@@ -6,6 +6,6 @@ registers them all (Django's autodiscover imports `vms.admin`).
 Desktop state is read-only here: it changes only through the services.
 """
 
-from vms.admin import audit, desktops, hosts, quotas, site, templates
+from vms.admin import audit, desktops, hosts, networks, quotas, site, templates
 
-__all__ = ["audit", "desktops", "hosts", "quotas", "site", "templates"]
+__all__ = ["audit", "desktops", "hosts", "networks", "quotas", "site", "templates"]

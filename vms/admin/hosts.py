@@ -12,10 +12,12 @@ from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.urls import reverse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.timesince import timesince
 
+from vms.admin.host_metrics import host_monitoring_context
+from vms.admin.usage import usage_view
 from vms.hypervisor import HostCapacity
 from vms.models import DesktopStatus, Host, HostStatus
 from vms.services.errors import ServiceError
@@ -270,6 +272,21 @@ class HostAdmin(admin.ModelAdmin):
             ago,
             host.last_check_error[:80],
         )
+
+    def get_urls(self) -> list[URLPattern]:
+        report = path("usage/", self.admin_site.admin_view(usage_view), name="vms_usage_report")
+        return [report, *super().get_urls()]
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        """The host's fields, below its load as pictures, capacity bars and alerts."""
+        host = self.get_object(request, object_id)
+        if host is not None:
+            bars = [("vCPUs", self.vcpus(host)), ("Memory", self.memory(host)),
+                    ("Disk", self.disk(host))]  # fmt: skip
+            extra_context = {**(extra_context or {}), **host_monitoring_context(host, bars=bars)}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def add_view(
         self, request: HttpRequest, form_url: str = "", extra_context: Any = None

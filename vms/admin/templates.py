@@ -13,7 +13,8 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 
-from vms.models import DesktopStatus, Template
+from vms.models import DesktopStatus, Template, TemplateNetwork
+from vms.services.audit import audit_record
 from vms.services.errors import ServiceError
 from vms.services.images import image_inspect
 from vms.services.templates import template_save_imported
@@ -38,6 +39,7 @@ class TemplateImportForm(forms.ModelForm):
             "disk_gib",
             "console_type",
             "persistent",
+            "bandwidth_kb_s",
             "enabled",
             "assigned_users",
             "assigned_groups",
@@ -84,8 +86,19 @@ def _saved_upload(upload: Any) -> Path:
     return target
 
 
+class TemplateNetworkInline(admin.TabularInline):
+    """The template's networks: its desktops get one virtio NIC each, in this order."""
+
+    model = TemplateNetwork
+    extra = 0
+    fields = ["position", "network"]
+    verbose_name = "network"
+    verbose_name_plural = "Networks (one NIC each, in order; from the next launch on)"
+
+
 @admin.register(Template)
 class TemplateAdmin(admin.ModelAdmin):
+    inlines = [TemplateNetworkInline]
     list_display = [
         "name",
         "os_label",
@@ -93,6 +106,8 @@ class TemplateAdmin(admin.ModelAdmin):
         "memory_mib",
         "disk_gib",
         "console_type",
+        "network_list",
+        "bandwidth",
         "enabled",
         "desktop_count",
     ]
@@ -103,7 +118,31 @@ class TemplateAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Template]:
         live = ~Q(desktops__status=DesktopStatus.DELETED)
-        return super().get_queryset(request).annotate(live_desktops=Count("desktops", filter=live))
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(live_desktops=Count("desktops", filter=live))
+            .prefetch_related("templatenetwork_set__network")
+        )
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)
+        if formset.model is TemplateNetwork and formset.has_changed():
+            template = form.instance
+            names = [link.network.name for link in template.templatenetwork_set.all()]
+            audit_record(action="template.networks", actor=request.user,
+                         template=template.name, networks=names)  # fmt: skip
+
+    @admin.display(description="Networks")
+    def network_list(self, template: Template) -> str:
+        names = [link.network.name for link in template.templatenetwork_set.all()]
+        return ", ".join(names) or "none"
+
+    @admin.display(description="Bandwidth", ordering="bandwidth_kb_s")
+    def bandwidth(self, template: Template) -> str:
+        if template.bandwidth_kb_s is None:
+            return "unlimited"
+        return f"{template.bandwidth_kb_s} kB/s each way"
 
     @admin.display(description="Desktops", ordering="live_desktops")
     def desktop_count(self, template: Template) -> int:

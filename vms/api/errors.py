@@ -12,6 +12,7 @@ from vms.services.consoles import DisplayUnreachable, TooManyConsoles
 from vms.services.errors import (
     HostCannotTake,
     InvalidTransition,
+    NetworkInUse,
     NoHostAvailable,
     NotAssigned,
     QuotaExceeded,
@@ -25,6 +26,7 @@ STATUS_OF: dict[type[ServiceError], int] = {
     QuotaExceeded: status.HTTP_409_CONFLICT,
     InvalidTransition: status.HTTP_409_CONFLICT,
     HostCannotTake: status.HTTP_409_CONFLICT,
+    NetworkInUse: status.HTTP_409_CONFLICT,
     NotAssigned: status.HTTP_403_FORBIDDEN,
     NoHostAvailable: status.HTTP_503_SERVICE_UNAVAILABLE,
     ServiceUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from vms.models import Desktop, Template
+from vms.models import Desktop, DesktopInterface, Template
 from vms.services.desktops import NAME_MAX, desktop_name_clean
 from vms.services.errors import InvalidName
 
@@ -22,14 +22,45 @@ class TemplateSerializer(serializers.ModelSerializer):
             "disk_gib",
             "console_type",
             "persistent",
+            "networks",
+            "bandwidth_kb_s",
         ]
         read_only_fields = fields
+
+    networks = serializers.SerializerMethodField()
+
+    def get_networks(self, template: Template) -> list[int]:
+        """The template's network ids, in NIC order."""
+        return [link.network_id for link in template.templatenetwork_set.all()]
+
+
+class InterfaceSerializer(serializers.ModelSerializer):
+    network_name = serializers.CharField(source="network.name", read_only=True)
+    addresses = serializers.ListField(child=serializers.CharField(), read_only=True)
+
+    class Meta:
+        model = DesktopInterface
+        fields = ["network", "network_name", "mac", "addresses"]
+        read_only_fields = fields
+
+
+class TemplateNetworksSerializer(serializers.Serializer):
+    networks = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False)
+    bandwidth_kb_s = serializers.IntegerField(
+        min_value=8, max_value=10_000_000, required=False, allow_null=True
+    )
+
+    def validate(self, attrs: dict[str, object]) -> dict[str, object]:
+        if not attrs:
+            raise serializers.ValidationError("Give networks and/or bandwidth_kb_s.")
+        return attrs
 
 
 class DesktopSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.get_username", read_only=True)
     template_name = serializers.CharField(source="template.name", read_only=True)
     host = serializers.CharField(source="host.name", read_only=True, default=None)
+    interfaces = InterfaceSerializer(many=True, read_only=True)
 
     class Meta:
         model = Desktop
@@ -49,6 +80,7 @@ class DesktopSerializer(serializers.ModelSerializer):
             "created_at",
             "status_changed_at",
             "last_used_at",
+            "interfaces",
         ]
         read_only_fields = fields
 

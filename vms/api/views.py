@@ -7,7 +7,7 @@ from collections.abc import Callable
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -18,13 +18,16 @@ from vms.api.serializers import (
     DesktopCreateSerializer,
     DesktopRenameSerializer,
     DesktopSerializer,
+    TemplateNetworksSerializer,
     TemplateSerializer,
 )
-from vms.models import Desktop
+from vms.models import Desktop, Template
+from vms.roles import is_admin
 from vms.selectors import desktops_visible_to, templates_for_user
 from vms.services.actions import ACTIONS, DesktopAction, actions_offered
 from vms.services.consoles import TicketBinding, console_socket_path, console_ticket_issue
 from vms.services.desktops import desktop_act, desktop_create, desktop_rename
+from vms.services.networks import template_bandwidth_set, template_networks_set
 from vms.web.client import client_ip
 
 
@@ -34,7 +37,27 @@ class TemplateViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = TemplateSerializer
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
-        return templates_for_user(user=self.request.user)
+        return templates_for_user(user=self.request.user).prefetch_related("templatenetwork_set")
+
+    @extend_schema(request=TemplateNetworksSerializer, responses={200: TemplateSerializer})
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        """Set the template's networks, in NIC order: `{"networks": [ids]}` (admins)."""
+        if not is_admin(request.user):
+            raise PermissionDenied("Only admins change templates.")
+        template = Template.objects.filter(pk=pk).first() if str(pk).isdigit() else None
+        if template is None:
+            raise NotFound("No such template.")
+        body = TemplateNetworksSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        if "networks" in body.validated_data:
+            template_networks_set(
+                actor=request.user, template=template, network_ids=body.validated_data["networks"]
+            )
+        if "bandwidth_kb_s" in body.validated_data:
+            template_bandwidth_set(
+                actor=request.user, template=template, kb_s=body.validated_data["bandwidth_kb_s"]
+            )
+        return Response(TemplateSerializer(template).data)
 
 
 @extend_schema(parameters=[OpenApiParameter("user", str, description="help-desk/admin: owner")])
@@ -44,7 +67,9 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     serializer_class = DesktopSerializer
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
-        return desktops_visible_to(user=self.request.user, owner_username=self._owner_filter())
+        return desktops_visible_to(
+            user=self.request.user, owner_username=self._owner_filter()
+        ).prefetch_related("interfaces__network")
 
     def _owner_filter(self) -> str | None:
         """The ?user= filter, refused (400) when it cannot be a username."""

@@ -14,9 +14,13 @@ from .types import (
     ConsoleEndpoint,
     DomainInfo,
     DomainSpec,
+    DomainStats,
     HostCapacity,
     HostLoad,
+    Lease,
     MigrationStats,
+    NetworkSpec,
+    PoolUsage,
     PowerState,
     VolumeInfo,
 )
@@ -107,6 +111,27 @@ class Hypervisor(ABC):
     def list_domains(self, *, prefix: str) -> list[DomainInfo]:
         """Domains whose names start with ``prefix``, sorted by name."""
 
+    # --- networks (docs/networks.md) ---------------------------------------------------
+    # Not abstract: a backend without networks says so when a desktop needs one.
+
+    def ensure_network(self, spec: NetworkSpec) -> None:
+        """Make sure the network and its guard nwfilter exist as ``spec`` says, active and
+        autostarted, with exactly ``spec.hosts`` as fixed DHCP hosts (a stopped or missing
+        network is started or defined again: this is reconcile's repair too)."""
+        raise HypervisorError(f"{type(self).__name__} has no networks", permanent=True)
+
+    def remove_network(self, *, name: str, filter_name: str) -> None:
+        """Stop and undefine the network and its guard filter; missing is fine."""
+        raise HypervisorError(f"{type(self).__name__} has no networks", permanent=True)
+
+    def list_network_names(self, *, prefix: str) -> list[str]:
+        """Names of the defined networks that start with ``prefix``, sorted."""
+        return []
+
+    def network_leases(self, *, name: str) -> list[Lease]:
+        """The network's current DHCP leases; none for a missing or bridged network."""
+        return []
+
     # --- console -----------------------------------------------------------------------
 
     @abstractmethod
@@ -145,3 +170,15 @@ class Hypervisor(ABC):
         the heartbeat (placement by live load). Not abstract: a backend that cannot tell
         says so, and placement then uses the admin's figures alone."""
         raise HypervisorError(f"{type(self).__name__} cannot report a host's load", permanent=True)
+
+    def domain_stats(self, *, prefix: str) -> list[DomainStats]:
+        """The counters and memory of every running domain whose name starts with
+        ``prefix``, read in one bulk call (the monitoring sample). Not abstract: a backend
+        that cannot tell says so, and its desktops go unmeasured."""
+        raise HypervisorError(
+            f"{type(self).__name__} cannot report domain statistics", permanent=True
+        )
+
+    def pool_usage(self, *, pool: str) -> PoolUsage | None:
+        """Storage pool ``pool``'s size and allocation; ``None`` when it does not exist."""
+        raise HypervisorError(f"{type(self).__name__} cannot report a pool's usage", permanent=True)

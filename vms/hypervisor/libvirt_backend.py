@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Final, TypeVar
@@ -29,13 +30,18 @@ from .errors import HypervisorError
 from .kvmprobe import run_kvm_probe
 from .libvirt_errors import POOL_FULL_OR_READONLY_HINTS, RETRY_NOTE, from_libvirt_error
 from .registry import register_backend
+from .stats import domain_stats_from
 from .types import (
     ConsoleEndpoint,
     DomainInfo,
     DomainSpec,
+    DomainStats,
     HostCapacity,
     HostLoad,
+    Lease,
     MigrationStats,
+    NetworkSpec,
+    PoolUsage,
     PowerState,
     VolumeInfo,
 )
@@ -229,6 +235,52 @@ def _migration_params(destination_xml: str, to_address: str) -> dict[str, Any]:
         libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{to_address}",
         libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: to_address,
     }
+
+
+def _lookup_network(conn: Conn, name: str) -> Any:
+    return _or_none(lambda: conn.networkLookupByName(name), libvirt.VIR_ERR_NO_NETWORK)
+
+
+def _network_in_shape(conn: Conn, spec: NetworkSpec) -> Any:
+    """The defined network if it has the mode, subnet and bridge ``spec`` asks for; one of
+    another shape (the admin changed it) is removed, to be defined again."""
+    net = _lookup_network(conn, spec.name)
+    if net is None:
+        return None
+    if vxml.network_shape(net.XMLDesc(0)) == vxml.spec_shape(spec):
+        return net
+    log.warning("network %s changed shape; defining it again", spec.name)
+    if net.isActive():
+        net.destroy()
+    net.undefine()
+    return None
+
+
+def _sync_dhcp_hosts(net: Any, wanted: set[tuple[str, str]]) -> None:
+    """Make the network's fixed DHCP hosts ``wanted``, in its definition and in the running
+    network (they differ after a repair), stale entries first: their address may be wanted
+    by another MAC."""
+    wanted = {(mac.lower(), ip) for mac, ip in wanted}
+    try:
+        config = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
+    except libvirt.libvirtError:  # libvirt's test driver: one definition, live and kept
+        both = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE | libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+        _apply_dhcp_hosts(net, net.XMLDesc(0), wanted, both)
+        return
+    _apply_dhcp_hosts(net, config, wanted, libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG)
+    if net.isActive():
+        _apply_dhcp_hosts(net, net.XMLDesc(0), wanted, libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE)
+
+
+def _apply_dhcp_hosts(net: Any, xml: str, wanted: set[tuple[str, str]], flags: int) -> None:
+    current = vxml.parse_network_hosts(xml)
+    for command, entries in (
+        (libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, current - wanted),
+        (libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, wanted - current),
+    ):
+        for mac, ip in sorted(entries):
+            net.update(command, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1,
+                       vxml.dhcp_host_xml(mac=mac, ip=ip), flags)  # fmt: skip
 
 
 def _lookup_pool(conn: Conn, name: str) -> Pool | None:
@@ -780,6 +832,88 @@ class LibvirtHypervisor(Hypervisor):
 
         return self._call("listing desktop domains", op)
 
+    # --- networks ----------------------------------------------------------------------
+
+    def ensure_network(self, spec: NetworkSpec) -> None:
+        try:
+            network_xml = vxml.build_network_xml(spec)
+            root_filter, chain_filter = vxml.build_guard_filter_xml(spec)
+        except ValueError as err:
+            raise HypervisorError(f"invalid network '{spec.name}': {err}", permanent=True) from None
+
+        def op(conn: Conn) -> None:
+            self._define_filters(conn, chain_filter, root_filter)
+            net = _network_in_shape(conn, spec)
+            if net is None:
+                net = conn.networkDefineXML(network_xml)
+                log.info("defined network %s", spec.name)
+            elif not net.isPersistent():  # running, but undefined behind our back
+                net = conn.networkDefineXML(vxml.with_uuid(network_xml, str(net.UUIDString())))
+                log.info("defined running network %s again", spec.name)
+            if not net.isActive():
+                net.create()
+                log.info("started network %s", spec.name)
+            if not net.autostart():
+                net.setAutostart(1)
+            if spec.mode != "bridge":
+                _sync_dhcp_hosts(net, set(spec.hosts))
+
+        self._call(f"preparing network '{spec.name}'", op)
+
+    def _define_filters(self, conn: Conn, *filters: str) -> None:
+        """Define (again: that updates running guests' rules) the guard filters. libvirt's
+        test driver has no nwfilter driver: its networks go without."""
+        try:
+            for filter_xml in filters:
+                name = str(ET.fromstring(filter_xml).get("name"))  # noqa: S314 - ours
+                found = _or_none(
+                    partial(conn.nwfilterLookupByName, name), libvirt.VIR_ERR_NO_NWFILTER
+                )
+                if found is not None:
+                    filter_xml = vxml.with_uuid(filter_xml, str(found.UUIDString()))
+                conn.nwfilterDefineXML(filter_xml)
+        except libvirt.libvirtError as err:
+            if not (self.uri.startswith("test:") and _code(err) == libvirt.VIR_ERR_NO_SUPPORT):
+                raise
+
+    def remove_network(self, *, name: str, filter_name: str) -> None:
+        def op(conn: Conn) -> None:
+            net = _lookup_network(conn, name)
+            if net is not None:
+                if net.isActive():
+                    net.destroy()
+                net.undefine()
+            if self.uri.startswith("test:"):
+                return  # no nwfilter driver
+            for filter_ in (filter_name, f"{filter_name}-ipv4"):
+                found = _or_none(
+                    partial(conn.nwfilterLookupByName, filter_), libvirt.VIR_ERR_NO_NWFILTER
+                )
+                if found is not None:
+                    found.undefine()
+
+        self._call(f"removing network '{name}'", op)
+
+    def list_network_names(self, *, prefix: str) -> list[str]:
+        def op(conn: Conn) -> list[str]:
+            names = (str(net.name()) for net in conn.listAllNetworks(0))
+            return sorted(name for name in names if name.startswith(prefix))
+
+        return self._call("listing networks", op)
+
+    def network_leases(self, *, name: str) -> list[Lease]:
+        def op(conn: Conn) -> list[Lease]:
+            net = _lookup_network(conn, name)
+            if net is None or not net.isActive():
+                return []
+            return [
+                Lease(mac=str(lease["mac"]).lower(), ip=str(lease["ipaddr"]))
+                for lease in net.DHCPLeases()
+                if lease.get("mac") and lease.get("ipaddr")
+            ]
+
+        return self._call(f"reading the DHCP leases of network '{name}'", op)
+
     # --- console -------------------------------------------------------------------------
 
     def console_endpoint(self, *, name: str) -> ConsoleEndpoint:
@@ -901,16 +1035,53 @@ class LibvirtHypervisor(Hypervisor):
             info = conn.getInfo()
             running = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
             busy, total = _node_cpu_counters(conn)
+            available, stats_total = _memory_mib(conn)
             return HostLoad(
                 cpus=int(info[2]),
                 memory_mib=int(info[1]),
-                available_memory_mib=_available_memory_mib(conn),
+                available_memory_mib=available,
                 running_guests=len(running),
                 cpu_busy_ns=busy,
                 cpu_total_ns=total,
+                memory_stats_total_mib=stats_total,
             )
 
         return self._call("reading the host's load", op)
+
+    def domain_stats(self, *, prefix: str) -> list[DomainStats]:
+        def op(conn: Conn) -> list[DomainStats]:
+            records = conn.getAllDomainStats(_STATS_KINDS, _STATS_RUNNING)
+            return [
+                domain_stats_from(name=name, uuid=dom.UUIDString(), record=record)
+                for dom, record in records
+                if (name := dom.name()).startswith(prefix)
+            ]
+
+        return self._call("reading the running domains' statistics", op)
+
+    def pool_usage(self, *, pool: str) -> PoolUsage | None:
+        def op(conn: Conn) -> PoolUsage | None:
+            found = _lookup_pool(conn, pool)
+            if found is None:
+                return None
+            _state, capacity, allocation, available = found.info()
+            return PoolUsage(
+                capacity_bytes=int(capacity),
+                allocation_bytes=int(allocation),
+                available_bytes=int(available),
+            )
+
+        return self._call(f"reading storage pool {pool}'s usage", op)
+
+
+# What one bulk statistics call reads of each running domain (one round trip per host).
+_STATS_KINDS: Final = (
+    libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+)
+_STATS_RUNNING: Final = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
 
 
 def _node_cpu_counters(conn: Conn) -> tuple[int | None, int | None]:
@@ -924,15 +1095,17 @@ def _node_cpu_counters(conn: Conn) -> tuple[int | None, int | None]:
     return busy, busy + idle
 
 
-def _available_memory_mib(conn: Conn) -> int:
-    """Free memory plus buffers and page cache (what guests can still get), in MiB; the
-    plain free figure where the driver has no memory statistics (libvirt's test driver)."""
+def _memory_mib(conn: Conn) -> tuple[int, int | None]:
+    """(available, total) MiB by the kernel's statistics: available is free memory plus
+    buffers and page cache (what guests can still get); where the driver has no memory
+    statistics (libvirt's test driver), the plain free figure and no total."""
     try:
         stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)
     except libvirt.libvirtError:
-        return int(conn.getFreeMemory()) // 2**20
+        return int(conn.getFreeMemory()) // 2**20, None
     kib = sum(int(stats.get(key, 0)) for key in ("free", "buffers", "cached"))
-    return kib // 1024
+    total = stats.get("total")
+    return kib // 1024, int(total) // 1024 if total is not None else None
 
 
 register_backend(LIBVIRT_SCHEMES, LibvirtHypervisor)

@@ -83,6 +83,17 @@ POOL_FULL_OR_READONLY_HINTS: Final[tuple[str, ...]] = (
 )
 
 
+# tc refusing what libvirt's <bandwidth> needs: the host's kernel lacks the modules.
+_SHAPING_MISSING_HINTS: Final[tuple[str, ...]] = (
+    "qdisc kind is unknown",
+    "failed to load tc action module",
+)
+SHAPING_MISSING_NOTE: Final = (
+    " (the host's kernel cannot apply the template's bandwidth limit: libvirt needs the "
+    "sch_htb, sch_sfq and act_police modules; load them, or remove the template's limit)"
+)
+
+
 def _code(err: libvirt.libvirtError) -> int | None:
     code = err.get_error_code()
     return int(code) if code is not None else None
@@ -143,4 +154,6 @@ def from_libvirt_error(
     text = scrub(_text(err), *secrets)
     transient = is_transient_code(_code(err), text)
     suffix = RETRY_NOTE if transient else ""
+    if any(hint in text.lower() for hint in _SHAPING_MISSING_HINTS):
+        suffix = SHAPING_MISSING_NOTE
     return HypervisorError(f"{what} failed: {text}{suffix}", permanent=not transient)

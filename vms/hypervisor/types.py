@@ -11,8 +11,13 @@ __all__ = [
     "ConsoleEndpoint",
     "DomainInfo",
     "DomainSpec",
+    "DomainStats",
     "GraphicsType",
     "HostCapacity",
+    "InterfaceSpec",
+    "Lease",
+    "NetworkSpec",
+    "PoolUsage",
     "PowerState",
     "VirtType",
     "VolumeInfo",
@@ -40,6 +45,55 @@ class GraphicsType(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class InterfaceSpec:
+    """One virtio NIC of a desktop on a libvirt network.
+
+    ``filter`` is the nwfilter the NIC is bound to (the network's guard, which takes in
+    clean-traffic), with ``ip`` as its IP parameter when the portal assigned the address;
+    ``isolated`` sets ``<port isolated='yes'/>``; ``bandwidth_kb_s`` limits each direction.
+    """
+
+    network: str
+    mac: str
+    filter: str | None = None
+    ip: str | None = None
+    isolated: bool = False
+    bandwidth_kb_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSpec:
+    """A libvirt network and its guard nwfilter on one host.
+
+    ``mode`` is ``nat``, ``isolated`` or ``bridge``. NAT and isolated networks have a
+    ``gateway`` address with ``prefix_length``, a DHCP range and fixed DHCP ``hosts``
+    (MAC, address); a bridged one joins ``bridge``. The guard lets a desktop reach DHCP,
+    DNS and ``gateway_ports`` (TCP) on the gateway and drops every other packet to the
+    gateway and to ``blocked_addresses`` (the host's other addresses).
+    """
+
+    name: str
+    filter_name: str
+    mode: str
+    gateway: str | None = None
+    prefix_length: int | None = None
+    dhcp_start: str | None = None
+    dhcp_end: str | None = None
+    hosts: tuple[tuple[str, str], ...] = ()
+    bridge: str | None = None
+    gateway_ports: tuple[int, ...] = ()
+    blocked_addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A DHCP lease of a network: which MAC holds which address."""
+
+    mac: str
+    ip: str
+
+
+@dataclass(frozen=True, slots=True)
 class DomainSpec:
     """Everything needed to define one desktop's domain.
 
@@ -61,6 +115,7 @@ class DomainSpec:
     console_password_valid_to: dt.datetime | None = None
     listen_address: str = "127.0.0.1"
     disk_format: str = "qcow2"
+    interfaces: tuple[InterfaceSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +179,10 @@ class HostLoad:
     running_guests: int
     cpu_busy_ns: int | None
     cpu_total_ns: int | None
+    # Total memory by the same statistics as `available_memory_mib` (None: the driver has
+    # none); it can differ from `memory_mib` (libvirt's node info), so "used" is this
+    # minus the available figure.
+    memory_stats_total_mib: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,3 +193,39 @@ class MigrationStats:
 
     elapsed_ms: int | None
     downtime_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DomainStats:
+    """One running domain's cumulative counters and memory, from one bulk stats call.
+
+    Counters (``cpu_time_ns``, disk and network totals over all its disks and cards) only
+    grow while the domain runs; a rate is their change between two samples. They start
+    again from zero when the domain restarts. ``memory_used_kib`` is what the guest uses
+    by its balloon driver's account (available minus unused) where it reports that, else
+    what its QEMU process holds (RSS). Values a host cannot report are ``None``.
+    """
+
+    name: str
+    uuid: str
+    vcpus: int | None
+    cpu_time_ns: int | None
+    memory_used_kib: int | None
+    memory_max_kib: int | None
+    block_rd_bytes: int = 0
+    block_wr_bytes: int = 0
+    block_rd_reqs: int = 0
+    block_wr_reqs: int = 0
+    net_rx_bytes: int = 0
+    net_tx_bytes: int = 0
+    net_rx_packets: int = 0
+    net_tx_packets: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolUsage:
+    """A storage pool's size and how much of it is allocated, in bytes."""
+
+    capacity_bytes: int
+    allocation_bytes: int
+    available_bytes: int

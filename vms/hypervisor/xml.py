@@ -21,21 +21,32 @@ the inputs channel, so only full-control sessions type.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import xml.etree.ElementTree as ET
 from typing import Final
 
-from .types import ConsoleEndpoint, DomainSpec, GraphicsType, VolumeInfo
+from .types import (
+    ConsoleEndpoint,
+    DomainSpec,
+    GraphicsType,
+    InterfaceSpec,
+    NetworkSpec,
+    VolumeInfo,
+)
 
 __all__ = [
     "METADATA_NS",
     "VALID_TO_FORMAT",
     "build_domain_xml",
+    "build_guard_filter_xml",
+    "build_network_xml",
     "build_pool_xml",
     "build_volume_xml",
     "graphics_password_update_xml",
     "parse_console_endpoint",
     "parse_desktop_id",
+    "parse_network_hosts",
     "parse_physical_bytes",
     "parse_pool_path",
     "parse_volume",
@@ -131,6 +142,9 @@ def build_domain_xml(spec: DomainSpec) -> str:
     _sub(serial, "target", port="0")
     console = _sub(devices, "console", type="pty")
     _sub(console, "target", type="serial", port="0")
+
+    for interface in spec.interfaces:
+        _interface(devices, interface)
 
     _sub(devices, "input", type="tablet", bus="usb")
 
@@ -334,3 +348,147 @@ def domain_xml_moved(domain_xml: str, *, listen_address: str) -> str:
             graphics.remove(listen)
         _sub(graphics, "listen", type="address", address=listen_address)
     return ET.tostring(root, encoding="unicode")
+
+
+# --- networks (docs/networks.md) ------------------------------------------------------------
+
+BURST_FRACTION: Final = 10  # a burst of a tenth of a second's worth keeps rates near the limit
+MIN_BURST_KB: Final = 16
+
+
+def _interface(devices: ET.Element, spec: InterfaceSpec) -> None:
+    """A virtio NIC on a libvirt network, with its guard filter, isolation and limits."""
+    nic = _sub(devices, "interface", type="network")
+    _sub(nic, "mac", address=spec.mac)
+    _sub(nic, "source", network=_clean(spec.network))
+    _sub(nic, "model", type="virtio")
+    if spec.bandwidth_kb_s:
+        rate = str(spec.bandwidth_kb_s)
+        burst = str(max(spec.bandwidth_kb_s // BURST_FRACTION, MIN_BURST_KB))
+        bandwidth = _sub(nic, "bandwidth")
+        _sub(bandwidth, "inbound", average=rate, burst=burst)
+        _sub(bandwidth, "outbound", average=rate, burst=burst)
+    if spec.filter:
+        filterref = _sub(nic, "filterref", filter=_clean(spec.filter))
+        if spec.ip:
+            _sub(filterref, "parameter", name="IP", value=spec.ip)
+    if spec.isolated:
+        _sub(nic, "port", isolated="yes")
+
+
+def build_network_xml(spec: NetworkSpec) -> str:
+    """A libvirt network: NAT or isolated (a bridge of libvirt's naming, dnsmasq with the
+    DHCP range and fixed hosts), or a bridged one on an existing bridge of the host."""
+    root = ET.Element("network")
+    _sub(root, "name", _clean(spec.name))
+    if spec.mode == "bridge":
+        if not spec.bridge:
+            raise ValueError("a bridged network needs a bridge")
+        _sub(root, "forward", mode="bridge")
+        _sub(root, "bridge", name=spec.bridge)
+        return _to_string(root)
+    if spec.mode not in ("nat", "isolated"):
+        raise ValueError(f"mode must be nat, isolated or bridge, not {spec.mode!r}")
+    if spec.gateway is None or spec.prefix_length is None:
+        raise ValueError("a NAT or isolated network needs a gateway address and prefix")
+    if spec.mode == "nat":
+        _sub(root, "forward", mode="nat")
+    _sub(root, "bridge", stp="off", delay="0")
+    # The gateway's MAC is the same on every host: a desktop that moves live keeps its ARP
+    # entry for the gateway, and it stays right.
+    _sub(root, "mac", address=gateway_mac(spec.name))
+    ip = _sub(root, "ip", address=spec.gateway, prefix=str(spec.prefix_length))
+    dhcp = _sub(ip, "dhcp")
+    if spec.dhcp_start and spec.dhcp_end:
+        _sub(dhcp, "range", start=spec.dhcp_start, end=spec.dhcp_end)
+    for mac, address in spec.hosts:
+        _sub(dhcp, "host", mac=mac, ip=address)
+    return _to_string(root)
+
+
+def gateway_mac(network_name: str) -> str:
+    """A stable, locally administered MAC for a network's bridge, from its name."""
+    digest = hashlib.sha256(network_name.encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def dhcp_host_xml(*, mac: str, ip: str) -> str:
+    """One fixed DHCP host entry, for ``virNetworkUpdate``."""
+    return ET.tostring(ET.Element("host", mac=mac, ip=ip), encoding="unicode")
+
+
+def parse_network_hosts(network_xml: str) -> set[tuple[str, str]]:
+    """The fixed DHCP hosts (MAC, address) of a network's definition."""
+    root = ET.fromstring(network_xml)  # noqa: S314 - XML comes from libvirtd, not users
+    return {
+        ((el.get("mac") or "").lower(), el.get("ip") or "") for el in root.findall("./ip/dhcp/host")
+    }
+
+
+def network_shape(network_xml: str) -> tuple[str, str, str, str]:
+    """What must match for a defined network to serve a spec: forward mode, gateway,
+    prefix and bridge (of a bridged network)."""
+    root = ET.fromstring(network_xml)  # noqa: S314 - XML comes from libvirtd, not users
+    forward = root.find("./forward")
+    mode = "isolated" if forward is None else forward.get("mode") or "nat"
+    ip = root.find("./ip")
+    gateway = ip.get("address", "") if ip is not None else ""
+    prefix = ip.get("prefix", "") if ip is not None else ""
+    bridge = root.find("./bridge")
+    name = bridge.get("name", "") if bridge is not None and mode == "bridge" else ""
+    return mode, gateway, prefix, name
+
+
+def spec_shape(spec: NetworkSpec) -> tuple[str, str, str, str]:
+    """``network_shape`` of the network ``spec`` asks for."""
+    if spec.mode == "bridge":
+        return "bridge", "", "", spec.bridge or ""
+    return spec.mode, spec.gateway or "", str(spec.prefix_length or ""), ""
+
+
+def with_uuid(definition_xml: str, uuid: str) -> str:
+    """A filter or network definition that redefines the existing one of that UUID (libvirt
+    refuses one of an existing name under no or another UUID)."""
+    root = ET.fromstring(definition_xml)  # noqa: S314 - built here, not from users
+    for old in root.findall("./uuid"):
+        root.remove(old)
+    el = ET.Element("uuid")
+    el.text = uuid
+    root.insert(1 if root.tag == "network" else 0, el)  # a network's comes after its name
+    return ET.tostring(root, encoding="unicode")
+
+
+def _rule(parent: ET.Element, action: str, priority: int, **match: str) -> None:
+    rule = _sub(parent, "rule", action=action, direction="out", priority=str(priority))
+    _sub(rule, "ip", **match)
+
+
+def guard_chain_name(spec: NetworkSpec) -> str:
+    return f"{spec.filter_name}-ipv4"
+
+
+def build_guard_filter_xml(spec: NetworkSpec) -> tuple[str, str]:
+    """The network's guard: (root filter, its IPv4 chain), defined on every host.
+
+    The root filter takes in libvirt's ``clean-traffic`` (no MAC, IP or ARP spoofing, no
+    other layer-2 traffic; the IP parameter comes from the NIC) and the IPv4 chain, which
+    runs after clean-traffic's source checks and before it accepts IPv4 (priority -700):
+    DHCP, DNS and the allowed TCP ports on the gateway pass; any other packet to the
+    gateway or to the host's other addresses is dropped.
+    """
+    chain = ET.Element("filter", name=guard_chain_name(spec), chain="ipv4-guard", priority="-700")
+    _rule(chain, "return", 100, protocol="udp", dstportstart="67", dstportend="67")
+    if spec.gateway:
+        for number, protocol in enumerate(("udp", "tcp")):
+            _rule(chain, "return", 110 + number, dstipaddr=spec.gateway, protocol=protocol,
+                  dstportstart="53", dstportend="53")  # fmt: skip
+        for number, port in enumerate(spec.gateway_ports):
+            _rule(chain, "return", 200 + number, dstipaddr=spec.gateway, protocol="tcp",
+                  dstportstart=str(port), dstportend=str(port))  # fmt: skip
+    blocked = ([spec.gateway] if spec.gateway else []) + list(spec.blocked_addresses)
+    for number, address in enumerate(dict.fromkeys(blocked)):
+        _rule(chain, "drop", 500 + number, dstipaddr=address)
+    root = ET.Element("filter", name=spec.filter_name, chain="root")
+    _sub(root, "filterref", filter=guard_chain_name(spec))
+    _sub(root, "filterref", filter="clean-traffic")
+    return _to_string(root), _to_string(chain)

@@ -12,15 +12,20 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.exceptions import ImproperlyConfigured
 
-from vms.models import Template
+from vms.models import Network, NetworkMode, Template, TemplateNetwork
 from vms.roles import EMPLOYEE_GROUP, HELPDESK_GROUP
+from vms.services.audit import audit_record
+from vms.services.errors import ServiceError
 from vms.services.heartbeat import host_heartbeat
 from vms.services.hosts import host_ensure_local
+from vms.services.networks import network_clean
 from vms.services.templates import template_import
 
 log = logging.getLogger(__name__)
 DEMO_TEMPLATE = "Demo desktop"
+DESKTOPS_NETWORK = "desktops"
 DEMO_USERS: dict[str, dict[str, Any]] = {
     "admin": {"is_staff": True, "is_superuser": True, "groups": []},
     "employee": {"groups": [EMPLOYEE_GROUP]},
@@ -63,6 +68,25 @@ def setup_demo_template() -> Template | None:
     return template
 
 
+def setup_desktops_network(*, template: Template | None) -> Network:
+    """The NAT network `desktops` (DESKTOPS_NETWORK_SUBNET), with the demo template on it (once).
+    It is created on a host by the first desktop there or by reconcile; `portal_setup`
+    creates it on the machine's own host at once."""
+    network = Network.objects.filter(name=DESKTOPS_NETWORK).first()
+    if network is None:
+        subnet = str(settings.DESKTOPS_NETWORK_SUBNET)
+        network = Network(name=DESKTOPS_NETWORK, mode=NetworkMode.NAT, subnet=subnet)
+        try:
+            network_clean(network)
+        except ServiceError as exc:
+            raise ImproperlyConfigured(f"DESKTOPS_NETWORK_SUBNET: {exc.message}") from exc
+        network.save()
+        audit_record(action="network.create", network=network.name, subnet=network.subnet)
+    if template is not None and not TemplateNetwork.objects.filter(template=template).exists():
+        TemplateNetwork.objects.create(template=template, network=network, position=0)
+    return network
+
+
 def setup_demo_users(*, env_passwords: dict[str, str]) -> list[NewLogin]:
     """Create the demo users that do not exist yet; existing ones are left alone."""
     made = []
@@ -88,5 +112,5 @@ def setup_single_machine(*, env_passwords: dict[str, str]) -> list[NewLogin]:
     if not host_heartbeat(host=host):
         host.refresh_from_db()
         log.error("libvirt at %s is not usable: %s", host.uri, host.last_check_error)
-    setup_demo_template()
+    setup_desktops_network(template=setup_demo_template())
     return setup_demo_users(env_passwords=env_passwords)

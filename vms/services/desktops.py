@@ -26,6 +26,7 @@ from vms.services.actions import ACTIONS, DesktopAction, action_get
 from vms.services.audit import audit_record
 from vms.services.errors import InvalidName, InvalidTransition, NotAssigned, ServiceError
 from vms.services.events import push_desktop_changed
+from vms.services.networks import interfaces_allocate
 from vms.services.placement import host_choose
 from vms.services.queue import broker_check, enqueue_desktop_task
 from vms.services.quotas import quota_check
@@ -78,6 +79,7 @@ def _insert(*, user: User, template: Template, name: str) -> Desktop:
     desktop.domain_name = domain_name(name_prefix(), str(desktop.pk))
     desktop.volume_name = volume_name(name_prefix(), str(desktop.pk))
     desktop.save(force_insert=True)
+    interfaces_allocate(desktop=desktop)
     return desktop
 
 

@@ -41,3 +41,11 @@ class InvalidName(ServiceError):
 
 class HostCannotTake(ServiceError):
     """The host asked for cannot take the desktop (full, down, disabled or the same)."""
+
+
+class NetworkInvalid(ServiceError):
+    """A network (or a template's networks) that cannot be saved as given."""
+
+
+class NetworkInUse(ServiceError):
+    """The network is used by a template or a desktop, so it cannot be deleted or reshaped."""

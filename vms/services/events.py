@@ -44,7 +44,17 @@ def desktop_payload(desktop: Desktop) -> dict[str, object]:
         # What it holds against the quota: the owner's dashboard refreshes its meters
         # and Launch buttons when these or the state change.
         "size": [desktop.vcpus, desktop.memory_mib, desktop.disk_gib],
+        # Its networks' addresses as the pages show them ("desktops 10.80.0.2").
+        "addresses": addresses_label(desktop),
     }
+
+
+def addresses_label(desktop: Desktop) -> str:
+    """The text of templates/vms/_addresses.html, for the live push."""
+    return " · ".join(
+        f"{nic.network.name} {', '.join(nic.addresses) or '(no address yet)'}"
+        for nic in desktop.interfaces.select_related("network")
+    )
 
 
 def push_desktop_changed(*, desktop_id: UUID | str) -> None:

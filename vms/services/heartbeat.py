@@ -19,6 +19,7 @@ from vms.hypervisor import HostLoad, Hypervisor, HypervisorError
 from vms.models import Host, HostStatus
 from vms.services.audit import audit_record
 from vms.services.hosts import hypervisor_for
+from vms.services.networks import interfaces_refresh
 from vms.services.recovery import host_rejoin
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def host_heartbeat(*, host: Host) -> bool:
         _record(host, ok=False, error=exc.message)
         return False
     _record(host, ok=True, error="", **_load_fields(host, load))
+    _refresh_addresses(host)
     # Detected once; a type chosen at registration (or by the admin) is kept.
     Host.objects.filter(pk=host.pk, virt_type="").update(virt_type=virt_type)
     if host_status_move(host=host, old=HostStatus.DOWN, new=HostStatus.UP):
@@ -49,6 +51,14 @@ def host_heartbeat(*, host: Host) -> bool:
         audit_record(action="host.up", name=host.name, desktops_kept=stayed)
         log.warning("host %s is up again; %d of its desktops were still running", host.name, stayed)
     return True
+
+
+def _refresh_addresses(host: Host) -> None:
+    """The desktops' addresses from the DHCP leases (a failure costs only this round's)."""
+    try:
+        interfaces_refresh(host=host)
+    except HypervisorError as exc:
+        log.info("addresses of host %s not refreshed: %s", host.name, exc.message)
 
 
 def _sample(hypervisor: Hypervisor) -> HostLoad | None:
@@ -67,7 +77,10 @@ def _load_fields(host: Host, load: HostLoad | None) -> dict[str, Any]:
     return {
         "last_heartbeat_at": timezone.now(),
         "load_cpus": load.cpus,
-        "load_memory_mib": load.memory_mib,
+        # The total by the same statistics as the available figure, where the host has
+        # them: libvirt's node info can count another total (7 GiB beside 23 GiB seen
+        # here), and "22000 of 7385 MiB free" helps nobody.
+        "load_memory_mib": load.memory_stats_total_mib or load.memory_mib,
         "load_available_memory_mib": load.available_memory_mib,
         "load_running_guests": load.running_guests,
         "load_cpu_percent": cpu_percent(before=host.load_cpu_counters, after=counters),

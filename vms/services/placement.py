@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.db.models import OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import F, FloatField, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 
 from vms.models import Desktop, DesktopStatus, Host, HostStatus, Template
+from vms.models_metrics import DesktopLoad
 from vms.services.errors import NoHostAvailable
+from vms.services.metrics import desktop_loads_fresh
 from vms.services.quotas import NOT_COUNTED
 
 PARTS = ("vcpus", "memory_mib", "disk_gib")
@@ -45,10 +47,21 @@ def _incoming(part: str) -> Coalesce:
 
 
 def host_allocations() -> dict[int, dict[str, int]]:
-    """`allocation_annotations` per host id, in one query."""
+    """`allocation_annotations` per host id, in one query, with `measured_vcpus`: the
+    vCPUs the host's desktops really keep busy by the monitoring's latest samples."""
     keys = [f"used_{part}" for part in PARTS]
-    rows = Host.objects.annotate(**allocation_annotations()).values("pk", *keys)
-    return {row.pop("pk"): row for row in rows}
+    rows = Host.objects.annotate(**allocation_annotations(), measured_vcpus=_measured_vcpus())
+    return {row.pop("pk"): row for row in rows.values("pk", *keys, "measured_vcpus")}
+
+
+def _measured_vcpus() -> Coalesce:
+    busy = (
+        DesktopLoad.objects.filter(desktop_loads_fresh(), host=OuterRef("pk"))
+        .values("host")
+        .annotate(total=Sum(F("cpu_percent") * F("desktop__vcpus") / 100.0))
+        .values("total")
+    )
+    return Coalesce(Subquery(busy, output_field=FloatField()), 0.0)
 
 
 def hosts_taking_desktops(*, proven: bool = False) -> QuerySet[Host]:
@@ -106,18 +119,27 @@ def _live_memory_fits(host: Host, sized: Sized) -> bool:
     return sized.memory_mib + reserve <= host.load_available_memory_mib
 
 
-def host_load_score(host: Host, used: dict[str, int]) -> float:
+def host_load_score(host: Host, used: dict[str, Any]) -> float:
     """How loaded `host` is, 0 (idle) and up: the larger of its allocated shares of vCPUs
-    and memory, plus half its sampled CPU use and half its sampled memory pressure."""
-    vcpus = used.get("used_vcpus", 0) / max(host.capacity_vcpus * host.cpu_overcommit, 1)
-    memory = used.get("used_memory_mib", 0) / max(
+    and memory, plus half its sampled CPU use (or its desktops' measured use, see
+    `_cpu_share`) and half its sampled memory pressure."""
+    vcpus = float(used.get("used_vcpus", 0)) / max(host.capacity_vcpus * host.cpu_overcommit, 1)
+    memory = float(used.get("used_memory_mib", 0)) / max(
         host.capacity_memory_mib * host.memory_overcommit, 1
     )
-    return max(vcpus, memory) + 0.5 * (_cpu_share(host) + _memory_pressure(host))
+    return max(vcpus, memory) + 0.5 * (_cpu_share(host, used) + _memory_pressure(host))
 
 
-def _cpu_share(host: Host) -> float:
-    return min(max((host.load_cpu_percent or 0.0) / 100, 0.0), 1.0)
+def _cpu_share(host: Host, used: dict[str, Any]) -> float:
+    """The heartbeat's sampled CPU use; before it has one (a first heartbeat, a backend
+    without CPU counters), what the monitoring measured its desktops using."""
+    if host.load_cpu_percent is not None:
+        share = host.load_cpu_percent / 100
+    else:
+        share = float(used.get("measured_vcpus") or 0.0) / max(
+            host.load_cpus or host.capacity_vcpus, 1
+        )
+    return min(max(share, 0.0), 1.0)
 
 
 def _memory_pressure(host: Host) -> float:

@@ -32,6 +32,7 @@ from vms.services.audit import audit_record
 from vms.services.events import push_desktop_changed
 from vms.services.hosts import host_virt_type, hypervisor_for
 from vms.services.locks import DesktopBusy, desktop_lock
+from vms.services.networks import interfaces_prepare, interfaces_release
 from vms.settings_access import shutdown_timeout_s
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def domain_spec(desktop: Desktop, *, on: Host | None = None) -> DomainSpec:
         console_password=secrets.token_urlsafe(6),
         console_password_valid_to=timezone.now(),
         listen_address=host.console_address,
+        interfaces=interfaces_prepare(desktop=desktop, host=host),
     )
 
 
@@ -236,6 +238,7 @@ def desktop_migrate(*, desktop_id: UUID | str) -> None:
             return
         started = time.monotonic()
         try:
+            interfaces_prepare(desktop=desktop, host=target)  # its networks there first
             stats = hypervisor_for(source).migrate_live(
                 name=desktop.domain_name, to_uri=target.uri, to_address=target.console_address
             )
@@ -358,7 +361,8 @@ def desktop_teardown(*, desktop_id: UUID | str) -> None:
 
 def _teardown(desktop: Desktop) -> None:
     _remove_resources(desktop, _hypervisor(desktop))
-    _advance(desktop, old=S.DELETING, new=S.DELETED, deleted_at=timezone.now(), progress="")
+    if _advance(desktop, old=S.DELETING, new=S.DELETED, deleted_at=timezone.now(), progress=""):
+        interfaces_release(desktop=desktop)
 
 
 def _remove_resources(desktop: Desktop, hypervisor: Hypervisor) -> None:

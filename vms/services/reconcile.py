@@ -26,6 +26,7 @@ from vms.services.actions import action_resuming
 from vms.services.audit import audit_record
 from vms.services.events import push_desktop_changed
 from vms.services.hosts import hypervisor_for
+from vms.services.networks import networks_reconcile
 from vms.services.queue import enqueue_desktop_task
 from vms.settings_access import name_prefix
 
@@ -42,6 +43,8 @@ class ReconcileReport:
     state_fixes: list[str] = field(default_factory=list)
     removed_domains: list[str] = field(default_factory=list)
     removed_volumes: list[str] = field(default_factory=list)
+    removed_networks: list[str] = field(default_factory=list)
+    network_errors: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
 
 
@@ -75,6 +78,8 @@ def reconcile_host(*, host: Host, volumes_live: Set[str] = frozenset()) -> Recon
         orphans = [volume for volume in volumes if volume.name in suspects]
         _remove_orphan_volumes(hypervisor, host, orphans, in_use, report)
     _requeue_stalled(live.values(), report)
+    # Networks last, and on their own: one that cannot be repaired does not hold up the rest.
+    report.removed_networks, report.network_errors = networks_reconcile(host=host)
     return report
 
 

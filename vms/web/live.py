@@ -12,14 +12,17 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from vms.roles import is_admin
 from vms.selectors import desktops_visible_to
 from vms.services.events import desktop_group, user_group
+from vms.services.metrics_push import ADMINS_GROUP
 from vms.web.client import scope_origin_allowed
+from vms.web.live_metrics import MetricsFeedMixin
 
 MAX_WATCHED = 200
 
 
-class DesktopEventsConsumer(AsyncJsonWebsocketConsumer):
+class DesktopEventsConsumer(MetricsFeedMixin, AsyncJsonWebsocketConsumer):
     """One open page's live feed."""
 
     groups_joined: list[str]
@@ -29,9 +32,12 @@ class DesktopEventsConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated or not scope_origin_allowed(self.scope):
             await self.close(code=4403)
             return
-        self.groups_joined = [user_group(user.pk)]
-        await self.channel_layer.group_add(self.groups_joined[0], self.channel_name)
+        # Admins' pages also get every host's monitoring values (vms.services.metrics_push).
+        self.groups_joined = [user_group(user.pk)] + ([ADMINS_GROUP] if is_admin(user) else [])
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
+        await self.metrics_follow()
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         wanted = content.get("watch") if isinstance(content, dict) else None
@@ -43,6 +49,7 @@ class DesktopEventsConsumer(AsyncJsonWebsocketConsumer):
             if group not in self.groups_joined:
                 self.groups_joined.append(group)
                 await self.channel_layer.group_add(group, self.channel_name)
+        await self.metrics_follow(allowed)
 
     @database_sync_to_async
     def _visible(self, ids: list[str]) -> list[str]:
@@ -60,6 +67,7 @@ class DesktopEventsConsumer(AsyncJsonWebsocketConsumer):
 
     async def desktop_changed(self, event: dict[str, Any]) -> None:
         await self.send_json({"kind": "desktop", "desktop": event["desktop"]})
+        await self.metrics_follow()  # it may have moved hosts, or be new
 
     async def console_watchers(self, event: dict[str, Any]) -> None:
         await self.send_json(

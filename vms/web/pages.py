@@ -54,7 +54,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     """
     if request.GET.get("part") == "state":
         return JsonResponse(_live_state(request.user))
-    desktops = list(desktops_visible_to(user=request.user).filter(owner=request.user))
+    desktops = list(
+        desktops_visible_to(user=request.user)
+        .filter(owner=request.user)
+        .prefetch_related("interfaces__network")
+    )
     watchers = console_watchers(desktop_ids=[d.pk for d in desktops])
     for desktop in desktops:
         desktop.watchers = watchers[str(desktop.pk)]  # type: ignore[attr-defined]
