@@ -107,8 +107,8 @@ def test_spice_view_only_has_no_inputs_and_helpdesk_takes_control(
         open_console(owner, portal_url, desktop, "full control")
         wait_for_text(_actual_size(owner).screenshot, BANNER, timeout=60)
         paste(owner, "cat > /dev/ttyS0\n")
-        owner.context.close()  # SPICE has one client at a time (see docs/threat-model.md)
 
+        # The owner stays at the console while help-desk watches (SPICE multi-client).
         helper = logged_in(browser, portal_url, helpdesk_user.username)
         open_console(helper, portal_url, desktop, "view only")
         canvas = _actual_size(helper)
@@ -121,6 +121,11 @@ def test_spice_view_only_has_no_inputs_and_helpdesk_takes_control(
         forged = helper.evaluate(FORGE_INPUTS)
         assert forged == "error"
         shot(helper, "spice-console-helpdesk-view")
+        # The owner was not disconnected, still sees the screen and still types.
+        _wait_for_inputs(owner, "ready")
+        paste(owner, "owner still here\n")
+        assert serial.line() == "owner still here"  # "intruder" never arrived
+        wait_for_text(owner.locator("#screen canvas").screenshot, "owners[t1l]il[l1]here")
 
         # Taking control with a reason: a full session, with an inputs channel.
         helper.fill("#control-reason", "ticket #7: SPICE help")
@@ -128,9 +133,9 @@ def test_spice_view_only_has_no_inputs_and_helpdesk_takes_control(
         expect(helper.locator("#console-status")).to_have_text("Connected (full control).")
         _wait_for_inputs(helper, "ready")
         paste(helper, "helped\n")
-        # The first line the guest got is the helper's in control: "intruder" never arrived.
         assert serial.line() == "helped"
         helper.context.close()
+        owner.context.close()
 
     view = _ended(desktop, helpdesk_user, mode="view")
     assert view.dropped_messages >= 2  # two inputs channels refused

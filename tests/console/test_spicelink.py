@@ -41,6 +41,7 @@ from vms.console.spicelink import (
 )
 from vms.console.spicemsg import (
     MSG_MAIN_INIT,
+    DisplayInitGate,
     MainInitWatcher,
     MessageFramer,
     SpiceMessageError,
@@ -278,3 +279,33 @@ def test_display_channel_refuses_a_short_display_init() -> None:
     )
     inputs = client_filter_for(channel_type=CHANNEL_INPUTS, view_only=False, mini_header=True)
     assert inputs.feed(b"keys") == b"keys"
+
+
+def test_a_display_channel_is_held_until_its_whole_display_init() -> None:
+    """What the relays and the proxy wait for before QEMU hears of a display channel."""
+    init = _mini(101, struct.pack("<BQBI", 1, 10 << 20, 0, 0))
+    gate = DisplayInitGate(mini_header=True)
+    assert gate.feed(b"") is None and gate.feed(init[:9]) is None
+    assert gate.feed(init[9:] + _mini(2, b"")) == init + _mini(2, b"")  # and what followed
+    for first in (_mini(2, b""), _mini(101, bytes(6)), _mini(101, bytes(40))[:30]):
+        with pytest.raises(SpiceMessageError):
+            DisplayInitGate(mini_header=True).feed(first)
+    full = struct.pack("<QHII", 1, 101, 14, 0) + bytes(14)  # without the mini header too
+    assert DisplayInitGate(mini_header=False).feed(full) == full
+
+
+def test_the_proxy_takes_only_the_files_display_token() -> None:
+    from vms.services.consoles.spiceproxy import (
+        SpiceSet,
+        credential_key,
+        spice_display_token_ok,
+    )
+
+    spice_set = SpiceSet(
+        key="k", session_id=1, host="h", ports=frozenset({1}), display_key=credential_key("tok")
+    )
+    assert spice_display_token_ok(spice_set, password=b"tok\0")
+    for wrong in (b"tok", b"other\0", b"\0", b"", b"tok\0\0", b"\xff\0"):
+        assert spice_display_token_ok(spice_set, password=wrong) == (wrong == b"tok"), wrong
+    unbound = SpiceSet(key="k", session_id=1, host="h", ports=frozenset({1}))
+    assert not spice_display_token_ok(unbound, password=b"\0")

@@ -81,6 +81,14 @@ def test_domain_xml_kvm_spice_and_expiry() -> None:
     assert graphics.get("type") == "spice"
     assert graphics.get("sharePolicy") is None
     assert graphics.get("passwdValidTo") == "2030-01-02T01:04:05"  # converted to UTC
+    # spice-server's multi-client mode, for QEMU's process (libvirt's QEMU namespace).
+    [env] = root.findall(f"{{{vxml.QEMU_NS}}}commandline/{{{vxml.QEMU_NS}}}env")
+    assert (env.get("name"), env.get("value")) == ("SPICE_DEBUG_ALLOW_MC", "1")
+
+
+def test_a_vnc_domain_gets_no_qemu_commandline() -> None:
+    root = parse(vxml.build_domain_xml(make_spec()))
+    assert root.find(f"{{{vxml.QEMU_NS}}}commandline") is None
 
 
 def test_injection_attempts_stay_text() -> None:

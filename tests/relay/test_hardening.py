@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +23,6 @@ import pytest
 import redis
 import websockets
 from django.conf import settings
-from django.db import connections
 from django.test import Client
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
@@ -176,9 +174,12 @@ def test_no_virt_viewer_file_for_a_vnc_desktop(employee, desktop_row):
 
 
 @pytest.mark.libvirt
-def test_spice_file_waits_for_the_arm_lock_and_shows_the_owner_notice(
+def test_spice_file_arms_nothing_and_shows_the_owner_notice(
     celery_worker, api_for, employee, helpdesk_user, demo_template
 ):
+    """The file holds a display token, not a password: issuing it sets nothing on the
+    display, so it neither waits for the relays' arm lock nor races their passwords (the
+    SPICE proxy arms the display per channel, under that lock)."""
     Template.objects.filter(pk=demo_template.pk).update(console_type="spice")
     desktop = launch_running(api_for(employee), demo_template)
     ticket = mint_ticket(helpdesk_user, desktop, mode="full", reason="ticket 77")["ticket"]
@@ -187,23 +188,13 @@ def test_spice_file_waits_for_the_arm_lock_and_shows_the_owner_notice(
 
     lock = redis.Redis.from_url(settings.REDIS_URL).lock(arm_lock_name(desktop.pk), timeout=10)
     assert lock.acquire(blocking=False)
-    answered: list[tuple[int, float]] = []
-
-    def fetch_file() -> None:
-        try:
-            response = browser.post(f"/desktops/{desktop.pk}/console.vv", {"ticket": ticket})
-            answered.append((response.status_code, time.monotonic()))
-        finally:
-            connections.close_all()
-
-    request = threading.Thread(target=fetch_file)
-    request.start()
-    time.sleep(1.0)
-    released_at = time.monotonic()
-    lock.release()
-    request.join(20)
-    assert answered and answered[0][0] == 200
-    assert answered[0][1] >= released_at  # it waited for the lock the relays take
+    try:
+        started = time.monotonic()
+        response = browser.post(f"/desktops/{desktop.pk}/console.vv", {"ticket": ticket})
+        assert response.status_code == 200
+        assert time.monotonic() - started < 5  # the held lock did not matter
+    finally:
+        lock.release()
 
     session = ConsoleSession.objects.get(desktop=desktop)
     assert (session.relay, session.user, session.ended_at) == ("spice-file", helpdesk_user, None)

@@ -24,6 +24,7 @@ from vms.console.spicelink import (
     CHANNEL_INPUTS,
     CHANNEL_MAIN,
     HEADER,
+    LINK_ERR_BAD_CONNECTION_ID,
     LINK_ERR_PERMISSION_DENIED,
     LINK_OK,
     build_mess,
@@ -184,3 +185,132 @@ def _closed(desktop: Any, user: Any, timeout: float = 20) -> ConsoleSession:
             return session
         time.sleep(0.25)
     raise AssertionError("the relay did not record the end of the session")
+
+
+MSG_SET_ACK, MSG_PING, MSGC_ACK_SYNC, MSGC_ACK, MSGC_PONG = 3, 4, 1, 2, 3
+
+
+async def display_bytes(display: Channel, seconds: float = 3) -> int:
+    """What QEMU sends a display channel within `seconds`, acknowledged as a SPICE client
+    does (SET_ACK and its window, PING): the server sends no more than a window unacked."""
+    loop = asyncio.get_running_loop()
+    deadline, got = loop.time() + seconds, 0
+    state = display.__dict__.setdefault("acks", {"window": 0, "count": 0})
+    while (left := deadline - loop.time()) > 0:
+        try:
+            display.buffer += bytes(await asyncio.wait_for(display.ws.recv(), left))
+        except TimeoutError:
+            break
+        while len(display.buffer) >= MINI.size:
+            kind, size = MINI.unpack_from(display.buffer)
+            if len(display.buffer) < MINI.size + size:
+                break
+            body = display.buffer[MINI.size : MINI.size + size]
+            display.buffer = display.buffer[MINI.size + size :]
+            got += MINI.size + size
+            if kind == MSG_SET_ACK:
+                generation, state["window"] = struct.unpack_from("<II", body)
+                await display.send(MSGC_ACK_SYNC, struct.pack("<I", generation))
+            elif kind == MSG_PING:
+                await display.send(MSGC_PONG, body[:12])
+            state["count"] += 1
+            if state["window"] and state["count"] >= state["window"]:
+                state["count"] = 0
+                await display.send(MSGC_ACK)
+    return got
+
+
+def test_a_display_channel_closed_before_or_at_its_init_does_not_stop_the_guests_spice(
+    relay, employee, spice_desktop, hypervisor
+) -> None:
+    """QEMU 7.2's SPICE worker dereferences NULL when a display channel closes before it
+    was served and a new SPICE session follows at once (docs/threat-model.md). Both
+    triggers, through the relay, then a new session at once: the guest's SPICE serves it."""
+    url = f"{relay.url}/ws/spice/{spice_desktop.pk}/"
+    cookie = session_cookie(employee)
+    pid = hypervisor_pid(spice_desktop)
+
+    rounds = 3  # the crash depends on timing: each trigger a few times
+    tickets = [mint_ticket(employee, spice_desktop)["ticket"] for _ in range(2 * rounds + 1)]
+
+    async def session(close_display_early: bool, send_init: bool) -> int:
+        ticket = tickets.pop()
+        main, spice_session = await open_main(url, ticket, cookie)
+        display, shown = await link(url, ticket, cookie, CHANNEL_DISPLAY, spice_session)
+        assert shown == LINK_OK
+        if send_init:
+            await display.send(MSGC_DISPLAY_INIT, DISPLAY_INIT)
+        got = 0 if close_display_early else await display_bytes(display)
+        await display.ws.close()
+        await main.ws.close()
+        return got
+
+    async def sequence() -> int:
+        for _ in range(rounds):
+            await session(close_display_early=True, send_init=False)  # closed before its init
+            await session(close_display_early=True, send_init=True)  # closed at its init
+        return await session(close_display_early=False, send_init=True)
+
+    assert asyncio.run(sequence()) > 1000  # the new session's display is served
+    assert hypervisor_pid(spice_desktop) == pid  # the same QEMU, still running
+
+
+def hypervisor_pid(desktop: Any) -> int:
+    """The pid of the desktop's QEMU process (libvirt's pid file)."""
+    from pathlib import Path
+
+    return int(Path(f"/run/libvirt/qemu/{desktop.domain_name}.pid").read_text())
+
+
+def test_owner_and_a_view_only_viewer_share_the_spice_display_and_only_the_owner_types(
+    relay, employee, helpdesk_user, spice_desktop, hypervisor
+) -> None:
+    """SPICE multi-client (vms/hypervisor/xml.py): a help-desk viewer joins while the owner
+    works; both get the display, the owner keeps typing, the viewer's keys go nowhere, and
+    the owner's session outlives the viewer's."""
+    url = f"{relay.url}/ws/spice/{spice_desktop.pk}/"
+    wait_for_text(lambda: hypervisor.screenshot(name=spice_desktop.domain_name), BANNER, timeout=60)
+    owner_ticket = mint_ticket(employee, spice_desktop)["ticket"]
+    viewer_ticket = mint_ticket(helpdesk_user, spice_desktop, mode="view")["ticket"]
+    owner_cookie, viewer_cookie = session_cookie(employee), session_cookie(helpdesk_user)
+
+    async def together() -> tuple[int, int, int]:
+        main, spice_session = await open_main(url, owner_ticket, owner_cookie)
+        display, _ = await link(url, owner_ticket, owner_cookie, CHANNEL_DISPLAY, spice_session)
+        await display.send(MSGC_DISPLAY_INIT, DISPLAY_INIT)
+        inputs, typed = await link(url, owner_ticket, owner_cookie, CHANNEL_INPUTS, spice_session)
+        assert typed == LINK_OK
+        owner_before = await display_bytes(display)
+
+        # The viewer's own SPICE session, while the owner's stays open.
+        v_main, v_session = await open_main(url, viewer_ticket, viewer_cookie)
+        assert v_session != spice_session
+        v_display, shown = await link(url, viewer_ticket, viewer_cookie, CHANNEL_DISPLAY, v_session)
+        await v_display.send(MSGC_DISPLAY_INIT, DISPLAY_INIT)
+        _, refused = await link(url, viewer_ticket, viewer_cookie, CHANNEL_INPUTS, v_session)
+        assert (shown, refused) == (LINK_OK, LINK_ERR_PERMISSION_DENIED)
+        # An inputs channel in the owner's SPICE session is refused to the viewer too.
+        _, stolen = await link(url, viewer_ticket, viewer_cookie, CHANNEL_INPUTS, spice_session)
+        assert stolen == LINK_ERR_BAD_CONNECTION_ID
+        viewer_sees = await display_bytes(v_display)
+        await type_text(inputs, "echo owner-types > /dev/ttyS0\n")  # the owner types...
+        owner_sees = await display_bytes(display)  # ...and sees it (the shell echoes)
+        for channel in (v_display, v_main):
+            await channel.ws.close()
+        await type_text(inputs, "echo owner-still-types > /dev/ttyS0\n")
+        for channel in (inputs, display, main):
+            assert channel.ws.close_code is None  # the viewer disconnected nobody
+            await channel.ws.close()
+        return owner_before, viewer_sees, owner_sees
+
+    with serial_of(spice_desktop) as serial:
+        owner_before, viewer_sees, owner_sees = asyncio.run(together())
+        assert serial.line(timeout=30) == "owner-types"
+        assert serial.line(timeout=30) == "owner-still-types"
+    assert owner_before > 1000 and viewer_sees > 1000 and owner_sees > 0
+    view = _closed(spice_desktop, helpdesk_user)
+    assert view.mode == "view" and view.dropped_messages >= 2
+    assert (
+        _closed(spice_desktop, employee).close_reason
+        != "The desktop's display closed the connection."
+    )

@@ -1,6 +1,7 @@
 """The SPICE proxy (`manage.py spiceproxy`, HTTP CONNECT) that .vv files point at: what it
-refuses, its limits, one connection set per file, and a real remote-viewer under Xvfb
-showing a real QEMU guest through it (read back by OCR)."""
+refuses, its limits, one connection set per file, its own end of every SPICE link (the
+file's password is a display token only the proxy takes), and a real remote-viewer under
+Xvfb showing a real QEMU guest through it (read back by OCR)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import json
 import os
 import secrets
 import socket
+import struct
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 import redis
 from django.conf import settings as django_settings
@@ -27,11 +31,25 @@ from django.utils import timezone
 from tests.browser.conftest import wait_for_text
 from tests.fixtures import make_desktop, wait_for_status
 from tests.relay.conftest import mint_ticket
+from vms.console.spicelink import (
+    CAP_AUTH_SELECTION,
+    CAP_MINI_HEADER,
+    CHANNEL_DISPLAY,
+    CHANNEL_INPUTS,
+    CHANNEL_MAIN,
+    HEADER,
+    LINK_ERR_BAD_CONNECTION_ID,
+    LINK_ERR_PERMISSION_DENIED,
+    LINK_OK,
+    build_mess,
+    encrypt_ticket,
+    parse_reply,
+)
 from vms.hypervisor import ConsoleEndpoint, GraphicsType
 from vms.models import ConsoleSession, Desktop, DesktopStatus, Template
 from vms.selectors import SPICE_SET_OPEN_ACTION, console_watchers
 from vms.services.audit import audit_record
-from vms.services.consoles import console_session_end, console_sessions_reap
+from vms.services.consoles import console_arm, console_session_end, console_sessions_reap
 from vms.services.consoles.leases import lease_seconds
 from vms.services.consoles.spiceproxy import GRANT_PREFIX, credential_key, spice_grant_issue
 from vms.services.desktops import desktop_act
@@ -247,6 +265,10 @@ def xvfb() -> Iterator[str]:
         yield display
 
 
+def proxy_log() -> str:
+    return (ROOT / "var" / "test-spiceproxy.log").read_text()
+
+
 def screenshot(display: str) -> bytes:
     done = subprocess.run(
         ["import", "-display", display, "-window", "root", "png:-"],
@@ -269,6 +291,7 @@ def test_remote_viewer_shows_the_guest_through_the_proxy(
     tmp_path,
 ) -> None:
     desktop = spice_desktop(api_for(employee), demo_template)
+    logged_before = len(proxy_log())
     vv = download_vv(employee, desktop)
     file = _file(vv)
     endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
@@ -312,8 +335,10 @@ def test_remote_viewer_shows_the_guest_through_the_proxy(
     browser = Client()
     browser.force_login(other_employee)
     assert browser.post(f"/desktops/{desktop.pk}/console.vv", {"ticket": "x"}).status_code == 404
-    log = (ROOT / "var" / "test-spiceproxy.log").read_text()
+    log = proxy_log()
     assert token_of(vv) not in log and file["password"] not in log and "opened from" in log
+    log = log[logged_before:]
+    assert "channel closed" not in log  # every channel of remote-viewer linked
 
 
 def _open_set(port: int, target: str, token: str) -> socket.socket:
@@ -325,11 +350,140 @@ def _open_set(port: int, target: str, token: str) -> socket.socket:
 
 
 def _closed_by_proxy(sock: socket.socket, *, timeout: float) -> bool:
-    sock.settimeout(timeout)
+    """Whether the proxy closes the connection within `timeout` (whatever QEMU still sends)."""
+    deadline = time.monotonic() + timeout
     try:
-        return sock.recv(4096) == b""  # QEMU says nothing until the client speaks
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if sock.recv(65536) == b"":
+                return True
     except TimeoutError:
         return False
+    except ConnectionResetError:
+        return True
+    return False
+
+
+# --- a raw SPICE client (as remote-viewer links: auth selection, mini header) ----------------
+
+CAPS = ((1 << CAP_AUTH_SELECTION) | (1 << CAP_MINI_HEADER),)
+MINI = struct.Struct("<HI")
+MSG_MAIN_INIT, MSGC_DISPLAY_INIT = 103, 101
+DISPLAY_INIT = struct.pack("<BQBI", 1, 10 << 20, 0, 0)
+
+
+def _exactly(sock: socket.socket, length: int) -> bytes:
+    data = b""
+    while len(data) < length:
+        chunk = sock.recv(length - len(data))
+        assert chunk, "closed"
+        data += chunk
+    return data
+
+
+def spice_link(
+    sock: socket.socket, *, kind: int, connection_id: int, password: str
+) -> tuple[int, bytes]:
+    """Link a channel with `password`: the link error or result, and the key offered."""
+    sock.settimeout(20)
+    sock.sendall(
+        build_mess(connection_id=connection_id, channel_type=kind, channel_id=0, common=CAPS)
+    )
+    size = HEADER.unpack(_exactly(sock, HEADER.size))[3]
+    reply = parse_reply(_exactly(sock, size))
+    if reply.error != LINK_OK:
+        return reply.error, b""
+    sock.sendall(struct.pack("<I", 1) + encrypt_ticket(pub_key=reply.pub_key, password=password))
+    return struct.unpack("<I", _exactly(sock, 4))[0], reply.pub_key
+
+
+def spice_session_of(main: socket.socket) -> int:
+    """The SPICE session id in the main channel's SPICE_MSG_MAIN_INIT."""
+    while True:
+        kind, size = MINI.unpack(_exactly(main, MINI.size))
+        body = _exactly(main, size)
+        if kind == MSG_MAIN_INIT:
+            return int(struct.unpack_from("<I", body)[0])
+
+
+def qemu_key(endpoint: ConsoleEndpoint) -> bytes:
+    """The key QEMU itself offers (a link begun and dropped before its ticket)."""
+    with socket.create_connection((endpoint.host, endpoint.port), timeout=20) as sock:
+        sock.sendall(
+            build_mess(connection_id=0, channel_type=CHANNEL_MAIN, channel_id=0, common=CAPS)
+        )
+        size = HEADER.unpack(_exactly(sock, HEADER.size))[3]
+        return parse_reply(_exactly(sock, size)).pub_key
+
+
+def display_password(desktop: Desktop) -> str:
+    """The password QEMU's display has now (libvirt's secure XML)."""
+    conn = libvirt.open(django_settings.LIBVIRT_URI)
+    try:
+        xml = conn.lookupByName(desktop.domain_name).XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
+    finally:
+        conn.close()
+    graphics = ET.fromstring(xml).find("./devices/graphics")  # noqa: S314  # libvirt's own
+    assert graphics is not None
+    return graphics.get("passwd", "")
+
+
+@pytest.mark.libvirt
+def test_the_file_holds_a_token_only_the_proxy_takes_never_the_display_password(
+    spice_proxy, celery_worker, api_for, employee, demo_template, hypervisor
+) -> None:
+    desktop = spice_desktop(api_for(employee), demo_template)
+    endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
+    target = f"{endpoint.host}:{endpoint.port}"
+    before = display_password(desktop)
+    vv = download_vv(employee, desktop)
+    token = _file(vv)["password"]
+    assert display_password(desktop) == before != token  # the file armed nothing
+    assert "tls-port" not in _file(vv)
+
+    # The token does not open QEMU's display without the proxy (a stolen file is no key).
+    with socket.create_connection((endpoint.host, endpoint.port), timeout=20) as direct:
+        assert spice_link(direct, kind=CHANNEL_MAIN, connection_id=0, password=token)[0] == (
+            LINK_ERR_PERMISSION_DENIED
+        )
+    # Through the proxy it does: the proxy answers the link with its own key.
+    with _open_set(spice_proxy, target, token_of(vv)) as main:
+        result, key = spice_link(main, kind=CHANNEL_MAIN, connection_id=0, password=token)
+        assert result == LINK_OK and key != qemu_key(endpoint)
+        spice_session = spice_session_of(main)
+        with _open_set(spice_proxy, target, token_of(vv)) as display:
+            shown = spice_link(
+                display, kind=CHANNEL_DISPLAY, connection_id=spice_session, password=token
+            )
+            assert shown[0] == LINK_OK
+            display.sendall(MINI.pack(MSGC_DISPLAY_INIT, len(DISPLAY_INIT)) + DISPLAY_INIT)
+            assert len(display.recv(65536)) > 0  # QEMU serves the display
+            with _open_set(spice_proxy, target, token_of(vv)) as stranger:
+                refused = spice_link(
+                    stranger, kind=CHANNEL_INPUTS, connection_id=spice_session + 1, password=token
+                )
+                assert refused[0] == LINK_ERR_BAD_CONNECTION_ID  # not this set's SPICE session
+    session = ConsoleSession.objects.get(desktop=desktop)
+    wait_until(lambda: ended(session.pk) is not None)
+
+    # A wrong token, or the display's real password, is refused and ends the file's set.
+    vv = download_vv(employee, desktop)
+    with _open_set(spice_proxy, target, token_of(vv)) as main:
+        assert spice_link(main, kind=CHANNEL_MAIN, connection_id=0, password="guess")[0] == (
+            LINK_ERR_PERMISSION_DENIED
+        )
+        assert _closed_by_proxy(main, timeout=10)
+    assert ask(spice_proxy, connect_request(target, token_of(vv)))[0] == 410
+    vv = download_vv(employee, desktop)
+    latest = ConsoleSession.objects.filter(desktop=desktop).latest("started_at")
+    with console_arm(session=latest) as access:  # what only the server knows
+        real = access.password
+    with _open_set(spice_proxy, target, token_of(vv)) as main:
+        assert spice_link(main, kind=CHANNEL_MAIN, connection_id=0, password=real)[0] == (
+            LINK_ERR_PERMISSION_DENIED
+        )
+    log = proxy_log()
+    assert token not in log and real not in log and "a wrong display token" in log
 
 
 @pytest.mark.libvirt
@@ -345,6 +499,14 @@ def test_a_helpdesk_set_keeps_the_notice_until_the_owner_ends_it_or_the_desktop_
         _open_set(spice_proxy, target, token_of(vv)) as first,
         _open_set(spice_proxy, target, token_of(vv)) as second,
     ):  # a second channel joins the set
+        password = _file(vv)["password"]
+        assert spice_link(first, kind=CHANNEL_MAIN, connection_id=0, password=password)[0] == 0
+        spice_session = spice_session_of(first)
+        linked = spice_link(
+            second, kind=CHANNEL_DISPLAY, connection_id=spice_session, password=password
+        )
+        assert linked[0] == LINK_OK
+        second.sendall(MINI.pack(MSGC_DISPLAY_INIT, len(DISPLAY_INIT)) + DISPLAY_INIT)
         [notice] = console_watchers(desktop_ids=[desktop.pk])[str(desktop.pk)]
         assert notice["user"] == helpdesk_user.username and notice["spice_client"]
         assert "until" not in notice  # the notice stays while the set lives
@@ -358,6 +520,8 @@ def test_a_helpdesk_set_keeps_the_notice_until_the_owner_ends_it_or_the_desktop_
 
     vv = download_vv(helpdesk_user, desktop, mode="full", reason="ticket 14")
     with _open_set(spice_proxy, target, token_of(vv)) as channel:
+        password = _file(vv)["password"]
+        assert spice_link(channel, kind=CHANNEL_MAIN, connection_id=0, password=password)[0] == 0
         desktop_act(actor=employee, desktop=desktop, action="stop")
         assert _closed_by_proxy(channel, timeout=30)
     stopped = ConsoleSession.objects.filter(desktop=desktop).order_by("-started_at").first()
@@ -365,3 +529,49 @@ def test_a_helpdesk_set_keeps_the_notice_until_the_owner_ends_it_or_the_desktop_
     wait_until(lambda: ended(stopped.pk) is not None)
     assert "The desktop is" in ConsoleSession.objects.get(pk=stopped.pk).close_reason
     wait_for_status(desktop.pk, "stopped")
+
+
+@pytest.mark.libvirt
+def test_a_display_channel_closed_before_or_at_its_init_does_not_stop_the_guests_spice(
+    spice_proxy, celery_worker, api_for, employee, demo_template, hypervisor
+) -> None:
+    """QEMU 7.2's SPICE worker crash (docs/threat-model.md), triggered through the proxy:
+    a display channel closed before its init, one closed at its init, then a new session
+    at once, which the same QEMU serves."""
+    desktop = spice_desktop(api_for(employee), demo_template)
+    endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
+    target = f"{endpoint.host}:{endpoint.port}"
+    pid = Path(f"/run/libvirt/qemu/{desktop.domain_name}.pid").read_text()
+    files = [download_vv(employee, desktop) for _ in range(3)]
+
+    def session(vv: str, *, send_init: bool, wait: bool) -> int:
+        password = _file(vv)["password"]
+        with _open_set(spice_proxy, target, token_of(vv)) as main:
+            assert spice_link(main, kind=CHANNEL_MAIN, connection_id=0, password=password)[0] == 0
+            spice_session = spice_session_of(main)
+            with _open_set(spice_proxy, target, token_of(vv)) as display:
+                linked = spice_link(
+                    display, kind=CHANNEL_DISPLAY, connection_id=spice_session, password=password
+                )
+                assert linked[0] == LINK_OK
+                if send_init:
+                    display.sendall(MINI.pack(MSGC_DISPLAY_INIT, len(DISPLAY_INIT)) + DISPLAY_INIT)
+                return _received(display, seconds=3) if wait else 0
+
+    session(files[0], send_init=False, wait=False)
+    session(files[1], send_init=True, wait=False)
+    assert session(files[2], send_init=True, wait=True) > 1000
+    assert Path(f"/run/libvirt/qemu/{desktop.domain_name}.pid").read_text() == pid
+
+
+def _received(sock: socket.socket, *, seconds: float) -> int:
+    got, deadline = 0, time.monotonic() + seconds
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not (data := sock.recv(65536)):
+                break
+            got += len(data)
+    except TimeoutError:
+        pass
+    return got

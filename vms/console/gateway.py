@@ -44,6 +44,7 @@ from websockify.websocket import WebSocketWantReadError, WebSocketWantWriteError
 from vms.console.guest import guest_connect_blocking
 from vms.console.rfb import ClientMessageFilter, DownstreamHandshake, RfbProtocolError
 from vms.console.spicegateway import SpiceChannelRefused, spice_link_blocking
+from vms.console.spiceguest import SpiceGuestSocket, spice_guest_close_blocking
 from vms.console.spicelink import SpiceLinkError
 from vms.console.spicemsg import ClientFilter, MainInitWatcher, SpiceMessageError
 from vms.models import ConsoleMode
@@ -156,6 +157,8 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore
     guest_leftover = b""
     to_guest_first = b""
     spice: SpiceAdmission | None = None
+    spice_guest: SpiceGuestSocket | None = None
+    guest_heard = False
     watcher: MainInitWatcher | None = None
     refused_channels = 0
     link_queue: list[bytes]
@@ -257,7 +260,9 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore
                 self._close(CLOSE_INTERNAL_ERROR, "The console gateway failed.")
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the bookkeeping finish
-            if guest is not None:
+            if self.spice_guest is not None:  # QEMU must have served a display channel
+                spice_guest_close_blocking(self.spice_guest, heard=self.guest_heard)
+            elif guest is not None:
                 _close_socket(guest)
             self._record_close()
             connections.close_all()
@@ -292,7 +297,9 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore
         self.client_filter = linked.client_filter
         self.watcher = linked.watcher
         self.guest_leftover = linked.guest_leftover
-        early = linked.browser_leftover + b"".join(self.link_queue)
+        self.spice_guest = linked.spice
+        self.bytes_to_guest += linked.sent_first
+        early = b"".join(self.link_queue)
         self.to_guest_first = linked.client_filter.feed(early)
         return linked.guest
 
@@ -435,6 +442,7 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore
                     )
                 finally:
                     connections.close_all()
+        self.guest_heard = True
         self.bytes_from_guest += len(data)
         self._to_browser(data)
 

@@ -109,6 +109,31 @@ class DisplayFilter:
         return bytes(kept)
 
 
+class DisplayInitGate:
+    """A display channel's first client bytes, held until its SPICE_MSGC_DISPLAY_INIT is
+    whole: only then does the relay open the channel with QEMU (vms.console.spiceguest)."""
+
+    def __init__(self, *, mini_header: bool) -> None:
+        self._framer = MessageFramer(mini_header=mini_header)
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Every byte so far once the init is complete (None before); raise if the first
+        message is anything else."""
+        messages = self._framer.feed(data)
+        if not messages:
+            if len(self._framer.buffer) > self._framer.header.size + DISPLAY_INIT_BYTES:
+                raise SpiceMessageError("a display channel must start with its display init")
+            return None
+        kind, first = messages[0]
+        if kind != MSGC_DISPLAY_INIT or len(first) - self._framer.header.size != (
+            DISPLAY_INIT_BYTES
+        ):
+            raise SpiceMessageError("a display channel must start with its display init")
+        rest = b"".join(message for _, message in messages[1:]) + bytes(self._framer.buffer)
+        self._framer.buffer.clear()
+        return first + rest
+
+
 ClientFilter = PassThrough | ViewOnlyMainFilter | DisplayFilter
 
 

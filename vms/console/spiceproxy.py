@@ -1,8 +1,10 @@
 """The SPICE proxy's transport: HTTP CONNECT for remote-viewer, as oVirt's SPICE proxy.
 
 It reads one CONNECT request (bounded in size and time), asks the console rules
-(`vms.services.consoles.spiceproxy`) whether it may go through, then joins the client and
-the guest's display and counts the bytes. Every refusal is an HTTP status with a short
+(`vms.services.consoles.spiceproxy`) whether it may go through, then terminates the
+channel's SPICE link on both sides (the client's password is the file's display token,
+checked here; QEMU gets a one-off password, vms.console.spiceguest), then joins the client
+and the guest's display and counts the bytes. Every refusal is an HTTP status with a short
 reason; nothing secret is logged. One asyncio process; `manage.py spiceproxy` runs it.
 """
 
@@ -20,11 +22,34 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
+from vms.console.spiceguest import (
+    SpiceGuestStream,
+    spice_guest_auth,
+    spice_guest_close,
+    spice_guest_hello,
+)
+from vms.console.spicelink import (
+    CHANNEL_DISPLAY,
+    CHANNEL_MAIN,
+    LINK_ERR_BAD_CONNECTION_ID,
+    LINK_ERR_PERMISSION_DENIED,
+    LINK_OK,
+    BrowserLink,
+    GuestLinkClient,
+    LinkMess,
+    SpiceLinkError,
+    decrypt_ticket,
+)
+from vms.console.spicemsg import DisplayInitGate, MainInitWatcher, SpiceMessageError
+from vms.hypervisor import ConsoleEndpoint, GraphicsType
+from vms.services.consoles import DisplayUnreachable
 from vms.services.consoles.spiceproxy import (
     ProxyRefused,
     SpiceSet,
     credential_key,
     proxy_token,
+    spice_display_token_ok,
+    spice_set_channel_refusal,
     spice_set_claim,
     spice_set_end,
     spice_set_join,
@@ -229,15 +254,78 @@ class SpiceProxy:
             await _refuse(writer, None, request, ProxyRefused(502, "The display is unreachable."))
             return
         live.writers |= {writer, up_writer}
+        endpoint = ConsoleEndpoint(GraphicsType.spice, spice_set.host, request.port, None)
+        guest: SpiceGuestStream | None = None
         try:
             if live.aborted:  # the set closed while this connection reached the guest
                 return
             writer.write(response(200))
             await writer.drain()
-            await _pipe_both(reader, writer, up_reader, up_writer, spice_set)
+            async with asyncio.timeout(self.handshake_timeout_s):
+                mess, browser = await _client_link(reader)
+                guest = SpiceGuestStream(
+                    GuestLinkClient(mess), endpoint, reader=up_reader, writer=up_writer
+                )
+                first = await self._link(live, guest, browser, reader, writer)
+            if first is not None:
+                await _pipe_both(reader, writer, guest, first, live)
+        except (SpiceLinkError, SpiceMessageError, TimeoutError, DisplayUnreachable) as exc:
+            log.info("SPICE proxy: session %s: channel closed: %s", spice_set.session_id, exc)
+        except (ConnectionError, OSError):
+            pass
         finally:
             live.writers -= {writer, up_writer}
-            up_writer.close()
+            if guest is not None:
+                await spice_guest_close(guest)
+            else:
+                up_writer.close()
+
+    async def _link(
+        self,
+        live: LiveSet,
+        guest: SpiceGuestStream,
+        browser: BrowserLink,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bytes | None:
+        """Terminate one channel's SPICE link on both sides: the client gets QEMU's reply
+        with the proxy's key and must answer with the file's display token; QEMU gets a
+        one-off password (a display channel only with its display init in hand). The
+        client's first bytes after the link, or None when the link was refused."""
+        spice_set, mess = live.spice_set, guest.link.mess
+        refusal = spice_set_channel_refusal(
+            spice_set, channel_type=mess.channel_type, connection_id=mess.connection_id
+        )
+        if refusal:
+            log.warning("SPICE proxy: session %s: %s", spice_set.session_id, refusal)
+            writer.write(browser.refuse(LINK_ERR_BAD_CONNECTION_ID))
+            return None
+        await spice_guest_hello(guest)
+        if guest.reply.error != LINK_OK:
+            writer.write(browser.refuse(guest.reply.error))
+            return None
+        writer.write(browser.reply(guest.reply))
+        while not browser.ticket_received:
+            browser.receive(await _read_client(reader))
+        if not spice_display_token_ok(spice_set, password=_decrypted(browser.ticket)):
+            log.warning("SPICE proxy: session %s: a wrong display token", spice_set.session_id)
+            writer.write(browser.result(LINK_ERR_PERMISSION_DENIED))
+            await writer.drain()
+            live.abort("a wrong display password was given")
+            return None
+        first = browser.leftover
+        if mess.channel_type == CHANNEL_DISPLAY:
+            writer.write(browser.result(LINK_OK))
+            gate = DisplayInitGate(mini_header=guest.mini_header)
+            complete = gate.feed(first)
+            while complete is None:
+                complete = gate.feed(await _read_client(reader))
+            first = complete
+        assert spice_set.session is not None
+        result = await spice_guest_auth(spice_set.session, guest)
+        if mess.channel_type != CHANNEL_DISPLAY:
+            writer.write(browser.result(result))
+        return first if result == LINK_OK else None
 
     async def _leave(self, live: LiveSet) -> None:
         """One connection of the set closed; the last one ends the set and its session."""
@@ -287,24 +375,62 @@ class SpiceProxy:
             await asyncio.wait(list(self._handlers), timeout=10)
 
 
+async def _client_link(reader: asyncio.StreamReader) -> tuple[LinkMess, BrowserLink]:
+    browser = BrowserLink()
+    while browser.mess is None:
+        browser.receive(await _read_client(reader))
+    return browser.mess, browser
+
+
+async def _read_client(reader: asyncio.StreamReader) -> bytes:
+    data = await reader.read(4096)
+    if not data:
+        raise SpiceLinkError("the client closed the connection during the SPICE link")
+    return data
+
+
+def _decrypted(ticket: bytes) -> bytes:
+    try:
+        return decrypt_ticket(ticket)
+    except ValueError:  # not encrypted with the proxy's key
+        return b""
+
+
 async def _pipe_both(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    up_reader: asyncio.StreamReader,
-    up_writer: asyncio.StreamWriter,
-    spice_set: SpiceSet,
+    guest: SpiceGuestStream,
+    first: bytes,
+    live: LiveSet,
 ) -> None:
-    """Copy both ways until either side ends; count the bytes into the set."""
+    """Copy both ways until either side ends; count the bytes into the set; learn the
+    SPICE session id from the set's main channel."""
+    spice_set = live.spice_set
+    assert guest.reader is not None and guest.writer is not None
+    watcher = (
+        MainInitWatcher(mini_header=guest.mini_header)
+        if guest.link.mess.channel_type == CHANNEL_MAIN
+        else None
+    )
 
-    def to_guest(n: int) -> None:
-        spice_set.bytes_to_guest += n
+    def to_guest(data: bytes) -> None:
+        spice_set.bytes_to_guest += len(data)
 
-    def from_guest(n: int) -> None:
-        spice_set.bytes_from_guest += n
+    def from_guest(data: bytes) -> None:
+        guest.heard = True
+        spice_set.bytes_from_guest += len(data)
+        if watcher is not None and watcher.session_id is None:
+            spice_set.spice_session_id = watcher.feed(data)
 
+    if first:
+        to_guest(first)
+        guest.writer.write(first)
+    if leftover := guest.take_leftover():
+        from_guest(leftover)
+        writer.write(leftover)
     tasks = [
-        asyncio.create_task(_pipe(reader, up_writer, to_guest)),
-        asyncio.create_task(_pipe(up_reader, writer, from_guest)),
+        asyncio.create_task(_pipe(reader, guest.writer, to_guest)),
+        asyncio.create_task(_pipe(guest.reader, writer, from_guest)),
     ]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -315,14 +441,14 @@ async def _pipe_both(
 
 
 async def _pipe(
-    source: asyncio.StreamReader, sink: asyncio.StreamWriter, count: Callable[[int], None]
+    source: asyncio.StreamReader, sink: asyncio.StreamWriter, seen: Callable[[bytes], None]
 ) -> None:
     try:
         while data := await source.read(CHUNK):
-            count(len(data))
+            seen(data)
             sink.write(data)
             await sink.drain()
-    except (ConnectionError, OSError):
+    except (ConnectionError, OSError, SpiceMessageError):
         return
 
 

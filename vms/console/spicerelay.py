@@ -7,13 +7,14 @@ join it while it is open. The relay then terminates the channel's SPICE link on 
 sides (vms.console.spicelink): the browser encrypts its ticket with the relay's key and
 QEMU gets the one-off password, so the password never leaves the server. A view-only
 session gets no INPUTS channel (its link is refused) and its main channel's agent
-messages (clipboard, file transfer) are dropped.
+messages (clipboard, file transfer) are dropped. A display channel reaches QEMU only with
+its client's display init in hand, and QEMU's side of it closes only once QEMU has served
+it (vms.console.spiceguest: QEMU 7.2's SPICE worker crashes otherwise).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import redis
@@ -21,10 +22,23 @@ from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
 from vms.console.relay import RELAY_NAME, ConsoleRelayConsumer, scope_knock
-from vms.console.spiceguest import SpiceGuestStream, link_refusal, spice_guest_connect
-from vms.console.spicelink import LINK_OK, BrowserLink, LinkMess, SpiceLinkError
+from vms.console.spiceguest import (
+    SpiceGuestStream,
+    link_refusal,
+    spice_guest_auth,
+    spice_guest_close,
+    spice_guest_open,
+)
+from vms.console.spicelink import (
+    CHANNEL_DISPLAY,
+    LINK_OK,
+    BrowserLink,
+    LinkMess,
+    SpiceLinkError,
+)
 from vms.console.spicemsg import (
     ClientFilter,
+    DisplayInitGate,
     MainInitWatcher,
     PassThrough,
     SpiceMessageError,
@@ -62,6 +76,8 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
     spice: SpiceGuestStream | None = None
     ready = False
     linking = False
+    linked = False
+    gate: DisplayInitGate | None = None
     refused_channels = 0
     tallied = (0, 0, 0)
 
@@ -85,7 +101,10 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
         await self.channel_layer.group_add(
             console_session_group(self.session_id), self.channel_name
         )
-        self.tasks = [asyncio.create_task(self._watch_access())]
+        self.tasks = [
+            asyncio.create_task(self._watch_access()),
+            asyncio.create_task(self._link_deadline()),
+        ]
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.admission is None or not bytes_data:
@@ -93,15 +112,21 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
         try:
             if self.ready:
                 await self._to_guest(self.spice_filter.feed(bytes_data))
-                return
-            self.browser.receive(bytes_data)
-            if not self.linking and self.browser.mess is not None:
-                self.linking = True  # once: a refused link stays refused
-                await self._link(self.admission, self.browser.mess)
-            elif self.spice is not None and self.browser.ticket_received:
-                await self._ready(self.admission, self.spice)
+            elif self.gate is not None:
+                await self._through_gate(self.admission, bytes_data)
+            else:
+                await self._linking(self.admission, bytes_data)
         except (SpiceLinkError, SpiceMessageError) as exc:
             await self._close(CLOSE_PROTOCOL, f"Console protocol error: {exc}")
+
+    async def _linking(self, admission: SpiceAdmission, data: bytes) -> None:
+        self.browser.receive(data)
+        if not self.linking and self.browser.mess is not None:
+            self.linking = True  # once: a refused link stays refused
+            await self._link(admission, self.browser.mess)
+        elif self.spice is not None and self.browser.ticket_received and not self.linked:
+            self.linked = True
+            await self._linked(admission, self.spice)
 
     async def _link(self, admission: SpiceAdmission, mess: LinkMess) -> None:
         refusal = link_refusal(admission, mess)
@@ -114,27 +139,63 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
             await self._close(CLOSE_FORBIDDEN, refusal[1])
             return
         try:
-            spice = await spice_guest_connect(admission.session, mess)
+            spice = await spice_guest_open(admission.session, mess)
         except (OSError, SpiceLinkError, TimeoutError, DisplayUnreachable) as exc:
             log.warning("console session %s: SPICE display unreachable: %s", self.session_id, exc)
             await self._close(CLOSE_UNREACHABLE, "The desktop's display did not answer.")
             return
+        self.spice = spice
+        self.guest = spice  # type: ignore[assignment]  # the writer `_to_guest` uses
         if spice.reply.error != LINK_OK:
             await self.send(bytes_data=self.browser.refuse(spice.reply.error))
             await self._close(CLOSE_UNREACHABLE, "The desktop's display refused this channel.")
             return
-        self.spice = spice
-        self.guest = spice  # type: ignore[assignment]  # the writer `_to_guest` uses
         await self.send(bytes_data=self.browser.reply(spice.reply))
 
-    async def _ready(self, admission: SpiceAdmission, spice: SpiceGuestStream) -> None:
-        await self.send(bytes_data=self.browser.result(spice.result or LINK_OK))
-        if spice.result != LINK_OK:
+    async def _linked(self, admission: SpiceAdmission, spice: SpiceGuestStream) -> None:
+        """The browser's ticket is in. A display channel is told OK and waits for its
+        display init before QEMU hears of it (vms.console.spiceguest); others link now."""
+        if spice.link.mess.channel_type == CHANNEL_DISPLAY:
+            await self.send(bytes_data=self.browser.result(LINK_OK))
+            self.gate = DisplayInitGate(mini_header=spice.mini_header)
+            await self._through_gate(admission, self.browser.leftover)
+            return
+        result = await self._auth(admission, spice)
+        if result is None:
+            return
+        await self.send(bytes_data=self.browser.result(result))
+        if result != LINK_OK:
             await self._close(CLOSE_UNREACHABLE, "The desktop's display refused the relay.")
             return
-        assert self.browser.mess is not None
+        await self._ready(admission, spice, self.browser.leftover)
+
+    async def _through_gate(self, admission: SpiceAdmission, data: bytes) -> None:
+        assert self.gate is not None and self.spice is not None
+        first = self.gate.feed(data)
+        if first is None:
+            return
+        result = await self._auth(admission, self.spice)
+        if result is None:
+            return
+        if result != LINK_OK:
+            await self._close(CLOSE_UNREACHABLE, "The desktop's display refused the relay.")
+            return
+        await self._ready(admission, self.spice, first)
+
+    async def _auth(self, admission: SpiceAdmission, spice: SpiceGuestStream) -> int | None:
+        try:
+            return await spice_guest_auth(admission.session, spice)
+        except (OSError, SpiceLinkError, TimeoutError, DisplayUnreachable) as exc:
+            log.warning("console session %s: SPICE display unreachable: %s", self.session_id, exc)
+            await self._close(CLOSE_UNREACHABLE, "The desktop's display did not answer.")
+            return None
+
+    async def _ready(
+        self, admission: SpiceAdmission, spice: SpiceGuestStream, first: bytes
+    ) -> None:
+        self.gate = None
         self.spice_filter = client_filter_for(
-            channel_type=self.browser.mess.channel_type,
+            channel_type=spice.link.mess.channel_type,
             view_only=admission.session.mode == ConsoleMode.VIEW,
             mini_header=spice.mini_header,
         )
@@ -142,14 +203,22 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
             self.watcher = MainInitWatcher(mini_header=spice.mini_header)
         self.ready = True
         self.tasks.append(asyncio.create_task(self._spice_to_browser(spice)))
-        await self._to_guest(self.spice_filter.feed(self.browser.leftover))
+        await self._to_guest(self.spice_filter.feed(first))
+
+    async def _link_deadline(self) -> None:
+        from django.conf import settings
+
+        await asyncio.sleep(float(settings.CONSOLE_HANDSHAKE_TIMEOUT_S))
+        if not self.ready:
+            await self._close(CLOSE_PROTOCOL, "The SPICE link took too long.")
 
     async def _spice_to_browser(self, spice: SpiceGuestStream) -> None:
         assert spice.reader is not None
         try:
-            if spice.leftover:
-                await self._from_spice(spice.leftover)
+            if leftover := spice.take_leftover():
+                await self._from_spice(leftover)
             while data := await spice.reader.read(READ_CHUNK):
+                spice.heard = True
                 await self._from_spice(data)
         except SpiceMessageError as exc:
             await self._close(CLOSE_PROTOCOL, f"Console protocol error: {exc}")
@@ -172,10 +241,8 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
         for task in getattr(self, "tasks", []):
             if task is not asyncio.current_task():
                 task.cancel()
-        if self.spice is not None and self.spice.writer is not None:
-            self.spice.writer.close()
-            with contextlib.suppress(OSError, ConnectionError):
-                await self.spice.writer.wait_closed()
+        if self.spice is not None:
+            await spice_guest_close(self.spice)
         if self.admission is None or self.session_id is None:
             return
         await self.channel_layer.group_discard(desktop_group(self.desktop_id), self.channel_name)

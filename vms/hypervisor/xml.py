@@ -9,6 +9,13 @@ access disconnect everybody else. Desktops are watched by several people at once
 plus help-desk), so domains are defined with ``sharePolicy='force-shared'``: every client must
 ask for a shared session, and a client asking for exclusive access is refused instead of
 kicking the others. noVNC asks for a shared session by default (``shared: true``).
+
+SPICE: spice-server serves one client per display unless the QEMU process runs with
+``SPICE_DEBUG_ALLOW_MC=1`` (spice-server's multi-client mode; neither libvirt 9.0 nor QEMU
+7.2 has a cleaner switch). Without it a help-desk viewer disconnects the owner, so SPICE
+domains get it through libvirt's QEMU namespace (``<qemu:commandline><qemu:env/>``;
+libvirt marks such domains tainted "custom-argv"). The relays keep view-only viewers off
+the inputs channel, so only full-control sessions type.
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ METADATA_PREFIX: Final = "portal"
 VALID_TO_FORMAT: Final = "%Y-%m-%dT%H:%M:%S"  # UTC, what libvirt expects
 TCG_TB_CACHE_MIB: Final = 16
 VNC_SHARE_POLICY: Final = "force-shared"
+QEMU_NS: Final = "http://libvirt.org/schemas/domain/qemu/1.0"
+SPICE_MULTI_CLIENT_ENV: Final = ("SPICE_DEBUG_ALLOW_MC", "1")
 
 _NOT_XML_CHARS: Final = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -155,7 +164,16 @@ def build_domain_xml(spec: DomainSpec) -> str:
 
     video = _sub(devices, "video")
     _sub(video, "model", type="vga")
+    if kind is GraphicsType.spice:
+        _spice_multi_client(root)
     return _to_string(root)
+
+
+def _spice_multi_client(root: ET.Element) -> None:
+    """Let a SPICE display serve several clients at once (see the module docstring)."""
+    commandline = _sub(root, "qemu:commandline", **{"xmlns:qemu": QEMU_NS})
+    name, value = SPICE_MULTI_CLIENT_ENV
+    _sub(commandline, "qemu:env", name=name, value=value)
 
 
 def build_volume_xml(

@@ -12,25 +12,31 @@ from django.core.exceptions import PermissionDenied
 from vms.hypervisor import ConsoleEndpoint
 from vms.models import ConsoleMode, ConsoleType, Desktop
 from vms.selectors import SPICE_FILE_RELAY
-from vms.services.consoles.arming import console_arm
-from vms.services.consoles.errors import ConsoleRefused
-from vms.services.consoles.sessions import console_session_open
-from vms.services.consoles.spiceproxy import spice_grant_issue, spice_proxy_url
+from vms.services.consoles.errors import ConsoleRefused, DisplayUnreachable
+from vms.services.consoles.sessions import console_session_close, console_session_open
+from vms.services.consoles.spice_channels import spice_endpoint
+from vms.services.consoles.spiceproxy import (
+    spice_display_token,
+    spice_grant_issue,
+    spice_proxy_url,
+)
 from vms.services.consoles.tickets import console_ticket_redeem
 
 
 def console_spice_file_issue(
     *, user: User, desktop: Desktop, ticket: str, source_ip: str | None
 ) -> str:
-    """Trade a console ticket for a virt-viewer (.vv) file whose password works for
-    `SPICE_FILE_VALID_S`; `desktop` is one the user may see.
+    """Trade a console ticket for a virt-viewer (.vv) file that works for one connection
+    set opened within `SPICE_FILE_VALID_S`; `desktop` is one the user may see.
 
     Only for SPICE desktops: a VNC password in a file would skip the relay and its
     view-only filter. virt-viewer has no view-only mode we could enforce, so the ticket must
     be for full control (owners, or help-desk with a reason). The file names the display
-    as libvirt reports it (as the proxy sees it) and the proxy with a one-off credential for
-    one connection set. The session stays open, and the owner sees the notice, for as long
-    as the password works, or the set lives.
+    as libvirt reports it (as the proxy sees it), the proxy with a one-off credential for
+    one connection set, and a one-off display token as its password: the proxy terminates
+    the SPICE link and sets the display's real password itself, so the file holds no
+    password of the display (and does not arm it). The session stays open, and the owner
+    sees the notice, for the file's minute, or while the set lives.
     """
     claim = console_ticket_redeem(ticket=ticket)
     if claim is None or claim.user_id != user.pk or claim.desktop_id != str(desktop.pk):
@@ -40,11 +46,16 @@ def console_spice_file_issue(
     if desktop.template.console_type != ConsoleType.SPICE:
         raise ConsoleRefused("This desktop's display is VNC; open it in the browser.")
     session = console_session_open(claim=claim, relay=SPICE_FILE_RELAY, source_ip=source_ip)
-    with console_arm(session=session) as access:
-        proxy = spice_proxy_url(spice_grant_issue(session=session, endpoint=access.endpoint))
-        return virt_viewer_file(
-            title=desktop.name, endpoint=access.endpoint, password=access.password, proxy=proxy
-        )
+    try:
+        endpoint = spice_endpoint(session=session)
+    except DisplayUnreachable:
+        console_session_close(session_id=session.pk, reason="display unreachable")
+        raise
+    password = spice_display_token()
+    credential = spice_grant_issue(session=session, endpoint=endpoint, display_token=password)
+    return virt_viewer_file(
+        title=desktop.name, endpoint=endpoint, password=password, proxy=spice_proxy_url(credential)
+    )
 
 
 def virt_viewer_file(*, title: str, endpoint: ConsoleEndpoint, password: str, proxy: str) -> str:
@@ -61,8 +72,6 @@ def virt_viewer_file(*, title: str, endpoint: ConsoleEndpoint, password: str, pr
         "toggle-fullscreen": "shift+f11",
         "release-cursor": "shift+f12",
     }
-    if endpoint.tls_port:
-        config["virt-viewer"]["tls-port"] = str(endpoint.tls_port)
     out = io.StringIO()
     config.write(out)
     return out.getvalue()

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import cast
 
+from vms.hypervisor import ConsoleEndpoint, HypervisorError
 from vms.models import ConsoleMode, ConsoleSession, ConsoleType, Desktop
 from vms.services.audit import audit_record
 from vms.services.consoles.admission import Knock, console_admit, ticket_from_protocols
@@ -27,9 +29,13 @@ from vms.services.consoles.errors import (
     CLOSE_BAD_TICKET,
     CLOSE_FORBIDDEN,
     ConsoleClosed,
+    DisplayUnreachable,
 )
 from vms.services.consoles.sessions import console_session_close, console_session_may_continue
 from vms.services.consoles.store import redis_client
+from vms.services.hosts import hypervisor_for
+
+log = logging.getLogger(__name__)
 
 GRANT_PREFIX = "console-spice-channels:"
 BYTES_PREFIX = "console-spice-bytes:"
@@ -58,6 +64,19 @@ class SpiceAdmission:
 def spice_channel_allowed(*, mode: str, channel_type: int) -> bool:
     """Whether a session of `mode` may link a channel of `channel_type`."""
     return channel_type in SPICE_CHANNELS_BY_MODE.get(ConsoleMode(mode), frozenset())
+
+
+def spice_endpoint(*, session: ConsoleSession) -> ConsoleEndpoint:
+    """Where the session's desktop's display listens (libvirt's word), without arming it:
+    a channel's link starts with this; the password is set only for its ticket."""
+    desktop = Desktop.objects.select_related("host").get(pk=session.desktop_id)
+    if desktop.host is None:
+        raise DisplayUnreachable("The desktop is on no host.")
+    try:
+        return hypervisor_for(desktop.host).console_endpoint(name=desktop.domain_name)
+    except HypervisorError as exc:
+        log.warning("console session %s: display not found: %s", session.pk, exc.message)
+        raise DisplayUnreachable("The desktop's display cannot be reached right now.") from exc
 
 
 def spice_admit(*, knock: Knock, relay: str) -> SpiceAdmission:

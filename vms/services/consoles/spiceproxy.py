@@ -13,6 +13,12 @@ CONNECT with that credential: one connection set per file.
 - When the set's last connection closes, the session is closed with its byte counts and
   the file is used up: another CONNECT with it is refused (410).
 
+The proxy terminates every channel's SPICE link (vms.console.spicelink): the file's
+`password=` is a one-off display token, not the display's password. The client encrypts
+it with the proxy's key; the proxy checks it against the grant (`spice_display_token_ok`,
+only inside the file's one connection set) and gives QEMU a per-channel one-off password
+it sets itself. The display password never leaves the server.
+
 The transport (`vms.console.spiceproxy`) moves the bytes and calls these functions.
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -43,6 +50,7 @@ from vms.services.consoles.errors import (
 )
 from vms.services.consoles.leases import console_lease_renew
 from vms.services.consoles.sessions import console_session_close, console_session_keep
+from vms.services.consoles.spice_channels import SPICE_MAIN
 from vms.services.consoles.store import redis_client
 from vms.services.events import push_console_sessions
 from vms.services.hosts import hypervisor_for
@@ -76,6 +84,9 @@ class SpiceSet:
     session_id: int
     host: str
     ports: frozenset[int]
+    display_key: str = ""  # the display token's hash ("" matches no token)
+    session: ConsoleSession | None = None
+    spice_session_id: int | None = None  # named by QEMU on the set's main channel
     connections: int = 0  # open now
     opened: int = 0  # in all
     bytes_to_guest: int = 0
@@ -93,13 +104,24 @@ def credential_key(token: str) -> str:
 # --- issuing (the .vv file) ------------------------------------------------------------
 
 
-def spice_grant_issue(*, session: ConsoleSession, endpoint: ConsoleEndpoint) -> str:
-    """A one-off proxy credential for the file of `session`, bound to `endpoint`."""
+def spice_display_token() -> str:
+    """A file's `password=`: what remote-viewer answers the proxy's SPICE link with
+    (192 bits; SPICE passwords are at most 60 bytes)."""
+    return secrets.token_urlsafe(24)
+
+
+def spice_grant_issue(
+    *, session: ConsoleSession, endpoint: ConsoleEndpoint, display_token: str = ""
+) -> str:
+    """A one-off proxy credential for the file of `session`, bound to `endpoint` (its plain
+    SPICE port: the proxy terminates the link, so it cannot carry QEMU's TLS port) and to
+    `display_token`, the file's password."""
     token = secrets.token_urlsafe(32)
     grant = {
         "session": session.pk,
         "host": endpoint.host,
-        "ports": [p for p in (endpoint.port, endpoint.tls_port) if p and p > 0],
+        "ports": [endpoint.port] if endpoint.port > 0 else [],
+        "display": credential_key(display_token) if display_token else "",
         "issued": time.time(),
     }
     try:
@@ -146,6 +168,7 @@ def spice_set_claim(*, token: str, host: str, port: int, source_ip: str | None) 
         session_id=int(grant["session"]),
         host=grant["host"],
         ports=frozenset(grant["ports"]),
+        display_key=str(grant.get("display", "")),
     )
     if not spice_set.names(host, port):
         log.warning("SPICE proxy: session %s's file tried %s:%s", spice_set.session_id, host, port)
@@ -157,7 +180,31 @@ def spice_set_claim(*, token: str, host: str, port: int, source_ip: str | None) 
     _may_continue(spice_set.session_id)
     _endpoint_unchanged(spice_set)
     _record_open(spice_set, source_ip)
+    spice_set.session = ConsoleSession.objects.get(pk=spice_set.session_id)
     return spice_set
+
+
+def spice_display_token_ok(spice_set: SpiceSet, *, password: bytes) -> bool:
+    """Whether a channel's SPICE ticket (decrypted: the password and a NUL) is the file's
+    display token. The display's own password, or anything else, is not."""
+    token = password.removesuffix(b"\0")
+    if not spice_set.display_key or not token or b"\0" in token:
+        return False
+    try:
+        offered = credential_key(token.decode())
+    except UnicodeDecodeError:
+        return False
+    return hmac.compare_digest(offered, spice_set.display_key)
+
+
+def spice_set_channel_refusal(spice_set: SpiceSet, *, channel_type: int, connection_id: int) -> str:
+    """Why a channel of the set may not link (a log line), or "": the main channel starts a
+    SPICE session, every later channel must name the session QEMU gave the set's main one."""
+    if channel_type == SPICE_MAIN:
+        return "" if connection_id == 0 else "a main channel joining another SPICE session"
+    if spice_set.spice_session_id is None or connection_id != spice_set.spice_session_id:
+        return "a channel of another SPICE session"
+    return ""
 
 
 def spice_set_join(spice_set: SpiceSet, *, host: str, port: int) -> None:
