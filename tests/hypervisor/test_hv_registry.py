@@ -136,9 +136,3 @@ def test_errors_and_types_do_not_import_libvirt() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-
-
-def test_the_interface_holds_only_what_the_portal_uses() -> None:
-    """Full copies are the bench's and the tests' (linked clone vs copy), not every backend's."""
-    assert not hasattr(Hypervisor, "full_copy_volume")
-    assert hasattr(LibvirtHypervisor, "full_copy_volume")

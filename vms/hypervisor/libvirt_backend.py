@@ -14,7 +14,6 @@ import io
 import logging
 import os
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Final, TypeVar
@@ -30,6 +29,8 @@ from .errors import HypervisorError
 from .kvmprobe import run_kvm_probe
 from .libvirt_disks import LibvirtDiskOps
 from .libvirt_errors import POOL_FULL_OR_READONLY_HINTS, RETRY_NOTE, from_libvirt_error
+from .libvirt_errors import or_none as _or_none
+from .libvirt_networks import LibvirtNetworkOps
 from .registry import register_backend
 from .stats import domain_stats_from
 from .types import (
@@ -39,9 +40,7 @@ from .types import (
     DomainStats,
     HostCapacity,
     HostLoad,
-    Lease,
     MigrationStats,
-    NetworkSpec,
     PoolUsage,
     PowerState,
     VolumeInfo,
@@ -155,16 +154,6 @@ def _volume_info(vol: Vol) -> VolumeInfo:
     return vxml.parse_volume(vol.XMLDesc(0))
 
 
-def _or_none(lookup: Callable[[], L], missing: int) -> L | None:
-    """``lookup()``, or None when libvirt answers with the ``missing`` error code."""
-    try:
-        return lookup()
-    except libvirt.libvirtError as err:
-        if _code(err) == missing:
-            return None
-        raise
-
-
 def _described(objects: list[Any], prefix: str, describe: Callable[[Any], D], gone: int) -> list[D]:
     """Descriptions of the objects whose names start with ``prefix``, sorted by name; an
     object removed between listing and describing (libvirt error ``gone``) is skipped."""
@@ -236,52 +225,6 @@ def _migration_params(destination_xml: str, to_address: str) -> dict[str, Any]:
         libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{to_address}",
         libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: to_address,
     }
-
-
-def _lookup_network(conn: Conn, name: str) -> Any:
-    return _or_none(lambda: conn.networkLookupByName(name), libvirt.VIR_ERR_NO_NETWORK)
-
-
-def _network_in_shape(conn: Conn, spec: NetworkSpec) -> Any:
-    """The defined network if it has the mode, subnet and bridge ``spec`` asks for; one of
-    another shape (the admin changed it) is removed, to be defined again."""
-    net = _lookup_network(conn, spec.name)
-    if net is None:
-        return None
-    if vxml.network_shape(net.XMLDesc(0)) == vxml.spec_shape(spec):
-        return net
-    log.warning("network %s changed shape; defining it again", spec.name)
-    if net.isActive():
-        net.destroy()
-    net.undefine()
-    return None
-
-
-def _sync_dhcp_hosts(net: Any, wanted: set[tuple[str, str]]) -> None:
-    """Make the network's fixed DHCP hosts ``wanted``, in its definition and in the running
-    network (they differ after a repair), stale entries first: their address may be wanted
-    by another MAC."""
-    wanted = {(mac.lower(), ip) for mac, ip in wanted}
-    try:
-        config = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
-    except libvirt.libvirtError:  # libvirt's test driver: one definition, live and kept
-        both = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE | libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
-        _apply_dhcp_hosts(net, net.XMLDesc(0), wanted, both)
-        return
-    _apply_dhcp_hosts(net, config, wanted, libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG)
-    if net.isActive():
-        _apply_dhcp_hosts(net, net.XMLDesc(0), wanted, libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE)
-
-
-def _apply_dhcp_hosts(net: Any, xml: str, wanted: set[tuple[str, str]], flags: int) -> None:
-    current = vxml.parse_network_hosts(xml)
-    for command, entries in (
-        (libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, current - wanted),
-        (libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, wanted - current),
-    ):
-        for mac, ip in sorted(entries):
-            net.update(command, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1,
-                       vxml.dhcp_host_xml(mac=mac, ip=ip), flags)  # fmt: skip
 
 
 def _lookup_pool(conn: Conn, name: str) -> Pool | None:
@@ -380,7 +323,7 @@ def _is_missing_backing(message: str) -> bool:
     return "backing" in low and ("inaccessible" in low or "no such file" in low)
 
 
-class LibvirtHypervisor(LibvirtDiskOps, Hypervisor):
+class LibvirtHypervisor(LibvirtDiskOps, LibvirtNetworkOps, Hypervisor):
     """A hypervisor reached through one libvirt URI (``qemu:///system``, ``test:///default``)."""
 
     def __init__(self, uri: str) -> None:
@@ -832,88 +775,6 @@ class LibvirtHypervisor(LibvirtDiskOps, Hypervisor):
             return _described(domains, prefix, _domain_info, libvirt.VIR_ERR_NO_DOMAIN)
 
         return self._call("listing desktop domains", op)
-
-    # --- networks ----------------------------------------------------------------------
-
-    def ensure_network(self, spec: NetworkSpec) -> None:
-        try:
-            network_xml = vxml.build_network_xml(spec)
-            root_filter, chain_filter = vxml.build_guard_filter_xml(spec)
-        except ValueError as err:
-            raise HypervisorError(f"invalid network '{spec.name}': {err}", permanent=True) from None
-
-        def op(conn: Conn) -> None:
-            self._define_filters(conn, chain_filter, root_filter)
-            net = _network_in_shape(conn, spec)
-            if net is None:
-                net = conn.networkDefineXML(network_xml)
-                log.info("defined network %s", spec.name)
-            elif not net.isPersistent():  # running, but undefined behind our back
-                net = conn.networkDefineXML(vxml.with_uuid(network_xml, str(net.UUIDString())))
-                log.info("defined running network %s again", spec.name)
-            if not net.isActive():
-                net.create()
-                log.info("started network %s", spec.name)
-            if not net.autostart():
-                net.setAutostart(1)
-            if spec.mode != "bridge":
-                _sync_dhcp_hosts(net, set(spec.hosts))
-
-        self._call(f"preparing network '{spec.name}'", op)
-
-    def _define_filters(self, conn: Conn, *filters: str) -> None:
-        """Define (again: that updates running guests' rules) the guard filters. libvirt's
-        test driver has no nwfilter driver: its networks go without."""
-        try:
-            for filter_xml in filters:
-                name = str(ET.fromstring(filter_xml).get("name"))  # noqa: S314 - ours
-                found = _or_none(
-                    partial(conn.nwfilterLookupByName, name), libvirt.VIR_ERR_NO_NWFILTER
-                )
-                if found is not None:
-                    filter_xml = vxml.with_uuid(filter_xml, str(found.UUIDString()))
-                conn.nwfilterDefineXML(filter_xml)
-        except libvirt.libvirtError as err:
-            if not (self.uri.startswith("test:") and _code(err) == libvirt.VIR_ERR_NO_SUPPORT):
-                raise
-
-    def remove_network(self, *, name: str, filter_name: str) -> None:
-        def op(conn: Conn) -> None:
-            net = _lookup_network(conn, name)
-            if net is not None:
-                if net.isActive():
-                    net.destroy()
-                net.undefine()
-            if self.uri.startswith("test:"):
-                return  # no nwfilter driver
-            for filter_ in (filter_name, f"{filter_name}-ipv4"):
-                found = _or_none(
-                    partial(conn.nwfilterLookupByName, filter_), libvirt.VIR_ERR_NO_NWFILTER
-                )
-                if found is not None:
-                    found.undefine()
-
-        self._call(f"removing network '{name}'", op)
-
-    def list_network_names(self, *, prefix: str) -> list[str]:
-        def op(conn: Conn) -> list[str]:
-            names = (str(net.name()) for net in conn.listAllNetworks(0))
-            return sorted(name for name in names if name.startswith(prefix))
-
-        return self._call("listing networks", op)
-
-    def network_leases(self, *, name: str) -> list[Lease]:
-        def op(conn: Conn) -> list[Lease]:
-            net = _lookup_network(conn, name)
-            if net is None or not net.isActive():
-                return []
-            return [
-                Lease(mac=str(lease["mac"]).lower(), ip=str(lease["ipaddr"]))
-                for lease in net.DHCPLeases()
-                if lease.get("mac") and lease.get("ipaddr")
-            ]
-
-        return self._call(f"reading the DHCP leases of network '{name}'", op)
 
     # --- console -------------------------------------------------------------------------
 

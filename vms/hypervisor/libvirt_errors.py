@@ -7,7 +7,8 @@ which are not (the request itself is wrong, or the disk is full).
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable
+from typing import Final, TypeVar
 
 import libvirt
 
@@ -19,6 +20,7 @@ __all__ = [
     "from_libvirt_error",
     "is_connection_lost",
     "is_transient_code",
+    "or_none",
     "scrub",
 ]
 
@@ -157,3 +159,16 @@ def from_libvirt_error(
     if any(hint in text.lower() for hint in _SHAPING_MISSING_HINTS):
         suffix = SHAPING_MISSING_NOTE
     return HypervisorError(f"{what} failed: {text}{suffix}", permanent=not transient)
+
+
+L = TypeVar("L")
+
+
+def or_none(lookup: Callable[[], L], missing: int) -> L | None:
+    """``lookup()``, or None when libvirt answers with the ``missing`` error code."""
+    try:
+        return lookup()
+    except libvirt.libvirtError as err:
+        if _code(err) == missing:
+            return None
+        raise
