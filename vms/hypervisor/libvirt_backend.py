@@ -55,7 +55,6 @@ LIBVIRT_SCHEMES: Final[tuple[str, ...]] = ("qemu", "test")
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-L = TypeVar("L")  # a libvirt object a lookup returns
 D = TypeVar("D", DomainInfo, VolumeInfo)
 Conn = Any  # libvirt.virConnect (libvirt-python ships no type information)
 Dom = Any  # libvirt.virDomain
