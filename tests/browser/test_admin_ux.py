@@ -134,6 +134,7 @@ def test_desktops_list_page_actions_and_bulk_stop_that_asks_first(
         "Reboot",
         "Migrate",
         "Delete",
+        "Reset",
     ]
     assert page.locator("input[name=_save], input[name=_continue]").count() == 0
     shot(page, "admin-desktop")
@@ -179,6 +180,7 @@ def test_desktops_list_page_actions_and_bulk_stop_that_asks_first(
     assert page.locator(".desktop-actions").get_by_role("button").all_inner_texts() == [
         "Start",
         "Delete",
+        "Reset",
     ]
     assert page.get_by_text("No screenshot: the desktop is stopped.").is_visible()
     page.context.close()
