@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import struct
 import subprocess
 import time
@@ -223,6 +224,13 @@ def test_virtual_size_is_limited(images, settings) -> None:
         image_inspect(path=str(qcow2(images / "two.qcow2", "1025M")))
 
 
+def _form_errors(response: Any) -> str:
+    """What the admin's add page said was wrong (its error notes and lists)."""
+    html = response.content.decode()
+    found = re.findall(r'class="(?:errornote|errorlist)[^"]*"[^>]*>(.*?)</(?:p|ul)>', html, re.S)
+    return " | ".join(re.sub(r"<[^>]+>", " ", item).strip() for item in found) or html[:2000]
+
+
 def _admin_post(admin: Any, **image: Any) -> Any:
     client = Client()
     client.force_login(admin)
@@ -235,8 +243,11 @@ def _admin_post(admin: Any, **image: Any) -> Any:
         "enabled": "on",
         "persistent": "on",
         "image_path": "",
+        # The page's inline forms (networks, versions), empty, as a browser sends them.
+        **{f"{inline}-{count}": 0 for inline in ("templatenetwork_set", "versions")
+           for count in ("TOTAL_FORMS", "INITIAL_FORMS")},
         **image,
-    }
+    }  # fmt: skip
     return client.post("/admin/vms/template/add/", form)
 
 
@@ -268,7 +279,7 @@ def test_admin_upload_of_a_sound_image_imports_it_and_keeps_no_copy(
 ) -> None:
     upload = SimpleUploadedFile("tiny.qcow2", qcow2(images / "tiny.qcow2", "64M").read_bytes())
     response = _admin_post(admin_user_, name="Sound", image_upload=upload)
-    assert response.status_code == 302, response.content.decode()[:2000]
+    assert response.status_code == 302, _form_errors(response)
     template = Template.objects.get(name="Sound")
     assert os.path.basename(template.base_image_path) in base_volumes(hypervisor, local_host)
     assert not any((images / "uploads").iterdir())
