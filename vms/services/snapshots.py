@@ -108,11 +108,9 @@ def snapshot_create(
     with transaction.atomic():
         row = _steady(desktop, what="a snapshot")
         _limits_check(row)
-        snapshot = Snapshot.objects.create(
-            desktop=row, name=name, created_by=actor, libvirt_name=""
-        )
-        Snapshot.objects.filter(pk=snapshot.pk).update(libvirt_name=f"snap-{snapshot.pk.hex}")
-        snapshot.refresh_from_db()
+        snapshot = Snapshot(desktop=row, name=name, created_by=actor)
+        snapshot.libvirt_name = f"snap-{snapshot.pk.hex}"  # the id exists before the insert
+        snapshot.save(force_insert=True)
         audit_record(
             action="snapshot.create",
             actor=actor,
