@@ -287,6 +287,9 @@ STORAGE_POOL_PATH = envcheck.read(
 # Where desktop backups are written (a directory; NFS in production, mounted at the same
 # path on every host, since each host's libvirt writes its desktops' backups there).
 BACKUP_DIR = envcheck.read(env.str, "BACKUP_DIR", default="/var/lib/desktop-portal/backups")
+# A cap on the disk copies of restores and template versions (MiB/s, 0: none), so that a
+# restore does not starve the host's desktops of disk bandwidth.
+DISK_COPY_BANDWIDTH_MIB_S = envcheck.read(env.int, "DISK_COPY_BANDWIDTH_MIB_S", default=0)
 VIRT_TYPE = envcheck.choice(
     envcheck.read(env.str, "VIRT_TYPE", default="auto"), "VIRT_TYPE", ("auto", "kvm", "qemu")
 )

@@ -190,14 +190,15 @@ def celery_worker(
 
 
 @contextmanager
-def running_worker(*, queues: str, name: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A Celery worker for `queues` on the test database and Redis, until the block ends;
-    the teardown hook waits for it to be quiet like the suite's own worker."""
+def running_worker(*, queues: str, name: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A Celery worker for `queues` on the test database and Redis (with settings `env`
+    on top), until the block ends; the teardown hook waits for it to be quiet like the
+    suite's own worker."""
     log = open(ROOT / "var" / f"test-worker-{name.split('@')[0]}.log", "wb")
     command = [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", queues,
                "-c", "2", "--without-gossip", "--without-mingle", "-n", name,
                "--loglevel", "INFO"]  # fmt: skip
-    worker = subprocess.Popen(command, cwd=ROOT, env=server_env(), stdout=log, stderr=log)
+    worker = subprocess.Popen(command, cwd=ROOT, env=server_env(**env), stdout=log, stderr=log)
     try:
         _wait_for_worker(worker, name)
         _running_workers.append(name)

@@ -593,8 +593,7 @@ class Backup(models.Model):
     the parent's file as its backing file, so the newest file of a chain reads as the whole
     disk. It is written under a temporary name and renamed when it is complete and verified;
     `file_name` is set only then. `checkpoint` is the libvirt checkpoint it made, which the
-    next incremental backup starts from. `restore_pending` marks an in-place restore from
-    it that its worker has not finished yet.
+    next incremental backup starts from. Restores from it are `Restore` rows.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -611,8 +610,6 @@ class Backup(models.Model):
     virtual_bytes = models.BigIntegerField(default=0)
     progress = models.PositiveSmallIntegerField(default=0)
     scheduled = models.BooleanField(default=False)
-    # An in-place restore of the desktop from this backup waits for its worker.
-    restore_pending = models.BooleanField(default=False)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -633,6 +630,58 @@ class Backup(models.Model):
         return self.parent_id is not None
 
 
+class RestoreTarget(models.TextChoices):
+    NEW = "new", "a new desktop"
+    IN_PLACE = "in_place", "in place"
+
+
+class RestoreStatus(models.TextChoices):
+    """A restore's state; the moves are vms.services.backups.RESTORE_TRANSITIONS."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Restore(models.Model):
+    """One restore of `backup` into `desktop`: a new desktop provisioned from the backup, or
+    the backup's own desktop whose disk is replaced (in place).
+
+    The backup's chain is copied into volume `volume_name` by a block job on the desktop's
+    host (`job_name`, a paused helper domain: measured into `progress`, cancellable). An
+    in-place restore copies next to the old disk and swaps only when the copy is whole and
+    checked, so a failed or cancelled one leaves the desktop as it was.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    backup = models.ForeignKey(Backup, on_delete=models.PROTECT, related_name="restores")
+    desktop = models.ForeignKey(Desktop, on_delete=models.PROTECT, related_name="restores")
+    target = models.CharField(max_length=10, choices=RestoreTarget.choices)
+    status = models.CharField(
+        max_length=12, choices=RestoreStatus.choices, default=RestoreStatus.QUEUED
+    )
+    progress = models.PositiveSmallIntegerField(default=0)
+    volume_name = models.CharField(max_length=120)
+    job_name = models.CharField(max_length=120)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["desktop", "status"])]
+
+    def __str__(self) -> str:
+        return f"restore {self.pk} of {self.backup_id} into {self.desktop_id}"
+
+
 class TemplateVersion(models.Model):
     """A version of a template's base image; the newest ready one is the template's
     `base_image_path`. Version 1 is the imported image; later ones are flattened from a
@@ -650,6 +699,7 @@ class TemplateVersion(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     note = models.CharField(max_length=200, blank=True, default="")
+    progress = models.PositiveSmallIntegerField(default=0)  # percent, while building
     created_at = models.DateTimeField(auto_now_add=True)
     last_error = models.TextField(blank=True, default="")
 

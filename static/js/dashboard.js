@@ -3,7 +3,7 @@ import { initDiskPanels, refreshDisks, showNotice } from "./disks.js";
 import { confirmBeforeSubmit, connectLive, renderDesktopState, renderWatchers } from "./live.js";
 
 const STEPS = ["queued", "cloning", "defining", "starting", "ready"];
-const LABELS = { queued: "Queued", cloning: "Cloning disk", defining: "Defining",
+const LABELS = { queued: "Queued", cloning: "Cloning disk", restoring: "Restoring from backup", defining: "Defining",
                  starting: "Starting", ready: "Console ready" };
 // Every label a row shows (a launch step, "Rebooting…", "Stopping") stays at least this
 // long, even when the server moves faster: people can read it, and nothing flickers.
@@ -98,7 +98,7 @@ function renderProgress(row, desktop) {
   const bar = row.querySelector("progress");
   const busy = launching(desktop);
   bar.hidden = !busy;
-  bar.value = busy ? Math.max(0, STEPS.indexOf(desktop.progress)) : STEPS.length - 1;
+  bar.value = busy ? Math.max(0, STEPS.indexOf(desktop.progress === "restoring" ? "cloning" : desktop.progress)) : STEPS.length - 1;
   bar.textContent = LABELS[desktop.progress] || "";
   bar.setAttribute("aria-valuetext", LABELS[desktop.progress] || desktop.status);
   row.querySelector("[data-field=progress]").textContent = busy ? LABELS[desktop.progress] || "" : "";

@@ -22,6 +22,7 @@ const size = (bytes) => (bytes >= 1 << 30 ? `${(bytes / (1 << 30)).toFixed(1)} G
 const when = (iso) => new Date(iso).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
 const PENDING_SNAPSHOT = new Set(["creating", "reverting", "deleting"]);
 const PENDING_BACKUP = new Set(["queued", "running", "cancelling"]);
+const PENDING_RESTORE = PENDING_BACKUP;
 const timers = new Map();
 
 function button(label, onClick, { danger = false } = {}) {
@@ -71,16 +72,21 @@ function snapshotRow(panel, snapshot) {
       && act(panel, () => call("DELETE", base)), { danger: true }));
 }
 
+function progressRow(text, percent, label, onCancel) {
+  const li = item(`${text}… ${percent}%`);
+  const bar = document.createElement("progress");
+  bar.max = 100;
+  bar.value = percent;
+  bar.setAttribute("aria-label", label);
+  li.append(bar, button("Cancel", onCancel));
+  return li;
+}
+
 function backupRow(panel, backup) {
   const kind = backup.incremental ? "incremental" : "full";
   if (PENDING_BACKUP.has(backup.status)) {
-    const li = item(`Backing up (${kind})… ${backup.progress}%`);
-    const bar = document.createElement("progress");
-    bar.max = 100;
-    bar.value = backup.progress;
-    bar.setAttribute("aria-label", "Backup progress");
-    li.append(bar, button("Cancel", () => act(panel, () => call("POST", `/api/backups/${backup.id}/cancel/`))));
-    return li;
+    return progressRow(`Backing up (${kind})`, backup.progress, "Backup progress",
+      () => act(panel, () => call("POST", `/api/backups/${backup.id}/cancel/`)));
   }
   const restore = (target, question) => window.confirm(question)
     && act(panel, () => call("POST", `/api/backups/${backup.id}/restore/`, { target }));
@@ -88,6 +94,23 @@ function backupRow(panel, backup) {
     button("Restore here", () => restore("in_place",
       `Restore ${panel.dataset.name} from this backup? Its disk and snapshots are replaced, and it is stopped.`), { danger: true }),
     button("Restore as new", () => restore("new", "Restore this backup as a new desktop?")));
+}
+
+// Restores into this desktop: the one under way (with its progress and Cancel), else how
+// the newest one ended when it did not succeed.
+function restoreRows(panel, restores) {
+  const newest = restores[0];
+  if (!newest || newest.status === "done") return [];
+  const from = `the backup of ${when(newest.backup_created_at)}`;
+  if (!PENDING_RESTORE.has(newest.status)) {
+    return [item(`Restore from ${from} ${newest.status}${newest.last_error && newest.status === "failed" ? `: ${newest.last_error}` : ""}.`)];
+  }
+  const question = newest.target === "new"
+    ? `Cancel the restore? ${panel.dataset.name} is deleted, as it was made only for it.`
+    : `Cancel the restore? ${panel.dataset.name} keeps its disk.`;
+  const text = newest.status === "cancelling" ? "Cancelling the restore" : `Restoring from ${from}`;
+  return [progressRow(text, newest.progress, "Restore progress",
+    () => window.confirm(question) && act(panel, () => call("POST", `/api/restores/${newest.id}/cancel/`)))];
 }
 
 function fill(list, rows, empty) {
@@ -98,11 +121,16 @@ export async function refresh(panel) {
   const id = panel.dataset.disks;
   clearTimeout(timers.get(id));
   try {
-    const [snapshots, backups] = await Promise.all([
-      call("GET", `/api/desktops/${id}/snapshots/`), call("GET", `/api/desktops/${id}/backups/`)]);
+    const [snapshots, backups, restores] = await Promise.all([
+      call("GET", `/api/desktops/${id}/snapshots/`), call("GET", `/api/desktops/${id}/backups/`),
+      call("GET", `/api/desktops/${id}/restores/`)]);
+    const restoring = panel.querySelector("[data-field=restores]");
+    restoring.replaceChildren(...restoreRows(panel, restores));
+    restoring.hidden = !restoring.children.length;
     fill(panel.querySelector("[data-field=snapshots]"), snapshots.map((s) => snapshotRow(panel, s)), "No snapshots.");
     fill(panel.querySelector("[data-field=backups]"), backups.map((b) => backupRow(panel, b)), "No backups yet.");
-    const busy = snapshots.some((s) => PENDING_SNAPSHOT.has(s.status)) || backups.some((b) => PENDING_BACKUP.has(b.status));
+    const busy = snapshots.some((s) => PENDING_SNAPSHOT.has(s.status)) || backups.some((b) => PENDING_BACKUP.has(b.status))
+      || restores.some((r) => PENDING_RESTORE.has(r.status));
     if (busy) timers.set(id, setTimeout(() => refresh(panel), 2000));
   } catch (error) {
     showError(panel, error);

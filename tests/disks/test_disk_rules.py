@@ -12,7 +12,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from tests.fixtures import make_desktop
-from vms.models import AuditEvent, Backup, Snapshot
+from vms.models import AuditEvent, Backup, Restore, Snapshot
 from vms.services.events import user_group
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,6 +38,14 @@ def test_other_users_get_404_on_every_disk_route(
     api_for, other_employee, desktop, snapshot
 ) -> None:
     backup = Backup.objects.create(desktop=desktop, status="ready", file_name="x.qcow2")
+    restore = Restore.objects.create(
+        backup=backup,
+        desktop=desktop,
+        target="in_place",
+        status="running",
+        volume_name="v",
+        job_name="j",
+    )
     other = api_for(other_employee)
     base = f"/api/desktops/{desktop.pk}"
     answers = [
@@ -51,10 +59,14 @@ def test_other_users_get_404_on_every_disk_route(
         other.post(f"/api/backups/{backup.pk}/restore/", {"target": "new"}, format="json"),
         other.post(f"/api/backups/{backup.pk}/restore/", {"target": "in_place"}, format="json"),
         other.post(f"/api/backups/{backup.pk}/cancel/"),
+        other.get(f"{base}/restores/"),
+        other.post(f"/api/restores/{restore.pk}/cancel/"),
+        other.post("/api/restores/not-a-uuid/cancel/"),
         other.get("/api/desktops/not-a-uuid/snapshots/"),
     ]
     assert [a.status_code for a in answers] == [404] * len(answers)
     assert Snapshot.objects.get(pk=snapshot.pk).status == "ready"
+    assert Restore.objects.get(pk=restore.pk).status == "running"
 
 
 def test_helpdesk_reverts_only_with_a_reason_and_the_owner_is_told_live(
@@ -151,3 +163,35 @@ def test_the_help_desk_form_is_404_for_an_employee_on_another_users_desktop(
     client.force_login(other_employee)
     url = f"/desktops/{desktop.pk}/revert-snapshot/"
     assert client.post(url, {"snapshot": str(snapshot.pk), "reason": "x"}).status_code == 404
+
+
+def test_restore_requests_are_listed_and_cancelled(
+    api_for, employee, helpdesk_user, desktop
+) -> None:
+    client = api_for(employee)
+    backup = Backup.objects.create(desktop=desktop, status="ready", file_name="x.qcow2")
+    url = f"/api/backups/{backup.pk}/restore/"
+    assert client.post(url, {"target": "in_place"}, format="json").status_code == 202
+    again = client.post(url, {"target": "in_place"}, format="json")
+    assert again.status_code == 409 and "busy" in again.json()["detail"]
+    listed = client.get(f"/api/desktops/{desktop.pk}/restores/").json()
+    assert [(r["target"], r["status"], r["progress"]) for r in listed] == [
+        ("in_place", "queued", 0)
+    ]
+    restore = Restore.objects.get(pk=listed[0]["id"])
+    assert restore.volume_name != desktop.volume_name  # copied next to the old disk
+    cancel = f"/api/restores/{restore.pk}/cancel/"
+    assert api_for(helpdesk_user).post(cancel).status_code == 403  # help-desk only looks
+    assert client.post(cancel).status_code == 202
+    assert Restore.objects.get(pk=restore.pk).status == "cancelled"
+    assert client.post(cancel).status_code == 409
+    assert AuditEvent.objects.filter(action="backup.restore_cancel").count() == 1
+
+    # To a new desktop: its disk is the copy; cancelling deletes that desktop.
+    answer = client.post(url, {"target": "new"}, format="json")
+    assert answer.status_code == 202, answer.content
+    new = answer.json()["id"]
+    restore = Restore.objects.get(desktop_id=new)
+    assert restore.target == "new" and restore.volume_name == restore.desktop.volume_name
+    assert client.post(f"/api/restores/{restore.pk}/cancel/").status_code == 202
+    assert client.get(f"/api/desktops/{new}/").json()["status"] == "deleting"

@@ -103,9 +103,18 @@ class TemplateVersionInline(admin.TabularInline):
 
     model = TemplateVersion
     extra = 0
-    fields = ["number", "status", "made_from", "created_by", "created_at", "note", "in_use"]
+    fields = ["number", "state", "made_from", "created_by", "created_at", "note", "in_use"]
     readonly_fields = fields
     can_delete = False
+
+    @admin.display(description="Status")
+    def state(self, version: TemplateVersion) -> str:
+        """A build under way shows how far its copy is (the page shows it when loaded)."""
+        if version.status == "building":
+            return f"building, {version.progress}% copied"
+        if version.status == "failed":
+            return f"failed: {version.last_error}"
+        return version.status
 
     @admin.display(description="Base still in use", boolean=True)
     def in_use(self, version: TemplateVersion) -> bool:

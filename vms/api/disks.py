@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from vms.api.serializers import DesktopSerializer
-from vms.models import Backup, Desktop, Snapshot
+from vms.models import Backup, Desktop, Restore, Snapshot
 from vms.selectors import desktops_visible_to
 from vms.services import backups, snapshots
 from vms.web.client import client_ip
@@ -42,6 +42,27 @@ class BackupSerializer(serializers.ModelSerializer):
             "bytes_written",
             "virtual_bytes",
             "scheduled",
+            "created_at",
+            "finished_at",
+            "seconds",
+            "last_error",
+        ]
+        read_only_fields = fields
+
+
+class RestoreSerializer(serializers.ModelSerializer):
+    backup_created_at = serializers.DateTimeField(source="backup.created_at", read_only=True)
+
+    class Meta:
+        model = Restore
+        fields = [
+            "id",
+            "backup",
+            "backup_created_at",
+            "desktop",
+            "target",
+            "status",
+            "progress",
             "created_at",
             "finished_at",
             "seconds",
@@ -182,3 +203,27 @@ def backup_cancel(request: Request, backup_id: str) -> Response:
     backups.backup_cancel(actor=request.user, backup=backup, source_ip=client_ip(request))
     backup.refresh_from_db()
     return Response(BackupSerializer(backup).data, status=status.HTTP_202_ACCEPTED)
+
+
+@extend_schema(request=None, responses={200: RestoreSerializer(many=True)})
+@api_view(["GET"])
+def restore_list(request: Request, desktop_id: str) -> Response:
+    """The restores into a desktop, newest first (the last ten): one under way shows its
+    progress (percent), an ended one how it ended."""
+    desktop = _desktop(request, desktop_id)
+    rows = desktop.restores.select_related("backup").order_by("-created_at")[:10]
+    return Response(RestoreSerializer(rows, many=True).data)
+
+
+@extend_schema(request=None, responses={202: RestoreSerializer})
+@api_view(["POST"])
+def restore_cancel(request: Request, restore_id: str) -> Response:
+    """Cancel a restore under way (202): in place, the desktop keeps its disk; to a new
+    desktop, that desktop is deleted."""
+    rows = backups.restores_visible_to(user=request.user)
+    restore = rows.filter(pk=_uuid(restore_id, "restore")).first()
+    if restore is None:
+        raise NotFound("No such restore.")
+    backups.restore_cancel(actor=request.user, restore=restore, source_ip=client_ip(request))
+    restore.refresh_from_db()
+    return Response(RestoreSerializer(restore).data, status=status.HTTP_202_ACCEPTED)

@@ -28,6 +28,8 @@ urlpatterns = [
     path("desktops/<str:desktop_id>/backups/", disks.backup_list),
     path("backups/<str:backup_id>/restore/", disks.backup_restore),
     path("backups/<str:backup_id>/cancel/", disks.backup_cancel),
+    path("desktops/<str:desktop_id>/restores/", disks.restore_list),
+    path("restores/<str:restore_id>/cancel/", disks.restore_cancel),
     path("desktops/<uuid:pk>/metrics/", DesktopMetricsView.as_view(), name="desktop-metrics"),
     path("hosts/<slug:name>/metrics/", HostMetricsView.as_view(), name="host-metrics"),
     *router.urls,

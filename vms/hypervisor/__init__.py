@@ -21,6 +21,7 @@ from .registry import backend_for, get_hypervisor, register_backend, registered_
 from .types import (
     BackupJob,
     ConsoleEndpoint,
+    CopyJob,
     DomainInfo,
     DomainSpec,
     DomainStats,
@@ -41,6 +42,7 @@ from .types import (
 __all__ = [
     "BackupJob",
     "ConsoleEndpoint",
+    "CopyJob",
     "DomainInfo",
     "DomainSpec",
     "DomainStats",

@@ -13,6 +13,7 @@ from .errors import HypervisorError
 from .types import (
     BackupJob,
     ConsoleEndpoint,
+    CopyJob,
     DomainInfo,
     DomainSpec,
     DomainStats,
@@ -222,6 +223,23 @@ class Hypervisor(ABC):
     def volume_from_image(self, *, pool: str, name: str, source_path: str) -> VolumeInfo:
         """A new standalone volume with everything the qcow2 chain at ``source_path`` reads."""
         raise self._cannot("restore volumes")
+
+    def copy_start(
+        self, *, pool: str, name: str, source_path: str, job: str, bandwidth_mib_s: int = 0
+    ) -> VolumeInfo:
+        """Start copying everything the qcow2 chain at ``source_path`` reads into a new
+        volume ``name`` in ``pool``, as job ``job`` (followed with ``copy_job``, stopped
+        with ``copy_abort``); ``bandwidth_mib_s`` caps it (0: no cap)."""
+        raise self._cannot("copy disks")
+
+    def copy_job(self, *, job: str, pool: str, name: str) -> CopyJob:
+        """How copy ``job`` into volume ``name`` is doing; when it is over, its helper is
+        gone and ``ok`` says whether the volume is whole."""
+        raise self._cannot("copy disks")
+
+    def copy_abort(self, *, job: str) -> None:
+        """Stop copy ``job`` if it runs (the caller removes the half-filled volume)."""
+        raise self._cannot("copy disks")
 
     def domain_stats(self, *, prefix: str) -> list[DomainStats]:
         """The counters and memory of every running domain whose name starts with

@@ -32,8 +32,8 @@ from typing import Any, Final, TypeVar
 import libvirt
 
 from .errors import HypervisorError
-from .types import BackupJob, PowerState, SnapshotInfo, VolumeInfo
-from .xml import build_pool_xml, build_volume_xml, parse_volume
+from .types import BackupJob, CopyJob, PowerState, SnapshotInfo, VolumeInfo
+from .xml import build_copier_xml, build_pool_xml, build_volume_xml, parse_volume
 
 __all__ = ["LibvirtDiskOps"]
 
@@ -262,11 +262,11 @@ class LibvirtDiskOps:
         def op(dom: Dom) -> None:
             if not dom.isActive():
                 return
-            if dom.jobStats(0).get("type", libvirt.VIR_DOMAIN_JOB_NONE):
-                try:
+            try:  # a job that ends meanwhile: "backup job data missing"
+                if dom.jobStats(0).get("type", libvirt.VIR_DOMAIN_JOB_NONE):
                     dom.abortJob()
-                except libvirt.libvirtError as err:
-                    log.info("aborting the backup of %s: %s", name, err)
+            except libvirt.libvirtError as err:
+                log.info("aborting the backup of %s: %s", name, err)
             for found in dom.listAllCheckpoints(0):
                 if found.getName() == checkpoint:
                     found.delete(0)
@@ -328,6 +328,121 @@ class LibvirtDiskOps:
 
         result: VolumeInfo = self._call(f"restoring {source_path} into '{pool}' as '{name}'", op)
         return result
+
+    # --- disk copies (restores, template versions) ----------------------------------------
+
+    def copy_start(
+        self, *, pool: str, name: str, source_path: str, job: str, bandwidth_mib_s: int = 0
+    ) -> VolumeInfo:
+        """A block pull: volume ``name`` is made as an overlay of ``source_path``, held by a
+        transient helper domain ``job`` started paused (no guest code runs), and QEMU pulls
+        the whole chain into it. Unlike ``createXMLFrom`` (one blocking call), the job can
+        be measured (``copy_job``), capped and aborted. A volume or helper of that name left
+        by a cut-off run is replaced. The source must not be written meanwhile: QEMU holds
+        it read-only, so a desktop that would open it for writing is refused."""
+
+        def op(conn: Conn) -> VolumeInfo:
+            _destroy_domain(conn, job)
+            target = conn.storagePoolLookupByName(pool)
+            stale = _lookup_volume(target, name)
+            if stale is not None:
+                stale.delete(0)
+            capacity = _capacity_of(conn, f"copysrc-{job}"[:50], source_path)
+            xml = build_volume_xml(name=name, capacity_bytes=capacity, backing_path=source_path)
+            volume = parse_volume(target.createXML(xml, 0).XMLDesc(0))
+            try:
+                flags = libvirt.VIR_DOMAIN_START_PAUSED
+                dom = conn.createXML(build_copier_xml(name=job, disk_path=volume.path), flags)
+                dom.blockPull(DISK, bandwidth_mib_s, 0)
+            except BaseException:
+                _destroy_domain(conn, job)
+                target.storageVolLookupByName(name).delete(0)
+                raise
+            return volume
+
+        result: VolumeInfo = self._call(f"copying {source_path} into '{pool}' as '{name}'", op)
+        return result
+
+    def copy_job(self, *, job: str, pool: str, name: str) -> CopyJob:
+        """While the pull runs: its figures. Once it ends, the helper is powered off and the
+        volume read back: whole when it no longer names a backing file (QEMU drops it only
+        when every cluster was copied)."""
+
+        def op(conn: Conn) -> CopyJob:
+            dom = _lookup_domain(conn, job)
+            if dom is not None:
+                info = dom.blockJobInfo(DISK, 0) if dom.isActive() else {}
+                if info:
+                    return CopyJob(active=True, copied_bytes=info["cur"], total_bytes=info["end"])
+                _destroy_domain(conn, job)
+            p = conn.storagePoolLookupByName(pool)
+            p.refresh(0)
+            found = _lookup_volume(p, name)
+            if found is None:
+                return CopyJob(active=False, ok=False, error="the new volume is gone")
+            volume = parse_volume(found.XMLDesc(0))
+            if volume.backing_path is not None:
+                return CopyJob(active=False, ok=False, error="the copy stopped before its end")
+            size = volume.capacity_bytes
+            return CopyJob(active=False, copied_bytes=size, total_bytes=size, ok=True)
+
+        result: CopyJob = self._call(f"following the copy '{job}'", op)
+        return result
+
+    def copy_abort(self, *, job: str) -> None:
+        def op(conn: Conn) -> None:
+            dom = _lookup_domain(conn, job)
+            if dom is None:
+                return
+            try:
+                dom.blockJobAbort(DISK, 0)
+            except libvirt.libvirtError as err:
+                log.info("aborting the copy %s: %s", job, err)  # it may have just ended
+            _destroy_domain(conn, job)
+
+        self._call(f"aborting the copy '{job}'", op)
+
+
+def _lookup_domain(conn: Conn, name: str) -> Dom | None:
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def _destroy_domain(conn: Conn, name: str) -> None:
+    """Power off a transient helper domain (it is gone then); missing is fine."""
+    dom = _lookup_domain(conn, name)
+    if dom is None:
+        return
+    try:
+        dom.destroy()
+    except libvirt.libvirtError as err:
+        if err.get_error_code() not in (
+            libvirt.VIR_ERR_NO_DOMAIN,
+            libvirt.VIR_ERR_OPERATION_INVALID,
+        ):
+            raise
+
+
+def _capacity_of(conn: Conn, scratch: str, source_path: str) -> int:
+    """The virtual size of the image at ``source_path``, read by libvirt through a
+    transient pool over its folder (so it works on a remote host too); a volume of a pool
+    libvirt knows (a desktop's disk) is read there, as a second pool over the same folder
+    would be refused."""
+    try:
+        return int(parse_volume(conn.storageVolLookupByPath(source_path).XMLDesc(0)).capacity_bytes)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+            raise
+    source_pool = _transient_pool(conn, scratch, os.path.dirname(source_path))
+    try:
+        source = source_pool.storageVolLookupByName(os.path.basename(source_path))
+        return parse_volume(source.XMLDesc(0)).capacity_bytes
+    finally:
+        source_pool.destroy()
 
 
 def _lookup_volume(pool: Any, name: str) -> Any | None:

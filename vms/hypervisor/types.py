@@ -221,6 +221,19 @@ class BackupJob:
 
 
 @dataclass(frozen=True, slots=True)
+class CopyJob:
+    """A disk copy (``Hypervisor.copy_start``): ``active`` while data moves; when it is
+    over, ``ok`` says whether the copy is whole (the new volume no longer needs its
+    source) and ``error`` why not."""
+
+    active: bool
+    copied_bytes: int = 0
+    total_bytes: int = 0
+    ok: bool | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class DomainStats:
     """One running domain's cumulative counters and memory, from one bulk stats call.
 

@@ -205,6 +205,25 @@ def build_volume_xml(
     return _to_string(root)
 
 
+def build_copier_xml(*, name: str, disk_path: str) -> str:
+    """A transient helper domain that only holds ``disk_path`` (an overlay being filled by a
+    block pull): started paused, it runs no guest code, has no network, display or
+    console, and the smallest memory QEMU accepts. See ``LibvirtDiskOps.copy_start``."""
+    root = ET.Element("domain", type="qemu")
+    _sub(root, "name", _clean(name))
+    _sub(root, "memory", "16", unit="MiB")
+    _sub(root, "vcpu", "1")
+    os_el = _sub(root, "os")
+    _sub(os_el, "type", "hvm", arch="x86_64")
+    _sub(root, "on_crash", "destroy")
+    devices = _sub(root, "devices")
+    disk = _sub(devices, "disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu", type="qcow2")
+    _sub(disk, "source", file=disk_path)
+    _sub(disk, "target", dev="vda", bus="virtio")
+    return _to_string(root)
+
+
 def build_pool_xml(*, name: str, path: str) -> str:
     """A directory storage pool."""
     root = ET.Element("pool", type="dir")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from uuid import UUID
 
@@ -21,17 +22,43 @@ from django.db import transaction
 from django.utils import timezone
 
 from vms.hypervisor import Hypervisor, HypervisorError, qemuimg
-from vms.models import Backup, BackupStatus, Desktop, DesktopStatus, Host, Snapshot, SnapshotStatus
+from vms.models import (
+    Backup,
+    BackupStatus,
+    Desktop,
+    DesktopStatus,
+    Host,
+    Restore,
+    RestoreStatus,
+    RestoreTarget,
+    Snapshot,
+    SnapshotStatus,
+)
 from vms.services import transitions
 from vms.services.audit import audit_record
-from vms.services.backups import UNDER_WAY, backup_folder, backup_move, backup_path
+from vms.services.backups import (
+    RESTORING,
+    UNDER_WAY,
+    backup_folder,
+    backup_move,
+    backup_path,
+    restore_move,
+)
+from vms.services.disk_copies import CopyCancelled, disk_copy_discard, disk_copy_run
 from vms.services.events import push_desktop_changed
 from vms.services.hosts import hypervisor_for
 from vms.services.locks import DesktopBusy, desktop_lock
-from vms.services.provisioning import _clear_progress, _hypervisor, _load, domain_spec
+from vms.services.provisioning import (
+    _clear_progress,
+    _hypervisor,
+    _load,
+    desktop_fail,
+    domain_spec,
+)
 
 log = logging.getLogger(__name__)
 B = BackupStatus
+R = RestoreStatus
 POLL_S = 0.25
 PARTIAL = ".partial"
 
@@ -181,11 +208,17 @@ def _commit(
 def _undo(
     desktop: Desktop, backup: Backup, hypervisor: Hypervisor, partial: Path, checkpoint: str
 ) -> None:
-    try:
-        hypervisor.backup_abort(name=desktop.domain_name, checkpoint=checkpoint)
-        hypervisor.backup_finish(name=desktop.domain_name)
-    except HypervisorError as exc:
-        log.warning("clean-up of backup %s: %s", backup.pk, exc.message)
+    # Each step on its own: a job that ended meanwhile makes libvirt refuse the abort
+    # ("backup job data missing"), and the paused QEMU must still be powered off.
+    steps: tuple[Callable[[], None], ...] = (
+        lambda: hypervisor.backup_abort(name=desktop.domain_name, checkpoint=checkpoint),
+        lambda: hypervisor.backup_finish(name=desktop.domain_name),
+    )
+    for step in steps:
+        try:
+            step()
+        except HypervisorError as exc:
+            log.warning("clean-up of backup %s: %s", backup.pk, exc.message)
     partial.unlink(missing_ok=True)
     partial.with_name(f"{backup.pk}.qcow2").unlink(missing_ok=True)
 
@@ -251,6 +284,7 @@ def backups_reconcile() -> int:
                 failed += 1
         except DesktopBusy:
             continue  # a worker is on it
+    failed += _restores_reconcile()
     _remove_stray_files()
     return failed
 
@@ -281,65 +315,139 @@ def _remove_stray_files() -> None:
 
 
 def restored_volume_path(desktop: Desktop, host: Host) -> str:
-    """The desktop's disk made from its `restored_from` backup (idempotent: an existing
-    disk is kept): the backup's chain copied and flattened into the pool by libvirt, then
-    checked. A copy that fails its check is removed (nothing half-made)."""
-    assert desktop.restored_from_id is not None
-    backup = Backup.objects.get(pk=desktop.restored_from_id)
-    return _restore_volume(backup, desktop, host)
-
-
-def _restore_volume(backup: Backup, desktop: Desktop, host: Host) -> str:
-    hypervisor = hypervisor_for(host)
-    volume = hypervisor.volume_from_image(
-        pool=host.storage_pool, name=desktop.volume_name, source_path=str(backup_path(backup))
-    )
+    """The disk of a desktop made from its `restored_from` backup: copied now by its
+    restore (with progress; a cancel raises CopyCancelled, the copy removed), or the disk
+    an earlier run made."""
+    restores = desktop.restores.filter(status__in=RESTORING, target=RestoreTarget.NEW)
+    restore = restores.order_by("created_at").first()
+    if restore is None:
+        info = hypervisor_for(host).volume_info(pool=host.storage_pool, name=desktop.volume_name)
+        if info is None:
+            raise HypervisorError("the restored disk is gone; restore again", permanent=True)
+        return info.path
     try:
-        qemuimg.image_check(volume.path)
-    except HypervisorError:
-        hypervisor.delete_volume(pool=host.storage_pool, name=desktop.volume_name)
+        path, seconds = _restore_copy(restore, host)
+    except (HypervisorError, CopyCancelled) as exc:
+        _restore_ended(restore, exc)
         raise
-    return volume.path
+    with transaction.atomic():
+        if restore_move(restore_id=restore.pk, old=R.RUNNING, new=R.DONE, **_done(seconds)):
+            _restored(desktop, restore)
+    return path
+
+
+def _done(seconds: float) -> dict[str, object]:
+    return {"progress": 100, "finished_at": timezone.now(), "seconds": round(seconds, 2)}
+
+
+def _restore_copy(restore: Restore, host: Host) -> tuple[str, float]:
+    """Check the backup's chain (a damaged backup changes nothing), then copy it into the
+    restore's volume; the copy's path and how long it took."""
+    if restore.status == R.QUEUED and not restore_move(
+        restore_id=restore.pk, old=R.QUEUED, new=R.RUNNING
+    ):
+        raise CopyCancelled("cancelled before it started")
+    started = time.monotonic()
+    backup = restore.backup
+    for link in qemuimg.image_chain(str(backup_path(backup))):
+        qemuimg.image_check(str(link["filename"]))
+    rows = Restore.objects.filter(pk=restore.pk)
+    info = disk_copy_run(
+        host=host,
+        source_path=str(backup_path(backup)),
+        volume=restore.volume_name,
+        job=restore.job_name,
+        progress=lambda percent: rows.update(progress=percent),
+        cancelled=lambda: rows.filter(status=R.CANCELLING).exists(),
+    )
+    return info.path, time.monotonic() - started
+
+
+def _restore_ended(restore: Restore, exc: Exception) -> None:
+    """A restore that did not finish: cancelled when asked, else failed with the reason."""
+    message = exc.message if isinstance(exc, HypervisorError) else "cancelled"
+    with transaction.atomic():
+        current = Restore.objects.filter(pk=restore.pk).values_list("status", flat=True).first()
+        if current not in (R.RUNNING, R.CANCELLING):
+            return  # cancelled before it started: that was recorded then
+        new = R.CANCELLED if current == R.CANCELLING else R.FAILED
+        restore_move(
+            restore_id=restore.pk, old=current, new=new, last_error=message,
+            finished_at=timezone.now(),
+        )  # fmt: skip
+        audit_record(
+            action=f"backup.restore_{new}",
+            desktop=restore.desktop,
+            restore=str(restore.pk),
+            message=message,
+        )
+        push_desktop_changed(desktop_id=restore.desktop_id)
+
+
+def _restored(desktop: Desktop, restore: Restore) -> None:
+    audit_record(
+        action="backup.restored",
+        desktop=desktop,
+        backup=str(restore.backup_id),
+        restore=str(restore.pk),
+        target=restore.target,
+    )
+    push_desktop_changed(desktop_id=desktop.pk)
 
 
 def desktop_restore(*, desktop_id: UUID | str) -> None:
-    """Replace the desktop's disk with its pending backup's (in place). The slow part
-    (flatten and check) runs first: if it fails, the desktop keeps its disk."""
+    """Replace the desktop's disk with its queued in-place restore's copy. The slow part
+    (check and copy, next to the old disk) runs first: if it fails or is cancelled, the
+    desktop keeps its disk and says why."""
     with desktop_lock(desktop_id):
         desktop = _load(desktop_id)
         if desktop is None:
             return
-        backup = Backup.objects.filter(desktop=desktop, restore_pending=True).first()
-        if backup is None:
-            _clear_progress(desktop, step="restore")
-            return
-        try:
-            _restore_in_place(desktop, backup)
-        except HypervisorError as exc:
-            if not exc.permanent:
-                raise
-            Desktop.objects.filter(pk=desktop.pk).update(
-                last_error=f"Restore failed: {exc.message}"
-            )
-            audit_record(action="backup.restore_failed", desktop=desktop, message=exc.message)
-        Backup.objects.filter(pk=backup.pk).update(restore_pending=False)
+        queued = desktop.restores.filter(status=R.QUEUED, target=RestoreTarget.IN_PLACE)
+        for restore in queued.order_by("created_at"):
+            _restore_in_place(desktop, restore)
         _clear_progress(desktop, step="restore")
 
 
-def _restore_in_place(desktop: Desktop, backup: Backup) -> None:
-    """The backup's chain is verified again first (a damaged backup leaves the desktop as
-    it was); then the old disk goes and the copy takes its place."""
+def _restore_in_place(desktop: Desktop, restore: Restore) -> None:
     assert desktop.host is not None
+    try:
+        _path, seconds = _restore_copy(restore, desktop.host)
+    except (HypervisorError, CopyCancelled) as exc:
+        # A transient error fails the restore too: its copy is gone, and the owner can
+        # simply ask again (a retried task would find no queued restore).
+        _restore_ended(restore, exc)
+        if isinstance(exc, HypervisorError):
+            Desktop.objects.filter(pk=desktop.pk).update(
+                last_error=f"Restore failed ({exc.message}); the desktop kept its disk."
+            )
+        return
+    old_volume = desktop.volume_name
+    if not _swap_disk(desktop, restore, seconds):
+        disk_copy_discard(host=desktop.host, volume=restore.volume_name, job=restore.job_name)
+        _restore_ended(restore, CopyCancelled("cancelled"))
+        return
     hypervisor = _hypervisor(desktop)
-    for link in qemuimg.image_chain(str(backup_path(backup))):
-        qemuimg.image_check(str(link["filename"]))
-    hypervisor.undefine(name=desktop.domain_name)  # with snapshot and checkpoint metadata
-    hypervisor.delete_volume(pool=desktop.host.storage_pool, name=desktop.volume_name)
-    _restore_volume(backup, desktop, desktop.host)
-    Desktop.objects.filter(pk=desktop.pk).update(restored_from=backup)
-    desktop.restored_from = backup
+    hypervisor.delete_volume(pool=desktop.host.storage_pool, name=old_volume)
     hypervisor.define_domain(domain_spec(desktop))
+
+
+def _swap_disk(desktop: Desktop, restore: Restore, seconds: float) -> bool:
+    """Make the whole, checked copy the desktop's disk, unless the restore was cancelled
+    at the last moment (False). The restore's row is locked meanwhile, so a cancel either
+    came before (nothing changes) or finds the restore done."""
     with transaction.atomic():
+        row = Restore.objects.select_for_update().get(pk=restore.pk)
+        if row.status != R.RUNNING:
+            return False
+        # The domain goes with its snapshot and checkpoint metadata (a running guest is
+        # powered off first); it is defined again over the new disk by the caller.
+        _hypervisor(desktop).undefine(name=desktop.domain_name)
+        restore_move(restore_id=restore.pk, old=R.RUNNING, new=R.DONE, **_done(seconds))
+        Desktop.objects.filter(pk=desktop.pk).update(
+            volume_name=restore.volume_name, restored_from=restore.backup, last_error=""
+        )
+        desktop.volume_name, desktop.restored_from = restore.volume_name, restore.backup
         Snapshot.objects.filter(desktop=desktop).exclude(status=SnapshotStatus.DELETED).update(
             status=SnapshotStatus.DELETED
         )
@@ -347,7 +455,32 @@ def _restore_in_place(desktop: Desktop, backup: Backup) -> None:
             transitions.compare_and_set(
                 desktop_id=desktop.pk, old=DesktopStatus.RUNNING, new=DesktopStatus.STOPPED
             )
-        audit_record(
-            action="backup.restored", desktop=desktop, backup=str(backup.pk), target="in_place"
-        )
-        push_desktop_changed(desktop_id=desktop.pk)
+        _restored(desktop, restore)
+    return True
+
+
+def _restores_reconcile() -> int:
+    """Restores cut off by a killed worker (under way, the desktop's lock free): their
+    copy is removed and they fail; a new desktop that was only the restore fails with them
+    (its half-made parts removed)."""
+    failed = 0
+    for restore in Restore.objects.filter(status__in=(R.RUNNING, R.CANCELLING)).select_related(
+        "desktop__host"
+    ):
+        desktop = restore.desktop
+        try:
+            with desktop_lock(desktop.pk, wait_s=0.5):
+                if desktop.host is not None:
+                    disk_copy_discard(
+                        host=desktop.host, volume=restore.volume_name, job=restore.job_name
+                    )
+                message = "interrupted (its worker stopped)"
+                _restore_ended(restore, HypervisorError(message, permanent=True))
+                if restore.target == RestoreTarget.NEW:
+                    desktop_fail(desktop_id=desktop.pk, message=f"Restore {message}", cleanup=True)
+                else:
+                    _clear_progress(desktop, step="restore")
+                failed += 1
+        except DesktopBusy:
+            continue  # a worker is on it
+    return failed

@@ -20,10 +20,20 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from vms.models import Backup, BackupStatus, Desktop, DesktopStatus, Template
+from vms.models import (
+    Backup,
+    BackupStatus,
+    Desktop,
+    DesktopStatus,
+    Restore,
+    RestoreStatus,
+    RestoreTarget,
+    Template,
+)
 from vms.roles import DesktopRole, desktop_role, sees_all_desktops
 from vms.services.actions import ACTIONS, busy_label_of
 from vms.services.audit import audit_record
+from vms.services.disk_copies import copy_names
 from vms.services.errors import InvalidTransition, ServiceError
 from vms.services.events import push_desktop_changed, push_owner_notice
 from vms.services.queue import broker_check, enqueue_desktop_task
@@ -31,6 +41,7 @@ from vms.services.quotas import quota_check
 
 B = BackupStatus
 D = DesktopStatus
+R = RestoreStatus
 MANAGERS = frozenset({DesktopRole.OWNER, DesktopRole.ADMIN})
 UNDER_WAY = (B.QUEUED, B.RUNNING, B.CANCELLING)
 BACKUP_TRANSITIONS: dict[str, frozenset[str]] = {
@@ -42,6 +53,24 @@ BACKUP_TRANSITIONS: dict[str, frozenset[str]] = {
     B.CANCELLED: frozenset(),
     B.EXPIRED: frozenset(),
 }
+
+
+RESTORING = (R.QUEUED, R.RUNNING, R.CANCELLING)
+RESTORE_TRANSITIONS: dict[str, frozenset[str]] = {
+    R.QUEUED: frozenset({R.RUNNING, R.CANCELLED, R.FAILED}),
+    R.RUNNING: frozenset({R.DONE, R.FAILED, R.CANCELLING}),
+    R.CANCELLING: frozenset({R.CANCELLED, R.FAILED}),
+    R.DONE: frozenset(),
+    R.FAILED: frozenset(),
+    R.CANCELLED: frozenset(),
+}
+
+
+def restore_move(*, restore_id: UUID | str, old: str, new: str, **fields: object) -> bool:
+    """Compare-and-set one restore's status through RESTORE_TRANSITIONS."""
+    if new not in RESTORE_TRANSITIONS[old]:
+        raise InvalidTransition(f"A restore cannot go from {old} to {new}.")
+    return Restore.objects.filter(pk=restore_id, status=old).update(status=new, **fields) == 1
 
 
 def backup_move(*, backup_id: UUID | str, old: str, new: str, **fields: object) -> bool:
@@ -79,6 +108,19 @@ def backups_visible_to(*, user: User) -> QuerySet[Backup]:
     outlives its desktop: "restore to a new desktop"); help-desk and admins see all.
     Another user's answer 404."""
     rows = Backup.objects.select_related("desktop__owner", "desktop__template")
+    if not user.is_authenticated:
+        return rows.none()
+    return rows if sees_all_desktops(user) else rows.filter(desktop__owner=user)
+
+
+def restores_under_way(*, desktop: Desktop) -> QuerySet[Restore]:
+    """The restores into `desktop` that are not over (one at most), with their progress."""
+    return desktop.restores.filter(status__in=RESTORING).select_related("backup")
+
+
+def restores_visible_to(*, user: User) -> QuerySet[Restore]:
+    """Restores `user` may see: into their own desktops (help-desk and admins: all)."""
+    rows = Restore.objects.select_related("desktop__owner", "backup")
     if not user.is_authenticated:
         return rows.none()
     return rows if sees_all_desktops(user) else rows.filter(desktop__owner=user)
@@ -168,18 +210,32 @@ def _restore_new(*, actor: User, backup: Backup, source_ip: str | None) -> Deskt
             restored_from=backup, base_image_path=source.base_image_path
         )
         desktop.restored_from = backup
+        restore = _restore_row(
+            actor=actor, backup=backup, desktop=desktop, target=RestoreTarget.NEW
+        )
         audit_record(
             action="backup.restore",
             actor=actor,
             desktop=desktop,
             source_ip=source_ip,
             backup=str(backup.pk),
+            restore=str(restore.pk),
             target="new",
             source=str(source.pk),
         )
         push_desktop_changed(desktop_id=desktop.pk)
         enqueue_desktop_task(ACTIONS["provision"], desktop=desktop)
     return desktop
+
+
+def _restore_row(*, actor: User, backup: Backup, desktop: Desktop, target: str) -> Restore:
+    """The restore's row: a new desktop's copy is its own disk; an in-place one goes next
+    to the old disk (swapped when whole)."""
+    restore = Restore(backup=backup, desktop=desktop, target=target, created_by=actor)
+    copy_volume, restore.job_name = copy_names(token=f"restore-{restore.pk}")
+    restore.volume_name = desktop.volume_name if target == RestoreTarget.NEW else copy_volume
+    restore.save(force_insert=True)
+    return restore
 
 
 def _restore_in_place(*, actor: User, backup: Backup, source_ip: str | None) -> Desktop:
@@ -192,12 +248,16 @@ def _restore_in_place(*, actor: User, backup: Backup, source_ip: str | None) -> 
         if row.backups.filter(status__in=UNDER_WAY).exists():
             raise InvalidTransition("A backup of this desktop is under way; restore after it.")
         Desktop.objects.filter(pk=row.pk).update(progress="restore")
+        restore = _restore_row(
+            actor=actor, backup=backup, desktop=row, target=RestoreTarget.IN_PLACE
+        )
         audit_record(
             action="backup.restore",
             actor=actor,
             desktop=row,
             source_ip=source_ip,
             backup=str(backup.pk),
+            restore=str(restore.pk),
             target="in_place",
         )
         if desktop_role(actor, owner_id=row.owner_id) is not DesktopRole.OWNER:
@@ -207,9 +267,33 @@ def _restore_in_place(*, actor: User, backup: Backup, source_ip: str | None) -> 
                 f"{row.name} from the backup of {backup.created_at:%Y-%m-%d %H:%M}.",
             )
         push_desktop_changed(desktop_id=row.pk)
-        Backup.objects.filter(pk=backup.pk).update(restore_pending=True)
         enqueue_desktop_task(ACTIONS["restore"], desktop=row)
     return row
+
+
+def restore_cancel(*, actor: User, restore: Restore, source_ip: str | None = None) -> None:
+    """Cancel a restore under way. In place: the copy stops and is removed, the desktop
+    keeps its disk. To a new desktop: that desktop is deleted (it was only the restore)."""
+    from vms.services.desktops import desktop_act
+
+    if desktop_role(actor, owner_id=restore.desktop.owner_id) not in MANAGERS:
+        raise PermissionDenied("Only the desktop's owner or an admin may cancel its restore.")
+    with transaction.atomic():
+        moved = restore_move(restore_id=restore.pk, old=R.QUEUED, new=R.CANCELLED) or (
+            restore_move(restore_id=restore.pk, old=R.RUNNING, new=R.CANCELLING)
+        )
+        if not moved:
+            raise InvalidTransition("That restore is not under way.")
+        audit_record(
+            action="backup.restore_cancel",
+            actor=actor,
+            desktop=restore.desktop,
+            source_ip=source_ip,
+            restore=str(restore.pk),
+        )
+        if restore.target == RestoreTarget.NEW:
+            desktop_act(actor=actor, desktop=restore.desktop, action="delete", source_ip=source_ip)
+        push_desktop_changed(desktop_id=restore.desktop_id)
 
 
 def backups_due() -> list[Desktop]:

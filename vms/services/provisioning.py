@@ -126,9 +126,15 @@ def desktop_provision(*, desktop_id: UUID | str) -> None:
 
 
 def _provision(desktop: Desktop) -> None:
+    from vms.services.disk_copies import CopyCancelled
+
     hypervisor = _hypervisor(desktop)
-    _set_progress(desktop, "cloning")
-    spec = domain_spec(desktop)
+    _set_progress(desktop, "restoring" if desktop.restored_from_id else "cloning")
+    try:
+        spec = domain_spec(desktop)
+    except CopyCancelled:  # a restore to this new desktop was cancelled: it is deleted
+        _remove_if_deleted(desktop, hypervisor)
+        return
     _set_progress(desktop, "defining")
     info = hypervisor.define_domain(spec)
     Desktop.objects.filter(pk=desktop.pk).update(domain_uuid=info.uuid)

@@ -20,14 +20,16 @@ from django.db.models import Q
 from django.utils import timezone
 
 from vms.hypervisor import DomainInfo, Hypervisor, PowerState, VolumeInfo
-from vms.models import Desktop, DesktopStatus, Host, Template, TemplateVersion
+from vms.models import Desktop, DesktopStatus, Host, Restore, Template, TemplateVersion
 from vms.services import transitions
 from vms.services.actions import action_resuming
 from vms.services.audit import audit_record
+from vms.services.backups import RESTORING
 from vms.services.events import push_desktop_changed
 from vms.services.hosts import hypervisor_for
 from vms.services.networks import networks_reconcile
 from vms.services.queue import enqueue_desktop_task
+from vms.services.template_versions import version_job_name
 from vms.settings_access import name_prefix
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ def domains_owned_by(*, host: Host, names: Collection[str] | None = None) -> set
     rows = Desktop.objects.filter(here).exclude(status=S.DELETED)
     if names is not None:
         rows = rows.filter(domain_name__in=names)
-    return set(rows.values_list("domain_name", flat=True))
+    return set(rows.values_list("domain_name", flat=True)) | copy_jobs_under_way()
 
 
 def volumes_in_use(*, names: Collection[str] | None = None) -> set[str]:
@@ -105,7 +107,17 @@ def volumes_in_use(*, names: Collection[str] | None = None) -> set[str]:
     rows = Desktop.objects.exclude(status=S.DELETED)
     if names is not None:
         rows = rows.filter(volume_name__in=names)
-    return set(rows.values_list("volume_name", flat=True))
+    copies = Restore.objects.filter(status__in=RESTORING).values_list("volume_name", flat=True)
+    return set(rows.values_list("volume_name", flat=True)) | set(copies)
+
+
+def copy_jobs_under_way() -> set[str]:
+    """The helper domains of disk copies under way (restores, template versions): they
+    carry the prefix but belong to no desktop. One cut off by a killed worker is removed
+    by the backups round's clean-up, which also fails its row."""
+    restores = Restore.objects.filter(status__in=RESTORING).values_list("job_name", flat=True)
+    building = TemplateVersion.objects.filter(status="building")
+    return set(restores) | {version_job_name(version) for version in building}
 
 
 def _fix_state(desktop: Desktop, domain: DomainInfo | None, report: ReconcileReport) -> None:

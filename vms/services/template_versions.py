@@ -1,8 +1,8 @@
 """Template versions: an admin saves a prepared (stopped) desktop as its template's new
 base. The desktop's disk is flattened into a new base volume through the hypervisor
-layer (libvirt's volume API, which runs ``qemu-img convert``); new launches use the newest
-version, existing desktops keep theirs until they are reset, and a base still under any
-desktop is never deleted. Nothing half-made: a failed build removes its volume.
+layer (a block pull, `vms.services.disk_copies`: measured and cancellable); new launches
+use the newest version, existing desktops keep theirs until they are reset, and a base
+still under any desktop is never deleted. Nothing half-made: a failed build removes its volume.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from vms.hypervisor import HypervisorError
 from vms.models import Desktop, DesktopStatus, Host, Template, TemplateVersion
 from vms.roles import is_admin
 from vms.services.audit import audit_record
+from vms.services.disk_copies import CopyCancelled, copy_names, disk_copy_discard, disk_copy_run
 from vms.services.errors import InvalidTransition
 from vms.services.hosts import hypervisor_for
 from vms.services.locks import DesktopBusy, desktop_lock
@@ -78,9 +79,14 @@ def version_volume_name(version: TemplateVersion) -> str:
     )
 
 
+def version_job_name(version: TemplateVersion) -> str:
+    return copy_names(token=f"tv{version.pk}")[1]
+
+
 def template_version_build(*, version_id: int) -> None:
-    """The worker half: flatten, then make the version the template's current base. A
-    version cancelled meanwhile keeps nothing; a failure removes what was copied."""
+    """The worker half: flatten (a block job with its progress on the row), then make the
+    version the template's current base. A version cancelled meanwhile stops the copy and
+    keeps nothing; a failure removes what was copied."""
     version = TemplateVersion.objects.select_related("template", "made_from__host").get(
         pk=version_id
     )
@@ -88,37 +94,50 @@ def template_version_build(*, version_id: int) -> None:
     if version.status != "building" or desktop is None or desktop.host is None:
         return
     host = desktop.host
-    hypervisor = hypervisor_for(host)
-    name = version_volume_name(version)
+    rows = TemplateVersion.objects.filter(pk=version.pk)
     with desktop_lock(desktop.pk):  # nobody starts the desktop's disk while it is copied
         try:
-            hypervisor.delete_volume(pool=host.storage_pool, name=name)  # a cut-off run's copy
-            source = hypervisor.volume_info(pool=host.storage_pool, name=desktop.volume_name)
+            source = hypervisor_for(host).volume_info(
+                pool=host.storage_pool, name=desktop.volume_name
+            )
             if source is None:
                 raise HypervisorError("the desktop's disk is gone", permanent=True)
-            base = hypervisor.full_copy_volume(
-                pool=host.storage_pool, name=name, base_path=source.path
+            base = disk_copy_run(
+                host=host,
+                source_path=source.path,
+                volume=version_volume_name(version),
+                job=version_job_name(version),
+                progress=lambda percent: rows.update(progress=percent),
+                cancelled=lambda: not rows.filter(status="building").exists(),
             )
+        except CopyCancelled:
+            return  # its copy is removed; the cancel wrote its audit row
         except HypervisorError as exc:
             _version_failed(version, host, message=exc.message)
             return
-        with transaction.atomic():
-            if not TemplateVersion.objects.filter(pk=version.pk, status="building").update(
-                status="ready", base_image_path=base.path
-            ):  # cancelled while it copied
-                hypervisor.delete_volume(pool=host.storage_pool, name=name)
-                return
-            Template.objects.filter(pk=version.template_id).update(base_image_path=base.path)
-            audit_record(
-                action="template.version_ready",
-                template=version.template.name,
-                version=version.number,
-                base=base.path,
+        _version_ready(version, host, base.path)
+
+
+def _version_ready(version: TemplateVersion, host: Host, path: str) -> None:
+    with transaction.atomic():
+        if not TemplateVersion.objects.filter(pk=version.pk, status="building").update(
+            status="ready", base_image_path=path, progress=100
+        ):  # cancelled at the last moment
+            hypervisor_for(host).delete_volume(
+                pool=host.storage_pool, name=version_volume_name(version)
             )
+            return
+        Template.objects.filter(pk=version.template_id).update(base_image_path=path)
+        audit_record(
+            action="template.version_ready",
+            template=version.template.name,
+            version=version.number,
+            base=path,
+        )
 
 
 def _version_failed(version: TemplateVersion, host: Host, *, message: str) -> None:
-    hypervisor_for(host).delete_volume(pool=host.storage_pool, name=version_volume_name(version))
+    disk_copy_discard(host=host, volume=version_volume_name(version), job=version_job_name(version))
     with transaction.atomic():
         TemplateVersion.objects.filter(pk=version.pk, status="building").update(
             status="failed", last_error=message
