@@ -178,7 +178,7 @@ def reap_console_sessions() -> int:
 def backups_round() -> dict[str, int]:
     """The beat's backup round: clean up after killed workers (backups failed, snapshot
     work queued again), then queue the scheduled backups that are due (each runs on its
-    desktop's host queue)."""
+    desktop's host queue), and each host's re-measure of its snapshots' space."""
     from vms.services import backup_work, backups, snapshot_work, template_versions
 
     return {
@@ -186,7 +186,18 @@ def backups_round() -> dict[str, int]:
         "versions_failed": template_versions.versions_reconcile(),
         "snapshots_resumed": snapshot_work.snapshots_resume(),
         "queued": backups.backups_round(),
+        "snapshot_hosts": _on_each_host("vms.tasks.host_snapshots_measure", schedule="backups"),
     }
+
+
+@shared_task(acks_late=True)
+def host_snapshots_measure(host_id: int) -> int:
+    """One host's re-measure of what its desktops' snapshots hold, run by that host's
+    worker (qemu-img reads the volumes where they are); how many desktops were measured."""
+    from vms.services import snapshot_work
+
+    host = Host.objects.filter(pk=host_id, enabled=True).first()
+    return 0 if host is None else snapshot_work.snapshots_measure_host(host=host)
 
 
 @shared_task(acks_late=True)

@@ -5,6 +5,11 @@ Each function takes the desktop's lock, works through the desktop's snapshot row
 pending state it handles (so a task delivered twice does nothing the second time), and
 clears the desktop's busy note when done. A permanent hypervisor error marks the snapshot
 `error` with the message; a transient one propagates and the task retries.
+
+What the snapshots hold is measured from the desktop's qcow2 (`snapshots_measure`) after
+each take, revert and delete, and again by the beat's backups round on each host
+(`snapshots_measure_host`): writes after a snapshot copy clusters away from it, and the
+quota counts them (docs/backups.md "Snapshots").
 """
 
 from __future__ import annotations
@@ -14,19 +19,22 @@ from uuid import UUID
 
 from django.db import transaction
 
-from vms.hypervisor import HypervisorError, PowerState
-from vms.models import Desktop, DesktopStatus, Snapshot, SnapshotStatus
+from vms.hypervisor import HypervisorError, PowerState, qemuimg
+from vms.models import Desktop, DesktopStatus, Host, Snapshot, SnapshotStatus
 from vms.services import transitions
 from vms.services.audit import audit_record
 from vms.services.events import push_desktop_changed
 from vms.services.hosts import hypervisor_for
-from vms.services.locks import desktop_lock
+from vms.services.locks import DesktopBusy, desktop_lock
 from vms.services.provisioning import _clear_progress, _hypervisor, _load, domain_spec
-from vms.services.snapshots import snapshot_move
+from vms.services.snapshots import LIVE, SNAPSHOT_DESKTOP_STATES, snapshot_move
 
 log = logging.getLogger(__name__)
 S = SnapshotStatus
 D = DesktopStatus
+# The beat's re-measure waits this long for a desktop's lock, then skips it: the work
+# holding it measures when it ends, and the next round comes in 5 minutes.
+MEASURE_LOCK_WAIT_S = 0.5
 
 
 def _allocation(desktop: Desktop) -> int:
@@ -71,12 +79,15 @@ def _take(desktop: Desktop, snapshot: Snapshot) -> None:
         info = _hypervisor(desktop).snapshot_create(
             name=desktop.domain_name, snapshot=snapshot.libvirt_name
         )
-        size = max(_allocation(desktop) - before, 0)
+        grown = max(_allocation(desktop) - before, 0)
     except HypervisorError as exc:
         if not exc.permanent:
             raise
         _failed(snapshot, old=S.CREATING, exc=exc)
         return
+    # The image's measure; the volume's growth while it was taken when that fails.
+    measured = snapshots_measure(desktop=desktop)
+    size = measured.get(snapshot.pk, grown) if measured is not None else grown
     with transaction.atomic():
         snapshot_move(
             snapshot_id=snapshot.pk,
@@ -103,6 +114,7 @@ def desktop_snapshot_revert(*, desktop_id: UUID | str) -> None:
             return
         for snapshot in _pending(desktop, S.REVERTING):
             _revert(desktop, snapshot)
+        snapshots_measure(desktop=desktop)  # the writes since the snapshot are gone
         _clear_progress(desktop, step="snapshot-revert")
 
 
@@ -148,6 +160,7 @@ def desktop_snapshot_remove(*, desktop_id: UUID | str) -> None:
                 _failed(snapshot, old=S.DELETING, exc=exc)
                 continue
             _gone(desktop, snapshot)
+        snapshots_measure(desktop=desktop)  # what the others hold now
         _clear_progress(desktop, step="snapshot-delete")
 
 
@@ -155,6 +168,89 @@ def _gone(desktop: Desktop, snapshot: Snapshot) -> None:
     with transaction.atomic():
         snapshot_move(snapshot_id=snapshot.pk, old=snapshot.status, new=S.DELETED)
         audit_record(action="snapshot.deleted", desktop=desktop, snapshot=str(snapshot.pk))
+
+
+def snapshots_measure(*, desktop: Desktop) -> dict[UUID, int] | None:
+    """Measure from the desktop's qcow2 what its snapshots hold and write each live row's
+    share (`snapshot_shares`) to `size_bytes`, which the disk quota counts. The caller
+    holds the desktop's lock. Returns the rows' figures by id; None when the image could
+    not be measured (no disk, a qemu-img error): logged, and the old figures are kept."""
+    rows = list(desktop.snapshots.filter(status__in=LIVE).order_by("created_at"))
+    if not rows:
+        return {}
+    try:
+        space = qemuimg.image_snapshot_space(_volume_path(desktop))
+    except HypervisorError as exc:
+        log.warning("snapshot space of desktop %s not measured, figures kept: %s",
+                    desktop.pk, exc.message)  # fmt: skip
+        return None
+    sizes = snapshot_shares(space=space, names={row.pk: row.libvirt_name for row in rows})
+    for row in rows:
+        if row.size_bytes != sizes[row.pk]:
+            Snapshot.objects.filter(pk=row.pk).update(size_bytes=sizes[row.pk])
+    log.info("snapshot space of desktop %s: %d bytes (%s)", desktop.pk, space.total_bytes, space)
+    return sizes
+
+
+def _volume_path(desktop: Desktop) -> str:
+    if desktop.host is None:
+        raise HypervisorError("the desktop is on no host", permanent=True)
+    info = hypervisor_for(desktop.host).volume_info(
+        pool=desktop.host.storage_pool, name=desktop.volume_name
+    )
+    if info is None:
+        raise HypervisorError("the desktop's disk is gone", permanent=True)
+    return info.path
+
+
+def snapshot_shares(*, space: qemuimg.SnapshotSpace, names: dict[UUID, str]) -> dict[UUID, int]:
+    """Share the measured total out over a desktop's live rows (`names`: id to libvirt
+    name, oldest first), so that they add up to it. A row whose snapshot is in the image
+    gets its saved memory first; what is left (clusters later writes copied away, which
+    several snapshots may share and qemu-img does not attribute) is split equally over
+    those rows, the odd bytes to the newest. A row whose snapshot is not in the image
+    (one that failed) holds nothing."""
+    sizes = dict.fromkeys(names, 0)
+    found = [pk for pk, name in names.items() if name in space.vm_state_bytes]
+    left = space.total_bytes
+    for pk in found:
+        sizes[pk] = min(space.vm_state_bytes[names[pk]], left)
+        left -= sizes[pk]
+    if not found:
+        if left:
+            log.warning("%d bytes of snapshots the portal does not know", left)
+        return sizes
+    share, odd = divmod(left, len(found))
+    for pk in found:
+        sizes[pk] += share
+    sizes[found[-1]] += odd
+    return sizes
+
+
+def snapshots_measure_host(*, host: Host) -> int:
+    """The beat's re-measure on one host (run by its own worker, which reads the files):
+    each running or stopped desktop there with live snapshots, under its lock taken with a
+    short wait (a busy desktop is skipped). How many were measured; never raises for a
+    desktop that cannot be measured."""
+    ids = (
+        Desktop.objects.filter(
+            host=host, status__in=SNAPSHOT_DESKTOP_STATES, snapshots__status__in=LIVE
+        )
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    measured = 0
+    for desktop_id in list(ids):
+        try:
+            with desktop_lock(desktop_id, wait_s=MEASURE_LOCK_WAIT_S):
+                desktop = _load(desktop_id)  # as it is now that it is ours
+                if desktop is None or desktop.host_id != host.pk:
+                    continue
+                if desktop.status in SNAPSHOT_DESKTOP_STATES:
+                    measured += snapshots_measure(desktop=desktop) is not None
+        except DesktopBusy:
+            continue
+    return measured
 
 
 def desktop_reset(*, desktop_id: UUID | str) -> None:
@@ -207,7 +303,6 @@ def snapshots_resume() -> int:
     """Queue again the snapshot work of killed workers: a pending snapshot whose desktop
     lock is free has nobody working on it (the beat's backups round calls this)."""
     from vms.services.actions import ACTIONS
-    from vms.services.locks import DesktopBusy
     from vms.services.queue import enqueue_desktop_task
 
     resumed = 0
