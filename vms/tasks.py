@@ -177,12 +177,14 @@ def reap_console_sessions() -> int:
 @shared_task(acks_late=True)
 def backups_round() -> dict[str, int]:
     """The beat's backup round: clean up after killed workers (backups failed, snapshot
-    work queued again), then queue the scheduled backups that are due (each runs on its
-    desktop's host queue), and each host's re-measure of its snapshots' space."""
+    work queued again), expire the backups of desktops deleted long ago, then queue the
+    scheduled backups that are due (each runs on its desktop's host queue), and each
+    host's re-measure of its snapshots' space."""
     from vms.services import backup_work, backups, snapshot_work, template_versions
 
     return {
         "failed": backup_work.backups_reconcile(),
+        "expired": backup_work.backups_expire_deleted(),
         "versions_failed": template_versions.versions_reconcile(),
         "snapshots_resumed": snapshot_work.snapshots_resume(),
         "queued": backups.backups_round(),

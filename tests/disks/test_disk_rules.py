@@ -195,3 +195,45 @@ def test_restore_requests_are_listed_and_cancelled(
     assert restore.target == "new" and restore.volume_name == restore.desktop.volume_name
     assert client.post(f"/api/restores/{restore.pk}/cancel/").status_code == 202
     assert client.get(f"/api/desktops/{new}/").json()["status"] == "deleting"
+
+
+def test_backups_of_desktops_deleted_long_ago_expire(employee, fake_template, settings) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from vms.services.backup_work import backups_expire_deleted
+    from vms.services.backups import backup_folder, backup_path
+
+    settings.BACKUP_KEEP_DAYS_AFTER_DELETE = 30
+    now = timezone.now()
+
+    def deleted(days: float, *, restoring: bool = False) -> list[Backup]:
+        gone = make_desktop(employee, fake_template, status="deleted")
+        gone.deleted_at = now - timedelta(days=days)
+        gone.save()
+        rows = []
+        for n in range(2):
+            row = Backup.objects.create(desktop=gone, status="ready", file_name=f"{n}.qcow2")
+            (backup_folder(gone.pk) / row.file_name).write_bytes(b"x")
+            rows.append(row)
+        if restoring:
+            Restore.objects.create(
+                backup=rows[1], desktop=gone, target="new", status="running",
+                volume_name="v", job_name="j",
+            )  # fmt: skip
+        return rows
+
+    old, recent, in_use = deleted(31), deleted(29), deleted(40, restoring=True)
+    assert backups_expire_deleted(now=now) == 2
+    for row in old:
+        row.refresh_from_db()
+        assert row.status == "expired" and not backup_path(row).exists()
+    assert not backup_path(old[0]).parent.exists()  # its folder too
+    for row in [*recent, *in_use]:
+        row.refresh_from_db()
+        assert row.status == "ready" and backup_path(row).exists()
+    assert AuditEvent.objects.filter(action="backup.expired").count() == 2
+    assert backups_expire_deleted(now=now) == 0  # nothing twice
+    for row in [*recent, *in_use]:
+        backup_path(row).unlink()

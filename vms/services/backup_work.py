@@ -15,9 +15,11 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -42,6 +44,7 @@ from vms.services.backups import (
     backup_folder,
     backup_move,
     backup_path,
+    backup_root,
     restore_move,
 )
 from vms.services.disk_copies import CopyCancelled, disk_copy_discard, disk_copy_run
@@ -263,6 +266,37 @@ def retention_apply(*, desktop: Desktop) -> int:
     return removed
 
 
+def backups_expire_deleted(*, now: datetime | None = None) -> int:
+    """The backups of desktops deleted more than BACKUP_KEEP_DAYS_AFTER_DELETE days ago
+    expire (their files removed, their rows kept as `expired` for the record), unless a
+    restore from them is under way. How many expired."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.BACKUP_KEEP_DAYS_AFTER_DELETE)
+    old = Backup.objects.filter(
+        status=B.READY, desktop__status=DesktopStatus.DELETED, desktop__deleted_at__lt=cutoff
+    ).exclude(desktop__backups__restores__status__in=RESTORING)  # a chain in use stays whole
+    expired = 0
+    rows = list(old.select_related("desktop"))
+    for backup in rows:  # the whole chain goes: the order does not matter
+        backup_path(backup).unlink(missing_ok=True)
+        with transaction.atomic():
+            if backup_move(backup_id=backup.pk, old=B.READY, new=B.EXPIRED):
+                audit_record(
+                    action="backup.expired",
+                    desktop=backup.desktop,
+                    backup=str(backup.pk),
+                    reason="desktop deleted",
+                )
+                expired += 1
+    for desktop_id in {backup.desktop_id for backup in rows}:
+        _remove_if_empty(backup_root() / str(desktop_id))
+    return expired
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
 def backups_reconcile() -> int:
     """Clean up after killed workers: a backup `running` whose desktop lock is free has no
     worker; abort its job, drop its checkpoint and files, mark it failed. Then remove
@@ -290,8 +324,6 @@ def backups_reconcile() -> int:
 
 
 def _remove_stray_files() -> None:
-    from vms.services.backups import backup_root
-
     root = backup_root()
     owned = {
         (str(d), f)
