@@ -5,6 +5,7 @@ and phone) go to docs/screenshots/."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -130,3 +131,54 @@ def test_helpdesk_reverts_from_the_help_desk_page_with_a_reason(
     phone.goto(f"{portal_url}/helpdesk/?q={employee.username}")
     phone.locator(f'tr[data-desktop="{desktop.pk}"]').get_by_text("Revert to a snapshot").click()
     shot(phone, "helpdesk-revert-phone")
+
+
+def test_restore_progress_and_cancel_on_the_dashboard(
+    browser: Browser, portal_url: str, employee, demo_template, api_for, hypervisor, local_host
+) -> None:
+    """An in-place restore shows its percentage in the desktop's panel (which opens by
+    itself) and is cancelled from there (confirmed): the desktop keeps its disk. The copy
+    runs at a known pace on a worker of its own (see tests/disks/test_restores_live.py)."""
+    import os
+    import socket
+
+    from tests.disks.test_restores_live import PACE, prepared
+    from tests.fixtures import running_worker
+    from vms.models import Host, Restore
+
+    client = api_for(employee)
+    desktop, _backup, _path = off_the_loop(lambda: prepared(client, demo_template, hypervisor))
+
+    def to_slow_host() -> Host:
+        slow = Host.objects.create(
+            name="slowcopy", uri=local_host.uri, storage_pool=local_host.storage_pool
+        )
+        Desktop.objects.filter(pk=desktop.pk).update(host=slow)
+        return slow
+
+    slow = off_the_loop(to_slow_host)
+    name = f"slow{os.getpid()}@{socket.gethostname()}"
+    with running_worker(queues=slow.queue_name, name=name, DISK_COPY_BANDWIDTH_MIB_S=PACE):
+        page = logged_in_page(browser, portal_url, employee.username)
+        live(page)
+        page.on("dialog", lambda dialog: dialog.accept())
+        panel = panel_of(page, desktop)
+        restore_here = panel.locator("[data-field=backups] li").first
+        restore_here.get_by_role("button", name="Restore here").click()
+        progress = panel.locator("[data-field=restores] li")
+        expect(progress).to_contain_text("Restoring from the backup of", timeout=30_000)
+        expect(progress).to_contain_text(re.compile(r"[1-9]\d?%"), timeout=30_000)
+        expect(progress.locator("progress")).to_be_visible()
+        shot(page, "dash-restore-progress")
+
+        phone = logged_in_page(browser, portal_url, employee.username, viewport=PHONE)
+        phone_panel = phone.locator(f'[data-disks="{desktop.pk}"]')
+        assert phone_panel.get_attribute("open") is not None  # opened by itself
+        expect(phone_panel.locator("[data-field=restores] li")).to_contain_text("%")
+        shot(phone, "dash-restore-progress-phone")
+
+        progress.get_by_role("button", name="Cancel").click()
+        expect(progress).to_contain_text("cancelled", timeout=30_000)
+    restore = off_the_loop(lambda: Restore.objects.get(desktop=desktop))
+    kept = off_the_loop(lambda: Desktop.objects.get(pk=desktop.pk))
+    assert restore.status == "cancelled" and kept.volume_name == desktop.volume_name
