@@ -292,9 +292,7 @@ BACKUP_DIR = envcheck.read(env.str, "BACKUP_DIR", default="/var/lib/desktop-port
 DISK_COPY_BANDWIDTH_MIB_S = envcheck.read(env.int, "DISK_COPY_BANDWIDTH_MIB_S", default=0)
 # How long the backups of a deleted desktop stay restorable (as a new desktop) before the
 # backups round removes them; a live desktop's are kept by its template's `backup_keep`.
-BACKUP_KEEP_DAYS_AFTER_DELETE = envcheck.read(
-    env.int, "BACKUP_KEEP_DAYS_AFTER_DELETE", default=30
-)
+BACKUP_KEEP_DAYS_AFTER_DELETE = envcheck.read(env.int, "BACKUP_KEEP_DAYS_AFTER_DELETE", default=30)
 VIRT_TYPE = envcheck.choice(
     envcheck.read(env.str, "VIRT_TYPE", default="auto"), "VIRT_TYPE", ("auto", "kvm", "qemu")
 )

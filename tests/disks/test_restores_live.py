@@ -31,10 +31,11 @@ from tests.disks.test_snapshots_live import (
     has_pattern,
     launched_and_stopped,
     power,
+    shell_of,
     wait_idle,
     write_pattern,
 )
-from tests.fixtures import running_worker
+from tests.fixtures import running_worker, wait_for_status
 from tests.servers import server_env
 from vms.hypervisor import PowerState, qemuimg
 from vms.models import Desktop, Host, Restore, TemplateVersion
@@ -264,3 +265,23 @@ def test_template_version_build_shows_progress_and_cancel_removes_its_copy(
     )
     demo_template.refresh_from_db()
     assert demo_template.versions.filter(status="ready").count() == 1  # v1 only: still current
+
+
+def test_a_non_persistent_restored_desktop_starts_again_from_its_backup(
+    celery_worker, api_for, employee, demo_template, hypervisor
+) -> None:
+    client = api_for(employee)
+    _desktop, backup, _path = prepared(client, demo_template, hypervisor)
+    answer = client.post(f"/api/backups/{backup.pk}/restore/", {"target": "new"}, format="json")
+    assert answer.status_code == 202, answer.content
+    new = wait_for_status(answer.json()["id"], "running")
+    with shell_of(new) as shell:
+        shell.run("echo lost > /root/lost && sync")
+    demo_template.persistent = False
+    demo_template.save()
+    stopped = power(client, new, "force-stop", "stopped")
+    assert stopped.last_error == ""
+    path = disk_path(stopped, hypervisor)
+    # What the guest wrote is gone: the disk is the backup again, copied anew.
+    assert qemuimg.image_compare(str(backup_path(backup)), path)
+    assert has_pattern(path, MARK, 0x11, DATA)

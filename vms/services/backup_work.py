@@ -47,7 +47,7 @@ from vms.services.backups import (
     backup_root,
     restore_move,
 )
-from vms.services.disk_copies import CopyCancelled, disk_copy_discard, disk_copy_run
+from vms.services.disk_copies import CopyCancelled, copy_names, disk_copy_discard, disk_copy_run
 from vms.services.events import push_desktop_changed
 from vms.services.hosts import hypervisor_for
 from vms.services.locks import DesktopBusy, desktop_lock
@@ -354,9 +354,7 @@ def restored_volume_path(desktop: Desktop, host: Host) -> str:
     restore = restores.order_by("created_at").first()
     if restore is None:
         info = hypervisor_for(host).volume_info(pool=host.storage_pool, name=desktop.volume_name)
-        if info is None:
-            raise HypervisorError("the restored disk is gone; restore again", permanent=True)
-        return info.path
+        return info.path if info is not None else _copy_again(desktop, host)
     try:
         path, seconds = _restore_copy(restore, host)
     except (HypervisorError, CopyCancelled) as exc:
@@ -366,6 +364,23 @@ def restored_volume_path(desktop: Desktop, host: Host) -> str:
         if restore_move(restore_id=restore.pk, old=R.RUNNING, new=R.DONE, **_done(seconds)):
             _restored(desktop, restore)
     return path
+
+
+def _copy_again(desktop: Desktop, host: Host) -> str:
+    """A restored desktop whose disk was thrown away (a non-persistent one, when it
+    stopped) starts again from its backup, as another starts again from its base."""
+    backup = desktop.restored_from
+    if backup is None or backup.status != B.READY:
+        raise HypervisorError("the backup this desktop was restored from is gone", permanent=True)
+    info = disk_copy_run(
+        host=host,
+        source_path=str(backup_path(backup)),
+        volume=desktop.volume_name,
+        job=copy_names(token=f"again-{desktop.pk}")[1],
+        progress=lambda percent: None,
+        cancelled=lambda: False,
+    )
+    return info.path
 
 
 def _done(seconds: float) -> dict[str, object]:
