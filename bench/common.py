@@ -164,9 +164,10 @@ def daphne_command(
 
 
 def celery_command(name: str) -> list[str]:
-    # As in the Procfile: queues portal and host.local, two prefork processes.
+    # As in the Procfile's worker, with the long queue too: two prefork processes.
     return [
-        PYTHON, "-m", "celery", "-A", "portal", "worker", "-Q", "portal,host.local", "-c", "2",
+        PYTHON, "-m", "celery", "-A", "portal", "worker",
+        "-Q", "portal,host.local,host.local.long", "-c", "2",
         "--without-gossip", "--without-mingle", "-n", f"{name}@%h", "--loglevel", "WARNING",
     ]  # fmt: skip
 

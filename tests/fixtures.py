@@ -185,18 +185,20 @@ def celery_worker(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker (prefork, 2 processes) on the test database and test Redis."""
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    with running_worker(queues="portal,host.local", name=worker_name()) as worker:
+    with running_worker(queues="portal,host.local,host.local.long", name=worker_name()) as worker:
         yield worker
 
 
 @contextmanager
-def running_worker(*, queues: str, name: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+def running_worker(
+    *, queues: str, name: str, concurrency: int = 2, **env: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """A Celery worker for `queues` on the test database and Redis (with settings `env`
     on top), until the block ends; the teardown hook waits for it to be quiet like the
     suite's own worker."""
     log = open(ROOT / "var" / f"test-worker-{name.split('@')[0]}.log", "wb")
     command = [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", queues,
-               "-c", "2", "--without-gossip", "--without-mingle", "-n", name,
+               "-c", str(concurrency), "--without-gossip", "--without-mingle", "-n", name,
                "--loglevel", "INFO"]  # fmt: skip
     worker = subprocess.Popen(command, cwd=ROOT, env=server_env(**env), stdout=log, stderr=log)
     try:
@@ -260,7 +262,8 @@ def _servers_busy() -> str:
 def _worker_busy() -> str:
     if not _running_workers:
         return ""
-    queued = [queue for queue in ("portal", "host.local") if _servers_redis().llen(queue)]
+    names = ("portal", "host.local", "host.local.long")
+    queued = [queue for queue in names if _servers_redis().llen(queue)]
     if queued:
         return f"tasks queued on {queued}"
     from portal.celery import app

@@ -103,6 +103,13 @@ class Host(models.Model):
         """The Celery queue whose worker runs this host's libvirt work."""
         return f"host.{self.name}"
 
+    @property
+    def long_queue_name(self) -> str:
+        """The queue of this host's long work (whole-disk copies: backups, restores,
+        template versions), served by a worker of its own so that they never hold up the
+        host's heartbeat or its desktops' power actions."""
+        return f"host.{self.name}.long"
+
 
 class NetworkMode(models.TextChoices):
     """How a network reaches beyond its hosts: routed out with NAT, not at all (desktops and

@@ -158,7 +158,8 @@ def test_restore_progress_and_cancel_on_the_dashboard(
 
     slow = off_the_loop(to_slow_host)
     name = f"slow{os.getpid()}@{socket.gethostname()}"
-    with running_worker(queues=slow.queue_name, name=name, DISK_COPY_BANDWIDTH_MIB_S=PACE):
+    queues = f"{slow.queue_name},{slow.long_queue_name}"
+    with running_worker(queues=queues, name=name, DISK_COPY_BANDWIDTH_MIB_S=PACE):
         page = logged_in_page(browser, portal_url, employee.username)
         live(page)
         page.on("dialog", lambda dialog: dialog.accept())

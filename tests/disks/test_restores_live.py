@@ -58,7 +58,8 @@ def slow_host(desktop: Desktop, local_host: Host) -> Iterator[Host]:
     )
     Desktop.objects.filter(pk=desktop.pk).update(host=slow)
     name = f"slow{os.getpid()}@{socket.gethostname()}"
-    with running_worker(queues=slow.queue_name, name=name, DISK_COPY_BANDWIDTH_MIB_S=PACE):
+    queues = f"{slow.queue_name},{slow.long_queue_name}"
+    with running_worker(queues=queues, name=name, DISK_COPY_BANDWIDTH_MIB_S=PACE):
         yield slow
 
 
@@ -217,7 +218,7 @@ def test_restore_cut_off_by_a_killed_worker_is_cleaned_up(
     )
     Desktop.objects.filter(pk=desktop.pk).update(host=slow)
     backup_restore(actor=employee, backup=backup, target="in_place")
-    redis.Redis.from_url(settings.REDIS_URL).delete(slow.queue_name)
+    redis.Redis.from_url(settings.REDIS_URL).delete(slow.long_queue_name)
     worker = restore_worker(str(desktop.pk))
     try:
         seen = watch_until_midway(client, desktop)
@@ -285,3 +286,36 @@ def test_a_non_persistent_restored_desktop_starts_again_from_its_backup(
     # What the guest wrote is gone: the disk is the backup again, copied anew.
     assert qemuimg.image_compare(str(backup_path(backup)), path)
     assert has_pattern(path, MARK, 0x11, DATA)
+
+
+def test_long_copies_do_not_hold_up_the_hosts_heartbeat(
+    celery_worker, api_for, employee, demo_template, hypervisor, local_host
+) -> None:
+    """A restore goes to the host's long queue: the host's own worker (one process here)
+    stays free for its heartbeat while the copy runs."""
+    from vms.tasks import heartbeat_all_hosts
+
+    client = api_for(employee)
+    desktop, backup, _path = prepared(client, demo_template, hypervisor)
+    slow = Host.objects.create(
+        name="slowcopy", uri=local_host.uri, storage_pool=local_host.storage_pool
+    )
+    Desktop.objects.filter(pk=desktop.pk).update(host=slow)
+    tag = f"{os.getpid()}@{socket.gethostname()}"
+    with (
+        running_worker(queues=slow.queue_name, name=f"short{tag}", concurrency=1),
+        running_worker(
+            queues=slow.long_queue_name, name=f"long{tag}", DISK_COPY_BANDWIDTH_MIB_S=PACE
+        ),
+    ):
+        in_place(client, backup)
+        watch_until_midway(client, desktop)
+        asked_at = time.monotonic()
+        heartbeat_all_hosts()
+        while Host.objects.get(pk=slow.pk).last_heartbeat_at is None:
+            assert time.monotonic() - asked_at < 10, "the heartbeat waited behind the copy"
+            time.sleep(0.1)
+        row = restores_of(client, desktop)[0]
+        assert row["status"] == "running"  # still copying
+        assert client.post(f"/api/restores/{row['id']}/cancel/").status_code == 202
+        assert wait_restore(row["id"]).status == "cancelled"

@@ -69,7 +69,9 @@ def lab_host_joined(
             host = host_register(name=name, uri=uri, console_address=address, virt_type=virt_type)
             assert host.last_check_ok, host.last_check_error
             worker = f"lab{name}{os.getpid()}@{socket.gethostname()}"
-            workers.enter_context(running_worker(queues=host.queue_name, name=worker))
+            workers.enter_context(
+                running_worker(queues=f"{host.queue_name},{host.long_queue_name}", name=worker)
+            )
             joined.append(host)
             return host
 

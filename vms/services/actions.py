@@ -69,6 +69,9 @@ class DesktopAction:
     # Whose host's queue runs the work: the desktop's `host`, or `migrate_to` (recovery
     # runs on the host that takes the desktop over; its own host is gone).
     queue_of: str = "host"
+    # It copies a whole disk (minutes): it goes to the host's long queue
+    # (`Host.long_queue_name`), so that it never holds up the host's heartbeat.
+    long_running: bool = False
 
     @property
     def audit_verb(self) -> str:
@@ -198,28 +201,32 @@ ACTIONS: dict[str, DesktopAction] = {
                 worker=f"vms.services.{worker}",
                 busy_label=busy,
                 only_from=frozenset({S.RUNNING, S.STOPPED}),
+                long_running=long_running,
             )
-            for name, label, worker, busy in (
+            for name, label, worker, busy, long_running in (
                 (
                     "snapshot",
                     "Snapshot",
                     "snapshot_work.desktop_snapshot_take",
                     "Taking a snapshot…",
+                    False,
                 ),
                 (
                     "snapshot-revert",
                     "Revert",
                     "snapshot_work.desktop_snapshot_revert",
                     "Reverting…",
+                    False,
                 ),
                 (
                     "snapshot-delete",
                     "Delete snapshot",
                     "snapshot_work.desktop_snapshot_remove",
                     "Deleting a snapshot…",
+                    False,
                 ),
-                ("backup", "Back up", "backup_work.desktop_backup", ""),
-                ("restore", "Restore", "backup_work.desktop_restore", "Restoring…"),
+                ("backup", "Back up", "backup_work.desktop_backup", "", True),
+                ("restore", "Restore", "backup_work.desktop_restore", "Restoring…", True),
             )
         ),
     )

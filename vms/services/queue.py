@@ -52,11 +52,16 @@ def broker_check() -> None:
 
 def enqueue_desktop_task(action: DesktopAction, *, desktop: Desktop) -> None:
     """Send the action's task `vms.tasks.desktop_<action>(desktop_id)` to the desktop's
-    host queue after commit."""
+    host queue after commit (its long queue for long work)."""
     host = getattr(desktop, action.queue_of)
     assert host is not None, "a desktop is placed on a host before work is queued"
     name = f"vms.tasks.{action.task_name}"
-    transaction.on_commit(partial(_send, name, str(desktop.pk), host.queue_name))
+    # A desktop restored from a backup copies the backup while it is provisioned.
+    long = action.long_running or (
+        action.name == "provision" and desktop.restored_from_id is not None
+    )
+    queue = host.long_queue_name if long else host.queue_name
+    transaction.on_commit(partial(_send, name, str(desktop.pk), queue))
 
 
 def _send(name: str, desktop_id: str, queue: str) -> None:

@@ -67,7 +67,7 @@ def template_version_publish(*, actor: User, desktop: Desktop, note: str = "") -
             template=template.name,
             version=number,
         )
-        enqueue_task("vms.tasks.template_version_build", version.pk, queue=row.host.queue_name)
+        enqueue_task("vms.tasks.template_version_build", version.pk, queue=row.host.long_queue_name)
     return version
 
 
