@@ -319,3 +319,20 @@ def test_long_copies_do_not_hold_up_the_hosts_heartbeat(
         assert row["status"] == "running"  # still copying
         assert client.post(f"/api/restores/{row['id']}/cancel/").status_code == 202
         assert wait_restore(row["id"]).status == "cancelled"
+
+
+def test_deleting_a_desktop_during_its_restore_leaves_nothing(
+    celery_worker, api_for, employee, demo_template, hypervisor, local_host
+) -> None:
+    client = api_for(employee)
+    desktop, backup, _path = prepared(client, demo_template, hypervisor)
+    with slow_host(desktop, local_host):
+        in_place(client, backup)
+        seen = watch_until_midway(client, desktop)
+        assert client.delete(f"/api/desktops/{desktop.pk}/").status_code == 202
+        ended = wait_restore(seen["id"])
+        wait_for_status(desktop.pk, "deleted")
+    assert ended.status == "failed" and "deleted" in ended.last_error
+    assert copy_gone(hypervisor, ended)
+    assert hypervisor.state(name=desktop.domain_name) is PowerState.missing
+    assert hypervisor.volume_info(pool=local_host.storage_pool, name=desktop.volume_name) is None

@@ -61,6 +61,7 @@ from vms.services.provisioning import (
 
 log = logging.getLogger(__name__)
 B = BackupStatus
+D = DesktopStatus
 R = RestoreStatus
 POLL_S = 0.25
 PARTIAL = ".partial"
@@ -405,9 +406,17 @@ def _restore_copy(restore: Restore, host: Host) -> tuple[str, float]:
         volume=restore.volume_name,
         job=restore.job_name,
         progress=lambda percent: rows.update(progress=percent),
-        cancelled=lambda: rows.filter(status=R.CANCELLING).exists(),
+        cancelled=lambda: _restore_stopped(restore),
     )
     return info.path, time.monotonic() - started
+
+
+def _restore_stopped(restore: Restore) -> bool:
+    """Whether the restore should stop: cancelled, or its desktop deleted meanwhile."""
+    if Restore.objects.filter(pk=restore.pk, status=R.CANCELLING).exists():
+        return True
+    gone = (DesktopStatus.DELETING, DesktopStatus.DELETED)
+    return Desktop.objects.filter(pk=restore.desktop_id, status__in=gone).exists()
 
 
 def _restore_ended(restore: Restore, exc: Exception) -> None:
@@ -418,6 +427,8 @@ def _restore_ended(restore: Restore, exc: Exception) -> None:
         if current not in (R.RUNNING, R.CANCELLING):
             return  # cancelled before it started: that was recorded then
         new = R.CANCELLED if current == R.CANCELLING else R.FAILED
+        if new == R.FAILED and isinstance(exc, CopyCancelled):
+            message = "its desktop was deleted meanwhile"
         restore_move(
             restore_id=restore.pk, old=current, new=new, last_error=message,
             finished_at=timezone.now(),
@@ -485,8 +496,9 @@ def _swap_disk(desktop: Desktop, restore: Restore, seconds: float) -> bool:
     came before (nothing changes) or finds the restore done."""
     with transaction.atomic():
         row = Restore.objects.select_for_update().get(pk=restore.pk)
-        if row.status != R.RUNNING:
-            return False
+        target = Desktop.objects.select_for_update().get(pk=desktop.pk)
+        if row.status != R.RUNNING or target.status not in (D.RUNNING, D.STOPPED):
+            return False  # cancelled, or the desktop is being deleted: the copy goes
         # The domain goes with its snapshot and checkpoint metadata (a running guest is
         # powered off first); it is defined again over the new disk by the caller.
         _hypervisor(desktop).undefine(name=desktop.domain_name)
@@ -498,10 +510,8 @@ def _swap_disk(desktop: Desktop, restore: Restore, seconds: float) -> bool:
         Snapshot.objects.filter(desktop=desktop).exclude(status=SnapshotStatus.DELETED).update(
             status=SnapshotStatus.DELETED
         )
-        if desktop.status == DesktopStatus.RUNNING:
-            transitions.compare_and_set(
-                desktop_id=desktop.pk, old=DesktopStatus.RUNNING, new=DesktopStatus.STOPPED
-            )
+        if target.status == D.RUNNING:
+            transitions.compare_and_set(desktop_id=desktop.pk, old=D.RUNNING, new=D.STOPPED)
         _restored(desktop, restore)
     return True
 
