@@ -220,10 +220,6 @@ class Hypervisor(ABC):
         """A new independent volume holding the flattened contents of ``base_path``."""
         raise self._cannot("copy volumes")
 
-    def volume_from_image(self, *, pool: str, name: str, source_path: str) -> VolumeInfo:
-        """A new standalone volume with everything the qcow2 chain at ``source_path`` reads."""
-        raise self._cannot("restore volumes")
-
     def copy_start(
         self, *, pool: str, name: str, source_path: str, job: str, bandwidth_mib_s: int = 0
     ) -> VolumeInfo:

@@ -17,11 +17,13 @@ What Debian 12's libvirt 9.0 with QEMU 7.2 does, probed on this machine (docs/ba
   dirty bitmaps ("Device has active dirty bitmaps"). A revert therefore drops every
   checkpoint first, so the backup after a revert is a full one (the disk went back in time;
   the bitmaps would no longer describe the change since the last backup anyway).
+* Restores and template versions copy a qcow2 chain into a new volume with a block pull held
+  by a paused helper domain (``copy_start``): unlike libvirt's volume copy, it can be
+  measured, capped and aborted.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import xml.etree.ElementTree as ET
@@ -302,31 +304,6 @@ class LibvirtDiskOps:
                 raise
 
         result: VolumeInfo | None = self._call(f"measuring volume '{name}' in '{pool}'", op)
-        return result
-
-    def volume_from_image(self, *, pool: str, name: str, source_path: str) -> VolumeInfo:
-        """A new standalone volume ``name`` in ``pool`` holding everything the qcow2 chain
-        at ``source_path`` reads (a backup's newest file): libvirt's volume API copies it
-        (``qemu-img convert``, flattening the chain) straight into the pool, through a
-        transient pool over the source's folder. An existing volume is returned as is."""
-        folder = os.path.dirname(source_path)
-        scratch = f"restore-{hashlib.sha256(folder.encode()).hexdigest()[:16]}"
-
-        def op(conn: Conn) -> VolumeInfo:
-            target = conn.storagePoolLookupByName(pool)
-            existing = _lookup_volume(target, name)
-            if existing is not None:
-                return parse_volume(existing.XMLDesc(0))
-            source_pool = _transient_pool(conn, scratch, folder)
-            try:
-                source = source_pool.storageVolLookupByName(os.path.basename(source_path))
-                capacity = parse_volume(source.XMLDesc(0)).capacity_bytes
-                xml = build_volume_xml(name=name, capacity_bytes=capacity)
-                return parse_volume(target.createXMLFrom(xml, source, 0).XMLDesc(0))
-            finally:
-                source_pool.destroy()
-
-        result: VolumeInfo = self._call(f"restoring {source_path} into '{pool}' as '{name}'", op)
         return result
 
     # --- disk copies (restores, template versions) ----------------------------------------
