@@ -34,6 +34,7 @@ from typing import Any, Final, TypeVar
 import libvirt
 
 from .errors import HypervisorError
+from .libvirt_errors import or_none
 from .types import BackupJob, CopyJob, PowerState, SnapshotInfo, VolumeInfo
 from .xml import build_copier_xml, build_pool_xml, build_volume_xml, parse_volume
 
@@ -381,12 +382,7 @@ class LibvirtDiskOps:
 
 
 def _lookup_domain(conn: Conn, name: str) -> Dom | None:
-    try:
-        return conn.lookupByName(name)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return None
-        raise
+    return or_none(lambda: conn.lookupByName(name), libvirt.VIR_ERR_NO_DOMAIN)
 
 
 def _destroy_domain(conn: Conn, name: str) -> None:
@@ -409,11 +405,11 @@ def _capacity_of(conn: Conn, scratch: str, source_path: str) -> int:
     transient pool over its folder (so it works on a remote host too); a volume of a pool
     libvirt knows (a desktop's disk) is read there, as a second pool over the same folder
     would be refused."""
-    try:
-        return int(parse_volume(conn.storageVolLookupByPath(source_path).XMLDesc(0)).capacity_bytes)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-            raise
+    known = or_none(
+        lambda: conn.storageVolLookupByPath(source_path), libvirt.VIR_ERR_NO_STORAGE_VOL
+    )
+    if known is not None:
+        return parse_volume(known.XMLDesc(0)).capacity_bytes
     source_pool = _transient_pool(conn, scratch, os.path.dirname(source_path))
     try:
         source = source_pool.storageVolLookupByName(os.path.basename(source_path))
@@ -423,12 +419,7 @@ def _capacity_of(conn: Conn, scratch: str, source_path: str) -> int:
 
 
 def _lookup_volume(pool: Any, name: str) -> Any | None:
-    try:
-        return pool.storageVolLookupByName(name)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-            return None
-        raise
+    return or_none(lambda: pool.storageVolLookupByName(name), libvirt.VIR_ERR_NO_STORAGE_VOL)
 
 
 def _transient_pool(conn: Conn, name: str, folder: str) -> Any:
