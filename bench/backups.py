@@ -5,7 +5,7 @@
 
 Figures, each with a baseline from the same run:
 - snapshot create and revert, of a running desktop (with its memory) and of a stopped one,
-  through the services and worker functions (vms.services.snapshot_work);
+  through the services and worker functions (vms.services.disks.snapshot_work);
 - backups of a disk holding 1 GiB of data: a full backup, then an incremental one after
   10 MiB changed, time and bytes written (the incremental/full ratio of bytes is the
   figure; 10 MiB / 1 GiB ~ 0.01 is ideal); quiescent (a stopped desktop, QEMU started
@@ -106,7 +106,7 @@ def measure(*, quick: bool) -> dict[str, Any]:
 def _desktop(owner: Any, host: Any, template: Any) -> Any:
     from vms.hypervisor.naming import domain_name, volume_name
     from vms.models import Desktop
-    from vms.services.provisioning import desktop_provision
+    from vms.services.desktops.lifecycle import desktop_provision
     from vms.settings_access import name_prefix
 
     desktop = Desktop(
@@ -130,7 +130,7 @@ def _desktop(owner: Any, host: Any, template: Any) -> Any:
 
 def _stop(desktop: Any) -> None:
     from vms.hypervisor import get_hypervisor
-    from vms.services import transitions
+    from vms.services.desktops import transitions
 
     get_hypervisor(desktop.host.uri).shutdown(name=desktop.domain_name, timeout_s=30)
     desktop.refresh_from_db()
@@ -141,7 +141,7 @@ def _stop(desktop: Any) -> None:
 
 def _start(desktop: Any) -> None:
     from vms.hypervisor import get_hypervisor
-    from vms.services import transitions
+    from vms.services.desktops import transitions
 
     get_hypervisor(desktop.host.uri).start(name=desktop.domain_name)
     transitions.compare_and_set(desktop_id=desktop.pk, old="stopped", new="running")
@@ -160,7 +160,7 @@ def _path(desktop: Any) -> str:
 
 def snapshots(desktop: Any, owner: Any, *, repeats: int) -> dict[str, Any]:
     from vms.models import Snapshot
-    from vms.services import snapshot_work, snapshots
+    from vms.services.disks import snapshot_work, snapshots
 
     def one(kind: str) -> dict[str, float]:
         desktop.refresh_from_db()
@@ -190,7 +190,7 @@ def _medians(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def _backup(desktop: Any, owner: Any) -> Any:
     from vms.models import Backup
-    from vms.services import backup_work, backups
+    from vms.services.disks import backup_work, backups
 
     desktop.refresh_from_db()
     backup = backups.backup_request(actor=owner, desktop=desktop)
@@ -206,7 +206,7 @@ def _qemu_io(path: str, *commands: str) -> None:
 
 
 def _convert_baseline(path: str) -> tuple[float, int]:
-    from vms.services.backups import backup_root
+    from vms.services.disks.backups import backup_root
 
     target = backup_root() / "baseline.qcow2"
     seconds, _ = timed(
@@ -281,7 +281,7 @@ def live_backups(desktop: Any, owner: Any) -> dict[str, Any]:
 
 def restores(desktop: Any, owner: Any, backup_id: str) -> dict[str, Any]:
     from vms.models import Backup
-    from vms.services import backup_work, backups
+    from vms.services.disks import backup_work, backups
 
     backup = Backup.objects.get(pk=backup_id)
     new = backups.backup_restore(actor=owner, backup=backup, target="new")

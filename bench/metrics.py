@@ -72,9 +72,9 @@ def measure_pass(*, repeats: int) -> dict[str, Any]:
     from tests.simfleet import fleet_build
     from vms.hypervisor import get_hypervisor
     from vms.hypervisor.stats import domain_stats_from
-    from vms.models_metrics import DesktopSample
-    from vms.services.heartbeat import host_heartbeat
-    from vms.services.metrics import metrics_sample_host
+    from vms.models.metrics import DesktopSample
+    from vms.services.fleet.heartbeat import host_heartbeat
+    from vms.services.metrics.sampling import metrics_sample_host
     from vms.settings_access import name_prefix
 
     folder = Path(tempfile.mkdtemp(prefix="dpb-metrics-")) / "fleet"
@@ -120,7 +120,7 @@ def pages_open(host: Any, *, pages: int) -> Iterator[None]:
     from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
 
-    from vms.services.metrics_push import ADMINS_GROUP, metrics_host_group
+    from vms.services.metrics.push import ADMINS_GROUP, metrics_host_group
 
     layer = get_channel_layer()
     groups = (metrics_host_group(host.name), ADMINS_GROUP)
@@ -149,8 +149,8 @@ def measure_storage(*, desktops: int) -> dict[str, Any]:
 
     from tests.factories import DesktopFactory
     from vms.models import Host, Template
-    from vms.models_metrics import DesktopSample, Resolution
-    from vms.services.metrics_history import history_roll
+    from vms.models.metrics import DesktopSample, Resolution
+    from vms.services.metrics.history import history_roll
 
     DesktopSample.objects.all().delete()
     user = get_user_model().objects.create(username="storage-bench")
@@ -197,7 +197,7 @@ def measure_storage(*, desktops: int) -> dict[str, Any]:
 
 
 def _raw(desktop: Any, host: Any, at: Any, i: int, interval: float) -> Any:
-    from vms.models_metrics import DesktopSample, Resolution
+    from vms.models.metrics import DesktopSample, Resolution
 
     cpu = float(i % 100)
     return DesktopSample(

@@ -13,7 +13,7 @@ What is real and what is simulated:
   in libvirt here is a lower bound of a real host's.
 - **Real: PostgreSQL** (the bench's own database, rows made with bulk_create), **Redis** (the
   Celery broker and the Channels layer), the services, tasks, admin pages and API views, and
-  **the Celery routing**: launches and actions are sent through `vms.services.queue` to the
+  **the Celery routing**: launches and actions are sent through `vms.services.core.queue` to the
   broker, and the bench reads each `host.<name>` queue back from Redis.
 
 Measured at each size of the grid (hosts x desktops), each operation repeated, the order of
@@ -70,13 +70,13 @@ from vms.hypervisor import get_hypervisor  # noqa: E402
 from vms.hypervisor.libvirt_backend import LibvirtHypervisor  # noqa: E402
 from vms.models import Desktop, Host, HostStatus, Template  # noqa: E402
 from vms.roles import EMPLOYEE_GROUP  # noqa: E402
-from vms.services import heartbeat, recovery  # noqa: E402
-from vms.services.actions import ACTIONS  # noqa: E402
+from vms.services.core.queue import enqueue_desktop_task  # noqa: E402
 from vms.services.demo import setup_roles  # noqa: E402
-from vms.services.desktops import desktop_create  # noqa: E402
-from vms.services.placement import host_choose  # noqa: E402
-from vms.services.queue import enqueue_desktop_task  # noqa: E402
-from vms.services.reconcile import reconcile_host  # noqa: E402
+from vms.services.desktops.actions import ACTIONS  # noqa: E402
+from vms.services.desktops.requests import desktop_create  # noqa: E402
+from vms.services.fleet import heartbeat, recovery  # noqa: E402
+from vms.services.fleet.placement import host_choose  # noqa: E402
+from vms.services.fleet.reconcile import reconcile_host  # noqa: E402
 from vms.settings_access import name_prefix  # noqa: E402
 
 User = get_user_model()
@@ -516,7 +516,7 @@ def thumbnails_one(fleet: Fleet, media: Path) -> dict[str, Any]:
     """One host's thumbnail round (`thumbnails_refresh`), once: a screenshot of each running
     desktop through libvirt, resized and stored. The test driver's screenshot is a small
     fixed picture, so this is a lower bound of a real desktop's."""
-    from vms.services.thumbnails import thumbnails_refresh
+    from vms.services.desktops.thumbnails import thumbnails_refresh
 
     settings.MEDIA_ROOT = str(media)
     started = time.perf_counter()

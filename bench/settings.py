@@ -7,11 +7,13 @@ the test database's) must never be flushed by a bench run. Override them with BE
 
 import os
 
+from portal import localredis
+
 BENCH_ENV = {
     "DATABASE_URL": os.environ.get(
         "BENCH_DATABASE_URL", "postgres://portal:portal@127.0.0.1:5432/portal_bench"
     ),
-    "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
+    "REDIS_URL": os.environ.get("BENCH_REDIS_URL") or localredis.url(db=14),
     "PORTAL_NAME_PREFIX": "dpb-",
     "STORAGE_POOL_NAME": "portal-bench",
     "STORAGE_POOL_PATH": "/var/lib/desktop-portal/bench-pool",
@@ -22,6 +24,11 @@ BENCH_ENV = {
     "CONSOLE_MAX_SESSIONS_PER_USER": "1000",
     "PORTAL_TLS": "false",
     "DJANGO_DEBUG": "false",
+    # The fleet bench's lab hosts share one local pool directory, which libvirt cannot
+    # know to be shared (docs/fleet.md).
+    "MIGRATION_ALLOW_UNSAFE": "true",
+    # Simulated fleets (tests/simfleet.py) are libvirt test drivers loaded from node files.
+    "PORTAL_TEST_DRIVER_FILES": "1",
 }
 os.environ.update(BENCH_ENV)
 

@@ -51,6 +51,8 @@ EXPECTED = [
     "Help-desk list (?user=): queries per request",
 ]
 
+NOISY_DIFFERENCES = ("added round-trip latency", "memory per idle session")
+
 
 @pytest.mark.libvirt  # it boots real guests: not a fast test
 @pytest.mark.timeout(900)
@@ -77,9 +79,13 @@ def test_quick_bench_produces_every_figure(tmp_path: Path) -> None:
     for figure in figures:
         value = figure["value"]
         assert isinstance(value, int | float) and math.isfinite(value), figure
-        # "Added latency" is relay minus raw loopback: sub-millisecond, and in the quick
-        # run's short samples noise can put it below zero (seen: -0.1 ms at p99).
-        if "added round-trip latency" not in figure["name"]:
+        # Differences of two noisy samples are not judged by sign here:
+        # - "added latency" is relay minus raw loopback, sub-millisecond; the quick run's
+        #   short samples put it below zero (seen: -0.1 ms at p99);
+        # - "memory per idle session" is an RSS difference over the quick run's 20 sessions,
+        #   about a megabyte, which the process's own allocator moved by more while other
+        #   test workers ran (seen: -119.4 KiB).
+        if not any(noisy in figure["name"] for noisy in NOISY_DIFFERENCES):
             assert value > 0, figure
         if figure["baseline"]:
             assert figure["baseline_value"] > 0 and figure["ratio"] > 0, figure

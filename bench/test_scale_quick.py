@@ -20,6 +20,7 @@ OPERATIONS = ["reconcile_one", "reconcile_all", "heartbeat_round", "heartbeat_ho
               "host_choose", "desktop_create", "admin_hosts", "api_hosts"]  # fmt: skip
 
 
+@pytest.mark.servers  # the bench starts a Celery worker
 @pytest.mark.timeout(600)
 def test_quick_scale_bench_produces_every_figure(tmp_path: Path) -> None:
     done = subprocess.run(

@@ -100,6 +100,18 @@ def networks(values: list[str], name: str) -> list[IPv4Network | IPv6Network]:
     return parsed
 
 
+def ipv4_networks(values: list[str], name: str) -> list[IPv4Network]:
+    """IPv4 addresses or CIDR blocks (desktops' networks are IPv4 only), e.g. `10.0.0.0/8`."""
+    parsed = []
+    for network in networks(values, name):
+        if not isinstance(network, IPv4Network):
+            raise ImproperlyConfigured(
+                f"Environment variable {name}: {network} is not an IPv4 address or CIDR block"
+            )
+        parsed.append(network)
+    return parsed
+
+
 def host_port(value: str, name: str) -> tuple[str, int]:
     """`host:port` or `[v6]:port`, as a listening address: (host, port)."""
     host, sep, port_text = value.strip().rpartition(":")

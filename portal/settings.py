@@ -10,10 +10,14 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+import django_stubs_ext
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from portal import envcheck
+from portal import envcheck, localredis
+
+# Generic Django classes (ModelAdmin[Desktop], ...) as the type checker sees them, at run time.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -27,7 +31,7 @@ TLS = envcheck.flag(env, "PORTAL_TLS", default=False)
 
 def _secret_key() -> str:
     """SECRET_KEY from the environment, else from a local file made on first run."""
-    from_env = env.str("SECRET_KEY", default="")
+    from_env: str = env.str("SECRET_KEY", default="")
     if from_env:
         if len(from_env) < 50:
             raise ImproperlyConfigured("SECRET_KEY must be at least 50 characters long")
@@ -68,6 +72,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",  # request metrics, /metrics
     "django.middleware.security.SecurityMiddleware",
+    "vms.web.middleware.BufferedStaticFilesMiddleware",  # WhiteNoise's files, unstreamed
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -101,6 +106,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "vms.web.context.roles",
+                "vms.web.context.page_data",
             ],
         },
     },
@@ -144,8 +150,10 @@ DATABASES["default"]["CONN_MAX_AGE"] = (
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Unset: the portal's own Redis on 127.0.0.1:6380, with the password the set-up generated
+# (portal/localredis.py). The URL may carry a password: never log it.
 REDIS_URL = envcheck.redis_url(
-    envcheck.read(env.str, "REDIS_URL", default="redis://127.0.0.1:6379/0")
+    envcheck.read(env.str, "REDIS_URL", default="") or localredis.url(db=0)
 )
 CHANNEL_LAYERS = {
     "default": {
@@ -221,6 +229,17 @@ if HOST_HEARTBEAT_INTERVAL_S < 1 or HOST_DOWN_AFTER_S < 2 * HOST_HEARTBEAT_INTER
         "HOST_HEARTBEAT_INTERVAL_S must be at least 1 and HOST_DOWN_AFTER_S at least twice it "
         "(one late heartbeat must not mark a host down)"
     )
+# The disk lockspace of libvirt's lockd on the shared storage (`file_lockspace_dir` of every
+# host's qemu-lockd.conf), as each host's worker sees it. Recovery restarts a lost host's
+# desktop elsewhere only when its lease there is provably gone; a host whose running
+# desktops hold no lease here takes no part in recovery (docs/fleet.md).
+DISK_LOCKSPACE_DIR = envcheck.read(
+    env.str, "DISK_LOCKSPACE_DIR", default="/var/lib/desktop-portal/lockspace"
+)
+# Live migration without libvirt's storage-safety check (VIR_MIGRATE_UNSAFE). Only for lab
+# hosts, whose pool is one local directory that libvirt cannot know to be shared; on NFS
+# libvirt finds the migration safe by itself (docs/fleet.md).
+MIGRATION_ALLOW_UNSAFE = envcheck.read(env.bool, "MIGRATION_ALLOW_UNSAFE", default=False)
 # Memory placement leaves free on a host beyond the desktop's own (the heartbeat's sample).
 HOST_MEMORY_RESERVE_MIB = envcheck.read(env.int, "HOST_MEMORY_RESERVE_MIB", default=256)
 # Audit events and closed console sessions older than this are removed (hourly, by the
@@ -277,6 +296,11 @@ METRICS_TOKEN = envcheck.token(
 HEALTHZ_TOKEN = envcheck.token(
     envcheck.read(env.str, "HEALTHZ_TOKEN", default=""), "HEALTHZ_TOKEN", min_length=32
 )
+# A stranger's /healthz answer is the verdict of checks run at most this long ago (each web
+# process runs them at most once per period, one request at a time).
+HEALTHZ_CACHE_S = envcheck.read(env.int, "HEALTHZ_CACHE_S", default=5)
+if not 1 <= HEALTHZ_CACHE_S <= 300:
+    raise ImproperlyConfigured("Environment variable HEALTHZ_CACHE_S must be 1 to 300 (seconds)")
 
 # Hypervisor defaults for the host that `scripts/run` registers on first start.
 LIBVIRT_URI = envcheck.read(env.str, "LIBVIRT_URI", default="qemu:///system")
@@ -293,6 +317,11 @@ DISK_COPY_BANDWIDTH_MIB_S = envcheck.read(env.int, "DISK_COPY_BANDWIDTH_MIB_S", 
 # How long the backups of a deleted desktop stay restorable (as a new desktop) before the
 # backups round removes them; a live desktop's are kept by its template's `backup_keep`.
 BACKUP_KEEP_DAYS_AFTER_DELETE = envcheck.read(env.int, "BACKUP_KEEP_DAYS_AFTER_DELETE", default=30)
+# How many backups one user may ask for in 24 hours (over all their desktops; the
+# templates' schedules are not counted). Backups also count in the disk quota.
+BACKUPS_PER_USER_PER_DAY = envcheck.read(env.int, "BACKUPS_PER_USER_PER_DAY", default=10)
+if BACKUPS_PER_USER_PER_DAY < 0:
+    raise ImproperlyConfigured("BACKUPS_PER_USER_PER_DAY must be 0 or more (0: no requests).")
 VIRT_TYPE = envcheck.choice(
     envcheck.read(env.str, "VIRT_TYPE", default="auto"), "VIRT_TYPE", ("auto", "kvm", "qemu")
 )
@@ -315,7 +344,7 @@ IMAGE_MAX_VIRTUAL_SIZE_GIB = envcheck.read(env.int, "IMAGE_MAX_VIRTUAL_SIZE_GIB"
 if not 1 <= IMAGE_MAX_VIRTUAL_SIZE_GIB <= 65536:
     raise ImproperlyConfigured("Environment variable IMAGE_MAX_VIRTUAL_SIZE_GIB must be 1..65536")
 
-# Console tickets live at most this long (DESIGN.md section 4 caps it at 60 s).
+# Console tickets live at most this long (docs/architecture.md, section 4 caps it at 60 s).
 CONSOLE_TICKET_TTL_S = envcheck.read(env.int, "CONSOLE_TICKET_TTL_S", default=30)
 if not 5 <= CONSOLE_TICKET_TTL_S <= 60:
     raise ImproperlyConfigured("Environment variable CONSOLE_TICKET_TTL_S must be 5..60")
@@ -345,6 +374,24 @@ SPICE_PROXY_URL = envcheck.http_proxy_url(
 SPICE_PROXY_MAX_CONNECTIONS = envcheck.read(env.int, "SPICE_PROXY_MAX_CONNECTIONS", default=200)
 if SPICE_PROXY_MAX_CONNECTIONS < 1:
     raise ImproperlyConfigured("Environment variable SPICE_PROXY_MAX_CONNECTIONS must be >= 1")
+# One user's share of the proxy: remote-viewer opens up to 16 connections per file.
+SPICE_PROXY_MAX_CONNECTIONS_PER_USER = envcheck.read(
+    env.int, "SPICE_PROXY_MAX_CONNECTIONS_PER_USER", default=32
+)
+if SPICE_PROXY_MAX_CONNECTIONS_PER_USER < 1:
+    raise ImproperlyConfigured(
+        "Environment variable SPICE_PROXY_MAX_CONNECTIONS_PER_USER must be >= 1"
+    )
+# The portal's SPICE CA and the proxy's certificate (scripts/setup.sh makes them): with it,
+# remote-viewer speaks TLS to the proxy and the proxy TLS to QEMU. Empty: plain SPICE.
+SPICE_TLS_DIR = envcheck.read(env.str, "SPICE_TLS_DIR", default="")
+if SPICE_TLS_DIR:
+    for _name in ("ca-cert.pem", "proxy-cert.pem", "proxy-key.pem"):
+        if not (Path(SPICE_TLS_DIR) / _name).is_file():
+            raise ImproperlyConfigured(
+                f"Environment variable SPICE_TLS_DIR: {SPICE_TLS_DIR}/{_name} is missing "
+                "(scripts/setup.sh makes the portal's SPICE CA there)"
+            )
 
 # Site-wide quota for users with neither a personal nor a group quota.
 DEFAULT_QUOTA = {
@@ -359,6 +406,7 @@ AXES_FAILURE_LIMIT = envcheck.read(env.int, "LOGIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = 0.25  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429  # axes' default, named here for the lock-out page
 # A lock-out answers with the login page, the username kept and the minutes left.
 AXES_LOCKOUT_CALLABLE = "vms.web.login.lockout_response"
 # Reverse proxies (the TLS proxy in front of the portal) whose X-Forwarded-For is believed:
@@ -368,6 +416,18 @@ TRUSTED_PROXIES = envcheck.networks(
     envcheck.read(env.list, "TRUSTED_PROXIES", default=[]), "TRUSTED_PROXIES"
 )
 AXES_CLIENT_IP_CALLABLE = "vms.web.client.client_ip"
+# Desktop egress (docs/networks.md "The guard"): besides the management plane the portal
+# knows (every host, Redis, the database, the proxies, link-local), desktops reach nothing
+# in DESKTOP_EGRESS_DENY (comma-separated IPv4 addresses or CIDR blocks; the default is the
+# lab hosts' range, list the management networks of a real site) except what
+# DESKTOP_EGRESS_ALLOW lists.
+DESKTOP_EGRESS_DENY = envcheck.ipv4_networks(
+    envcheck.read(env.list, "DESKTOP_EGRESS_DENY", default=["10.213.0.0/16"]),
+    "DESKTOP_EGRESS_DENY",
+)
+DESKTOP_EGRESS_ALLOW = envcheck.ipv4_networks(
+    envcheck.read(env.list, "DESKTOP_EGRESS_ALLOW", default=[]), "DESKTOP_EGRESS_ALLOW"
+)
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Desktop Portal demo/test guest: a bootable 1 GiB qcow2 disk image with
 # an MBR and two partitions, with no internet access other than the Debian package
-# mirror (see DESIGN.md, section 5):
+# mirror:
 #   1. a 64 MiB FAT file system with syslinux -> Debian kernel + busybox initramfs;
 #   2. an empty ext4 file system (label "home") that the guest mounts on /root, so
 #      that what a user writes there is on the desktop's own disk: it survives a

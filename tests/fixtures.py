@@ -25,12 +25,13 @@ from django.contrib.auth.models import Group
 from rest_framework.test import APIClient
 
 from tests.factories import DesktopFactory
-from tests.servers import server_env
+from tests.servers import dies_with_parent, server_env, var_path
 from vms.hypervisor import get_hypervisor
 from vms.models import Desktop, Host, Template
 from vms.roles import EMPLOYEE_GROUP, HELPDESK_GROUP
+from vms.services.catalog.templates import base_volume_name
 from vms.services.consoles.leases import KEY_PREFIX as LEASE_PREFIX
-from vms.services.templates import base_volume_name
+from vms.services.networks.egress import fleet_generation_new
 from vms.settings_access import name_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,6 +164,29 @@ def demo_template(local_host: Host, employee: Any) -> Template:
     return template
 
 
+def test_driver_host(name: str, index: int, **fields: object) -> Host:
+    """A host on libvirt's test driver, up, with proven disk locks. Never contacted over a
+    network; its console address is in the lab range (no real machine's)."""
+    values = {"uri": "test:///default", "storage_pool": "default-pool",
+              "console_address": f"10.213.{240 + index}.2", "last_check_ok": True,
+              "disk_lock_ok": True, **fields}  # fmt: skip
+    return Host.objects.create(name=name, **values)
+
+
+@pytest.fixture
+def host_pair(fake_host: Host) -> tuple[Host, Host]:
+    """Test-driver hosts 'hosta' and 'hostb'; the fake host takes no desktops."""
+    Host.objects.filter(pk=fake_host.pk).update(enabled=False)
+    return test_driver_host("hosta", 1), test_driver_host("hostb", 2)
+
+
+@pytest.fixture(autouse=True)
+def management_plane_forgotten() -> None:
+    """Each test's hosts are its own: no process keeps an earlier test's management plane
+    (vms.services.networks.egress.management_plane) for its guards."""
+    fleet_generation_new()
+
+
 @pytest.fixture(autouse=True)
 def backup_folders_removed() -> Iterator[None]:
     """The backup folders a test's desktops got in BACKUP_DIR go when it ends."""
@@ -196,11 +220,12 @@ def running_worker(
     """A Celery worker for `queues` on the test database and Redis (with settings `env`
     on top), until the block ends; the teardown hook waits for it to be quiet like the
     suite's own worker."""
-    log = open(ROOT / "var" / f"test-worker-{name.split('@')[0]}.log", "wb")
+    log = open(var_path(f"test-worker-{name.split('@')[0]}.log"), "wb")
     command = [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", queues,
                "-c", str(concurrency), "--without-gossip", "--without-mingle", "-n", name,
                "--loglevel", "INFO"]  # fmt: skip
-    worker = subprocess.Popen(command, cwd=ROOT, env=server_env(**env), stdout=log, stderr=log)
+    worker = subprocess.Popen(command, cwd=ROOT, env=server_env(**env), stdout=log, stderr=log,
+                              preexec_fn=dies_with_parent)  # fmt: skip
     try:
         _wait_for_worker(worker, name)
         _running_workers.append(name)

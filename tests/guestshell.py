@@ -26,6 +26,10 @@ from vms.hypervisor.connection import silence_libvirt_stderr
 _PROMPT = r"[\w.-]+:[^\n]*# "  # the demo guest's PS1, '\h:\w# '
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
 
+# How long a demo guest may take from start to its shell: 8 CPU-seconds under TCG, and with
+# the suite's workers booting guests beside it on 2 cores a boot took over 40 s.
+GUEST_BOOT_S = 120.0
+
 
 class GuestShellError(AssertionError):
     """The guest's shell did not answer in time, or a command failed."""
@@ -102,7 +106,7 @@ class GuestShell:
         """The next line the guest writes on its serial console."""
         return self.wait_for(r"([^\n]*)\n", timeout=timeout).group(1)
 
-    def wait_ready(self, *, timeout: float = 120.0) -> None:
+    def wait_ready(self, *, timeout: float = GUEST_BOOT_S) -> None:
         """Wait until the shell answers (the guest may still be booting)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -129,7 +133,9 @@ class GuestShell:
 
 
 @contextmanager
-def guest_shell(uri: str, domain: str, *, ready_timeout: float = 120.0) -> Iterator[GuestShell]:
+def guest_shell(
+    uri: str, domain: str, *, ready_timeout: float = GUEST_BOOT_S
+) -> Iterator[GuestShell]:
     """The serial-console shell of `domain` on the libvirt at `uri`, once it answers."""
     shell = GuestShell(uri=uri, domain=domain)
     try:
@@ -137,3 +143,15 @@ def guest_shell(uri: str, domain: str, *, ready_timeout: float = 120.0) -> Itera
         yield shell
     finally:
         shell.close()
+
+
+def eth0_address(sh: GuestShell, timeout: float = 60) -> str:
+    """The guest's eth0 IPv4 address once its DHCP client has one (polled through its
+    shell: the guest announces no event the test could wait on)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", sh.run("ip -4 addr show eth0"))
+        if found:
+            return found.group(1)
+        time.sleep(1)
+    raise AssertionError("the guest got no DHCP lease")

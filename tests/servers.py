@@ -3,6 +3,7 @@ test database, reachable over loopback like a browser would reach it."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -16,6 +17,24 @@ from pathlib import Path
 from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def var_path(name: str) -> Path:
+    """var/<name>, with the xdist worker's name in it under `-n N` (each worker runs its
+    own servers, and some tests read their logs)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    path = Path(name)
+    return ROOT / "var" / (f"{path.stem}-{worker}{path.suffix}" if worker else name)
+
+
+def dies_with_parent() -> None:
+    """For Popen(preexec_fn=...): the server gets SIGTERM when the test process that
+    started it dies, even without its fixture's tear-down (an interrupted xdist worker),
+    rather than serve on against the test database and Redis of a later run."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -57,7 +76,7 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
 @contextmanager
 def running(command: list[str], *, port: int, log_name: str, **env: str) -> Iterator[int]:
     """Run a server process for the duration of the block; yield its port."""
-    log = ROOT / "var" / log_name
+    log = var_path(log_name)
     with open(log, "wb") as out:
         process = subprocess.Popen(
             command,
@@ -66,6 +85,7 @@ def running(command: list[str], *, port: int, log_name: str, **env: str) -> Iter
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=dies_with_parent,
         )
         try:
             wait_for_port(port, process, log)

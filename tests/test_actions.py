@@ -1,11 +1,14 @@
-"""The action table (vms.services.actions) drives everything: each action works end to end
+"""The action table (vms.services.desktops.actions) drives everything: each action works end to end
 on libvirt's test driver, and an action, state or label missing anywhere fails here."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import re
 from collections import deque
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -18,9 +21,10 @@ from tests.fixtures import make_desktop
 from vms import tasks
 from vms.models import AuditEvent, Desktop, DesktopStatus, Host
 from vms.roles import DesktopRole
-from vms.services import transitions
-from vms.services.actions import (
+from vms.services.desktops import transitions
+from vms.services.desktops.actions import (
     ACTIONS,
+    ActionName,
     DesktopAction,
     action_resuming,
     action_worker,
@@ -28,7 +32,7 @@ from vms.services.actions import (
     actions_valid_in,
     table_check,
 )
-from vms.services.desktops import desktop_act, desktop_create
+from vms.services.desktops.requests import desktop_act, desktop_create
 
 pytestmark = pytest.mark.django_db
 
@@ -39,6 +43,72 @@ def test_the_table_agrees_with_the_transitions_table() -> None:
     assert table_check() == []
     from_deleted = dataclasses.replace(ACTIONS["start"], only_from=frozenset({"deleted"}))
     assert table_check([from_deleted]) == ["start: deleted -> starting is not allowed"]
+
+
+def test_the_names_are_an_enumeration_of_the_table() -> None:
+    assert set(ACTIONS) == set(ActionName)
+    for name, action in ACTIONS.items():
+        assert isinstance(action.name, ActionName) and name == action.name
+    reset_undangerous = dataclasses.replace(ACTIONS["reset"], danger=False)
+    assert table_check([reset_undangerous]) == ["reset: it asks first, so it is dangerous"]
+
+
+# Where an action's name would be spelt by hand: ACTIONS["x"], action="x", step="x",
+# progress="x", `entry.name == "x"`, {"x"}. The code says ActionName.X instead.
+NAMED_BY = {"action", "step", "progress", "name"}
+
+
+def _naming(node: ast.AST) -> bool:
+    """An expression that holds an action's name: `action`, `entry.name`, `row.progress`."""
+    if isinstance(node, ast.Attribute):
+        return node.attr in NAMED_BY
+    return isinstance(node, ast.Name) and node.id in NAMED_BY
+
+
+def _hand_spelt(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    names = {name.value for name in ActionName}
+
+    def spelt(node: ast.AST | None) -> bool:
+        return isinstance(node, ast.Constant) and node.value in names
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and spelt(node.slice):
+            found = isinstance(node.value, ast.Name) and node.value.id == "ACTIONS"
+        elif isinstance(node, ast.keyword):
+            found = node.arg in NAMED_BY - {"name"} and spelt(node.value)
+        elif isinstance(node, ast.Compare):
+            sides = (node.left, *node.comparators)
+            found = any(spelt(side) for side in sides) and any(_naming(side) for side in sides)
+        elif isinstance(node, ast.Set):
+            found = any(spelt(element) for element in node.elts)
+        else:
+            continue
+        if found:
+            yield getattr(node, "lineno", 0), ast.unparse(node)
+
+
+def test_no_module_spells_an_action_name_by_hand() -> None:
+    root = Path(__file__).resolve().parent.parent
+    table = root / "vms/services/desktops/actions.py"
+    found = [
+        f"{path.relative_to(root)}:{line}: {text}"
+        for path in sorted((root / "vms").rglob("*.py"))
+        if path != table and "migrations" not in path.parts
+        for line, text in _hand_spelt(ast.parse(path.read_text()))
+    ]
+    assert found == []
+
+
+def test_no_template_spells_an_action_name_by_hand() -> None:
+    root = Path(__file__).resolve().parent.parent
+    names = "|".join(re.escape(name.value) for name in ActionName)
+    compared = re.compile(rf"""==\s*["'](?:{names})["']|["'](?:{names})["']\s*==""")
+    found = [
+        f"{path.relative_to(root)}: {match.group(0)}"
+        for path in sorted((root / "templates").rglob("*.html"))
+        for match in compared.finditer(path.read_text())
+    ]
+    assert found == []
 
 
 def test_every_state_has_a_label_and_every_transitional_state_a_resuming_action() -> None:

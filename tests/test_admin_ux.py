@@ -18,8 +18,8 @@ from tests.fixtures import UserFactory, make_desktop
 from vms.admin.quotas import BOTH, NEITHER
 from vms.hypervisor import HostCapacity
 from vms.models import Desktop, DesktopStatus, Host, Quota
-from vms.services.errors import ServiceError
-from vms.services.hosts import host_capacity_read, host_ensure_local
+from vms.services.core.errors import ServiceError
+from vms.services.fleet.hosts import host_capacity_read, host_ensure_local
 
 pytestmark = pytest.mark.django_db
 
@@ -99,7 +99,7 @@ def test_quota_form_picks_users_and_groups_by_name(
 
 # libvirt's test driver (in-process, no daemon) reports 16 CPUs, 3072 MiB and a 100 GiB pool.
 TEST_DRIVER = {"uri": "test:///default", "storage_pool": "default-pool"}
-NOBODY_LISTENS = "qemu+tcp://127.0.0.1:1/system"  # refused at once, on loopback
+NOBODY_LISTENS = "qemu+ssh://127.0.0.1:1/system"  # refused at once, on loopback
 HOST_FORM = {"name": "hv2", "enabled": "on"}
 
 

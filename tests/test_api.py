@@ -1,4 +1,5 @@
-"""The REST API contract (DESIGN.md section 3), on the request side: nothing boots here."""
+"""The REST API contract (docs/architecture.md, section 3), on the request side: nothing
+boots here."""
 
 from __future__ import annotations
 

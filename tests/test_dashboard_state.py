@@ -9,9 +9,9 @@ from django.test import Client
 
 from tests.fixtures import make_desktop
 from vms.models import Desktop, DesktopStatus, Quota
-from vms.services import provisioning
-from vms.services.desktops import desktop_act
-from vms.services.events import desktop_payload
+from vms.services.desktops.events import desktop_payload
+from vms.services.desktops.requests import desktop_act
+from vms.services.desktops.worker import desktop_progress_clear
 
 pytestmark = pytest.mark.django_db
 S = DesktopStatus
@@ -34,7 +34,7 @@ def test_a_reboot_shows_rebooting_until_its_worker_clears_it(employee, fake_temp
     assert 'data-field="status">Rebooting…</span>' in page
     assert 'data-action="reboot" hidden' in page
 
-    provisioning._clear_progress(desktop, step="reboot")
+    desktop_progress_clear(desktop, step="reboot")
     desktop.refresh_from_db()
     payload = desktop_payload(desktop)
     assert payload["status_label"] == "Running" and "reboot" in payload["actions"]
@@ -42,7 +42,7 @@ def test_a_reboot_shows_rebooting_until_its_worker_clears_it(employee, fake_temp
 
 def test_clearing_leaves_a_newer_note_alone(employee, fake_template) -> None:
     desktop = make_desktop(employee, fake_template, progress="cloning", status=S.PROVISIONING)
-    provisioning._clear_progress(desktop, step="reboot")
+    desktop_progress_clear(desktop, step="reboot")
     assert Desktop.objects.get(pk=desktop.pk).progress == "cloning"
 
 

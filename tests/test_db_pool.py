@@ -37,6 +37,7 @@ def _connections_of_probe(stop: threading.Event, peak: list[int]) -> None:
             stop.wait(0.02)
 
 
+@pytest.mark.servers  # daphne of its own
 def test_the_asgi_server_holds_at_most_its_pool_of_connections(employee, fake_template) -> None:
     DesktopFactory.create_batch(5, owner=employee, template=fake_template)
     client = Client()

@@ -12,11 +12,11 @@ from django.utils import timezone
 from tests.factories import DesktopFactory
 from vms.hypervisor import get_hypervisor
 from vms.models import AuditEvent, Desktop, DesktopStatus, Host, HostStatus
-from vms.services import recovery
-from vms.services.errors import NoHostAvailable
-from vms.services.fleet import host_drain_pass, host_maintenance_set
-from vms.services.heartbeat import cpu_percent, host_heartbeat, host_mark_down, hosts_silent
-from vms.services.placement import host_choose
+from vms.services.core.errors import NoHostAvailable
+from vms.services.fleet import recovery
+from vms.services.fleet.heartbeat import cpu_percent, host_heartbeat, host_mark_down, hosts_silent
+from vms.services.fleet.membership import host_drain_pass, host_maintenance_set
+from vms.services.fleet.placement import host_choose
 
 pytestmark = pytest.mark.django_db
 S = DesktopStatus
@@ -24,9 +24,12 @@ S = DesktopStatus
 
 def _host(name: str, index: int, **fields: object) -> Host:
     # Never contacted: the test driver has no network. The lab hosts' range, so no real one.
+    # The test driver has no lock manager: these stand for hosts whose heartbeat proved
+    # theirs (tests/test_disk_leases.py tests the proof and the refusal without it).
     values = {"uri": "test:///default", "storage_pool": "default-pool",
               "console_address": f"10.213.{240 + index}.2", "last_check_ok": True,
-              "capacity_vcpus": 16, "capacity_memory_mib": 8192, **fields}  # fmt: skip
+              "disk_lock_ok": True, "capacity_vcpus": 16, "capacity_memory_mib": 8192,
+              **fields}  # fmt: skip
     return Host.objects.create(name=name, **values)
 
 
@@ -106,7 +109,7 @@ def test_a_silent_host_goes_down_once_and_its_desktops_are_recovered(
     assert [h.pk for h in hosts_silent()] == [lost.pk]
     assert host_mark_down(host=lost) and not host_mark_down(host=lost)
     done = recovery.host_recovery_start(host=lost)
-    assert done == {"recovering": 1, "rehomed": 1}
+    assert done == {"recovering": 1, "rehomed": 1, "held": 0}
     assert recovery.recovering_resend() == 1  # sent again each round until it runs
     running.refresh_from_db()
     stopped.refresh_from_db()

@@ -9,8 +9,8 @@ import pytest
 from django.test import Client
 
 from vms.models import Host
-from vms.services.errors import ServiceError
-from vms.services.hosts import host_check_uri
+from vms.services.core.errors import ServiceError
+from vms.services.fleet.hosts import host_check_uri
 
 FORM = {
     "name": "hv1",
@@ -49,9 +49,9 @@ def test_admin_registers_a_served_host_under_its_uri(admin_client_: Client) -> N
     # The form asks a new host for its capacity: a loopback port where nothing listens
     # refuses at once, and no traffic leaves the machine.
     page = admin_client_.post(
-        "/admin/vms/host/add/", {**FORM, "uri": " qemu+tcp://127.0.0.1:1/system"}
+        "/admin/vms/host/add/", {**FORM, "uri": " qemu+ssh://127.0.0.1:1/system"}
     )
     assert page.status_code == 302, page.content.decode()[:2000]
-    assert Host.objects.get(name="hv1").uri == "qemu+tcp://127.0.0.1:1/system"
+    assert Host.objects.get(name="hv1").uri == "qemu+ssh://127.0.0.1:1/system"
     listing = admin_client_.get("/admin/vms/host/").content.decode()
-    assert ">URI<" in listing and "qemu+tcp://127.0.0.1:1/system" in listing
+    assert ">URI<" in listing and "qemu+ssh://127.0.0.1:1/system" in listing

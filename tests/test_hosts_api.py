@@ -55,8 +55,8 @@ def test_an_unknown_host_is_404(api_for, admin_user_) -> None:
 
 
 def test_registering_a_host_refuses_a_console_address_that_is_not_one() -> None:
-    from vms.services.errors import ServiceError
-    from vms.services.fleet import host_register
+    from vms.services.core.errors import ServiceError
+    from vms.services.fleet.membership import host_register
 
     with pytest.raises(ServiceError, match="not an IP address"):
         host_register(name="bad", uri="test:///default", console_address="hv1.example")

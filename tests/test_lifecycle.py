@@ -10,7 +10,7 @@ import pytest
 
 from tests.fixtures import wait_for_status
 from vms.models import AuditEvent, Desktop, Template
-from vms.services import provisioning
+from vms.services.desktops import lifecycle
 from vms.settings_access import name_prefix
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
@@ -97,7 +97,7 @@ def test_a_boot_that_finds_its_desktop_force_stopped_powers_the_guest_off(
     Desktop.objects.filter(pk=desktop_id).update(status="stopping")  # as a forced stop leaves it
     desktop = Desktop.objects.select_related("host", "template").get(pk=desktop_id)
 
-    provisioning._boot(desktop, hypervisor)
+    lifecycle._boot(desktop, hypervisor)
 
     desktop.refresh_from_db()
     assert desktop.status == "stopped"

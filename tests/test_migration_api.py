@@ -7,7 +7,7 @@ import pytest
 
 from tests.factories import DesktopFactory
 from vms.models import AuditEvent, Desktop, DesktopStatus, Host
-from vms.services.placement import host_allocations
+from vms.services.fleet.placement import host_allocations
 
 pytestmark = pytest.mark.django_db
 

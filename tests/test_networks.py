@@ -5,27 +5,38 @@ tests/fleet/test_networks_lab.py, on a lab host."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from typing import Any
 
 import libvirt
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
+from tests.concurrency import outcomes_at_once
 from tests.factories import DesktopFactory
-from vms.hypervisor import DomainSpec, GraphicsType, InterfaceSpec, get_hypervisor
+from vms.hypervisor import DomainSpec, GraphicsType, InterfaceSpec, NetworkSpec, get_hypervisor
 from vms.hypervisor import xml as vxml
-from vms.models import AuditEvent, DesktopInterface, Network
-from vms.services.desktops import desktop_create
-from vms.services.networks import (
+from vms.models import AuditEvent, DesktopInterface, Host, Network
+from vms.services.core.errors import NetworkInvalid
+from vms.services.desktops.requests import desktop_create
+from vms.services.networks.desktop_networks import (
+    guard_filter_name,
+    guards_refresh,
     interfaces_allocate,
+    interfaces_release,
     network_create,
     network_spec,
+    network_update,
     networks_ensure,
     networks_reconcile,
     template_networks_set,
 )
+from vms.services.networks.egress import management_addresses, management_plane
 
 pytestmark = pytest.mark.django_db
 
@@ -162,26 +173,137 @@ def test_the_domain_has_a_guarded_virtio_nic_per_network() -> None:
     assert bare.findall("./devices/interface") == []
 
 
-def test_the_guard_lets_dhcp_dns_and_allowed_ports_through_and_drops_the_rest(
-    admin_user_, fake_host
-) -> None:
-    iso = network_create(actor=admin_user_, **ISO)
-    network_create(actor=admin_user_, name="nat", mode="nat", subnet="10.82.0.0/24")
-    fake_host.console_address = "10.213.1.2"
-    spec = network_spec(network=iso, host=fake_host, gateways=["10.81.0.1", "10.82.0.1"])
+def _chain_rules(spec) -> list[tuple[str, dict[str, str]]]:  # type: ignore[no-untyped-def]
     root_xml, chain_xml = vxml.build_guard_filter_xml(spec)
     root = ET.fromstring(root_xml)  # noqa: S314
     assert [r.get("filter") for r in root.findall("filterref")] == [
-        f"{spec.filter_name}-ipv4",
+        f"{spec.filter_name}.ipv4",
         "clean-traffic",
     ]
-    rules = [(r.get("action"), r.find("ip").attrib) for r in ET.fromstring(chain_xml)]  # noqa: S314
-    passes = [(m.get("dstipaddr"), m.get("protocol"), m.get("dstportstart"))
-              for action, m in rules if action == "return"]  # fmt: skip
-    assert passes == [(None, "udp", "67"), ("10.81.0.1", "udp", "53"),
-                      ("10.81.0.1", "tcp", "53"), ("10.81.0.1", "tcp", "8080")]  # fmt: skip
-    drops = [m["dstipaddr"] for action, m in rules if action == "drop"]
-    assert drops == ["10.81.0.1", "10.213.1.2", "10.82.0.1"]
+    chain = ET.fromstring(chain_xml)  # noqa: S314
+    priorities = [int(r.get("priority")) for r in chain]
+    assert priorities == sorted(set(priorities))  # the first match decides, in this order
+    return [(r.get("action"), dict(r.find("ip").attrib)) for r in chain]
+
+
+def _target(match: dict[str, str]) -> str | None:
+    address = match.get("dstipaddr")
+    mask = match.get("dstipmask")
+    return f"{address}/{mask}" if address and mask else address
+
+
+def test_the_guard_denies_the_management_plane_and_lets_dhcp_dns_and_allowed_ports_through(
+    admin_user_, fake_host, settings
+) -> None:
+    settings.DESKTOP_EGRESS_DENY = [ipaddress.IPv4Network("10.213.0.0/16")]
+    settings.DESKTOP_EGRESS_ALLOW = [ipaddress.IPv4Network("10.213.240.2/32")]
+    iso = network_create(actor=admin_user_, **ISO)
+    network_create(actor=admin_user_, name="nat", mode="nat", subnet="10.82.0.0/24")
+    fake_host.console_address = "10.213.1.2"
+    spec = network_spec(network=iso, host=fake_host, gateways=["10.81.0.1", "10.82.0.1"],
+                        management=["10.213.2.2", "169.254.0.0/16"])  # fmt: skip
+    rules = _chain_rules(spec)
+    seen = [(action, _target(m), m.get("protocol"), m.get("srcportstart") or
+             m.get("dstportstart")) for action, m in rules]  # fmt: skip
+    assert seen == [
+        ("drop", None, "udp", "67"),  # a desktop answering DHCP (source port 67)
+        ("return", "255.255.255.255", "udp", "67"),  # DHCP: broadcast and the gateway only
+        ("return", "10.81.0.1", "udp", "67"),
+        ("drop", None, "udp", "67"),
+        ("return", "10.81.0.1", "udp", "53"),
+        ("return", "10.81.0.1", "tcp", "53"),
+        ("return", "10.81.0.1", "tcp", "8080"),
+        ("drop", "10.81.0.1", None, None),  # the rest of the gateway
+        ("drop", "10.213.1.2", None, None),  # the management plane
+        ("drop", "10.82.0.1", None, None),
+        ("drop", "10.213.2.2", None, None),
+        ("drop", "169.254.0.0/16", None, None),
+        ("drop", "10.81.0.0/24", None, None),  # isolated desktops: not even via the gateway
+        ("return", "10.213.240.2", None, None),  # DESKTOP_EGRESS_ALLOW
+        ("drop", "10.213.0.0/16", None, None),  # DESKTOP_EGRESS_DENY
+    ]
+    shared = network_create(actor=admin_user_, **{**ISO, "name": "open", "subnet": "10.83.0.0/24",
+                            "isolate_desktops": False})  # fmt: skip
+    open_spec = network_spec(network=shared, host=fake_host, management=[])
+    assert ("return", {"dstipaddr": "10.83.0.0", "dstipmask": "24"}) in _chain_rules(open_spec)
+
+
+def test_every_hosts_addresses_and_the_central_services_are_the_management_plane(
+    admin_user_, fake_host, settings, monkeypatch
+) -> None:
+    """Host names are resolved. No name resolves to a routable address on this machine
+    without sending a DNS query out (the network rule), so the resolver answers for the
+    test's names only; every other name goes to the real one."""
+    real = socket.getaddrinfo
+    names = {"hv2.example.test": "192.0.2.20", "redis.example.test": "192.0.2.30",
+             "db.example.test": "192.0.2.40"}  # fmt: skip
+
+    def resolve(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host in names:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (names[host], 0))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    Host.objects.create(name="hv2", uri="qemu+tls://hv2.example.test/system",
+                        console_address="192.0.2.21", storage_pool="p")  # fmt: skip
+    settings.REDIS_URL = "redis://:secret@redis.example.test:6379/0"
+    settings.DATABASES = {"default": {**settings.DATABASES["default"],
+                                      "ENGINE": "django.db.backends.postgresql",
+                                      "HOST": "db.example.test"}}  # fmt: skip
+    settings.TRUSTED_PROXIES = [ipaddress.ip_network("192.0.2.64/28"),
+                                ipaddress.ip_network("fd00::/8")]  # fmt: skip
+    settings.SPICE_PROXY_BIND = ("192.0.2.50", 6082)
+    settings.SPICE_PROXY_URL = "http://192.0.2.51:6082"
+    found = set(management_addresses())
+    assert {"192.0.2.20", "192.0.2.21", "192.0.2.30", "192.0.2.40", "192.0.2.64/28",
+            "192.0.2.50", "192.0.2.51", "169.254.0.0/16", "127.0.0.0/8"} <= found  # fmt: skip
+    iso = network_create(actor=admin_user_, **ISO)
+    assert {"192.0.2.20", "192.0.2.30", "169.254.0.0/16", "127.0.0.0/8"} <= set(
+        network_spec(network=iso, host=fake_host).blocked_addresses
+    )
+
+
+@pytest.mark.libvirt  # opens qemu:///system itself
+def test_guard_filter_names_never_collide_and_the_old_chains_go(admin_user_) -> None:
+    """`x-ipv4`'s guard and `x`'s chain had one name. Now the chain is `<root>.ipv4` (a
+    slug has no dot); removing `x` removes its chain of the old naming, never `x-ipv4`'s
+    root filter. On the machine's libvirtd: filters only, no network is started."""
+    x = network_create(actor=admin_user_, **ISO)
+    x4 = network_create(actor=admin_user_, **{**ISO, "name": "iso-ipv4", "subnet": "10.85.0.0/24"})
+    names = set()
+    for network in (x, x4):
+        root_xml, chain_xml = vxml.build_guard_filter_xml(network_spec(network=network,
+            host=Host(name="h", uri="test:///default"), management=[]))  # fmt: skip
+        names |= {ET.fromstring(root_xml).get("name"), ET.fromstring(chain_xml).get("name")}  # noqa: S314
+    assert len(names) == 4
+    conn = libvirt.open("qemu:///system")
+    root, legacy_chain = guard_filter_name(x), guard_filter_name(x) + "-ipv4"
+    other_root = guard_filter_name(x4)
+    assert legacy_chain == other_root  # the old collision
+    try:
+        conn.nwfilterDefineXML(f"<filter name='{legacy_chain}' chain='ipv4-guard'/>")
+        get_hypervisor("qemu:///system").remove_network(name="dpe-none", filter_name=root)
+        with pytest.raises(libvirt.libvirtError):
+            conn.nwfilterLookupByName(legacy_chain)  # the old chain went
+        conn.nwfilterDefineXML(f"<filter name='{other_root}' chain='root'/>")
+        get_hypervisor("qemu:///system").remove_network(name="dpe-none", filter_name=root)
+        assert conn.nwfilterLookupByName(other_root).name() == other_root  # kept
+    finally:
+        for name in (legacy_chain, root):
+            try:
+                conn.nwfilterLookupByName(name).undefine()
+            except libvirt.libvirtError:
+                pass
+        conn.close()
+
+
+def test_isolated_networks_forward_no_dns_upstream() -> None:
+    spec = NetworkSpec(name="p-net-iso", filter_name="p-guard-iso", mode="isolated",
+                       gateway="10.81.0.1", prefix_length=24)  # fmt: skip
+    assert not vxml.forwards_dns(vxml.build_network_xml(spec))
+    nat = NetworkSpec(name="p-net-nat", filter_name="p-guard-nat", mode="nat",
+                      gateway="10.82.0.1", prefix_length=24)  # fmt: skip
+    assert vxml.forwards_dns(vxml.build_network_xml(nat))
 
 
 def test_networks_are_defined_started_repaired_and_removed_on_a_host(
@@ -223,3 +345,88 @@ def test_a_launch_allocates_the_interfaces_with_the_desktop(
     template_networks_set(actor=admin_user_, template=fake_template, network_ids=[iso.pk])
     desktop = desktop_create(user=employee, template_id=fake_template.pk)
     assert desktop.interfaces.get().ip == "10.81.0.2"
+
+
+def test_bridged_networks_pin_each_desktop_to_an_address_of_their_subnet(
+    admin_user_, employee, fake_template
+) -> None:
+    """The guard's IP parameter is the desktop's address, so it cannot claim another (the
+    LAN's router first) by IP or ARP; tests/fleet/test_egress_lab.py sends the spoofs."""
+    with pytest.raises(NetworkInvalid, match="subnet"):
+        network_create(actor=admin_user_, name="lan", mode="bridge", bridge="br0")
+    lan = network_create(actor=admin_user_, name="lan", mode="bridge", bridge="br0",
+                         subnet="10.90.0.0/24", dhcp_start="10.90.0.100",
+                         dhcp_end="10.90.0.101")  # fmt: skip
+    template_networks_set(actor=admin_user_, template=fake_template, network_ids=[lan.pk])
+    first, second, third = (DesktopFactory(owner=employee, template=fake_template)
+                            for _ in range(3))  # fmt: skip
+    assert [i.ip for d in (first, second) for i in interfaces_allocate(desktop=d)] == [
+        "10.90.0.100",
+        "10.90.0.101",
+    ]
+    with pytest.raises(NetworkInvalid, match="no free address"):
+        interfaces_allocate(desktop=third)
+    interfaces_release(desktop=first)
+    assert interfaces_allocate(desktop=third)[0].ip == "10.90.0.100"  # given back
+    spec = network_spec(network=lan, host=Host(name="h", uri="test:///default"), management=[])
+    rules = _chain_rules(spec)
+    assert ("return", {"dstipaddr": "10.90.0.0", "dstipmask": "24", "protocol": "udp",
+                       "dstportstart": "67", "dstportend": "67"}) in rules  # fmt: skip
+    assert spec.gateway is None and spec.hosts == ()  # the LAN's own router and DHCP
+
+
+def test_a_bridged_network_from_before_subnets_gets_one_and_pins_its_desktops(
+    admin_user_, employee, fake_template
+) -> None:
+    lan = Network.objects.create(name="lan", mode="bridge", bridge="br0")  # as it was
+    template_networks_set(actor=admin_user_, template=fake_template, network_ids=[lan.pk])
+    desktop = DesktopFactory(owner=employee, template=fake_template)
+    assert interfaces_allocate(desktop=desktop)[0].ip is None
+    network_update(actor=admin_user_, network=lan, subnet="10.90.0.0/24")
+    assert desktop.interfaces.get().ip == "10.90.0.2"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_launches_never_share_a_bridged_address(
+    admin_user_, employee, fake_template
+) -> None:
+    """12 launches at once on a range of 10 addresses: 10 distinct addresses, 2 refusals
+    (the network's row lock, on PostgreSQL)."""
+    assert connection.vendor == "postgresql"
+    lan = network_create(actor=admin_user_, name="lan", mode="bridge", bridge="br0",
+                         subnet="10.90.0.0/24", dhcp_start="10.90.0.10",
+                         dhcp_end="10.90.0.19")  # fmt: skip
+    template_networks_set(actor=admin_user_, template=fake_template, network_ids=[lan.pk])
+    desktops = [DesktopFactory(owner=employee, template=fake_template) for _ in range(12)]
+
+    def allocate(desktop: Any) -> Callable[[], str]:
+        def call() -> str:
+            with transaction.atomic():
+                return str(interfaces_allocate(desktop=desktop)[0].ip)
+
+        return call
+
+    outcomes = outcomes_at_once([allocate(d) for d in desktops], refusals=(NetworkInvalid,))
+    addresses = [o for o in outcomes if o != "refused"]
+    assert len(addresses) == 10 and len(set(addresses)) == 10, outcomes
+    assert outcomes.count("refused") == 2
+
+
+def test_the_default_egress_deny_covers_the_lab_range() -> None:
+    """The default DESKTOP_EGRESS_DENY (this test environment does not set it)."""
+    from django.conf import settings as django_settings
+
+    assert ipaddress.IPv4Network("10.213.0.0/16") in django_settings.DESKTOP_EGRESS_DENY
+
+
+def test_the_management_plane_is_read_once_until_the_fleet_changes(fake_host) -> None:
+    """Each host's reconcile builds every guard: the hosts are read once per fleet change
+    (guards_refresh, which every change of a host's addresses calls), not once per host."""
+    assert "192.0.2.77" not in management_plane()
+    Host.objects.create(name="hv3", uri="qemu+tls://192.0.2.77/system",
+                        console_address="192.0.2.78", storage_pool="p")  # fmt: skip
+    with CaptureQueriesContext(connection) as queries:
+        kept = management_plane()
+    assert "192.0.2.77" not in kept and len(queries) == 0  # nothing said the fleet changed
+    guards_refresh()
+    assert {"192.0.2.77", "192.0.2.78"} <= set(management_plane())

@@ -6,8 +6,8 @@ import pytest
 
 from tests.fixtures import make_desktop
 from vms.models import Host
-from vms.services.errors import NoHostAvailable
-from vms.services.placement import host_choose
+from vms.services.core.errors import NoHostAvailable
+from vms.services.fleet.placement import host_choose
 
 pytestmark = pytest.mark.django_db
 

@@ -51,6 +51,13 @@ def _django_check(**env: str) -> subprocess.CompletedProcess[str]:
         ("SPICE_PROXY_URL", "http://user:pw@desk.example.com:6082"),
         ("SPICE_PROXY_URL", "http://desk.example.com:port"),
         ("SPICE_PROXY_MAX_CONNECTIONS", "0"),
+        ("DESKTOP_EGRESS_DENY", "10.0.0.0/33"),
+        ("DESKTOP_EGRESS_DENY", "mgmt.example.com"),
+        ("DESKTOP_EGRESS_DENY", "fd00::/8"),
+        ("DESKTOP_EGRESS_ALLOW", "10.1.2.3/40"),
+        ("SPICE_PROXY_MAX_CONNECTIONS_PER_USER", "0"),
+        ("SPICE_PROXY_MAX_CONNECTIONS_PER_USER", "many"),
+        ("SPICE_TLS_DIR", "/nonexistent/spice-tls"),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
@@ -78,6 +85,7 @@ def test_deploy_check_is_clean_with_production_settings() -> None:
             "PORTAL_TLS": "true",
             "SECRET_KEY": "k" * 20 + "Qz8#vT2!pL9@xW4$" + "m" * 30,
             "ALLOWED_HOSTS": "portal.example.com",
+            "METRICS_TOKEN": "m" * 40,  # else /metrics behind TLS is worth a warning
         },
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -112,7 +120,7 @@ def test_healthz_flags_a_stale_host(admin_client, local_host) -> None:
 def test_healthz_all_green_with_worker_and_heartbeat(
     admin_client, celery_worker, local_host
 ) -> None:
-    from vms.services.heartbeat import host_heartbeat
+    from vms.services.fleet.heartbeat import host_heartbeat
 
     assert host_heartbeat(host=local_host)
     response = admin_client.get("/healthz")

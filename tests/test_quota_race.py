@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from django.db import connection, connections
+from django.db import connection
 
+from tests.concurrency import outcomes_at_once
 from vms.models import Desktop, Quota
-from vms.services.desktops import desktop_create
-from vms.services.errors import QuotaExceeded
+from vms.services.core.errors import QuotaExceeded
+from vms.services.desktops.requests import desktop_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,24 +21,12 @@ def test_quota_race_on_postgres_creates_exactly_the_quota(
     Quota.objects.create(
         user=employee, max_desktops=2, max_vcpus=99, max_memory_mib=99999, max_disk_gib=999
     )
-    barrier = threading.Barrier(20)
-    outcomes: list[str] = []
 
-    def launch() -> None:
-        barrier.wait()
-        try:
-            desktop_create(user=employee, template_id=fake_template.pk)
-            outcomes.append("created")
-        except QuotaExceeded:
-            outcomes.append("refused")
-        finally:
-            connections.close_all()
+    def launch() -> str:
+        desktop_create(user=employee, template_id=fake_template.pk)
+        return "created"
 
-    threads = [threading.Thread(target=launch) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = outcomes_at_once([launch] * 20, refusals=(QuotaExceeded,))
     assert sorted(outcomes).count("created") == 2
     assert outcomes.count("refused") == 18
     assert Desktop.objects.filter(owner=employee).count() == 2

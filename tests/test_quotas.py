@@ -7,7 +7,7 @@ from django.contrib.auth.models import Group
 
 from tests.fixtures import make_desktop
 from vms.models import DesktopStatus, Quota
-from vms.services.quotas import Limits, effective_quota, first_exceeded, usage
+from vms.services.desktops.quotas import Limits, effective_quota, first_exceeded, usage
 
 pytestmark = pytest.mark.django_db
 

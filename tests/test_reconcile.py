@@ -11,7 +11,7 @@ import pytest
 from tests.fixtures import wait_for_status
 from vms.hypervisor import DomainSpec, GraphicsType
 from vms.models import Desktop, DesktopStatus
-from vms.services.reconcile import reconcile_host
+from vms.services.fleet.reconcile import reconcile_host
 from vms.settings_access import name_prefix
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
@@ -164,7 +164,7 @@ def test_thumbnails_are_stored_by_the_worker_and_served_to_those_who_may_see(
 ) -> None:
     from django.test import Client
 
-    from vms.services.thumbnails import thumbnail_path, thumbnails_refresh
+    from vms.services.desktops.thumbnails import thumbnail_path, thumbnails_refresh
 
     assert thumbnails_refresh(host=local_host) == 1
     running_desktop.refresh_from_db()

@@ -7,15 +7,15 @@ import pytest
 
 from tests.factories import DesktopFactory
 from vms.models import DesktopStatus, Host
-from vms.services.reconcile import domains_owned_by, volumes_in_use
+from vms.services.fleet.reconcile import domains_owned_by, volumes_in_use
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def hosts(fake_host: Host) -> tuple[Host, Host, Host]:
-    b = Host.objects.create(name="b", uri="qemu+tcp://10.213.2.2/system")
-    c = Host.objects.create(name="c", uri="qemu+tcp://10.213.3.2/system")
+    b = Host.objects.create(name="b", uri="qemu+tls://10.213.2.2/system")
+    c = Host.objects.create(name="c", uri="qemu+tls://10.213.3.2/system")
     return fake_host, b, c
 
 

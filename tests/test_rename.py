@@ -9,8 +9,8 @@ from django.test import Client
 
 from tests.fixtures import make_desktop
 from vms.models import AuditEvent, Desktop, DesktopStatus
-from vms.services.desktops import desktop_rename
-from vms.services.errors import InvalidName, InvalidTransition
+from vms.services.core.errors import InvalidName, InvalidTransition
+from vms.services.desktops.requests import desktop_rename
 
 pytestmark = pytest.mark.django_db
 S = DesktopStatus

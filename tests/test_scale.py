@@ -29,11 +29,11 @@ from vms.hypervisor import get_hypervisor
 from vms.hypervisor.libvirt_backend import LibvirtHypervisor
 from vms.models import Desktop, DesktopStatus
 from vms.roles import EMPLOYEE_GROUP
-from vms.services import heartbeat
-from vms.services.desktops import desktop_create
-from vms.services.placement import host_choose
-from vms.services.reconcile import reconcile_host
-from vms.services.thumbnails import thumbnails_refresh
+from vms.services.desktops.requests import desktop_create
+from vms.services.desktops.thumbnails import thumbnails_refresh
+from vms.services.fleet import heartbeat
+from vms.services.fleet.placement import host_choose
+from vms.services.fleet.reconcile import reconcile_host
 
 pytestmark = pytest.mark.django_db
 PER_HOST = 10  # desktops on each simulated host

@@ -6,8 +6,8 @@ import pytest
 
 from tests.fixtures import make_desktop
 from vms.models import DesktopStatus
-from vms.services import transitions
-from vms.services.errors import InvalidTransition
+from vms.services.core.errors import InvalidTransition
+from vms.services.desktops import transitions
 
 S = DesktopStatus
 

@@ -7,3 +7,6 @@ class VmsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "vms"
     verbose_name = "Virtual desktops"
+
+    def ready(self) -> None:
+        from vms import checks  # noqa: F401 - registers the system checks

@@ -2,12 +2,19 @@
 
 libvirt is not called here: each host's health comes from the heartbeat task, which
 writes it to the database.
+
+A stranger's answer (`healthy_cached`) is one verdict per process, worked out at most every
+HEALTHZ_CACHE_S by one request at a time: the checks cost a Celery broadcast of a second
+and a database connection, and forty strangers asking at once must not pay that forty
+times (issue 25: they took the site down). Staff and the token get every check, fresh.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -73,23 +80,90 @@ CHECKS: dict[str, Callable[[], Check]] = {
 }
 
 
+# The order the checks run in: the slow broadcast before the first query, so a database
+# connection is taken only for the last few milliseconds.
+RUN_ORDER = ("celery", "redis", "database", "libvirt")
+
+
 def health_report() -> dict[str, Check]:
     """Run every check; a check that fails with an exception reports it as an error."""
-    report = {}
-    for name, check in CHECKS.items():
+    results = {}
+    for name in sorted(CHECKS, key=lambda n: RUN_ORDER.index(n) if n in RUN_ORDER else 0):
         try:
-            report[name] = check()
+            results[name] = CHECKS[name]()
         except Exception as exc:
             log.warning("health check %s failed: %s", name, exc)
-            report[name] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+            results[name] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+    report = {name: results[name] for name in CHECKS}
+    HEALTH_VERDICT.store(healthy=report_healthy(report))
     return report
+
+
+def report_healthy(report: dict[str, Check]) -> bool:
+    return all(check["ok"] for check in report.values())
+
+
+class Verdict:
+    """This process's last health verdict and its age, refreshed by one caller at a time.
+    Others meanwhile get the last verdict while it is younger than STALE_FACTOR ages, and
+    wait for the refresh otherwise (the first ask, or a long-idle process)."""
+
+    STALE_FACTOR = 3
+
+    def __init__(self) -> None:
+        self._state = threading.Lock()
+        self._refresh = threading.Lock()
+        self._healthy: bool | None = None
+        self._at = 0.0
+
+    def store(self, *, healthy: bool) -> None:
+        with self._state:
+            self._healthy, self._at = healthy, time.monotonic()
+
+    def clear(self) -> None:
+        with self._state:
+            self._healthy, self._at = None, 0.0
+
+    def healthy(self, *, max_age_s: float, refresh: Callable[[], object]) -> bool:
+        """The verdict at most `max_age_s` old, calling `refresh` (which stores) if none is."""
+        known = self._fresh(max_age_s * self.STALE_FACTOR)
+        fresh = self._fresh(max_age_s)
+        if fresh is not None:
+            return fresh
+        if known is not None and not self._refresh.acquire(blocking=False):
+            return known  # another request is refreshing it right now
+        if known is None:
+            self._refresh.acquire()  # nothing to answer with yet: wait for the refresh
+        try:
+            fresh = self._fresh(max_age_s)  # refreshed while this one waited?
+            if fresh is None:
+                refresh()
+                fresh = self._fresh(float("inf"))
+            return bool(fresh)
+        finally:
+            self._refresh.release()
+
+    def _fresh(self, max_age_s: float) -> bool | None:
+        with self._state:
+            if self._healthy is None or time.monotonic() - self._at >= max_age_s:
+                return None
+            return self._healthy
+
+
+HEALTH_VERDICT = Verdict()
+
+
+def healthy_cached() -> bool:
+    """A stranger's answer: the verdict of the checks run at most HEALTHZ_CACHE_S ago."""
+    return HEALTH_VERDICT.healthy(max_age_s=settings.HEALTHZ_CACHE_S, refresh=health_report)
 
 
 def health_detail_allowed(*, user: Any, authorization: str) -> bool:
     """Whether a caller may see each check's detail: staff, or a monitor presenting
     `Authorization: Bearer <HEALTHZ_TOKEN>` (compared in constant time). Strangers see only
     whether the portal is healthy: host names and error text help an attacker."""
-    return is_admin(user) or _bearer_matches(authorization, expected=settings.HEALTHZ_TOKEN)
+    # The token first: it costs no query, where a user with a session cookie costs one.
+    return _bearer_matches(authorization, expected=settings.HEALTHZ_TOKEN) or is_admin(user)
 
 
 def _bearer_matches(authorization: str, *, expected: str) -> bool:

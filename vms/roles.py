@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 
 from django.contrib.auth.models import AnonymousUser, User
+from django.core.exceptions import PermissionDenied
 
 HELPDESK_GROUP = "helpdesk"
 EMPLOYEE_GROUP = "employee"
@@ -12,6 +13,15 @@ EMPLOYEE_GROUP = "employee"
 # Who makes a request: the portal keeps Django's own User model (AUTH_USER_MODEL is not
 # swapped), or nobody yet.
 RequestUser = User | AnonymousUser
+
+
+def signed_in(user: RequestUser) -> User:
+    """The user of a view that requires a login, as the services take it. The login guard
+    runs first; should a view ever lack it, the anonymous visitor is refused here rather
+    than acting as nobody."""
+    if not isinstance(user, User):
+        raise PermissionDenied
+    return user
 
 
 def is_admin(user: RequestUser) -> bool:

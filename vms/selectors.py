@@ -23,7 +23,7 @@ from vms.models import (
     Template,
 )
 from vms.roles import HELPDESK_GROUP, desktop_role, is_admin, sees_all_desktops
-from vms.services.actions import actions_for, actions_valid_in, busy_label_of
+from vms.services.desktops.actions import actions_for, actions_valid_in, busy_label_of
 
 
 def templates_for_user(*, user: User | AnonymousUser) -> QuerySet[Template]:
@@ -136,7 +136,7 @@ def console_watchers(*, desktop_ids: list[Any]) -> dict[str, list[dict[str, Any]
             "reason",
             "relay",
             "started_at",
-            "spice_set_opened",
+            "spice_set_opened",  # type: ignore[misc]  # an annotation, which the plugin cannot see
         )
         .order_by("started_at")
     )
@@ -221,7 +221,7 @@ def action_buttons(*, user: User | AnonymousUser, desktop: Desktop) -> list[Acti
             name=action.name,
             label=action.label,
             confirm=action.confirm.format(name=desktop.name),
-            danger=bool(action.confirm),
+            danger=action.danger,
             valid_now=action.name in valid,
         )
         for action in actions_for(role=role, on_pages=True)

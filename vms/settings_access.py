@@ -18,3 +18,8 @@ def shutdown_timeout_s() -> float:
 def image_max_virtual_size_gib() -> int:
     """The largest virtual size (GiB) a template image may have."""
     return int(settings.IMAGE_MAX_VIRTUAL_SIZE_GIB)
+
+
+def metrics_setting(name: str) -> float:
+    """One of the METRICS settings (sampling interval, retention, alert thresholds)."""
+    return float(settings.METRICS[name])

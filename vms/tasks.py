@@ -10,35 +10,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
 
 from vms.hypervisor import HypervisorError
 from vms.models import Host
-from vms.services import (
-    audit,
-    fleet,
-    heartbeat,
-    metrics,
-    networks,
-    provisioning,
-    queue,
-    reconcile,
-    recovery,
-    thumbnails,
-)
 from vms.services import consoles as console_services
-from vms.services.actions import ACTIONS, DesktopAction, action_worker
+from vms.services.core import audit, queue
+from vms.services.core.locks import DesktopBusy
+from vms.services.desktops import thumbnails
+from vms.services.desktops.actions import ACTIONS, DesktopAction, action_worker
+from vms.services.desktops.worker import desktop_fail
+from vms.services.fleet import heartbeat, membership, reconcile, recovery
+from vms.services.metrics import sampling
+from vms.services.networks import desktop_networks
 
 log = logging.getLogger(__name__)
 MAX_RETRIES = 6
 
 
-def _run(task: Task, desktop_id: str, work: Callable[[], None], *, cleanup: bool) -> None:
+def _run(task: Task[Any, Any], desktop_id: str, work: Callable[[], None], *, cleanup: bool) -> None:
     try:
         work()
-    except provisioning.DesktopBusy as exc:
+    except DesktopBusy as exc:
         # Another run holds the desktop (a duplicate delivery): come back when it is done.
         # Nothing failed, so running out of retries leaves the desktop to reconcile.
         if task.request.retries >= MAX_RETRIES:
@@ -47,28 +43,28 @@ def _run(task: Task, desktop_id: str, work: Callable[[], None], *, cleanup: bool
         raise task.retry(exc=exc, countdown=min(2**task.request.retries, 60)) from exc
     except HypervisorError as exc:
         if task.request.retries >= MAX_RETRIES:
-            provisioning.desktop_fail(desktop_id=desktop_id, message=exc.message, cleanup=cleanup)
+            desktop_fail(desktop_id=desktop_id, message=exc.message, cleanup=cleanup)
             return
         raise task.retry(exc=exc, countdown=min(2**task.request.retries, 60)) from exc
 
 
-def _desktop_task(action: DesktopAction) -> Task:
+def _desktop_task(action: DesktopAction) -> Task[Any, Any]:
     """The Celery task `vms.tasks.desktop_<action>`: run the action's worker function."""
     worker = action_worker(action)
 
-    def run(self: Task, desktop_id: str) -> None:
+    def run(self: Task[Any, Any], desktop_id: str) -> None:
         _run(self, desktop_id, lambda: worker(desktop_id=desktop_id, **action.worker_kwargs),
              cleanup=action.undo_on_failure)  # fmt: skip
 
     run.__name__ = run.__qualname__ = action.task_name
-    task: Task = shared_task(
+    task: Task[Any, Any] = shared_task(
         bind=True, acks_late=True, max_retries=MAX_RETRIES, name=f"vms.tasks.{action.task_name}"
     )(run)
     return task
 
 
-# One task per action of the table (vms.services.actions), named after it.
-DESKTOP_TASKS: dict[str, Task] = {name: _desktop_task(a) for name, a in ACTIONS.items()}
+# One task per action of the table (vms.services.desktops.actions), named after it.
+DESKTOP_TASKS: dict[str, Task[Any, Any]] = {name: _desktop_task(a) for name, a in ACTIONS.items()}
 globals().update({task.__name__: task for task in DESKTOP_TASKS.values()})
 
 
@@ -94,8 +90,17 @@ def network_remove(host_id: int, name: str, filter_name: str) -> bool:
     host = Host.objects.filter(pk=host_id).first()
     if host is None:
         return False
-    networks.network_remove_from_host(host=host, name=name, filter_name=filter_name)
+    desktop_networks.network_remove_from_host(host=host, name=name, filter_name=filter_name)
     return True
+
+
+@shared_task(acks_late=True)
+def networks_refresh(host_id: int) -> list[str]:
+    """Define one host's networks and guards again (the fleet or a guard changed)."""
+    host = Host.objects.filter(pk=host_id, enabled=True).first()
+    if host is None:
+        return []
+    return desktop_networks.networks_ensure(host=host)
 
 
 @shared_task(acks_late=True)
@@ -129,11 +134,13 @@ def host_heartbeat(host_id: int) -> bool:
 
 
 @shared_task(bind=True, acks_late=True)
-def host_drain(self: Task, host_id: int, actor_id: int) -> bool:
+def host_drain(self: Task[Any, Any], host_id: int, actor_id: int) -> bool:
     """One pass of draining a host in maintenance; it comes back until the host is empty."""
-    left = fleet.host_drain_pass(host_id=host_id, actor_id=actor_id)
-    if left and self.request.retries < fleet.DRAIN_MAX_PASSES:
-        raise self.retry(countdown=fleet.DRAIN_PASS_DELAY_S, max_retries=fleet.DRAIN_MAX_PASSES)
+    left = membership.host_drain_pass(host_id=host_id, actor_id=actor_id)
+    if left and self.request.retries < membership.DRAIN_MAX_PASSES:
+        raise self.retry(
+            countdown=membership.DRAIN_PASS_DELAY_S, max_retries=membership.DRAIN_MAX_PASSES
+        )
     return left
 
 
@@ -180,12 +187,13 @@ def backups_round() -> dict[str, int]:
     work queued again), expire the backups of desktops deleted long ago, then queue the
     scheduled backups that are due (each runs on its desktop's host queue), and each
     host's re-measure of its snapshots' space."""
-    from vms.services import backup_work, backups, snapshot_work, template_versions
+    from vms.services.core.long_jobs import long_jobs_cleanup
+    from vms.services.disks import backup_work, backups, snapshot_work
 
+    failed = long_jobs_cleanup()  # every kind of long job (backups, restores, versions...)
     return {
-        "failed": backup_work.backups_reconcile(),
+        **{f"failed_{kind}": count for kind, count in failed.items()},
         "expired": backup_work.backups_expire_deleted(),
-        "versions_failed": template_versions.versions_reconcile(),
         "snapshots_resumed": snapshot_work.snapshots_resume(),
         "queued": backups.backups_round(),
         "snapshot_hosts": _on_each_host("vms.tasks.host_snapshots_measure", schedule="backups"),
@@ -196,7 +204,7 @@ def backups_round() -> dict[str, int]:
 def host_snapshots_measure(host_id: int) -> int:
     """One host's re-measure of what its desktops' snapshots hold, run by that host's
     worker (qemu-img reads the volumes where they are); how many desktops were measured."""
-    from vms.services import snapshot_work
+    from vms.services.disks import snapshot_work
 
     host = Host.objects.filter(pk=host_id, enabled=True).first()
     return 0 if host is None else snapshot_work.snapshots_measure_host(host=host)
@@ -205,9 +213,9 @@ def host_snapshots_measure(host_id: int) -> int:
 @shared_task(acks_late=True)
 def template_version_build(version_id: int) -> None:
     """Flatten a prepared desktop's disk into a new base version of its template."""
-    from vms.services import template_versions
+    from vms.services.catalog import versions
 
-    template_versions.template_version_build(version_id=version_id)
+    versions.template_version_build(version_id=version_id)
 
 
 @shared_task(acks_late=True)
@@ -224,7 +232,7 @@ def host_metrics_sample(host_id: int) -> int:
     if host is None:
         return 0
     try:
-        return metrics.metrics_sample_host(host=host)
+        return sampling.metrics_sample_host(host=host)
     except HypervisorError as exc:
         log.warning("metrics skipped host %s: %s", host.name, exc.message)
         return 0
@@ -233,4 +241,4 @@ def host_metrics_sample(host_id: int) -> int:
 @shared_task(acks_late=True)
 def metrics_rollup() -> dict[str, int]:
     """Roll the monitoring history up (1-minute, 1-hour rows) and prune old rows."""
-    return metrics.metrics_rollup()
+    return sampling.metrics_rollup()

@@ -6,7 +6,9 @@
 import RFB from "../vendor/novnc/core/rfb.js";
 import { SpiceSession } from "./spice-session.js";
 import KeyTable from "../vendor/novnc/core/input/keysym.js";
+import { callJson, request } from "./http.js";
 import { connectLive, renderWatchers } from "./live.js";
+import { STATES } from "./page.js";
 import { describeChar, keystrokesFor, pressKey } from "./keystrokes.js";
 
 const root = document.getElementById("console");
@@ -19,6 +21,7 @@ let reason = "";
 let rfb = null;
 let connected = false;
 let desktop = JSON.parse(document.getElementById("desktop-state-initial").textContent);
+const D = STATES.desktop;
 
 // QEMU's VNC server spaces key events 10 ms apart (its key-delay-ms); typing no faster
 // keeps its input queue short, so nothing is dropped however long the text.
@@ -46,23 +49,9 @@ function setStatus(text, kind = "info") {
   statusLine.dataset.kind = kind;
 }
 
-function csrfToken() {
-  const match = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
-  return match ? decodeURIComponent(match[1]) : "";
-}
-
-async function requestTicket(wantedMode, wantedReason) {
-  const response = await fetch(root.dataset.ticketUrl, {
-    method: "POST",
-    credentials: "same-origin",
-    headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
-    body: JSON.stringify({ mode: wantedMode, reason: wantedReason }),
-  });
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    throw new Error(body.detail || `The portal refused the console (HTTP ${response.status}).`);
-  }
-  return body;
+function requestTicket(wantedMode, wantedReason) {
+  return callJson("POST", root.dataset.ticketUrl, { mode: wantedMode, reason: wantedReason },
+    (status) => `The portal refused the console (HTTP ${status}).`);
 }
 
 function socketUrl(path) {
@@ -96,14 +85,14 @@ function setControls() {
 // What the page says about a desktop that is not running (status_label is the server's).
 function offlineText(state) {
   const label = state.status_label.toLowerCase();
-  if (state.status === "error") {
+  if (state.status === D.ERROR) {
     return `This desktop is in ${label}${state.last_error ? `: ${state.last_error}` : "."}`;
   }
-  if (state.status === "starting" || state.status === "provisioning") {
+  if (state.launch) {
     return `This desktop is ${label}… The console connects when it is running.`;
   }
-  if (state.status === "stopping" || state.status === "deleting") return `This desktop is ${label}…`;
-  if (state.status === "migrating") {
+  if (state.status === D.STOPPING || state.status === D.DELETING) return `This desktop is ${label}…`;
+  if (state.status === D.MIGRATING) {
     return "This desktop is moving to another host… The console reconnects when it is there.";
   }
   return `This desktop is ${label}.`;
@@ -113,7 +102,7 @@ function offlineText(state) {
 function renderOffline(state) {
   const panel = document.getElementById("desktop-offline");
   if (!panel) return;
-  panel.hidden = state.status === "running";
+  panel.hidden = state.status === D.RUNNING;
   document.getElementById("desktop-offline-text").textContent = offlineText(state);
   for (const form of panel.querySelectorAll("form[data-action]")) {
     form.hidden = !state.actions.includes(form.dataset.action);
@@ -126,14 +115,14 @@ let movedAt = 0;
 const MOVE_RECONNECT_WINDOW_MS = 20000;
 
 function onDesktopState(state) {
-  const wasRunning = desktop.status === "running";
-  if (state.status === "migrating" || desktop.status === "migrating") movedAt = Date.now();
+  const wasRunning = desktop.status === D.RUNNING;
+  if (state.status === D.MIGRATING || desktop.status === D.MIGRATING) movedAt = Date.now();
   desktop = state;
   renderOffline(state);
-  if (state.status !== "running") {
+  if (state.status !== D.RUNNING) {
     autoConnectLeft = [];
     clearTimeout(autoConnectTimer);
-    setStatus(offlineText(state), state.status === "error" ? "error" : "info");
+    setStatus(offlineText(state), state.status === D.ERROR ? "error" : "info");
     return;
   }
   if (!wasRunning && !connected) {
@@ -230,7 +219,7 @@ function onDisconnect(session, clean) {
   document.body.dataset.console = "disconnected";
   dropControl();
   setControls();
-  if (desktop.status !== "running") {
+  if (desktop.status !== D.RUNNING) {
     setStatus(offlineText(desktop), "info");
   } else if (!wasConnected && autoConnectLeft.length) {
     autoConnectNext();
@@ -464,7 +453,7 @@ if (spiceForm) {
   });
 }
 setControls();
-if (desktop.status === "running") connect();
+if (desktop.status === D.RUNNING) connect();
 else onDesktopState(desktop);
 
 const watchersBanner = document.getElementById("watchers");
@@ -483,8 +472,8 @@ connectLive({
 // Each time the live feed (re)opens, read the state once: a change made before the feed
 // was subscribed (a quick start right after this page loaded) is otherwise never seen.
 async function refreshState() {
-  const response = await fetch(root.dataset.stateUrl, { credentials: "same-origin" });
-  if (response.ok) onDesktopState(await response.json());
+  const { ok, data } = await request("GET", root.dataset.stateUrl);
+  if (ok) onDesktopState(data);
 }
 new MutationObserver(() => {
   if (document.body.dataset.live === "connected") refreshState().catch(() => {});

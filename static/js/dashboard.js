@@ -1,17 +1,16 @@
 // The dashboard: live status, launch progress, quota and console notices without reloading.
 import { initDiskPanels, refreshDisks, showNotice } from "./disks.js";
+import { request } from "./http.js";
 import { confirmBeforeSubmit, connectLive, renderDesktopState, renderWatchers } from "./live.js";
+import { STATES } from "./page.js";
 
-const STEPS = ["queued", "cloning", "defining", "starting", "ready"];
-const LABELS = { queued: "Queued", cloning: "Cloning disk", restoring: "Restoring from backup", defining: "Defining",
-                 starting: "Starting", ready: "Console ready" };
+const D = STATES.desktop;
 // Every label a row shows (a launch step, "Rebooting…", "Stopping") stays at least this
 // long, even when the server moves faster: people can read it, and nothing flickers.
 const MIN_SHOWN_MS = 1000;
 
-const launching = (desktop) => desktop.status === "provisioning" || desktop.status === "starting";
-const labelOf = (desktop) =>
-  (launching(desktop) && LABELS[desktop.progress]) || desktop.status_label || desktop.status;
+// A launch's step and its label come from the server (the payload's `launch`).
+const labelOf = (desktop) => (desktop.launch && desktop.launch.label) || desktop.status_label || desktop.status;
 
 // Per desktop: the updates not shown yet, and until when the current label must stay.
 const queues = new Map();
@@ -66,10 +65,10 @@ function applyUpdate(desktop) {
   const row = document.querySelector(`tr[data-desktop="${desktop.id}"]`);
   if (!row) {
     // A desktop made elsewhere (another tab, a script): the page shows it after a reload.
-    if (desktop.status !== "deleted" && !leaving) window.location.reload();
+    if (desktop.status !== D.DELETED && !leaving) window.location.reload();
     return;
   }
-  if (desktop.status === "deleted") {
+  if (desktop.status === D.DELETED) {
     row.remove();
     refreshStateSoon();
     return;
@@ -77,7 +76,7 @@ function applyUpdate(desktop) {
   const held = `${row.dataset.status}|${row.dataset.size}`;
   renderDesktopState(row, desktop);
   // A console only answers while the desktop runs.
-  row.querySelector("[data-console]").hidden = desktop.status !== "running";
+  row.querySelector("[data-console]").hidden = desktop.status !== D.RUNNING;
   renderName(row, desktop.name);
   renderProgress(row, desktop);
   row.dataset.progress = desktop.progress;
@@ -96,12 +95,13 @@ function renderName(row, name) {
 
 function renderProgress(row, desktop) {
   const bar = row.querySelector("progress");
-  const busy = launching(desktop);
-  bar.hidden = !busy;
-  bar.value = busy ? Math.max(0, STEPS.indexOf(desktop.progress === "restoring" ? "cloning" : desktop.progress)) : STEPS.length - 1;
-  bar.textContent = LABELS[desktop.progress] || "";
-  bar.setAttribute("aria-valuetext", LABELS[desktop.progress] || desktop.status);
-  row.querySelector("[data-field=progress]").textContent = busy ? LABELS[desktop.progress] || "" : "";
+  const { launch } = desktop;
+  bar.hidden = !launch;
+  if (launch) bar.max = launch.steps;
+  bar.value = launch ? launch.step : bar.max;
+  bar.textContent = launch ? launch.label : "";
+  bar.setAttribute("aria-valuetext", (launch && launch.label) || desktop.status);
+  row.querySelector("[data-field=progress]").textContent = launch ? launch.label : "";
 }
 
 // "<name> is being prepared" (the launch's message) follows its desktop: "… is running"
@@ -109,13 +109,13 @@ function renderProgress(row, desktop) {
 function renderLaunchMessage(desktop) {
   const message = document.querySelector(`[data-launched="${desktop.id}"]`);
   if (!message) return;
-  if (desktop.status === "running") {
+  if (desktop.status === D.RUNNING) {
     message.textContent = `${desktop.name} is running.`;
     message.dataset.ran = "yes";
-  } else if (desktop.status === "error") {
+  } else if (desktop.status === D.ERROR) {
     message.textContent = `${desktop.name} could not be prepared. ${desktop.last_error}`.trim();
     message.className = "message error";
-  } else if (message.dataset.ran || desktop.status === "deleting" || desktop.status === "deleted") {
+  } else if (message.dataset.ran || desktop.status === D.DELETING || desktop.status === D.DELETED) {
     message.remove();
   }
 }
@@ -131,16 +131,15 @@ function refreshStateSoon() {
 
 async function refreshState() {
   const pushedBefore = new Map(pushed);
-  const response = await fetch(stateUrl, { headers: { Accept: "application/json" } });
-  if (!response.ok) return;
-  const state = await response.json();
+  const { ok, data: state } = await request("GET", stateUrl);
+  if (!ok) return;
   renderMeters(state.meters);
   renderLaunchButtons(state.refusals);
   const stale = (id) => (pushed.get(id) || 0) !== (pushedBefore.get(id) || 0);
   const present = new Set(state.desktops.map((desktop) => desktop.id));
   for (const row of document.querySelectorAll("tr[data-desktop]")) {
     const id = row.dataset.desktop;
-    if (!present.has(id) && !stale(id)) onDesktop({ id, status: "deleted" });
+    if (!present.has(id) && !stale(id)) onDesktop({ id, status: D.DELETED });
   }
   for (const desktop of state.desktops) {
     const row = document.querySelector(`tr[data-desktop="${desktop.id}"]`);
@@ -173,15 +172,17 @@ function renderLaunchButtons(refusals) {
   }
 }
 
-// The page as rendered: progress labels, and launch messages of desktops already running.
+// The page as rendered (its launch progress drawn by the server), and launch messages of
+// desktops already running.
 for (const row of document.querySelectorAll("tr[data-desktop]")) {
+  const bar = row.querySelector("progress");
   const desktop = { id: row.dataset.desktop, status: row.dataset.status, progress: row.dataset.progress,
-                   status_label: row.querySelector("[data-field=status]").textContent };
-  renderProgress(row, desktop);
+                   status_label: row.querySelector("[data-field=status]").textContent,
+                   launch: bar.hidden ? null : { label: bar.textContent, step: bar.value, steps: bar.max } };
   // What the page shows from the start is a label like any other: it stays its second.
   Object.assign(queueOf(desktop.id), { shown: labelOf(desktop), holdUntil: Date.now() + MIN_SHOWN_MS });
   const message = document.querySelector(`[data-launched="${desktop.id}"]`);
-  if (message && desktop.status === "running") {
+  if (message && desktop.status === D.RUNNING) {
     renderLaunchMessage({ ...desktop, name: row.querySelector("[data-field=name]").textContent });
   }
 }

@@ -1,28 +1,19 @@
 // Snapshots and backups of the dashboard's desktops, through the JSON API (docs/backups.md).
 // Lists refresh when the desktop's state is pushed, and every 2 s while work is under way.
+// The URLs, the states' names and which of them mean "under way" come from the page.
+import { apiUrl, callJson as call } from "./http.js";
+import { STATES, UNDER_WAY } from "./page.js";
 
-function csrfToken() {
-  const match = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
-  return match ? decodeURIComponent(match[1]) : "";
-}
-
-async function call(method, url, body) {
-  const response = await fetch(url, {
-    method,
-    headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken(), Accept: "application/json" },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(data.detail || `The request failed (${response.status}).`);
-  return data;
-}
+const SNAPSHOT = STATES.snapshot;
+const RESTORE = STATES.restore;
+const TARGET = STATES.restore_target;
 
 const size = (bytes) => (bytes >= 1 << 30 ? `${(bytes / (1 << 30)).toFixed(1)} GiB`
   : `${Math.max(bytes / (1 << 20), 0).toFixed(1)} MiB`);
 const when = (iso) => new Date(iso).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
-const PENDING_SNAPSHOT = new Set(["creating", "reverting", "deleting"]);
-const PENDING_BACKUP = new Set(["queued", "running", "cancelling"]);
-const PENDING_RESTORE = PENDING_BACKUP;
+const PENDING_SNAPSHOT = UNDER_WAY.snapshot;
+const PENDING_BACKUP = UNDER_WAY.backup;
+const PENDING_RESTORE = UNDER_WAY.restore;
 const timers = new Map();
 
 function button(label, onClick, { danger = false } = {}) {
@@ -59,17 +50,19 @@ async function act(panel, run) {
   refresh(panel);
 }
 
-function snapshotRow(panel, snapshot) {
-  const id = panel.dataset.disks;
-  const base = `/api/desktops/${id}/snapshots/${snapshot.id}/`;
+// While a restore into this desktop runs, nothing else may touch it (the server answers
+// 409): the panel offers no snapshot, backup or restore controls, only the restore's Cancel.
+function snapshotRow(panel, snapshot, locked) {
+  const ids = { desktop_id: panel.dataset.disks, snapshot_id: snapshot.id };
   const kind = snapshot.with_memory ? "with memory" : "disk";
   const text = `${snapshot.name} · ${when(snapshot.created_at)} · ${kind} · ${size(snapshot.size_bytes)}`;
-  if (snapshot.status !== "ready") return item(`${text} · ${snapshot.status}${snapshot.last_error ? `: ${snapshot.last_error}` : ""}`);
+  if (locked) return item(text);
+  if (snapshot.status !== SNAPSHOT.READY) return item(`${text} · ${snapshot.status}${snapshot.last_error ? `: ${snapshot.last_error}` : ""}`);
   return item(text,
     button("Revert", () => window.confirm(`Revert ${panel.dataset.name} to "${snapshot.name}"? What changed since is lost.`)
-      && act(panel, () => call("POST", `${base}revert/`, {}))),
+      && act(panel, () => call("POST", apiUrl("snapshot_revert", ids), {}))),
     button("Delete", () => window.confirm(`Delete snapshot "${snapshot.name}"?`)
-      && act(panel, () => call("DELETE", base)), { danger: true }));
+      && act(panel, () => call("DELETE", apiUrl("snapshot", ids))), { danger: true }));
 }
 
 function progressRow(text, percent, label, onCancel) {
@@ -82,35 +75,45 @@ function progressRow(text, percent, label, onCancel) {
   return li;
 }
 
-function backupRow(panel, backup) {
+function backupRow(panel, backup, locked) {
   const kind = backup.incremental ? "incremental" : "full";
   if (PENDING_BACKUP.has(backup.status)) {
     return progressRow(`Backing up (${kind})`, backup.progress, "Backup progress",
-      () => act(panel, () => call("POST", `/api/backups/${backup.id}/cancel/`)));
+      () => act(panel, () => call("POST", apiUrl("backup_cancel", { backup_id: backup.id }))));
   }
+  const text = `${when(backup.created_at)} · ${kind} · ${size(backup.bytes_written)} written`;
+  if (locked) return item(text);
   const restore = (target, question) => window.confirm(question)
-    && act(panel, () => call("POST", `/api/backups/${backup.id}/restore/`, { target }));
-  return item(`${when(backup.created_at)} · ${kind} · ${size(backup.bytes_written)} written`,
-    button("Restore here", () => restore("in_place",
+    && act(panel, () => call("POST", apiUrl("backup_restore", { backup_id: backup.id }), { target }));
+  return item(text,
+    button("Restore here", () => restore(TARGET.IN_PLACE,
       `Restore ${panel.dataset.name} from this backup? Its disk and snapshots are replaced, and it is stopped.`), { danger: true }),
-    button("Restore as new", () => restore("new", "Restore this backup as a new desktop?")));
+    button("Restore as new", () => restore(TARGET.NEW, "Restore this backup as a new desktop?")));
 }
 
 // Restores into this desktop: the one under way (with its progress and Cancel), else how
 // the newest one ended when it did not succeed.
 function restoreRows(panel, restores) {
   const newest = restores[0];
-  if (!newest || newest.status === "done") return [];
+  if (!newest || newest.status === RESTORE.DONE) return [];
   const from = `the backup of ${when(newest.backup_created_at)}`;
   if (!PENDING_RESTORE.has(newest.status)) {
-    return [item(`Restore from ${from} ${newest.status}${newest.last_error && newest.status === "failed" ? `: ${newest.last_error}` : ""}.`)];
+    return [item(`Restore from ${from} ${newest.status}${newest.last_error && newest.status === RESTORE.FAILED ? `: ${newest.last_error}` : ""}.`)];
   }
-  const question = newest.target === "new"
+  const question = newest.target === TARGET.NEW
     ? `Cancel the restore? ${panel.dataset.name} is deleted, as it was made only for it.`
     : `Cancel the restore? ${panel.dataset.name} keeps its disk.`;
-  const text = newest.status === "cancelling" ? "Cancelling the restore" : `Restoring from ${from}`;
+  const text = newest.status === RESTORE.CANCELLING ? "Cancelling the restore" : `Restoring from ${from}`;
   return [progressRow(text, newest.progress, "Restore progress",
-    () => window.confirm(question) && act(panel, () => call("POST", `/api/restores/${newest.id}/cancel/`)))];
+    () => window.confirm(question) && act(panel, () => call("POST", apiUrl("restore_cancel", { restore_id: newest.id }))))];
+}
+
+function lock(panel, locked) {
+  panel.classList.toggle("restoring", locked);
+  for (const control of panel.querySelectorAll("[data-take-snapshot] input, [data-take-snapshot] button, [data-backup-now]")) {
+    control.disabled = locked;
+    control.title = locked ? "Not while a restore of this desktop is under way" : "";
+  }
 }
 
 function fill(list, rows, empty) {
@@ -121,14 +124,15 @@ export async function refresh(panel) {
   const id = panel.dataset.disks;
   clearTimeout(timers.get(id));
   try {
-    const [snapshots, backups, restores] = await Promise.all([
-      call("GET", `/api/desktops/${id}/snapshots/`), call("GET", `/api/desktops/${id}/backups/`),
-      call("GET", `/api/desktops/${id}/restores/`)]);
+    const [snapshots, backups, restores] = await Promise.all(
+      ["snapshots", "backups", "restores"].map((list) => call("GET", apiUrl(list, { desktop_id: id }))));
     const restoring = panel.querySelector("[data-field=restores]");
     restoring.replaceChildren(...restoreRows(panel, restores));
     restoring.hidden = !restoring.children.length;
-    fill(panel.querySelector("[data-field=snapshots]"), snapshots.map((s) => snapshotRow(panel, s)), "No snapshots.");
-    fill(panel.querySelector("[data-field=backups]"), backups.map((b) => backupRow(panel, b)), "No backups yet.");
+    const locked = restores.some((r) => PENDING_RESTORE.has(r.status) && r.target === TARGET.IN_PLACE);
+    lock(panel, locked);
+    fill(panel.querySelector("[data-field=snapshots]"), snapshots.map((s) => snapshotRow(panel, s, locked)), "No snapshots.");
+    fill(panel.querySelector("[data-field=backups]"), backups.map((b) => backupRow(panel, b, locked)), "No backups yet.");
     const busy = snapshots.some((s) => PENDING_SNAPSHOT.has(s.status)) || backups.some((b) => PENDING_BACKUP.has(b.status))
       || restores.some((r) => PENDING_RESTORE.has(r.status));
     if (busy) timers.set(id, setTimeout(() => refresh(panel), 2000));
@@ -149,10 +153,10 @@ export function initDiskPanels() {
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       const name = form.elements.name.value;
-      act(panel, async () => { await call("POST", `/api/desktops/${panel.dataset.disks}/snapshots/`, { name }); form.reset(); });
+      act(panel, async () => { await call("POST", apiUrl("snapshots", { desktop_id: panel.dataset.disks }), { name }); form.reset(); });
     });
     panel.querySelector("[data-backup-now]").addEventListener("click",
-      () => act(panel, () => call("POST", `/api/desktops/${panel.dataset.disks}/backups/`)));
+      () => act(panel, () => call("POST", apiUrl("backups", { desktop_id: panel.dataset.disks }))));
     if (panel.open) refresh(panel);
   }
 }

@@ -3,6 +3,7 @@
 // from the metrics API once, then adds the values the live feed pushes (live.js sends them
 // as "live:metrics" / "live:host_metrics" events). Pages never ask a hypervisor anything.
 import uPlot from "../vendor/uplot/uPlot.esm.js";
+import { apiUrl, request } from "./http.js";
 import { connectLive } from "./live.js";
 
 const KEEP_S = { "1h": 3600, "24h": 86400, "7d": 604800 };
@@ -50,9 +51,9 @@ const STYLES = {
 async function load(key, url, els, axes) {
   let body;
   try {
-    const answer = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+    const answer = await request("GET", url);
     if (!answer.ok) return;
-    body = await answer.json();
+    body = answer.data;
   } catch { return; }
   const drawn = [];
   for (const el of els) {
@@ -86,7 +87,7 @@ function addPoint(key, metrics) {
 // Desktop cards: <div data-metrics-desktop="<id>"> holding [data-chart=<field>] elements.
 for (const box of document.querySelectorAll("[data-metrics-desktop]")) {
   const id = box.dataset.metricsDesktop;
-  load(id, `/api/desktops/${id}/metrics/?period=1h`, box.querySelectorAll("[data-chart]"), false);
+  load(id, `${apiUrl("desktop_metrics", { pk: id })}?period=1h`, box.querySelectorAll("[data-chart]"), false);
 }
 document.addEventListener("live:metrics", (event) => {
   for (const box of document.querySelectorAll(`[data-metrics-desktop="${event.detail.desktop_id}"]`)) {
@@ -100,7 +101,7 @@ document.addEventListener("live:metrics", (event) => {
 const ownCharts = (box) => [...box.querySelectorAll("[data-chart]")].filter((el) => !el.closest("[data-metrics-desktop]"));
 for (const box of document.querySelectorAll("[data-metrics-host]")) {
   const name = box.dataset.metricsHost;
-  const show = (period) => load(`host:${name}`, `/api/hosts/${encodeURIComponent(name)}/metrics/?period=${period}`,
+  const show = (period) => load(`host:${name}`, `${apiUrl("host_metrics", { name })}?period=${period}`,
                                 ownCharts(box), true);
   show(box.dataset.period || "1h");
   for (const button of box.querySelectorAll("button[data-period]")) {

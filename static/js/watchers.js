@@ -1,6 +1,8 @@
 // The owner's notice (templates/vms/_watchers.html): times in the browser's local time,
 // and End buttons that end a help-desk console session without leaving the page (the
 // live feed then redraws the notice; live.js's renderWatchers builds the same markup).
+import { request } from "./http.js";
+
 const TIME = { hour: "2-digit", minute: "2-digit" };
 
 function showLocalTimes(root) {
@@ -16,14 +18,8 @@ async function endSession(form) {
   button.disabled = true;
   let text;
   try {
-    const response = await fetch(form.action, {
-      method: "POST",
-      body: new FormData(form),
-      credentials: "same-origin",
-      headers: { Accept: "application/json" },
-    });
-    const body = await response.json().catch(() => ({}));
-    text = body.detail || `The portal could not end the session (HTTP ${response.status}).`;
+    const response = await request("POST", form.action, { form: new FormData(form) });
+    text = response.data.detail || `The portal could not end the session (HTTP ${response.status}).`;
     if (response.ok) {
       form.closest(".watcher").remove();
       banner.hidden = !banner.querySelector(".watcher");

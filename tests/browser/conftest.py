@@ -6,17 +6,23 @@ import os
 import re
 import subprocess
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.db import connection
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from tests.guestshell import GUEST_BOOT_S
 from tests.servers import daphne_command, free_port, running
 
+# Chromium as the suite runs it: tests/browser/chromium says why not /usr/bin/chromium.
+CHROMIUM = str(Path(__file__).with_name("chromium"))
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -50,9 +56,7 @@ def chromium() -> Iterator[Browser]:
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     try:
         with sync_playwright() as playwright:
-            launched = playwright.chromium.launch(
-                executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-            )
+            launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             yield launched
             launched.close()
     finally:
@@ -70,6 +74,7 @@ def logged_in_page(browser: Browser, portal_url: str, username: str, **context: 
     """A fresh browser context (its own cookies; a 1280x900 screen unless `context` says
     otherwise, e.g. a phone's) logged in through the real login form."""
     context = browser.new_context(**(context or {"viewport": {"width": 1280, "height": 900}}))
+    track_requests(context)
     page = context.new_page()
     page.goto(f"{portal_url}/login/")
     page.fill("#id_username", username)
@@ -80,12 +85,60 @@ def logged_in_page(browser: Browser, portal_url: str, username: str, **context: 
     return page
 
 
+# Each context's requests that have not ended (URL -> when it was sent), for failures.
+_unfinished: weakref.WeakKeyDictionary[BrowserContext, dict[str, float]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def track_requests(context: BrowserContext) -> None:
+    """Keep the context's unfinished requests (see `unfinished_requests`)."""
+    pending = _unfinished.setdefault(context, {})
+    context.on("request", lambda request: pending.__setitem__(request.url, time.monotonic()))
+    for ended in ("requestfinished", "requestfailed"):
+        context.on(ended, lambda request: pending.pop(request.url, None))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """A test's logged-in contexts close before the suite waits for its servers to be
+    quiet (tests/fixtures.py): a test that failed with a console open held it open, and
+    that wait failed as well, 120 s later."""
+    for context in list(_unfinished):
+        context.close()
+        _unfinished.pop(context, None)
+    return (yield)
+
+
+def unfinished_requests(page: Page) -> list[str]:
+    """The page's context's requests still waiting for their answer, and for how long."""
+    pending = dict(_unfinished.get(page.context, {}))
+    now = time.monotonic()
+    return [f"{url} ({now - sent:.0f} s)" for url, sent in pending.items()]
+
+
+def wait_for_console(page: Page, *, timeout_s: float = 45) -> None:
+    """Wait until the console page says it is connected; if it does not, fail with what its
+    status line says instead (a refused ticket, a lost connection...) and the requests it
+    still waits for (a page whose scripts never all arrived never asks for a ticket)."""
+    try:
+        page.wait_for_selector("body[data-console=connected]", timeout=timeout_s * 1000)
+    except PlaywrightTimeout:
+        status = page.locator("#console-status").inner_text(timeout=5000)
+        waiting = unfinished_requests(page)
+        raise AssertionError(
+            f"no console after {timeout_s} s; the page says {status!r}; unfinished requests: "
+            f"{waiting}"
+        ) from None
+
+
 SHIFTED = {"$": "Digit4", "!": "Digit1", "|": "Backslash", ">": "Period", "_": "Minus"}
 
 
 def type_like_a_person(page: Page, text: str) -> None:
     """Type as a keyboard would: Shift is a key of its own (QEMU reads scancodes, so a
-    bare '$' without Shift would arrive as '4')."""
+    bare '$' without Shift would arrive as '4'), paced so that QEMU's 16-scancode keyboard
+    queue does not overflow while a busy machine keeps the guest's vCPU waiting."""
     for char in text:
         if char in SHIFTED or char.isupper():
             page.keyboard.down("Shift")
@@ -95,7 +148,7 @@ def type_like_a_person(page: Page, text: str) -> None:
             page.keyboard.press("Enter")
         else:
             page.keyboard.press(char)
-        time.sleep(0.02)
+        time.sleep(0.05)
 
 
 def ocr(png: bytes) -> str:
@@ -116,6 +169,10 @@ def ocr(png: bytes) -> str:
         capture_output=True,
         check=True,
         timeout=60,
+        # Tesseract's OpenMP threads spin: on 2 cores one screen took 6.3 CPU-seconds
+        # (6.6 s) with them and 0.8 with one thread, the same text read. The suite polls
+        # screens while guests boot beside it.
+        env={**os.environ, "OMP_THREAD_LIMIT": "1"},
     )
     return done.stdout.decode(errors="replace")
 
@@ -131,13 +188,24 @@ def wait_for_text(read_png: Any, pattern: str, *, timeout: float = 30) -> str:
     long dashes are read as hyphens.
     """
     deadline = time.monotonic() + timeout
-    text = ""
+    text, read = "", b""
     while time.monotonic() < deadline:
-        text = re.sub(r"[ \t]+", "", ocr(read_png())).translate(DASHES)
+        png = read_png()
+        if png != read:  # an unchanged screen says what it said
+            read, text = png, re.sub(r"[ \t]+", "", ocr(png)).translate(DASHES)
         if re.search(pattern, text):
             return text
         time.sleep(1)
     raise AssertionError(f"{pattern!r} never appeared on screen; last text:\n{text}")
+
+
+# What the demo guest's screen shows once it has booted (OCR drops the spaces).
+GUEST_BANNER = r"DesktopPortaldemoguest"
+
+
+def wait_for_boot(read_png: Any) -> str:
+    """Wait until the screen shows the booted guest's banner (`GUEST_BOOT_S` at most)."""
+    return wait_for_text(read_png, GUEST_BANNER, timeout=GUEST_BOOT_S)
 
 
 def off_thread(work: Callable[..., Any], **kwargs: Any) -> Any:

@@ -15,8 +15,8 @@ from playwright.sync_api import Browser, Page, expect
 from tests.browser.conftest import logged_in_page
 from tests.fixtures import make_desktop, wait_for_status
 from vms.models import Desktop, DesktopStatus, Host, Quota
-from vms.services.hosts import host_capacity_read
-from vms.services.thumbnails import thumbnails_refresh
+from vms.services.desktops.thumbnails import thumbnails_refresh
+from vms.services.fleet.hosts import host_capacity_read
 
 pytestmark = [pytest.mark.browser, pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -252,7 +252,7 @@ def test_host_capacity_as_bars_and_read_from_the_host(
     assert page.input_value("#id_name") == "lab1"
     shot(page, "admin-host-add")
 
-    page.fill("#id_uri", "qemu+tcp://127.0.0.1:1/system")
+    page.fill("#id_uri", "qemu+ssh://127.0.0.1:1/system")
     for field in ("capacity_vcpus", "capacity_memory_mib", "capacity_disk_gib"):
         page.fill(f"#id_{field}", "")
     page.click("input[name=_save]")

@@ -8,7 +8,13 @@ import time
 
 import pytest
 
-from tests.browser.conftest import logged_in_page, type_like_a_person, wait_for_text
+from tests.browser.conftest import (
+    logged_in_page,
+    type_like_a_person,
+    wait_for_boot,
+    wait_for_console,
+    wait_for_text,
+)
 from tests.fixtures import wait_for_status
 from vms.models import ConsoleSession, Desktop
 
@@ -32,11 +38,11 @@ def test_employee_types_and_helpdesk_view_only_cannot(
 
     # 2. The console shows the guest's boot text on the canvas.
     page.goto(f"{portal_url}/desktops/{desktop.pk}/console/")
-    page.wait_for_selector("body[data-console=connected]", timeout=45_000)
+    wait_for_console(page)
     assert page.inner_text("#console-status") == "Connected (full control)."
     page.click("#btn-scale")  # 1:1, so the canvas shows the VGA text crisp for OCR
     canvas = page.locator("#screen canvas")
-    wait_for_text(canvas.screenshot, r"DesktopPortaldemoguest", timeout=40)
+    wait_for_boot(canvas.screenshot)
     page.screenshot(path="var/console-employee.png")
 
     # 3. Typing reaches the guest's shell: $RANDOM expands, so the echo is the shell's.
@@ -49,7 +55,7 @@ def test_employee_types_and_helpdesk_view_only_cannot(
     #    dropped by the relay and never reach the guest.
     helper = logged_in_page(browser, portal_url, helpdesk_user.username)
     helper.goto(f"{portal_url}/desktops/{desktop.pk}/console/")
-    helper.wait_for_selector("body[data-console=connected]", timeout=45_000)
+    wait_for_console(helper)
     assert helper.inner_text("#console-status") == "Connected (view only)."
     helper.click("#btn-scale")
     helper_canvas = helper.locator("#screen canvas")

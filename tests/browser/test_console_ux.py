@@ -19,11 +19,17 @@ import pytest
 from django.conf import settings
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import logged_in_page, off_thread, wait_for_text
+from tests.browser.conftest import (
+    logged_in_page,
+    off_thread,
+    wait_for_boot,
+    wait_for_console,
+    wait_for_text,
+)
 from tests.fixtures import wait_for_status
 from tests.guestshell import GuestShell, guest_shell
 from vms.models import ConsoleSession, Desktop
-from vms.services.desktops import desktop_create
+from vms.services.desktops.requests import desktop_create
 
 pytestmark = [pytest.mark.browser, pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -31,7 +37,6 @@ PHONE = {"viewport": {"width": 390, "height": 844}, "has_touch": True, "is_mobil
 DESKTOP = {"viewport": {"width": 1280, "height": 900}}
 PASTED = 'Hello World! @#$%^&*()_+ "quoted" ~/path|pipe'
 PRINTABLE_ASCII = "".join(chr(code) for code in range(0x20, 0x7F))
-BANNER = r"DesktopPortaldemoguest"
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -49,7 +54,7 @@ def logged_in(browser: Browser, portal_url: str, username: str, **options: Any) 
 
 def open_console(page: Page, portal_url: str, desktop: Desktop, how: str) -> None:
     page.goto(f"{portal_url}/desktops/{desktop.pk}/console/")
-    page.wait_for_selector("body[data-console=connected]", timeout=45_000)
+    wait_for_console(page)
     expect(page.locator("#console-status")).to_have_text(f"Connected ({how}).")
 
 
@@ -91,7 +96,7 @@ def test_paste_types_the_text_exactly_and_ctrl_alt_del_asks_first(
         page = logged_in(browser, portal_url, employee.username)
         open_console(page, portal_url, desktop, "full control")
         assert page.title() == f"Console · {desktop.name} · Desktop portal"
-        wait_for_text(guest_screen(hypervisor, desktop), BANNER, timeout=40)
+        wait_for_boot(guest_screen(hypervisor, desktop))
 
         # The guest's shell copies each line it is given to the serial port.
         paste(page, "cat > /dev/ttyS0\n")
@@ -199,7 +204,7 @@ def test_stopped_console_offers_start_and_reconnects_by_itself(
 
 
 def _act(*, desktop: Desktop, actor: Any, action: str) -> None:
-    from vms.services.desktops import desktop_act
+    from vms.services.desktops.requests import desktop_act
 
     desktop.refresh_from_db()
     desktop_act(actor=actor, desktop=desktop, action=action)
@@ -214,7 +219,7 @@ def test_phone_shows_a_readable_screen_and_its_keyboard_types(
     desktop = running_desktop(employee, demo_template)
     page = logged_in(browser, portal_url, employee.username, **PHONE)
     open_console(page, portal_url, desktop, "full control")
-    wait_for_text(guest_screen(hypervisor, desktop), BANNER, timeout=40)
+    wait_for_boot(guest_screen(hypervisor, desktop))
     canvas = page.locator("#screen canvas").bounding_box()
     box = page.locator("#screen").bounding_box()
     assert canvas and box
@@ -243,7 +248,7 @@ def test_helpdesk_takes_control_with_a_reason_and_releases_it(
     desktop = running_desktop(employee, demo_template)
     page = logged_in(browser, portal_url, helpdesk_user.username)
     open_console(page, portal_url, desktop, "view only")
-    wait_for_text(guest_screen(hypervisor, desktop), BANNER, timeout=40)
+    wait_for_boot(guest_screen(hypervisor, desktop))
     take = page.locator("#take-control")
     release = page.get_by_role("button", name="Release control")
     page.locator("details.paste summary").click()

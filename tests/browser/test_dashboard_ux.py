@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, Page, expect
 from tests.browser.conftest import logged_in_page, off_thread
 from tests.fixtures import make_desktop
 from vms.models import Desktop, DesktopStatus, Quota
-from vms.services.desktops import desktop_act
+from vms.services.desktops.requests import desktop_act
 
 pytestmark = [pytest.mark.browser, pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"

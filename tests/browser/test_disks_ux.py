@@ -12,10 +12,10 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import logged_in_page
-from tests.browser.test_dashboard_ux import PHONE, live, off_the_loop, shot
+from tests.browser.test_dashboard_ux import PHONE, live, off_the_loop, shot, visible_actions
 from tests.fixtures import wait_for_status
 from vms.models import Desktop, Quota, Snapshot
-from vms.services.snapshots import snapshot_revert
+from vms.services.disks.snapshots import snapshot_revert
 
 pytestmark = [pytest.mark.browser, pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 
@@ -133,6 +133,17 @@ def test_helpdesk_reverts_from_the_help_desk_page_with_a_reason(
     shot(phone, "helpdesk-revert-phone")
 
 
+def restore_offers_nothing_else(page: Page, desktop: Desktop) -> None:
+    panel = page.locator(f'[data-disks="{desktop.pk}"]')
+    expect(panel.locator("[data-field=restores] li").get_by_role("button")).to_have_text(["Cancel"])
+    expect(panel.get_by_role("button", name="Back up now")).to_be_disabled()
+    expect(panel.get_by_role("button", name="Take snapshot")).to_be_disabled()
+    expect(panel.get_by_label("Snapshot name")).to_be_disabled()
+    expect(panel.locator("[data-field=backups] li button")).to_have_count(0)
+    expect(panel.locator("[data-field=snapshots] li button")).to_have_count(0)
+    assert visible_actions(page, desktop) <= {"console"}
+
+
 def test_restore_progress_and_cancel_on_the_dashboard(
     browser: Browser, portal_url: str, employee, demo_template, api_for, hypervisor, local_host
 ) -> None:
@@ -170,12 +181,16 @@ def test_restore_progress_and_cancel_on_the_dashboard(
         expect(progress).to_contain_text("Restoring from the backup of", timeout=30_000)
         expect(progress).to_contain_text(re.compile(r"[1-9]\d?%"), timeout=30_000)
         expect(progress.locator("progress")).to_be_visible()
+        # While it runs nothing else is offered (issue 25, item 11): no Start/Stop/Reboot/
+        # Reset/Delete, no snapshot, backup or other restore; only the restore's Cancel.
+        restore_offers_nothing_else(page, desktop)
         shot(page, "dash-restore-progress")
 
         phone = logged_in_page(browser, portal_url, employee.username, viewport=PHONE)
         phone_panel = phone.locator(f'[data-disks="{desktop.pk}"]')
         assert phone_panel.get_attribute("open") is not None  # opened by itself
         expect(phone_panel.locator("[data-field=restores] li")).to_contain_text("%")
+        restore_offers_nothing_else(phone, desktop)
         shot(phone, "dash-restore-progress-phone")
 
         progress.get_by_role("button", name="Cancel").click()

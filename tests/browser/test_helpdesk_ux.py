@@ -18,10 +18,10 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import logged_in_page
+from tests.browser.conftest import logged_in_page, wait_for_console
 from tests.fixtures import UserFactory, make_desktop, wait_for_status
 from vms.models import AuditEvent, ConsoleSession, Desktop, DesktopStatus
-from vms.services.thumbnails import thumbnail_path
+from vms.services.desktops.thumbnails import thumbnail_path
 
 pytestmark = [pytest.mark.browser, pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -137,7 +137,7 @@ def test_owner_sees_who_how_why_and_since_when_and_ends_the_session(
     # Help-desk looks, then takes control with a reason.
     helper = login(browser, portal_url, helpdesk_user.username)
     helper.goto(f"{portal_url}/desktops/{desktop.pk}/console/")
-    helper.wait_for_selector("body[data-console=connected]", timeout=45_000)
+    wait_for_console(helper)
     banner.get_by_text("is viewing").wait_for(timeout=15_000)
     helper.fill("#control-reason", "ticket #1234: printer setup")
     helper.get_by_role("button", name="Take control").click()
@@ -166,7 +166,7 @@ def test_owner_sees_who_how_why_and_since_when_and_ends_the_session(
     # there: their own console stays up; the help-desk's is cut off and says why.
     own = owner.context.new_page()
     own.goto(f"{portal_url}/desktops/{desktop.pk}/console/")
-    own.wait_for_selector("body[data-console=connected]", timeout=45_000)
+    wait_for_console(own)
     notice = own.locator("#watchers")
     notice.get_by_text(f"since {since}").wait_for()
     assert "Reason: “ticket #1234: printer setup”" in notice.inner_text()

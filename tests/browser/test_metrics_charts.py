@@ -16,7 +16,7 @@ from tests.fixtures import make_desktop
 from tests.metrics import helpers
 from tests.metrics.helpers import stats_for
 from vms.models import Desktop
-from vms.services.metrics import metrics_rollup
+from vms.services.metrics.sampling import metrics_rollup
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"

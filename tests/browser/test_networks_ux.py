@@ -18,7 +18,11 @@ from tests.browser.conftest import logged_in_page
 from tests.browser.test_admin_ux import DESKTOP, PHONE, admin_page, shot
 from tests.fixtures import make_desktop
 from vms.models import AuditEvent, DesktopInterface, DesktopStatus, Network, Template
-from vms.services.networks import interfaces_allocate, network_create, template_networks_set
+from vms.services.networks.desktop_networks import (
+    interfaces_allocate,
+    network_create,
+    template_networks_set,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -9,7 +9,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group
 
-from tests.browser.conftest import logged_in_page
+from tests.browser.conftest import logged_in_page, wait_for_console
 from vms.models import Desktop, Quota, Template
 
 pytestmark = [pytest.mark.browser, pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
@@ -35,7 +35,7 @@ def test_employee_launches_watches_progress_opens_console_and_deletes(
     shot(page, "dashboard")
 
     row.get_by_role("link", name="Console").click()
-    page.wait_for_selector("body[data-console=connected]", timeout=45_000)
+    wait_for_console(page)
     page.wait_for_timeout(1500)
     shot(page, "console")
 
@@ -115,7 +115,7 @@ def test_helpdesk_finds_the_employee_views_the_console_and_the_owner_sees_it(
     helper.fill("#q", employee.username)
     helper.get_by_role("button", name="Search").click()
     helper.get_by_role("link", name="View console").click()
-    helper.wait_for_selector("body[data-console=connected]", timeout=45_000)
+    wait_for_console(helper)
     assert helper.inner_text("#console-status") == "Connected (view only)."
 
     banner.wait_for(state="visible", timeout=15_000)

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import type_like_a_person, wait_for_text
+from tests.browser.conftest import type_like_a_person, wait_for_boot, wait_for_text
 from tests.browser.test_console_ux import (
-    BANNER,
     PASTED,
     PHONE,
     logged_in,
@@ -76,7 +75,7 @@ def test_spice_console_shows_the_screen_and_typing_reaches_the_guest(
         page = logged_in(browser, portal_url, employee.username)
         open_console(page, portal_url, desktop, "full control")
         canvas = _actual_size(page)
-        wait_for_text(canvas.screenshot, BANNER, timeout=60)
+        wait_for_boot(canvas.screenshot)
         _wait_for_inputs(page, "ready")
 
         # Keys typed on the canvas go through spice-html5's own key handlers.
@@ -105,14 +104,14 @@ def test_spice_view_only_has_no_inputs_and_helpdesk_takes_control(
     with serial_of(desktop) as serial:
         owner = logged_in(browser, portal_url, employee.username)
         open_console(owner, portal_url, desktop, "full control")
-        wait_for_text(_actual_size(owner).screenshot, BANNER, timeout=60)
+        wait_for_boot(_actual_size(owner).screenshot)
         paste(owner, "cat > /dev/ttyS0\n")
 
         # The owner stays at the console while help-desk watches (SPICE multi-client).
         helper = logged_in(browser, portal_url, helpdesk_user.username)
         open_console(helper, portal_url, desktop, "view only")
         canvas = _actual_size(helper)
-        wait_for_text(canvas.screenshot, BANNER, timeout=60)
+        wait_for_boot(canvas.screenshot)
         # The relay refused the inputs channel's link; the page's keys go nowhere...
         _wait_for_inputs(helper, "error")
         canvas.click()
@@ -151,7 +150,7 @@ def test_spice_console_on_a_phone(
     open_console(page, portal_url, desktop, "full control")
     page.locator("#screen canvas").wait_for(timeout=30_000)
     # The guest's shell is up; the page shows what the guest shows (drawn within a second).
-    wait_for_text(lambda: hypervisor.screenshot(name=desktop.domain_name), BANNER, timeout=60)
+    wait_for_boot(lambda: hypervisor.screenshot(name=desktop.domain_name))
     time.sleep(2)
     shot(page, "spice-console-phone")
     box = page.locator("#screen canvas").bounding_box()

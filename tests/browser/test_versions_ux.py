@@ -32,7 +32,17 @@ def test_admin_publishes_a_stopped_desktop_as_a_new_version(
     page.locator(f'input[name="_selected_action"][value="{desktop_id}"]').check()
     page.select_option("select[name=action]", "publish_version")
     page.click("button[name=index]")
-    expect(page.locator(".messagelist")).to_contain_text("Building Demo desktop v2")
+    # Asked first, naming the owner, whose username the admin types (issue 25).
+    expect(page.locator("[data-owner]")).to_have_text(employee.username)
+    page.get_by_label("Type the owner's username to confirm").fill("someone-else")
+    page.get_by_role("button", name="Publish").click()
+    expect(page.locator(".errornote")).to_contain_text(f"owner, {employee.username}")
+    page.get_by_label("Type the owner's username to confirm").fill(employee.username)
+    shot(page, "admin-publish-confirm")
+    page.get_by_role("button", name="Publish").click()
+    expect(page.locator(".messagelist")).to_contain_text(
+        f"Building Demo desktop v2 from Demo desktop of {employee.username}"
+    )
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -44,6 +54,7 @@ def test_admin_publishes_a_stopped_desktop_as_a_new_version(
     page.goto(f"{portal_url}/admin/vms/template/{demo_template.pk}/change/")
     rows = page.locator("#versions-group tbody tr")
     expect(rows.first).to_contain_text("ready")
+    expect(rows.first).to_contain_text(f"{employee.username} (Demo desktop)")
     expect(page.locator("#versions-group")).to_contain_text("imported image")
     shot(page, "admin-template-versions")
     phone = admin_page(browser, portal_url, admin_user_, PHONE)

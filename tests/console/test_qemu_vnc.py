@@ -23,6 +23,7 @@ from vms.console.vncauth import vnc_auth_response
 QEMU = shutil.which("qemu-system-x86_64")
 PASSWORD = "s3cret"
 TIMEOUT = 5.0
+STARTUP_TIMEOUT = 30.0
 
 pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
 
@@ -32,10 +33,11 @@ class Qmp:
 
     def __init__(self, path: Path) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(TIMEOUT)
+        self._sock.settimeout(STARTUP_TIMEOUT)  # the greeting comes once QEMU is up
         self._sock.connect(str(path))
         self._file = self._sock.makefile("rwb")
         self._read()  # greeting
+        self._sock.settimeout(TIMEOUT)
         self.execute("qmp_capabilities")
 
     def _read(self) -> dict[str, Any]:
@@ -73,33 +75,40 @@ class QemuVnc:
 def qemu_vnc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QemuVnc]:
     assert QEMU is not None
     qmp_path = tmp_path_factory.mktemp("qemu") / "qmp.sock"
-    process = subprocess.Popen(
-        [
-            QEMU,
-            "-accel", "tcg",
-            "-display", "none",
-            "-nodefaults",
-            "-vga", "std",
-            "-m", "32",
-            "-name", "rfbtest",
-            # QEMU picks the first free display in 50..99 itself: no port race.
-            "-vnc", "127.0.0.1:50,to=99,password=on",
-            "-qmp", f"unix:{qmp_path},server=on,wait=off",
-            "-S",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
+    # The test listens on QMP's socket itself and hands it to QEMU: connecting works from
+    # the start, and the greeting says QEMU is ready (the socket file's existence says not).
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(qmp_path))
+    listener.listen(1)
+    with listener:
+        process = subprocess.Popen(
+            [
+                QEMU,
+                "-accel", "tcg",
+                "-display", "none",
+                "-nodefaults",
+                "-vga", "std",
+                "-m", "32",
+                "-name", "rfbtest",
+                # QEMU picks the first free display in 50..99 itself: no port race.
+                "-vnc", "127.0.0.1:50,to=99,password=on",
+                "-chardev", f"socket,id=qmp,fd={listener.fileno()},server=on,wait=off",
+                "-mon", "chardev=qmp,mode=control",
+                "-S",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            pass_fds=(listener.fileno(),),
+        )  # fmt: skip
     qmp: Qmp | None = None
     try:
-        deadline = time.monotonic() + 10
-        while not qmp_path.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                stderr = process.stderr.read().decode() if process.stderr else ""
-                pytest.fail(f"QEMU did not start: {stderr}")
-            time.sleep(0.02)
-        qmp = Qmp(qmp_path)
+        try:
+            qmp = Qmp(qmp_path)
+        except (OSError, EOFError) as exc:
+            process.terminate()
+            stderr = process.stderr.read().decode() if process.stderr else ""
+            pytest.fail(f"QEMU did not start ({exc}): {stderr}")
         qmp.execute("change-vnc-password", password=PASSWORD)
         info = qmp.execute("query-vnc")
         assert info["auth"] == "vnc"

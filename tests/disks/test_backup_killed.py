@@ -15,8 +15,8 @@ import pytest
 from tests.disks.test_snapshots_live import disk_path, launched_and_stopped, write_pattern
 from tests.servers import server_env
 from vms.models import Backup
-from vms.services.backup_work import backups_reconcile
-from vms.services.backups import backup_folder, backups_listed
+from vms.services.disks.backup_work import backups_reconcile
+from vms.services.disks.backups import backup_folder, backups_listed
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def worker_process(desktop_id: str) -> subprocess.Popen[bytes]:
     code = (
         "import django; django.setup(); "
-        "from vms.services.backup_work import desktop_backup; "
+        "from vms.services.disks.backup_work import desktop_backup; "
         f"desktop_backup(desktop_id={desktop_id!r})"
     )
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=server_env())

@@ -22,7 +22,7 @@ from tests.disks.test_snapshots_live import (
 )
 from vms.hypervisor import qemuimg
 from vms.models import Backup, Desktop
-from vms.services.backups import backup_folder, backup_path
+from vms.services.disks.backups import backup_folder, backup_path
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 SECOND = MARK + 0x1000000
@@ -142,7 +142,7 @@ def test_retention_merges_the_oldest_and_the_chain_still_reads_whole(
 def test_scheduled_backups_and_cancel(
     celery_worker, api_for, employee, demo_template, hypervisor
 ) -> None:
-    from vms.services.backups import backups_due, backups_round
+    from vms.services.disks.backups import backups_due, backups_round
 
     demo_template.backup_every_hours = 24
     demo_template.save()

@@ -13,7 +13,7 @@ from channels.layers import get_channel_layer
 
 from tests.fixtures import make_desktop
 from vms.models import AuditEvent, Backup, Restore, Snapshot
-from vms.services.events import user_group
+from vms.services.desktops.events import user_group
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -202,8 +202,8 @@ def test_backups_of_desktops_deleted_long_ago_expire(employee, fake_template, se
 
     from django.utils import timezone
 
-    from vms.services.backup_work import backups_expire_deleted
-    from vms.services.backups import backup_folder, backup_path
+    from vms.services.disks.backup_work import backups_expire_deleted
+    from vms.services.disks.backups import backup_folder, backup_path
 
     settings.BACKUP_KEEP_DAYS_AFTER_DELETE = 30
     now = timezone.now()

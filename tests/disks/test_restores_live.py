@@ -39,9 +39,9 @@ from tests.fixtures import running_worker, wait_for_status
 from tests.servers import server_env
 from vms.hypervisor import PowerState, qemuimg
 from vms.models import Desktop, Host, Restore, TemplateVersion
-from vms.services.backup_work import backups_reconcile
-from vms.services.backups import backup_path, backup_restore
-from vms.services.template_versions import version_job_name, version_volume_name
+from vms.services.catalog.versions import version_job_name, version_volume_name
+from vms.services.disks.backup_work import backups_reconcile
+from vms.services.disks.backups import backup_path, backup_restore
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -200,7 +200,7 @@ def restore_worker(desktop_id: str) -> subprocess.Popen[bytes]:
     """The restore's worker function in a process of its own, as a Celery worker runs it."""
     code = (
         "import django; django.setup(); "
-        "from vms.services.backup_work import desktop_restore; "
+        "from vms.services.disks.backup_work import desktop_restore; "
         f"desktop_restore(desktop_id={desktop_id!r})"
     )
     env = server_env(DISK_COPY_BANDWIDTH_MIB_S=PACE)
@@ -241,13 +241,15 @@ def test_restore_cut_off_by_a_killed_worker_is_cleaned_up(
 def test_template_version_build_shows_progress_and_cancel_removes_its_copy(
     celery_worker, api_for, employee, admin_user_, demo_template, hypervisor, local_host
 ) -> None:
-    from vms.services.template_versions import template_version_cancel, template_version_publish
+    from vms.services.catalog.versions import template_version_cancel, template_version_publish
 
     desktop = launched_and_stopped(api_for(employee), demo_template)
     write_pattern(disk_path(desktop, hypervisor), MARK, 0x33, DATA)
     with slow_host(desktop, local_host):
         version = template_version_publish(
-            actor=admin_user_, desktop=Desktop.objects.get(pk=desktop.pk)
+            actor=admin_user_,
+            desktop=Desktop.objects.get(pk=desktop.pk),
+            confirm_owner=employee.username,
         )
         deadline = time.monotonic() + 60
         while not 0 < TemplateVersion.objects.get(pk=version.pk).progress < 100:
@@ -324,12 +326,23 @@ def test_long_copies_do_not_hold_up_the_hosts_heartbeat(
 def test_deleting_a_desktop_during_its_restore_leaves_nothing(
     celery_worker, api_for, employee, demo_template, hypervisor, local_host
 ) -> None:
+    """Delete is refused while the restore runs (issue 25: every other action answers 409).
+    A desktop moved to `deleting` all the same, by a path outside the action table (here
+    the service's own state move and teardown, standing in for one), stops the copy and
+    nothing is swapped into it."""
+    from vms.services.core.queue import enqueue_desktop_task
+    from vms.services.desktops import transitions
+    from vms.services.desktops.actions import ACTIONS
+
     client = api_for(employee)
     desktop, backup, _path = prepared(client, demo_template, hypervisor)
     with slow_host(desktop, local_host):
         in_place(client, backup)
         seen = watch_until_midway(client, desktop)
-        assert client.delete(f"/api/desktops/{desktop.pk}/").status_code == 202
+        refused = client.delete(f"/api/desktops/{desktop.pk}/")
+        assert refused.status_code == 409 and "restore" in refused.json()["detail"]
+        assert transitions.compare_and_set(desktop_id=desktop.pk, old="stopped", new="deleting")
+        enqueue_desktop_task(ACTIONS["delete"], desktop=Desktop.objects.get(pk=desktop.pk))
         ended = wait_restore(seen["id"])
         wait_for_status(desktop.pk, "deleted")
     assert ended.status == "failed" and "deleted" in ended.last_error

@@ -24,9 +24,13 @@ from tests.disks.test_snapshots_live import disk_path, launched, shell_of, wait_
 from tests.fixtures import make_desktop
 from vms.hypervisor.qemuimg import SnapshotSpace
 from vms.models import Desktop, Snapshot
-from vms.services.locks import desktop_lock
-from vms.services.quotas import snapshot_bytes_of, usage
-from vms.services.snapshot_work import snapshot_shares, snapshots_measure, snapshots_measure_host
+from vms.services.core.locks import desktop_lock
+from vms.services.desktops.quotas import snapshot_bytes_of, usage
+from vms.services.disks.snapshot_work import (
+    snapshot_shares,
+    snapshots_measure,
+    snapshots_measure_host,
+)
 from vms.settings_access import name_prefix
 from vms.tasks import backups_round
 
@@ -163,7 +167,7 @@ def test_a_desktop_not_measured_keeps_its_figures(
                            volume_name=f"{name_prefix()}gone.qcow2")  # fmt: skip
     row = Snapshot.objects.create(desktop=desktop, name="s", libvirt_name="snap-s",
                                   status="ready", size_bytes=12345)  # fmt: skip
-    caplog.set_level(logging.WARNING, logger="vms.services.snapshot_work")
+    caplog.set_level(logging.WARNING, logger="vms.services.disks.snapshot_work")
     assert snapshots_measure(desktop=desktop) is None  # no disk at all
     assert "disk is gone" in caplog.text
 

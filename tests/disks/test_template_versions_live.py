@@ -12,8 +12,8 @@ import pytest
 from tests.disks.test_snapshots_live import launched, power, shell_of, wait_idle
 from vms.hypervisor import qemuimg
 from vms.models import Quota, Template, TemplateVersion
-from vms.services.errors import InvalidTransition
-from vms.services.template_versions import template_version_delete, template_version_publish
+from vms.services.catalog.versions import template_version_delete, template_version_publish
+from vms.services.core.errors import InvalidTransition
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 
@@ -40,7 +40,11 @@ def test_version_from_a_prepared_desktop_launches_with_its_changes(
     prepared = power(client, prepared, "stop", "stopped")
     bystander = launched(client, demo_template)
 
-    version = wait_version(template_version_publish(actor=admin_user_, desktop=prepared).pk)
+    version = wait_version(
+        template_version_publish(
+            actor=admin_user_, desktop=prepared, confirm_owner=employee.username
+        ).pk
+    )
     assert version.status == "ready", version.last_error
     assert version.number == 2
     template = Template.objects.get(pk=demo_template.pk)
@@ -78,7 +82,7 @@ def test_a_cancelled_or_cut_off_build_leaves_no_base(
     celery_worker, api_for, employee, admin_user_, demo_template, hypervisor
 ) -> None:
     from tests.disks.test_snapshots_live import launched_and_stopped
-    from vms.services.template_versions import (
+    from vms.services.catalog.versions import (
         template_version_build,
         template_version_cancel,
         version_volume_name,

@@ -22,7 +22,7 @@ import redis
 from django.conf import settings
 
 from tests.relay.conftest import channels_relay  # noqa: F401 - a fixture for these tests
-from tests.servers import free_port, server_env
+from tests.servers import dies_with_parent, free_port, server_env, var_path
 from vms.models import Host
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ class Worker:
         self.queues = queues
         self.name = f"faults-{tag}-{os.getpid()}@localhost"
         self.concurrency = concurrency
-        self.log_path = ROOT / "var" / f"test-worker-{tag}.log"
+        self.log_path = var_path(f"test-worker-{tag}.log")
         self.process: subprocess.Popen[bytes] | None = None
 
     def spawn(self) -> Worker:
@@ -64,6 +64,7 @@ class Worker:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=dies_with_parent,
         )
         log.close()
         return self

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.parallel import libvirtd_restart_allowed
 from vms.hypervisor import domain_name, get_hypervisor, volume_name
 from vms.models import Desktop, Host
-from vms.services.quotas import Limits, usage
+from vms.services.desktops.quotas import Limits, usage
 from vms.settings_access import name_prefix
 
 
@@ -88,7 +89,9 @@ def libvirtd_answers() -> bool:
 
 def libvirtd_stop() -> None:
     """Stop libvirtd (the pid in its pid file) and wait until it is gone. Guests keep
-    running: QEMU processes are not libvirtd's children once started."""
+    running: QEMU processes are not libvirtd's children once started. Only a test marked
+    `restarts_libvirtd` may: it runs while no other test does (tests/parallel.py)."""
+    assert libvirtd_restart_allowed(), "mark the test restarts_libvirtd"
     pid = libvirtd_pid()
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30

@@ -13,7 +13,7 @@ from portal.celery import app as celery_app
 from tests.faults.support import assert_exactly_its_own, assert_quota_counts, desktop_row
 from tests.fixtures import wait_for_status
 from vms.models import AuditEvent, Desktop, DesktopStatus
-from vms.services import provisioning
+from vms.services.desktops import lifecycle
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 
@@ -35,7 +35,7 @@ def test_provisioning_run_by_four_threads_at_once(faulty_host, employee, demo_te
     def run() -> None:
         try:
             gate.wait()
-            provisioning.desktop_provision(desktop_id=desktop.pk)
+            lifecycle.desktop_provision(desktop_id=desktop.pk)
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
         finally:

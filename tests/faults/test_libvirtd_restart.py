@@ -90,6 +90,7 @@ def launch(client: Any, template: Any) -> str:
     return str(response.json()["id"])
 
 
+@pytest.mark.restarts_libvirtd
 def test_libvirtd_restart_with_running_guests_tasks_in_flight_and_an_open_console(
     celery_worker, channels_relay, api_for, employee, demo_template, hypervisor
 ) -> None:

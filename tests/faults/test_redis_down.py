@@ -20,7 +20,7 @@ from django.test import Client
 
 from tests.fixtures import make_desktop
 from vms.models import AuditEvent, Desktop, DesktopStatus, Quota
-from vms.services.events import user_group
+from vms.services.desktops.events import user_group
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

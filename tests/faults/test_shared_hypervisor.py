@@ -7,8 +7,8 @@ import pytest
 
 from tests.faults.support import desktop_row, libvirt_objects
 from vms.models import DesktopStatus
-from vms.services import provisioning
-from vms.services.reconcile import ReconcileReport, reconcile_host
+from vms.services.desktops import lifecycle
+from vms.services.fleet.reconcile import ReconcileReport, reconcile_host
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 
@@ -17,7 +17,7 @@ def test_reconcile_spares_desktops_of_another_host_on_the_same_libvirt(
     faulty_host, local_host, employee, demo_template
 ) -> None:
     neighbour = desktop_row(employee, demo_template, local_host, "on local")
-    provisioning.desktop_provision(desktop_id=neighbour.pk)
+    lifecycle.desktop_provision(desktop_id=neighbour.pk)
     neighbour.refresh_from_db()
     assert neighbour.status == DesktopStatus.RUNNING, neighbour.last_error
 

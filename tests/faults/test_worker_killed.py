@@ -23,8 +23,8 @@ import pytest
 from tests.faults.support import assert_exactly_its_own, assert_quota_counts, wait_until
 from tests.fixtures import wait_for_status
 from vms.models import Desktop, DesktopStatus
-from vms.services import reconcile
-from vms.services.reconcile import reconcile_host
+from vms.services.fleet import reconcile
+from vms.services.fleet.reconcile import reconcile_host
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 

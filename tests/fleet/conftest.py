@@ -22,16 +22,42 @@ from tests.relay.conftest import channels_relay, gateway_relay, relay  # noqa: F
 from vms.hypervisor import get_hypervisor
 from vms.hypervisor.kvmprobe import run_kvm_probe
 from vms.models import Host
-from vms.services.fleet import host_register
+from vms.services.fleet.membership import host_register
 from vms.settings_access import name_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_HOST = ROOT / "scripts" / "lab-host"
+# A host coming up starts three daemons and probes QEMU; with four xdist workers bringing
+# up hosts at once on two cores this took over 120 s on a fresh clone.
+LAB_HOST_TIMEOUT_S = 300
+
+
+LAB_DIR = Path(os.environ.get("LAB_DIR", "/var/lib/desktop-portal/lab"))
+
+
+def lab_name(name: str) -> str:
+    """The lab host (scripts/lab-host's NAME) behind the tests' host `name`: under xdist,
+    each worker's own (`laba` is `laba2` on worker gw2), so that the lab's modules run on
+    several workers at once; the portal's host keeps the name (each worker has its own
+    database)."""
+    return name + os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
+
+
+def lab_namespace(name: str) -> str:
+    return f"dplab-{lab_name(name)}"
+
+
+def lab_dir(name: str) -> Path:
+    """The lab host's state directory (its private /run/libvirt, /var/lib/libvirt...)."""
+    return LAB_DIR / lab_name(name)
 
 
 def lab_host(command: str, name: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(LAB_HOST), command, name], capture_output=True, text=True, timeout=120
+        [str(LAB_HOST), command, lab_name(name)],
+        capture_output=True,
+        text=True,
+        timeout=LAB_HOST_TIMEOUT_S,
     )
 
 
@@ -51,13 +77,18 @@ def lab_hosts() -> Iterator[Callable[[str], str]]:
     assert all(f.returncode == 0 for f in failures), [f.stderr for f in failures]
 
 
+# The Celery worker of each joined lab host, by host name (a test may silence one).
+LAB_WORKERS: dict[str, subprocess.Popen[bytes]] = {}
+
+
 @pytest.fixture
 def lab_host_joined(
     lab_hosts: Callable[[str], str], celery_worker: Any
 ) -> Iterator[Callable[[str], Host]]:
     """`join(name)`: lab host `name` up and registered in the portal (capacity read from
     it, its storage pool on the shared directory) with a Celery worker of its own for its
-    queue, as `scripts/lab-host join` does. Their guests and workers go at the end."""
+    queue (in LAB_WORKERS), as `scripts/lab-host join` does. Their guests and workers go
+    at the end."""
     joined: list[Host] = []
     with ExitStack() as workers:
 
@@ -69,13 +100,15 @@ def lab_host_joined(
             host = host_register(name=name, uri=uri, console_address=address, virt_type=virt_type)
             assert host.last_check_ok, host.last_check_error
             worker = f"lab{name}{os.getpid()}@{socket.gethostname()}"
-            workers.enter_context(
+            LAB_WORKERS[name] = workers.enter_context(
                 running_worker(queues=f"{host.queue_name},{host.long_queue_name}", name=worker)
             )
             joined.append(host)
             return host
 
         yield join
+        for host in joined:
+            LAB_WORKERS.pop(host.name, None)
     for host in joined:
         hypervisor = get_hypervisor(host.uri)
         for domain in hypervisor.list_domains(prefix=name_prefix()):

@@ -4,7 +4,8 @@
 Each ADDR:PORT answers every connection with `hello PORT` and closes it. ADDR:PORT:blob:N
 sends N bytes instead, then waits for the client to close, and prints to stdout
 `sent N in S` (seconds from the first byte to the client's close): the throughput a
-desktop really received. Prints `ready` once every listener is bound; stops on SIGTERM.
+desktop really received. ADDR:PORT:udp:FILE appends `PORT from IP` to FILE for each UDP
+datagram that arrives at PORT. Prints `ready` once every listener is bound; stops on SIGTERM.
 """
 
 from __future__ import annotations
@@ -36,10 +37,24 @@ async def blob(size: int, reader: asyncio.StreamReader, writer: asyncio.StreamWr
     writer.close()
 
 
+class Recorder(asyncio.DatagramProtocol):
+    def __init__(self, port: int, path: str) -> None:
+        self.port, self.path = port, path
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        with open(self.path, "a") as out:
+            out.write(f"{self.port} from {addr[0]}\n")
+
+
 async def main(specs: list[str]) -> None:
     servers = []
+    loop = asyncio.get_running_loop()
     for spec in specs:
         address, port, *mode = spec.split(":")
+        if mode and mode[0] == "udp":
+            recorder = Recorder(int(port), mode[1])
+            await loop.create_datagram_endpoint(lambda r=recorder: r, (address, int(port)))
+            continue
         if mode and mode[0] == "blob":
             size = int(mode[1])
             handler = lambda r, w, size=size: blob(size, r, w)  # noqa: E731

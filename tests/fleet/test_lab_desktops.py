@@ -10,7 +10,7 @@ import pytest
 from tests.fixtures import wait_for_status
 from tests.relay.conftest import connect, mint_ticket, session_cookie
 from vms.models import Host
-from vms.services.desktops import desktop_act, desktop_create
+from vms.services.desktops.requests import desktop_act, desktop_create
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 

@@ -4,15 +4,15 @@ namespace's address, and `down` leaves no namespace, veth, daemon or state behin
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from tests.fleet.conftest import lab_host
+from tests.fleet.conftest import lab_dir, lab_host, lab_namespace
 
 pytestmark = pytest.mark.libvirt
-LAB_DIR = Path("/var/lib/desktop-portal/lab")
 
 
 def _namespaces() -> str:
@@ -34,7 +34,7 @@ def _alive(pid: int) -> bool:
 
 def test_two_lab_hosts_are_separate_libvirtds(lab_hosts) -> None:
     first, second = lab_hosts("laba"), lab_hosts("labb")
-    assert first.startswith("qemu+tcp://10.213.") and first != second
+    assert first.startswith("qemu+tls://10.213.") and first != second
     assert lab_hosts("laba") == first  # up again: the same host, nothing new
     for uri in (first, second):
         conn = libvirt.open(uri)
@@ -46,15 +46,26 @@ def test_two_lab_hosts_are_separate_libvirtds(lab_hosts) -> None:
             conn.close()
 
 
+def test_a_new_host_starts_from_the_qemu_capabilities_an_earlier_one_found(lab_hosts) -> None:
+    """libvirtd's probe of QEMU (seconds, a minute on a busy machine) runs once, not per
+    host: scripts/lab-host keeps the cache and seeds each new host's with it."""
+    lab_hosts("laba")
+    started = time.time()
+    lab_hosts("labb")
+    cache = lab_dir("labb") / "cache" / "qemu" / "capabilities"
+    written = [path.stat().st_mtime for path in cache.glob("*.xml")]
+    assert written and max(written) < started  # copied in, not probed again by labb
+
+
 def test_down_removes_everything_and_is_idempotent() -> None:
     assert lab_host("up", "labc").returncode == 0
-    pid = int((LAB_DIR / "labc" / "run" / "libvirtd.pid").read_text())
+    pid = int((lab_dir("labc") / "run" / "libvirtd.pid").read_text())
     assert lab_host("down", "labc").returncode == 0
     assert lab_host("down", "labc").returncode == 0
-    assert "dplab-labc" not in _namespaces()
-    assert not _link_exists("dplab-labc")
+    assert lab_namespace("labc") not in _namespaces()
+    assert not _link_exists(lab_namespace("labc"))
     assert not _alive(pid)
-    assert not (LAB_DIR / "labc").exists()
+    assert not lab_dir("labc").exists()
     assert lab_host("status", "labc").returncode == 3
 
 
@@ -62,4 +73,4 @@ def test_down_removes_everything_and_is_idempotent() -> None:
 def test_bad_names_are_refused(name: str) -> None:
     done = lab_host("up", name)
     assert done.returncode == 1 and "NAME must be" in done.stderr
-    assert f"dplab-{name}" not in _namespaces()
+    assert lab_namespace(name) not in _namespaces()

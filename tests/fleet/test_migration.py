@@ -15,7 +15,7 @@ import pytest
 from tests.fixtures import wait_for_status
 from vms.hypervisor import HypervisorError, get_hypervisor
 from vms.models import AuditEvent, Host
-from vms.services.desktops import desktop_act, desktop_create
+from vms.services.desktops.requests import desktop_act, desktop_create
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 
@@ -53,14 +53,28 @@ def test_a_running_desktop_moves_live_between_lab_hosts(
     desktop = wait_for_status(desktop.pk, "running", timeout=120)
     assert desktop.host == first
 
+    # Without UNSAFE libvirt checks the storage itself, and refuses the lab's pool (one
+    # local directory it cannot know to be shared): the guest stays where it was.
+    with pytest.raises(HypervisorError, match="MIGRATION_ALLOW_UNSAFE") as refused:
+        get_hypervisor(first.uri).migrate_live(
+            name=desktop.domain_name, to_uri=second.uri, to_address=second.console_address
+        )
+    assert refused.value.permanent and "unsafe" in refused.value.message.lower()
+    assert _domains(first.uri).get(desktop.domain_name) is True
+    assert desktop.domain_name not in _domains(second.uri)
+
     started = time.monotonic()
     stats = get_hypervisor(first.uri).migrate_live(
-        name=desktop.domain_name, to_uri=second.uri, to_address=second.console_address
-    )
+        name=desktop.domain_name, to_uri=second.uri, to_address=second.console_address,
+        allow_unsafe=True,
+    )  # fmt: skip
     took = time.monotonic() - started
-    # QEMU's own figures: the guest paused for at most its default limit of 300 ms.
+    # QEMU's own figures: the guest paused briefly, as a live move does. QEMU aims at its
+    # default limit of 300 ms for the last copy; the pause it measures also holds the
+    # switch-over, which takes longer on a busy machine (324 ms seen with the suite on
+    # four workers on 2 cores), so the bound is a second: a cold move pauses for longer.
     assert stats.elapsed_ms is not None and 0 < stats.elapsed_ms <= took * 1000 + 1000
-    assert stats.downtime_ms is not None and 0 <= stats.downtime_ms <= 300, stats
+    assert stats.downtime_ms is not None and 0 <= stats.downtime_ms <= 1000, stats
 
     assert _domains(second.uri).get(desktop.domain_name) is True
     assert desktop.domain_name not in _domains(first.uri)  # not left defined there either
@@ -73,8 +87,9 @@ def test_a_running_desktop_moves_live_between_lab_hosts(
 
     # Back again (the disk is the same file, on the shared directory), then delete.
     get_hypervisor(second.uri).migrate_live(
-        name=desktop.domain_name, to_uri=first.uri, to_address=first.console_address
-    )
+        name=desktop.domain_name, to_uri=first.uri, to_address=first.console_address,
+        allow_unsafe=True,
+    )  # fmt: skip
     assert _domains(first.uri).get(desktop.domain_name) is True
     desktop_act(actor=employee, desktop=desktop, action="delete", source_ip="127.0.0.1")
     wait_for_status(desktop.pk, "deleted", timeout=60)
@@ -91,7 +106,7 @@ def test_a_failed_migration_leaves_the_desktop_running_where_it_was(
     # Nothing listens there (loopback, a closed port): the destination cannot be reached.
     with pytest.raises(HypervisorError):
         get_hypervisor(lab_host_in_portal.uri).migrate_live(
-            name=desktop.domain_name, to_uri="qemu+tcp://127.0.0.1:1/system", to_address="127.0.0.1"
+            name=desktop.domain_name, to_uri="qemu+ssh://127.0.0.1:1/system", to_address="127.0.0.1"
         )
     assert _domains(lab_host_in_portal.uri).get(desktop.domain_name) is True
 
@@ -115,7 +130,8 @@ def test_an_admin_migrates_a_running_desktop_through_the_api(
     assert _domains(second.uri).get(desktop.domain_name) is True
     event = AuditEvent.objects.get(desktop=desktop, action="desktop.migrated")
     assert event.detail["source"] == "laba" and event.detail["target"] == "labb"
-    assert api_for(employee).get(f"/api/desktops/{desktop.pk}/").json()["host"] == "labb"
+    assert api_for(admin_user_).get(f"/api/desktops/{desktop.pk}/").json()["host"] == "labb"
+    assert "host" not in api_for(employee).get(f"/api/desktops/{desktop.pk}/").json()  # T74
 
     # Now on labb, the same request is refused: it is already there.
     again = api_for(admin_user_).post(

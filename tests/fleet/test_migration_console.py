@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.conftest import logged_in_page, off_thread
+from tests.browser.conftest import logged_in_page, off_thread, wait_for_console
 from tests.fixtures import wait_for_status
 from vms.models import Host
-from vms.services.desktops import desktop_act, desktop_create
+from vms.services.desktops.requests import desktop_act, desktop_create
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -24,7 +24,7 @@ def test_the_console_follows_its_desktop_to_another_host(
     Host.objects.filter(pk=second.pk).update(enabled=True)
     page = logged_in_page(browser, portal_url, employee.username)
     page.goto(f"{portal_url}/desktops/{desktop.pk}/console/")
-    page.wait_for_selector("body[data-console=connected]", timeout=45_000)
+    wait_for_console(page)
     page.evaluate(
         """() => { window.seen = []; new MutationObserver(() =>
              window.seen.push(document.getElementById('console-status').textContent))

@@ -11,8 +11,8 @@ from django.conf import settings
 
 from tests.fixtures import wait_for_status
 from vms.models import Host
-from vms.services.desktops import desktop_act, desktop_create
-from vms.services.reconcile import reconcile_host
+from vms.services.desktops.requests import desktop_act, desktop_create
+from vms.services.fleet.reconcile import reconcile_host
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 

@@ -44,8 +44,8 @@ def private_registry(monkeypatch: pytest.MonkeyPatch) -> None:
         "qemu:///system",
         "qemu:///session",
         "qemu+ssh://root@hv1.invalid/system",
-        "qemu+tls://hv2.invalid/system?no_verify=1",
-        "QEMU+TCP://hv3.invalid/system",
+        "qemu+tls://hv2.invalid/system?pkipath=/etc/portal/pki",
+        "QEMU+TLS://hv3.invalid/system",
         "test:///default",
     ],
 )
@@ -108,6 +108,33 @@ def test_a_registered_backend_serves_its_scheme(private_registry: None) -> None:
     hv = get_hypervisor("lab+ssh://hv1.invalid/system")
     assert get_hypervisor("lab+ssh://hv1.invalid/system") is hv
     assert made == ["lab+ssh://hv1.invalid/system"]
+
+
+def test_a_backends_uri_check_runs_before_its_factory(private_registry: None) -> None:
+    made: list[str] = []
+
+    def factory(uri: str) -> Hypervisor:
+        made.append(uri)
+        return LibvirtHypervisor("test:///default")
+
+    def only_system(uri: str) -> None:
+        if not uri.endswith("/system"):
+            raise HypervisorError("only /system", permanent=True)
+
+    registry.register_backend(("lab",), factory, uri_check=only_system)
+    with pytest.raises(HypervisorError, match="only /system"):
+        get_hypervisor("lab+ssh://hv1.invalid/other")
+    assert made == []
+    get_hypervisor("lab+ssh://hv1.invalid/system")
+    assert made == ["lab+ssh://hv1.invalid/system"]
+
+
+@pytest.mark.parametrize("uri", ["qemu+ext:///system?command=/bin/true", "qemu+tcp://hv1/system"])
+def test_the_libvirt_backend_refuses_undocumented_transports(uri: str, no_connecting: None) -> None:
+    with pytest.raises(HypervisorError, match="is not allowed for a host") as exc:
+        get_hypervisor(uri)
+    assert exc.value.permanent is True
+    assert uri not in registry._instances
 
 
 def test_a_served_scheme_cannot_be_taken_over(private_registry: None) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import libvirt
 import pytest
@@ -21,6 +24,8 @@ from vms.hypervisor import (
 from vms.hypervisor.libvirt_backend import LibvirtHypervisor
 
 from .support import TEST_DRIVER_POOL, TEST_URI
+
+ROOT = Path(__file__).resolve().parents[2]
 
 POOL_DIR = "/default-pool"
 NASTY_TITLE = 'Ann\'s <desk> & "co" — ünïcødé 😀'
@@ -55,7 +60,7 @@ def make_base(conn: libvirt.virConnect, name: str) -> str:
 
 def test_get_hypervisor_is_cached_per_uri() -> None:
     assert get_hypervisor(TEST_URI) is get_hypervisor(TEST_URI)
-    assert get_hypervisor(TEST_URI) is not get_hypervisor("test:///default?x")
+    assert get_hypervisor(TEST_URI) is not get_hypervisor("qemu:///session")  # never connects
 
 
 def test_domain_lifecycle_is_idempotent(hv: Hypervisor, prefix: str) -> None:
@@ -299,3 +304,29 @@ def test_reopens_after_fork(prefix: str) -> None:
     assert result == b"1"
     assert hv._connection.get() is parent_conn
     assert hv.state(name=prefix) is PowerState.missing
+
+
+def test_at_exit_own_connections_are_closed_and_inherited_ones_forgotten() -> None:
+    """close_all (run by atexit) leaves no connection for virConnect.__del__ to close after
+    the libvirt module is gone (a traceback at every exit), and never closes one inherited
+    over fork() (that would end the parent's session). In a process of its own: it closes
+    every connection of the process."""
+    code = (
+        "import os\n"
+        "from vms.hypervisor.connection import close_all\n"
+        "from vms.hypervisor.libvirt_backend import LibvirtHypervisor\n"
+        "mine, inherited = LibvirtHypervisor('test:///default'), LibvirtHypervisor('test:///default')\n"
+        "own, theirs = mine._connection.get(), inherited._connection.get()\n"
+        "closed = []\n"
+        "theirs.close = lambda: closed.append(theirs)\n"
+        "inherited._connection._pid = os.getpid() + 1  # as if opened before a fork()\n"
+        "close_all()\n"
+        "assert own._o is None, 'an own connection stays open'\n"
+        "assert theirs._o is None and not closed, 'an inherited one is closed or kept'\n"
+        "assert mine._connection.get() is not own  # the next call opens a new one\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Exception ignored" not in done.stderr, done.stderr

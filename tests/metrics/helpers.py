@@ -8,7 +8,7 @@ from typing import Any
 
 from vms.hypervisor import DomainStats, HostLoad, PoolUsage
 from vms.models import Desktop, Host
-from vms.services.metrics import HostReading, metrics_record
+from vms.services.metrics.sampling import HostReading, metrics_record
 
 
 def stats_for(desktop: Desktop, *, cpu_s: float, uuid: str = "u-1", **more: Any) -> DomainStats:

@@ -15,7 +15,7 @@ import pytest
 from tests.fixtures import wait_for_status
 from vms import tasks
 from vms.models import Desktop
-from vms.models_metrics import DesktopLoad, DesktopSample, HostUsage
+from vms.models.metrics import DesktopLoad, DesktopSample, HostUsage
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 PERIOD_S = 3.0  # the test's sampling period: it runs the round itself

@@ -13,7 +13,7 @@ from django.utils import timezone
 from tests.fixtures import make_desktop
 from tests.metrics.helpers import record, stats_for
 from vms.models import ConsoleSession
-from vms.services.metrics import metrics_rollup
+from vms.services.metrics.sampling import metrics_rollup
 
 pytestmark = pytest.mark.django_db
 
@@ -72,7 +72,7 @@ def test_the_usage_report_per_user_group_and_template(client, admin_user_, busy_
 
 
 def test_a_formula_like_name_is_quoted_in_the_csv(fake_template, employee):
-    from vms.services.usage import UsageRow, usage_csv
+    from vms.services.metrics.usage import UsageRow, usage_csv
 
     assert "\n'=cmd|calc,0," in usage_csv([UsageRow("=cmd|calc")], by="user")
 

@@ -11,7 +11,7 @@ from django.utils import timezone
 from tests.fixtures import make_desktop
 from tests.metrics.helpers import record, stats_for
 from vms.models import Host
-from vms.services.placement import host_allocations, host_least_loaded
+from vms.services.fleet.placement import host_allocations, host_least_loaded
 
 pytestmark = pytest.mark.django_db
 

@@ -5,14 +5,17 @@ and scraped by a real Prometheus server on loopback that then answers the deskto
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from tests.metrics.helpers import record, stats_for
 from tests.servers import daphne_command, free_port, running
 
 TOKEN = "t" * 40
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -46,6 +50,83 @@ def test_without_a_token_only_loopback_is_answered(measured):
     refused = scrape(remote="10.1.2.3")
     assert refused.status_code == 403
     assert b"portal_desktop" not in refused.content
+
+
+# What a TLS proxy on this machine sends: it connects from loopback for every client.
+FORWARDED = {
+    "X-Forwarded-For from afar": {"HTTP_X_FORWARDED_FOR": "203.0.113.5"},
+    "X-Forwarded-For naming loopback": {"HTTP_X_FORWARDED_FOR": "127.0.0.1"},
+    "Forwarded": {"HTTP_FORWARDED": "for=203.0.113.5;proto=https"},
+    "X-Real-IP": {"HTTP_X_REAL_IP": "203.0.113.5"},
+    "X-Forwarded-Host": {"HTTP_X_FORWARDED_HOST": "desk.example.com"},
+    "X-Forwarded-Proto only": {"HTTP_X_FORWARDED_PROTO": "https"},  # PORTAL_TLS's header
+    "Via": {"HTTP_VIA": "1.1 proxy"},
+}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("headers", FORWARDED.values(), ids=FORWARDED)
+def test_a_request_through_an_untrusted_proxy_is_not_loopback(measured, headers):
+    """TRUSTED_PROXIES empty (the default): a proxied request fails closed."""
+    refused = scrape(**headers)
+    assert refused.status_code == 403
+    assert b"portal_desktop" not in refused.content
+
+
+TRUSTED_LOOPBACK = [ip_network("127.0.0.1/32")]
+
+
+@pytest.mark.django_db
+@override_settings(TRUSTED_PROXIES=TRUSTED_LOOPBACK)
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"HTTP_X_FORWARDED_FOR": "127.0.0.1"}, 200),  # a scrape on this machine, proxied
+        ({"HTTP_X_FORWARDED_FOR": "203.0.113.5"}, 403),
+        ({"HTTP_X_FORWARDED_FOR": "127.0.0.1, 203.0.113.5"}, 403),  # the client's own entry
+        ({"HTTP_X_FORWARDED_FOR": "not-an-address"}, 403),
+        ({"HTTP_X_REAL_IP": "127.0.0.1"}, 403),  # only X-Forwarded-For is read
+        ({"HTTP_FORWARDED": "for=127.0.0.1"}, 403),
+    ],
+)
+def test_a_trusted_proxy_is_believed_only_about_x_forwarded_for(measured, headers, status):
+    assert scrape(**headers).status_code == status
+
+
+@pytest.mark.django_db
+@override_settings(TRUSTED_PROXIES=[ip_network("10.9.0.0/16")])
+def test_a_proxy_elsewhere_is_trusted_and_a_stranger_behind_it_is_refused(measured):
+    assert scrape(remote="10.9.0.7", HTTP_X_FORWARDED_FOR="::1").status_code == 200
+    assert scrape(remote="10.9.0.7", HTTP_X_FORWARDED_FOR="10.1.2.3").status_code == 403
+    assert scrape(remote="10.1.2.3", HTTP_X_FORWARDED_FOR="127.0.0.1").status_code == 403
+
+
+def _deploy_check(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "portal.settings",
+            "SECRET_KEY": "k" * 20 + "Qz8#vT2!pL9@xW4$" + "m" * 30,
+            "ALLOWED_HOSTS": "portal.example.com",
+            "METRICS_TOKEN": "",
+            **env,
+        },
+    )
+
+
+def test_the_deploy_check_warns_of_tls_without_a_metrics_token():
+    warned = _deploy_check(PORTAL_TLS="true")
+    assert "vms.W001" in warned.stderr + warned.stdout
+    assert "METRICS_TOKEN" in warned.stderr + warned.stdout
+    quiet = _deploy_check(PORTAL_TLS="true", METRICS_TOKEN=TOKEN)
+    assert "vms.W001" not in quiet.stderr + quiet.stdout
+    without_tls = _deploy_check(PORTAL_TLS="false")
+    assert "vms.W001" not in without_tls.stderr + without_tls.stdout
 
 
 @pytest.mark.django_db
@@ -124,6 +205,7 @@ def wait_for_series(url: str, promql: str, *, timeout: float = 60) -> list[dict[
     raise AssertionError(f"Prometheus never returned {promql}")
 
 
+@pytest.mark.servers  # daphne and prometheus
 @pytest.mark.django_db(transaction=True)
 def test_a_real_prometheus_scrape_returns_the_desktop_series(measured):
     port = free_port()

@@ -12,7 +12,7 @@ from django.utils import timezone
 from tests.fixtures import make_desktop
 from tests.metrics.helpers import record, stats_for
 from vms.models import Host
-from vms.models_metrics import (
+from vms.models.metrics import (
     AlertKind,
     DesktopLoad,
     DesktopSample,
@@ -21,7 +21,7 @@ from vms.models_metrics import (
     MetricAlert,
     Resolution,
 )
-from vms.services.metrics import metrics_rollup, rates_between
+from vms.services.metrics.sampling import metrics_rollup, rates_between
 
 pytestmark = pytest.mark.django_db
 T0 = dt.datetime(2026, 12, 1, 10, 0, 0, tzinfo=dt.UTC)

@@ -75,6 +75,7 @@ def spice_proxy(django_db_setup: None) -> Iterator[int]:
         CONSOLE_RECHECK_S="1",
         CONSOLE_HANDSHAKE_TIMEOUT_S="3",
         SPICE_PROXY_MAX_CONNECTIONS="12",
+        SPICE_TLS_DIR="",  # plain SPICE here; tests/fleet/test_spice_tls.py has the TLS proxy
     ):
         yield port
 

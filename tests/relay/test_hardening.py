@@ -30,7 +30,7 @@ from rest_framework.test import APIClient
 
 from tests.fixtures import make_desktop, wait_for_status
 from tests.relay.conftest import ORIGIN, PROXY, connect, mint_ticket, rfb_handshake, session_cookie
-from tests.servers import ROOT, daphne_command, free_port, running, server_env
+from tests.servers import ROOT, daphne_command, free_port, running, server_env, var_path
 from vms.models import ConsoleSession, Desktop, DesktopStatus, Template
 from vms.selectors import console_watchers
 from vms.services.consoles.arming import arm_lock_name
@@ -240,6 +240,7 @@ def test_gateway_drops_an_upgrade_that_dawdles(gateway_relay):
     assert time.monotonic() - started < 10  # CONSOLE_HANDSHAKE_TIMEOUT_S is 3 here
 
 
+@pytest.mark.servers  # a gateway of its own
 def test_gateway_refuses_connections_over_its_cap(django_db_setup):
     port = free_port()
     with capped_gateway(port, max_connections=2) as listener:
@@ -259,7 +260,7 @@ def test_gateway_refuses_connections_over_its_cap(django_db_setup):
 def capped_gateway(port: int, *, max_connections: int) -> Iterator[int]:
     """A gateway with a connection cap, known ready from its log rather than by
     connecting (a probe connection would itself count against the cap)."""
-    log = ROOT / "var" / "test-gateway-capped.log"
+    log = var_path("test-gateway-capped.log")
     env = server_env(
         ALLOWED_HOSTS="127.0.0.1",
         CSRF_TRUSTED_ORIGINS=ORIGIN,

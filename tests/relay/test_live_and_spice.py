@@ -15,7 +15,7 @@ from tests.fixtures import make_desktop, wait_for_status
 from tests.relay.conftest import ORIGIN, mint_ticket, rfb_handshake, session_cookie
 from vms.models import ConsoleSession, DesktopStatus, Template
 from vms.services.consoles import TicketClaim, console_session_open
-from vms.services.desktops import desktop_act
+from vms.services.desktops.requests import desktop_act
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -143,8 +143,9 @@ def test_console_closes_when_the_desktop_stops(
 
 @pytest.mark.libvirt
 def test_spice_desktop_gets_a_one_minute_virt_viewer_file(
-    celery_worker, api_for, employee, demo_template, hypervisor
+    celery_worker, api_for, employee, demo_template, hypervisor, settings
 ) -> None:
+    settings.SPICE_TLS_DIR = ""  # plain SPICE (tests/fleet/test_spice_tls.py: with TLS)
     Template.objects.filter(pk=demo_template.pk).update(console_type="spice")
     launched = api_for(employee).post(
         "/api/desktops/", {"template": demo_template.pk}, format="json"
@@ -160,8 +161,9 @@ def test_spice_desktop_gets_a_one_minute_virt_viewer_file(
     config = configparser.ConfigParser(interpolation=None)
     config.read_string(response.content.decode())
     file = config["virt-viewer"]
-    endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
-    assert (file["type"], file["host"], int(file["port"])) == ("spice", "127.0.0.1", endpoint.port)
+    # The file names the proxy (its host, port 5900), never the display's own address.
+    assert (file["type"], file["host"], file["port"]) == ("spice", "127.0.0.1", "5900")
+    assert hypervisor.console_endpoint(name=desktop.domain_name).host == "127.0.0.1"  # local
     assert len(file["password"]) >= 20 and file["delete-this-file"] == "1"
     assert ConsoleSession.objects.get(desktop=desktop).relay == "spice-file"
     again = browser.post(f"/desktops/{desktop.pk}/console.vv", {"ticket": ticket})

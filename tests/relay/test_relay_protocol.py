@@ -22,7 +22,7 @@ from tests.relay.conftest import (
 )
 from vms.models import ConsoleSession, Desktop, DesktopStatus
 from vms.services.consoles.tickets import _key
-from vms.services.transitions import compare_and_set
+from vms.services.desktops.transitions import compare_and_set
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

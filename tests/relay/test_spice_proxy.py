@@ -10,12 +10,15 @@ import configparser
 import json
 import os
 import secrets
+import select
 import socket
 import struct
 import subprocess
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -28,9 +31,10 @@ from django.conf import settings as django_settings
 from django.test import Client
 from django.utils import timezone
 
-from tests.browser.conftest import wait_for_text
+from tests.browser.conftest import GUEST_BANNER, wait_for_boot, wait_for_text
 from tests.fixtures import make_desktop, wait_for_status
 from tests.relay.conftest import mint_ticket
+from tests.servers import var_path
 from vms.console.spicelink import (
     CAP_AUTH_SELECTION,
     CAP_MINI_HEADER,
@@ -46,13 +50,13 @@ from vms.console.spicelink import (
     parse_reply,
 )
 from vms.hypervisor import ConsoleEndpoint, GraphicsType
-from vms.models import ConsoleSession, Desktop, DesktopStatus, Template
+from vms.models import AuditEvent, ConsoleSession, Desktop, DesktopStatus, Template
 from vms.selectors import SPICE_SET_OPEN_ACTION, console_watchers
-from vms.services.audit import audit_record
 from vms.services.consoles import console_arm, console_session_end, console_sessions_reap
 from vms.services.consoles.leases import lease_seconds
 from vms.services.consoles.spiceproxy import GRANT_PREFIX, credential_key, spice_grant_issue
-from vms.services.desktops import desktop_act
+from vms.services.core.audit import audit_record
+from vms.services.desktops.requests import desktop_act
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,8 +64,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def proxy_url(settings: Any, spice_proxy: int) -> None:
-    """The .vv files the portal issues here name the test's proxy."""
-    settings.SPICE_PROXY_URL = f"http://127.0.0.1:{spice_proxy}"
+    """The .vv files the portal issues here name the test's proxy (plain SPICE)."""
+    settings.SPICE_PROXY_URL, settings.SPICE_TLS_DIR = f"http://127.0.0.1:{spice_proxy}", ""
 
 
 # --- a raw proxy client ---------------------------------------------------------------------
@@ -106,11 +110,20 @@ def ask(port: int, request: bytes) -> tuple[int, str]:
 
 def token_of(vv: str) -> str:
     """The proxy credential in a .vv file's `proxy=` URL."""
-    proxy = _file(vv)["proxy"]
+    proxy = vv_fields(vv)["proxy"]
     return proxy.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
 
 
-def _file(vv: str) -> configparser.SectionProxy:
+FILE_TARGET = "127.0.0.1:5900"  # what files name here: the proxy's host, the plain port
+
+
+def file_target(vv: str) -> str:
+    """The address a .vv file tells remote-viewer to CONNECT to."""
+    file = vv_fields(vv)
+    return f"{file['host']}:{file.get('port') or file['tls-port']}"
+
+
+def vv_fields(vv: str) -> configparser.SectionProxy:
     config = configparser.ConfigParser(interpolation=None)
     config.read_string(vv)
     return config["virt-viewer"]
@@ -146,7 +159,8 @@ def test_a_connect_without_the_files_credential_is_407(spice_proxy) -> None:
 
 def test_an_address_the_file_does_not_name_is_refused(spice_proxy, grant) -> None:
     token, session = grant
-    for target in ("127.0.0.1:5998", "127.0.0.2:5999", "localhost:5999", "[::1]:5999"):
+    # The file names the proxy's host and port 5900; the display's own address is no key.
+    for target in ("127.0.0.1:5999", "127.0.0.1:5901", "127.0.0.2:5900", "localhost:5900"):
         status, answer = ask(spice_proxy, connect_request(target, token))
         assert status == 403 and "does not name that address" in answer, target
     session.refresh_from_db()
@@ -160,7 +174,7 @@ def test_an_expired_file_is_refused(spice_proxy, grant) -> None:
     stored = json.loads(store.get(key))
     stored["issued"] -= 61  # issued a minute and a second ago
     store.set(key, json.dumps(stored), keepttl=True)
-    status, answer = ask(spice_proxy, connect_request("127.0.0.1:5999", token))
+    status, answer = ask(spice_proxy, connect_request(FILE_TARGET, token))
     assert status == 410 and "expired" in answer
 
 
@@ -245,28 +259,45 @@ def stopped_at_end(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Pope
             process.wait(timeout=10)
 
 
-def _free_display() -> int:
-    for number in range(140, 200):
-        if (
-            not Path(f"/tmp/.X11-unix/X{number}").exists()
-            and not Path(f"/tmp/.X{number}-lock").exists()
-        ):
-            return number
-    raise AssertionError("no free X display number")
-
-
 @contextmanager
 def xvfb() -> Iterator[str]:
-    number = _free_display()
-    display = f":{number}"
-    command = ["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"]
-    with stopped_at_end(subprocess.Popen(command, stderr=subprocess.DEVNULL)):
-        wait_until(lambda: Path(f"/tmp/.X11-unix/X{number}").exists(), timeout=15)
-        yield display
+    """A virtual X screen, ready when Xvfb itself says so: it picks a free display and
+    writes its number to `-displayfd` once it accepts clients (a socket file in
+    /tmp/.X11-unix can exist before that, or be left over from an earlier server)."""
+    command = ["Xvfb", "-screen", "0", "1024x768x24", "-nolisten", "tcp", "-displayfd"]
+    read_end, write_end = os.pipe()
+    with open(read_end, "rb") as ready, open(var_path("test-xvfb.log"), "wb") as log:
+        try:
+            process = subprocess.Popen(
+                [*command, str(write_end)], pass_fds=(write_end,), stderr=log
+            )
+        finally:
+            os.close(write_end)
+        with stopped_at_end(process):
+            readable, _, _ = select.select([ready], [], [], 30)
+            number = ready.readline().strip() if readable else b""
+            assert number.isdigit(), f"Xvfb is not ready; see var/test-xvfb.log ({number!r})"
+            yield f":{number.decode()}"
+
+
+def test_virtual_screens_started_together_are_ready_and_each_their_own() -> None:
+    """Two virtual screens started at once (two runs on one machine): each is a display of
+    its own that serves a client as soon as xvfb() yields it."""
+    both_up = threading.Barrier(2, timeout=60)
+
+    def one_screen(_: int) -> tuple[str, int]:
+        with xvfb() as display:
+            shot = screenshot(display)
+            both_up.wait()
+            return display, len(shot)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        (first, first_size), (second, second_size) = pool.map(one_screen, range(2))
+    assert first != second and first_size > 0 and second_size > 0
 
 
 def proxy_log() -> str:
-    return (ROOT / "var" / "test-spiceproxy.log").read_text()
+    return var_path("test-spiceproxy.log").read_text()
 
 
 def screenshot(display: str) -> bytes:
@@ -291,11 +322,12 @@ def test_remote_viewer_shows_the_guest_through_the_proxy(
     tmp_path,
 ) -> None:
     desktop = spice_desktop(api_for(employee), demo_template)
+    # The guest has booted before the file is made: the file's password lasts 60 s.
+    wait_for_boot(lambda: hypervisor.screenshot(name=desktop.domain_name))
     logged_before = len(proxy_log())
     vv = download_vv(employee, desktop)
-    file = _file(vv)
-    endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
-    assert (file["host"], int(file["port"])) == (endpoint.host, endpoint.port)  # libvirt's
+    file = vv_fields(vv)
+    assert (file["host"], file["port"]) == ("127.0.0.1", "5900")  # the proxy's, not the host's
     assert file["proxy"].startswith("spice:", len("http://"))
     assert file["proxy"].endswith(f"@127.0.0.1:{spice_proxy}")
     session = ConsoleSession.objects.get(desktop=desktop)
@@ -306,12 +338,16 @@ def test_remote_viewer_shows_the_guest_through_the_proxy(
         viewer = subprocess.Popen(
             ["remote-viewer", f"--display={display}", str(tmp_path / "desktop.vv")],
             env=env,
-            stdout=open(ROOT / "var" / "test-remote-viewer.log", "wb"),
+            stdout=open(var_path("test-remote-viewer.log"), "wb"),
             stderr=subprocess.STDOUT,
         )
         with stopped_at_end(viewer):
-            text = wait_for_text(lambda: screenshot(display), r"DesktopPortaldemoguest", timeout=90)
-            Path(ROOT / "var" / "remote-viewer.png").write_bytes(screenshot(display))
+            try:
+                text = wait_for_text(lambda: screenshot(display), GUEST_BANNER, timeout=90)
+            except AssertionError as failure:
+                said = var_path("test-remote-viewer.log").read_text(errors="replace")[-2000:]
+                raise AssertionError(f"{failure}\nremote-viewer said:\n{said}") from None
+            var_path("remote-viewer.png").write_bytes(screenshot(display))
             assert viewer.poll() is None, text
             assert not (tmp_path / "desktop.vv").exists()  # delete-this-file=1 was honoured
             assert ended(session.pk) is None
@@ -320,18 +356,24 @@ def test_remote_viewer_shows_the_guest_through_the_proxy(
     closed = ConsoleSession.objects.get(pk=session.pk)
     assert closed.close_reason == "remote-viewer disconnected"
     assert closed.bytes_from_guest > 10_000 and closed.bytes_to_guest > 100
-    target = f"{endpoint.host}:{endpoint.port}"
+    target = file_target(vv)
     status, answer = ask(spice_proxy, connect_request(target, token_of(vv)))
     assert status == 410 and "used already" in answer  # a second use
 
-    # Another user's file names only their own desktop, never this one.
+    # Another user's file reaches only their own desktop (the credential picks the display,
+    # never the address asked for), never this one.
     theirs = make_desktop(other_employee, demo_template, name="theirs", status="running")
     their_session = ConsoleSession.objects.create(
         desktop=theirs, user=other_employee, mode="full", relay="spice-file"
     )
     fake = ConsoleEndpoint(type=GraphicsType.spice, host="127.0.0.1", port=1, tls_port=None)
     their_token = spice_grant_issue(session=their_session, endpoint=fake)
-    assert ask(spice_proxy, connect_request(target, their_token))[0] == 403
+    assert ask(spice_proxy, connect_request(target, their_token))[0] != 200
+    assert (
+        not AuditEvent.objects.filter(action=SPICE_SET_OPEN_ACTION, desktop=desktop)
+        .exclude(actor=employee)
+        .exists()
+    )
     browser = Client()
     browser.force_login(other_employee)
     assert browser.post(f"/desktops/{desktop.pk}/console.vv", {"ticket": "x"}).status_code == 404
@@ -434,12 +476,12 @@ def test_the_file_holds_a_token_only_the_proxy_takes_never_the_display_password(
 ) -> None:
     desktop = spice_desktop(api_for(employee), demo_template)
     endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
-    target = f"{endpoint.host}:{endpoint.port}"
     before = display_password(desktop)
     vv = download_vv(employee, desktop)
-    token = _file(vv)["password"]
+    target = file_target(vv)
+    token = vv_fields(vv)["password"]
     assert display_password(desktop) == before != token  # the file armed nothing
-    assert "tls-port" not in _file(vv)
+    assert "tls-port" not in vv_fields(vv)
 
     # The token does not open QEMU's display without the proxy (a stolen file is no key).
     with socket.create_connection((endpoint.host, endpoint.port), timeout=20) as direct:
@@ -491,15 +533,14 @@ def test_a_helpdesk_set_keeps_the_notice_until_the_owner_ends_it_or_the_desktop_
     spice_proxy, celery_worker, api_for, employee, helpdesk_user, demo_template, hypervisor
 ) -> None:
     desktop = spice_desktop(api_for(employee), demo_template)
-    endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
-    target = f"{endpoint.host}:{endpoint.port}"
     vv = download_vv(helpdesk_user, desktop, mode="full", reason="ticket 13")
+    target = file_target(vv)
     session = ConsoleSession.objects.get(desktop=desktop)
     with (
         _open_set(spice_proxy, target, token_of(vv)) as first,
         _open_set(spice_proxy, target, token_of(vv)) as second,
     ):  # a second channel joins the set
-        password = _file(vv)["password"]
+        password = vv_fields(vv)["password"]
         assert spice_link(first, kind=CHANNEL_MAIN, connection_id=0, password=password)[0] == 0
         spice_session = spice_session_of(first)
         linked = spice_link(
@@ -520,7 +561,7 @@ def test_a_helpdesk_set_keeps_the_notice_until_the_owner_ends_it_or_the_desktop_
 
     vv = download_vv(helpdesk_user, desktop, mode="full", reason="ticket 14")
     with _open_set(spice_proxy, target, token_of(vv)) as channel:
-        password = _file(vv)["password"]
+        password = vv_fields(vv)["password"]
         assert spice_link(channel, kind=CHANNEL_MAIN, connection_id=0, password=password)[0] == 0
         desktop_act(actor=employee, desktop=desktop, action="stop")
         assert _closed_by_proxy(channel, timeout=30)
@@ -539,13 +580,12 @@ def test_a_display_channel_closed_before_or_at_its_init_does_not_stop_the_guests
     a display channel closed before its init, one closed at its init, then a new session
     at once, which the same QEMU serves."""
     desktop = spice_desktop(api_for(employee), demo_template)
-    endpoint = hypervisor.console_endpoint(name=desktop.domain_name)
-    target = f"{endpoint.host}:{endpoint.port}"
+    target = FILE_TARGET
     pid = Path(f"/run/libvirt/qemu/{desktop.domain_name}.pid").read_text()
     files = [download_vv(employee, desktop) for _ in range(3)]
 
     def session(vv: str, *, send_init: bool, wait: bool) -> int:
-        password = _file(vv)["password"]
+        password = vv_fields(vv)["password"]
         with _open_set(spice_proxy, target, token_of(vv)) as main:
             assert spice_link(main, kind=CHANNEL_MAIN, connection_id=0, password=password)[0] == 0
             spice_session = spice_session_of(main)

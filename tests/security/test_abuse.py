@@ -94,7 +94,7 @@ def test_names_with_markup_are_escaped_on_pages(employee, fake_template) -> None
 def test_template_sizes_are_bounded(local_host, settings, field, value) -> None:
     from django.core.exceptions import ValidationError
 
-    from vms.services.templates import template_import
+    from vms.services.catalog.templates import template_import
 
     sizes = {"vcpus": 1, "memory_mib": 128, "disk_gib": 1, field: value}
     with pytest.raises(ValidationError) as refused:
@@ -106,7 +106,7 @@ def test_template_sizes_are_bounded(local_host, settings, field, value) -> None:
 
 
 def test_a_disk_smaller_than_the_image_is_raised_to_fit(local_host, settings) -> None:
-    from vms.services.templates import template_import
+    from vms.services.catalog.templates import template_import
 
     template = template_import(
         name="tiny disk", image_path=settings.DEMO_GUEST_IMAGE, memory_mib=128, disk_gib=0
@@ -125,7 +125,7 @@ def test_a_disk_smaller_than_the_image_is_raised_to_fit(local_host, settings) ->
     ],
 )
 def test_image_paths_outside_the_allowed_folders_are_refused(path) -> None:
-    from vms.services.images import ImageRejected, image_inspect
+    from vms.services.catalog.images import ImageRejected, image_inspect
 
     with pytest.raises(ImageRejected):
         image_inspect(path=path)

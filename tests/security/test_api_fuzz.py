@@ -22,6 +22,7 @@ def token(employee, fake_template) -> str:
     return Token.objects.create(user=employee).key
 
 
+@pytest.mark.fuzz
 @schema.parametrize()
 @settings(
     max_examples=25,

@@ -18,8 +18,8 @@ from django.utils import timezone
 
 from tests.fixtures import make_desktop
 from vms.models import AppendOnlyError, AuditEvent, ConsoleSession, Desktop
-from vms.services.audit import audit_record
 from vms.services.consoles import console_session_close
+from vms.services.core.audit import audit_record
 from vms.tasks import apply_audit_retention
 
 pytestmark = pytest.mark.django_db
@@ -285,6 +285,67 @@ def test_postgresql_lets_only_the_retention_path_delete_old_rows(settings, event
     with pytest.raises(IntegrityError, match="append-only"):  # and the door is shut again
         _sql("DELETE FROM vms_auditevent WHERE id = %s", also_old)
     _unchanged(event)
+
+
+def _portal_role() -> str:
+    """The role the tests (and the portal) connect as: not a superuser, which could switch
+    every trigger off (session_replication_role) and is out of reach of any such rule."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
+        role, superuser = cursor.fetchone()
+    assert not superuser, f"the tests must connect as the portal's own role, not {role}"
+    return str(role)
+
+
+@pytest.mark.parametrize("expire_before", ["infinity", "9999-12-31T00:00:00+00:00"])
+def test_postgresql_no_session_setting_opens_the_audit_triggers(
+    event, session, expire_before
+) -> None:
+    """Migration 0002 opened the triggers for whoever set `vms.audit_expire_before`."""
+    assert connection.vendor == "postgresql", "the trigger is PostgreSQL's (scripts/test uses it)"
+    _portal_role()
+    old = _old_event("desktop.ancient", days=400)
+    old_session = _old_session(session, days=400)
+    statements = [
+        ("DELETE FROM vms_auditevent WHERE id = %s", old),
+        ("DELETE FROM vms_auditevent WHERE id = %s", event.pk),
+        ("UPDATE vms_auditevent SET action = 'forged' WHERE id = %s", old),
+        ("DELETE FROM vms_consolesession WHERE id = %s", old_session.pk),
+        ("UPDATE vms_consolesession SET reason = 'forged' WHERE id = %s", old_session.pk),
+    ]
+    for statement, pk in statements:
+        with pytest.raises(IntegrityError, match="append-only"), transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('vms.audit_expire_before', %s, true)", [expire_before]
+                )
+                cursor.execute(statement, [pk])
+    assert AuditEvent.objects.filter(pk=old).exists()
+    assert AuditEvent.objects.get(pk=old).action == "desktop.ancient"
+    _unchanged(event)
+    _unchanged(old_session)
+
+
+def test_postgresql_expiry_spares_the_last_day_and_is_recorded(event) -> None:
+    """The expiry table is the one way in, for any role that can write rows: it never
+    removes a row younger than a day, and each use stays recorded."""
+    assert connection.vendor == "postgresql", "the trigger is PostgreSQL's (scripts/test uses it)"
+    _portal_role()
+    yesterday_ish = _old_event("desktop.recent", days=0)
+    for days in (0, -5):
+        with pytest.raises(IntegrityError, match="at least 1"):
+            _sql("INSERT INTO vms_audit_expiry (retention_days) VALUES (%s)", days)
+    ancient = _old_event("desktop.ancient", days=3)
+    assert _sql("INSERT INTO vms_audit_expiry (retention_days) VALUES (1)") == 1
+    assert not AuditEvent.objects.filter(pk=ancient).exists()
+    assert AuditEvent.objects.filter(pk=yesterday_ish).exists()
+    _unchanged(event)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT events_removed, cutoff < now() FROM vms_audit_expiry")
+        assert cursor.fetchall() == [(1, True)]
+    for statement in ("DELETE FROM vms_audit_expiry", "UPDATE vms_audit_expiry SET cutoff = now()"):
+        with pytest.raises(IntegrityError, match="append-only"):
+            _sql(statement)
 
 
 def test_retention_zero_keeps_everything(settings, event) -> None:

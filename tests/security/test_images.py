@@ -20,9 +20,9 @@ from django.test import Client
 from tests.fixtures import make_desktop
 from vms.hypervisor import HypervisorError
 from vms.models import Host, Template
-from vms.services.images import ImageRejected, image_inspect
-from vms.services.reconcile import reconcile_host
-from vms.services.templates import template_import
+from vms.services.catalog.images import ImageRejected, image_inspect
+from vms.services.catalog.templates import template_import
+from vms.services.fleet.reconcile import reconcile_host
 
 pytestmark = pytest.mark.django_db
 

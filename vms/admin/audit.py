@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib import admin
+from django.db.models import Model
 from django.http import HttpRequest
 
 from vms.models import AuditEvent, ConsoleSession
 
+M = TypeVar("M", bound=Model)
 
-class AppendOnlyAdmin(admin.ModelAdmin):
+
+class AppendOnlyAdmin(admin.ModelAdmin[M]):
     """The audit trail is read-only here, for superusers too: no add, change or delete, and
     no actions (the bulk delete included). Old rows go only by AUDIT_RETENTION_DAYS."""
 
@@ -27,7 +30,7 @@ class AppendOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(AppendOnlyAdmin):
+class AuditEventAdmin(AppendOnlyAdmin[AuditEvent]):
     list_display = ["created_at", "action", "actor", "desktop", "source_ip"]
     list_filter = ["action"]
     search_fields = ["action", "actor__username", "desktop__name"]
@@ -36,7 +39,7 @@ class AuditEventAdmin(AppendOnlyAdmin):
 
 
 @admin.register(ConsoleSession)
-class ConsoleSessionAdmin(AppendOnlyAdmin):
+class ConsoleSessionAdmin(AppendOnlyAdmin[ConsoleSession]):
     """Console sessions: the part of the audit trail people ask about most."""
 
     list_display = [

@@ -19,10 +19,10 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from vms.models import Desktop, DesktopStatus
-from vms.roles import DesktopRole
-from vms.services.actions import DesktopAction, actions_for, actions_valid_in
-from vms.services.desktops import desktop_act
-from vms.services.errors import ServiceError
+from vms.roles import DesktopRole, signed_in
+from vms.services.core.errors import ServiceError
+from vms.services.desktops.actions import DesktopAction, actions_for, actions_valid_in, state_said
+from vms.services.desktops.requests import desktop_act
 from vms.web.client import client_ip
 
 S = DesktopStatus
@@ -80,7 +80,7 @@ class PanelButton:
 
 
 @admin.register(Desktop)
-class DesktopAdmin(admin.ModelAdmin):
+class DesktopAdmin(admin.ModelAdmin[Desktop]):
     # The columns an admin scans first, then the rest; fits 1280 px beside the filters.
     list_display = [
         "name",
@@ -129,7 +129,7 @@ class DesktopAdmin(admin.ModelAdmin):
         """Buttons for this desktop's row. They sit inside the changelist's form, so each
         posts that form (its CSRF token) to the page's action URL with `formaction`; the
         ones that destroy something (a confirm text) are only on the desktop's own page."""
-        valid = set(actions_valid_in(desktop.status))
+        valid = set(actions_valid_in(desktop.status, progress=desktop.progress))
         here = _changelist_url.get() or reverse("admin:vms_desktop_changelist")
         buttons = format_html_join(
             "",
@@ -173,7 +173,8 @@ class DesktopAdmin(admin.ModelAdmin):
             name = f"bulk_{entry.name.replace('-', '_')}"
             description = f"{entry.label} the selected desktops"
             found[name] = (_bulk(entry), name, description)
-        found["publish_version"] = (
+        # django-stubs types an action as returning str; Django takes any response.
+        found["publish_version"] = (  # type: ignore[assignment]
             _publish_version,
             "publish_version",
             "Publish the selected (stopped) desktop as its template's new version",
@@ -196,13 +197,13 @@ def _action_url(desktop: Desktop, action: str) -> str:
 
 def _panel(request: HttpRequest, desktop: Desktop) -> dict[str, Any]:
     """What the desktop's page shows above its fields: screen, console, action buttons."""
-    valid = set(actions_valid_in(desktop.status))
+    valid = set(actions_valid_in(desktop.status, progress=desktop.progress))
     buttons = [
         PanelButton(
             label=entry.label,
             url=_action_url(desktop, entry.name),
             confirm=entry.confirm.format(name=desktop.name),
-            danger=bool(entry.confirm) or entry.name == "force-stop",
+            danger=entry.danger,
         )
         for entry in actions_for(role=DesktopRole.ADMIN)
         if entry.name in valid
@@ -225,7 +226,7 @@ def _bulk(entry: DesktopAction) -> Any:
     interrupt someone's work show a confirmation page first (like Django's bulk delete)."""
 
     def run(
-        modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Desktop]
+        modeladmin: admin.ModelAdmin[Desktop], request: HttpRequest, queryset: QuerySet[Desktop]
     ) -> HttpResponse | None:
         if needs_confirmation(entry) and request.POST.get("post") != "yes":
             return _confirmation(modeladmin, request, queryset, entry)
@@ -236,7 +237,7 @@ def _bulk(entry: DesktopAction) -> Any:
 
 
 def _run_on_each(
-    modeladmin: admin.ModelAdmin,
+    modeladmin: admin.ModelAdmin[Desktop],
     request: HttpRequest,
     queryset: QuerySet[Desktop],
     entry: DesktopAction,
@@ -245,7 +246,10 @@ def _run_on_each(
     for desktop in queryset.select_related("host"):
         try:
             desktop_act(
-                actor=request.user, desktop=desktop, action=entry.name, source_ip=client_ip(request)
+                actor=signed_in(request.user),
+                desktop=desktop,
+                action=entry.name,
+                source_ip=client_ip(request),
             )
             done += 1
         except ServiceError as exc:
@@ -258,14 +262,21 @@ def _run_on_each(
 
 
 def _confirmation(
-    modeladmin: admin.ModelAdmin,
+    modeladmin: admin.ModelAdmin[Desktop],
     request: HttpRequest,
     queryset: QuerySet[Desktop],
     entry: DesktopAction,
 ) -> TemplateResponse:
     desktops = list(queryset.select_related("owner", "host"))
-    rows = [(desktop, desktop.status in entry.sources) for desktop in desktops]
-    acted_on = sum(1 for _, allowed in rows if allowed)
+    rows = [
+        (
+            desktop,
+            entry.name in actions_valid_in(desktop.status, progress=desktop.progress),
+            state_said(desktop),  # "restoring" while a restore runs, else its state
+        )
+        for desktop in desktops
+    ]
+    acted_on = sum(1 for _, allowed, _ in rows if allowed)
     context = {
         **modeladmin.admin_site.each_context(request),
         "title": f"{entry.label} {len(desktops)} desktop{'s' if len(desktops) != 1 else ''}?",
@@ -281,18 +292,52 @@ def _confirmation(
 
 
 def _publish_version(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Desktop]
-) -> None:
+    modeladmin: admin.ModelAdmin[Desktop], request: HttpRequest, queryset: QuerySet[Desktop]
+) -> HttpResponse | None:
     """Flatten one prepared, stopped desktop's disk into a new version of its template
-    (a Celery task; the template's page lists the versions and their state)."""
-    from vms.services.template_versions import template_version_publish
+    (a Celery task; the template's page lists the versions and their state). Asked first
+    on a page that names the desktop's owner, whose username the admin types to confirm:
+    their disk becomes everyone's base."""
+    from vms.services.catalog.versions import template_version_publish
 
     if queryset.count() != 1:
         modeladmin.message_user(request, "Select exactly one desktop.", level=messages.ERROR)
-        return
+        return None
+    desktop = queryset.select_related("owner", "template").get()
+    if request.POST.get("post") != "yes":
+        return _publish_confirmation(modeladmin, request, desktop)
     try:
-        version = template_version_publish(actor=request.user, desktop=queryset.get())
+        version = template_version_publish(
+            actor=signed_in(request.user),
+            desktop=desktop,
+            confirm_owner=request.POST.get("confirm_owner", ""),
+            note=request.POST.get("note", ""),
+            source_ip=client_ip(request),
+        )
     except ServiceError as exc:
-        modeladmin.message_user(request, exc.message, level=messages.ERROR)
-        return
-    modeladmin.message_user(request, f"Building {version}; new launches use it once ready.")
+        return _publish_confirmation(modeladmin, request, desktop, error=exc.message)
+    modeladmin.message_user(
+        request,
+        f"Building {version} from {desktop.name} of {version.made_from_owner_name}; "
+        "new launches use it once ready.",
+    )
+    return None
+
+
+def _publish_confirmation(
+    modeladmin: admin.ModelAdmin[Desktop],
+    request: HttpRequest,
+    desktop: Desktop,
+    *,
+    error: str = "",
+) -> TemplateResponse:
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": f"Publish {desktop.name} as everyone's {desktop.template.name}?",
+        "opts": modeladmin.model._meta,
+        "desktop": desktop,
+        "error": error,
+        "note": request.POST.get("note", ""),
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, "admin/vms/desktop/publish_confirmation.html", context)

@@ -9,8 +9,8 @@ from typing import Any
 from django.urls import reverse
 
 from vms.models import DesktopStatus, Host
-from vms.services.metrics import alerts_open
-from vms.services.metrics_history import PERIODS
+from vms.services.metrics.history import PERIODS
+from vms.services.metrics.sampling import alerts_open
 
 
 def host_monitoring_context(host: Host, *, bars: list[tuple[str, str]]) -> dict[str, Any]:

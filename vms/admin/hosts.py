@@ -20,10 +20,11 @@ from vms.admin.host_metrics import host_monitoring_context
 from vms.admin.usage import usage_view
 from vms.hypervisor import HostCapacity
 from vms.models import DesktopStatus, Host, HostStatus
-from vms.services.errors import ServiceError
-from vms.services.fleet import host_maintenance_set
-from vms.services.hosts import host_capacity_read, host_check_uri
-from vms.services.placement import allocation_annotations
+from vms.services.core.errors import ServiceError
+from vms.services.fleet.hosts import host_capacity_read, host_check_uri
+from vms.services.fleet.membership import host_disable, host_maintenance_set
+from vms.services.fleet.placement import allocation_annotations
+from vms.services.networks.desktop_networks import guards_refresh
 
 CAPACITY_FIELDS = ["capacity_vcpus", "capacity_memory_mib", "capacity_disk_gib"]
 OVERCOMMIT_FIELDS = ["cpu_overcommit", "memory_overcommit"]
@@ -42,7 +43,7 @@ def capacity_summary(found: HostCapacity, pool: str) -> str:
     return f"{found.cpus} CPUs, {found.memory_mib} MiB of memory, {disk}"
 
 
-class HostForm(forms.ModelForm):
+class HostForm(forms.ModelForm[Host]):
     """A host's URI must name a kind of host some backend serves (docs/hypervisors.md).
 
     A new host's capacity is read from the host: empty fields take what it has, and a
@@ -93,6 +94,8 @@ class HostForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        if not self.instance._state.adding:
+            self._leaving(data)
         if not self.instance._state.adding or self.has_error("uri") or "uri" not in data:
             return data
         pool = data.get("storage_pool") or "desktops"
@@ -104,6 +107,16 @@ class HostForm(forms.ModelForm):
         self.read_from_host = capacity_summary(found, pool)
         self._fill_and_check(data, found, pool)
         return data
+
+    def _leaving(self, data: dict[str, Any]) -> None:
+        """Unticking "enabled" takes the host out of the fleet through the service: its
+        stopped desktops go to other hosts first, and anything left refuses it, listed."""
+        if not self.instance.enabled or data.get("enabled", True) or self.errors:
+            return
+        try:
+            host_disable(name=self.instance.name)
+        except ServiceError as exc:
+            self.add_error("enabled", exc.message)
 
     def _unreachable(self, data: dict[str, Any], reason: str) -> None:
         if any(data.get(name) is None for name in CAPACITY_FIELDS):
@@ -159,7 +172,7 @@ def _bar(used: int, capacity: int, unit: str) -> str:
 
 
 @admin.register(Host)
-class HostAdmin(admin.ModelAdmin):
+class HostAdmin(admin.ModelAdmin[Host]):
     form = HostForm
     list_display = [
         "name",
@@ -170,11 +183,20 @@ class HostAdmin(admin.ModelAdmin):
         "disk",
         "load",
         "health",
+        "recovery",
         "virt_type",
     ]
     readonly_fields = ["last_checked_at", "last_check_ok", "last_check_error", "virt_type",
-                       *HEARTBEAT_FIELDS]  # fmt: skip
+                       "disk_lock_ok", "disk_lock_note", *HEARTBEAT_FIELDS]  # fmt: skip
     actions = ["maintenance_on", "maintenance_off"]
+
+    def delete_model(self, request: HttpRequest, obj: Host) -> None:
+        super().delete_model(request, obj)
+        guards_refresh()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Host]) -> None:
+        super().delete_queryset(request, queryset)
+        guards_refresh()
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         capacity = "What the desktops placed on this host may use in total."
@@ -273,6 +295,15 @@ class HostAdmin(admin.ModelAdmin):
             host.last_check_error[:80],
         )
 
+    @admin.display(description="Recovery", ordering="disk_lock_ok")
+    def recovery(self, host: Host) -> str:
+        """Whether the host takes part in recovering lost hosts' desktops, and why not:
+        only with its disk lock manager proven by the heartbeat (docs/fleet.md)."""
+        if host.disk_lock_ok:
+            return format_html('<span class="host-health ok">{}</span>', "Disk locks verified")
+        why = host.disk_lock_note or "Disk locks not checked yet."
+        return format_html('<span class="host-health bad">No recovery: {}</span>', why)
+
     def get_urls(self) -> list[URLPattern]:
         report = path("usage/", self.admin_site.admin_view(usage_view), name="vms_usage_report")
         return [report, *super().get_urls()]
@@ -318,6 +349,8 @@ class HostAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Host, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
+        if not change or {"uri", "console_address"} & set(form.changed_data):
+            guards_refresh()  # desktops' guards drop every host's addresses
         if form.read_from_host:
             messages.info(request, f"Checked against the host: {form.read_from_host}.")
         if form.unchecked_because:

@@ -13,8 +13,8 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
 from vms.models import Network
-from vms.services.errors import ServiceError
-from vms.services.networks import (
+from vms.services.core.errors import ServiceError
+from vms.services.networks.desktop_networks import (
     network_addressing,
     network_clean,
     network_create,
@@ -24,8 +24,10 @@ from vms.services.networks import (
 )
 
 
-class GatewayPortsField(forms.CharField):
+class GatewayPortsField(forms.Field):
     """TCP ports as "80, 8080" (stored as a list of numbers)."""
+
+    widget = forms.TextInput
 
     def prepare_value(self, value: Any) -> str:
         if isinstance(value, list):
@@ -40,7 +42,7 @@ class GatewayPortsField(forms.CharField):
             raise ValidationError("Give TCP port numbers separated by commas.") from None
 
 
-class NetworkForm(forms.ModelForm):
+class NetworkForm(forms.ModelForm[Network]):
     gateway_ports = GatewayPortsField(
         required=False,
         help_text="TCP ports on the gateway address desktops may reach, e.g. 80, 443 "
@@ -74,7 +76,7 @@ class NetworkForm(forms.ModelForm):
 
 
 @admin.register(Network)
-class NetworkAdmin(admin.ModelAdmin):
+class NetworkAdmin(admin.ModelAdmin[Network]):
     form = NetworkForm
     list_display = ["name", "mode", "subnet", "gateway", "isolate_desktops", "ports",
                     "template_count", "interface_count"]  # fmt: skip

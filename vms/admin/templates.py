@@ -14,14 +14,15 @@ from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 
 from vms.models import DesktopStatus, Template, TemplateNetwork, TemplateVersion
-from vms.services.audit import audit_record
-from vms.services.errors import ServiceError
-from vms.services.images import image_inspect
-from vms.services.template_versions import base_in_use, template_version_cancel
-from vms.services.templates import template_save_imported
+from vms.roles import signed_in
+from vms.services.catalog.images import image_inspect
+from vms.services.catalog.templates import template_save_imported
+from vms.services.catalog.versions import base_in_use, template_version_cancel
+from vms.services.core.audit import AuditVerb, audit_record
+from vms.services.core.errors import ServiceError
 
 
-class TemplateImportForm(forms.ModelForm):
+class TemplateImportForm(forms.ModelForm[Template]):
     """Create a template by importing a qcow2 image, by server path or upload."""
 
     image_path = forms.CharField(
@@ -67,7 +68,7 @@ class TemplateImportForm(forms.ModelForm):
 
     def full_clean(self) -> None:
         super().full_clean()
-        if self._errors:  # refused here or by the model's own checks: keep no upload
+        if self.errors:  # refused here or by the model's own checks: keep no upload
             self.discard_upload()
 
     def discard_upload(self) -> None:
@@ -87,7 +88,7 @@ def _saved_upload(upload: Any) -> Path:
     return target
 
 
-class TemplateNetworkInline(admin.TabularInline):
+class TemplateNetworkInline(admin.TabularInline[TemplateNetwork, Template]):
     """The template's networks: its desktops get one virtio NIC each, in this order."""
 
     model = TemplateNetwork
@@ -97,14 +98,18 @@ class TemplateNetworkInline(admin.TabularInline):
     verbose_name_plural = "Networks (one NIC each, in order; from the next launch on)"
 
 
-class TemplateVersionInline(admin.TabularInline):
+VERSION_FIELDS = ("number", "state", "made_from", "source_owner", "created_by", "created_at",
+                  "note", "in_use")  # fmt: skip
+
+
+class TemplateVersionInline(admin.TabularInline[TemplateVersion, Template]):
     """The template's base versions, newest first (read-only: a new one is published from
     a prepared desktop, with the desktops list's "Publish" action)."""
 
     model = TemplateVersion
     extra = 0
-    fields = ["number", "state", "made_from", "created_by", "created_at", "note", "in_use"]
-    readonly_fields = fields
+    fields = VERSION_FIELDS
+    readonly_fields = VERSION_FIELDS
     can_delete = False
 
     @admin.display(description="Status")
@@ -116,6 +121,13 @@ class TemplateVersionInline(admin.TabularInline):
             return f"failed: {version.last_error}"
         return version.status
 
+    @admin.display(description="Owner of the source desktop")
+    def source_owner(self, version: TemplateVersion) -> str:
+        """Whose desktop it was (recorded at publish; the imported image has none)."""
+        if not version.made_from_owner_name:
+            return ""
+        return f"{version.made_from_owner_name} ({version.made_from_name})"
+
     @admin.display(description="Base still in use", boolean=True)
     def in_use(self, version: TemplateVersion) -> bool:
         return bool(version.base_image_path) and base_in_use(path=version.base_image_path)
@@ -125,7 +137,7 @@ class TemplateVersionInline(admin.TabularInline):
 
 
 @admin.register(Template)
-class TemplateAdmin(admin.ModelAdmin):
+class TemplateAdmin(admin.ModelAdmin[Template]):
     inlines = [TemplateNetworkInline, TemplateVersionInline]
     list_display = [
         "name",
@@ -158,7 +170,7 @@ class TemplateAdmin(admin.ModelAdmin):
         if formset.model is TemplateNetwork and formset.has_changed():
             template = form.instance
             names = [link.network.name for link in template.templatenetwork_set.all()]
-            audit_record(action="template.networks", actor=request.user,
+            audit_record(action=AuditVerb.TEMPLATE_NETWORKS, actor=request.user,
                          template=template.name, networks=names)  # fmt: skip
 
     @admin.display(description="Networks")
@@ -176,10 +188,12 @@ class TemplateAdmin(admin.ModelAdmin):
     def desktop_count(self, template: Template) -> int:
         return int(getattr(template, "live_desktops", 0))
 
-    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+    def get_form(
+        self, request: HttpRequest, obj: Template | None = None, change: bool = False, **kwargs: Any
+    ) -> type[forms.ModelForm[Template]]:
         if obj is None:
             kwargs["form"] = TemplateImportForm
-        return super().get_form(request, obj, **kwargs)
+        return super().get_form(request, obj, change, **kwargs)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return ["base_image_path"] if obj is not None else []
@@ -199,7 +213,7 @@ class TemplateAdmin(admin.ModelAdmin):
     def cancel_version(self, request: HttpRequest, queryset: QuerySet[Template]) -> None:
         building = TemplateVersion.objects.filter(template__in=queryset, status="building")
         for version in building.select_related("template"):
-            template_version_cancel(actor=request.user, version=version)  # type: ignore[arg-type]
+            template_version_cancel(actor=signed_in(request.user), version=version)
             self.message_user(request, f"Cancelled {version}; its copy is removed.")
 
     @admin.action(description="Enable the selected templates")

@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from vms.services.usage import GROUPINGS, usage_csv, usage_report
+from vms.services.metrics.usage import GROUPINGS, usage_csv, usage_report
 
 MAX_DAYS = 366
 
@@ -61,7 +61,7 @@ def usage_view(request: HttpRequest) -> HttpResponse:
             return response
     elif request.GET.get("format") == "csv":
         errors = "; ".join(
-            f"{form[name].label}: {e}" if name in form.fields else e
+            f"{form[name].label}: {e}" if name in form.fields else str(e)
             for name, errs in form.errors.items()
             for e in errs
         )

@@ -1,1 +1,1 @@
-"""The REST API (DRF): the contract in DESIGN.md section 3."""
+"""The REST API (DRF): the contract in docs/architecture.md, section 3."""

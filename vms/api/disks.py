@@ -15,20 +15,22 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from vms.api.serializers import DesktopSerializer
-from vms.models import Backup, Desktop, Restore, Snapshot
+from vms.models import Backup, Desktop, Restore, Snapshot, TemplateVersion
+from vms.roles import signed_in
 from vms.selectors import desktops_visible_to
-from vms.services import backups, snapshots
+from vms.services.catalog.versions import template_version_publish
+from vms.services.disks import backups, snapshots
 from vms.web.client import client_ip
 
 
-class SnapshotSerializer(serializers.ModelSerializer):
+class SnapshotSerializer(serializers.ModelSerializer[Snapshot]):
     class Meta:
         model = Snapshot
         fields = ["id", "name", "status", "with_memory", "size_bytes", "created_at", "last_error"]
         read_only_fields = fields
 
 
-class BackupSerializer(serializers.ModelSerializer):
+class BackupSerializer(serializers.ModelSerializer[Backup]):
     incremental = serializers.BooleanField(read_only=True)
 
     class Meta:
@@ -50,7 +52,7 @@ class BackupSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class RestoreSerializer(serializers.ModelSerializer):
+class RestoreSerializer(serializers.ModelSerializer[Restore]):
     backup_created_at = serializers.DateTimeField(source="backup.created_at", read_only=True)
 
     class Meta:
@@ -87,7 +89,7 @@ def _desktop(request: Request, desktop_id: str) -> Desktop:
 
 
 def _backup(request: Request, backup_id: str) -> Backup:
-    rows = backups.backups_visible_to(user=request.user)
+    rows = backups.backups_visible_to(user=signed_in(request.user))
     row = rows.filter(pk=_uuid(backup_id, "backup")).first()
     if row is None:
         raise NotFound("No such backup.")
@@ -115,7 +117,7 @@ def snapshot_list(request: Request, desktop_id: str) -> Response:
         rows = desktop.snapshots.exclude(status="deleted").order_by("created_at")
         return Response(SnapshotSerializer(rows, many=True).data)
     snapshot = snapshots.snapshot_create(
-        actor=request.user,
+        actor=signed_in(request.user),
         desktop=desktop,
         name=_text(request, "name"),
         source_ip=client_ip(request),
@@ -130,7 +132,10 @@ def snapshot_detail(request: Request, desktop_id: str, snapshot_id: str) -> Resp
     desktop = _desktop(request, desktop_id)
     _snapshot_of(desktop, snapshot_id)
     snapshot = snapshots.snapshot_delete(
-        actor=request.user, desktop=desktop, snapshot_id=snapshot_id, source_ip=client_ip(request)
+        actor=signed_in(request.user),
+        desktop=desktop,
+        snapshot_id=snapshot_id,
+        source_ip=client_ip(request),
     )
     return Response(SnapshotSerializer(snapshot).data, status=status.HTTP_202_ACCEPTED)
 
@@ -153,7 +158,7 @@ def snapshot_revert(request: Request, desktop_id: str, snapshot_id: str) -> Resp
     desktop = _desktop(request, desktop_id)
     _snapshot_of(desktop, snapshot_id)
     snapshot = snapshots.snapshot_revert(
-        actor=request.user,
+        actor=signed_in(request.user),
         desktop=desktop,
         snapshot_id=snapshot_id,
         reason=_text(request, "reason"),
@@ -170,7 +175,7 @@ def backup_list(request: Request, desktop_id: str) -> Response:
     if request.method == "GET":
         return Response(BackupSerializer(backups.backups_listed(desktop=desktop), many=True).data)
     backup = backups.backup_request(
-        actor=request.user, desktop=desktop, source_ip=client_ip(request)
+        actor=signed_in(request.user), desktop=desktop, source_ip=client_ip(request)
     )
     return Response(BackupSerializer(backup).data, status=status.HTTP_202_ACCEPTED)
 
@@ -186,13 +191,16 @@ def backup_restore(request: Request, backup_id: str) -> Response:
     """Restore a backup to a new desktop or in place (202 with the desktop)."""
     backup = _backup(request, backup_id)
     desktop = backups.backup_restore(
-        actor=request.user,
+        actor=signed_in(request.user),
         backup=backup,
         target=_text(request, "target"),
         source_ip=client_ip(request),
     )
     desktop.refresh_from_db()
-    return Response(DesktopSerializer(desktop).data, status=status.HTTP_202_ACCEPTED)
+    return Response(
+        DesktopSerializer(desktop, context={"request": request}).data,
+        status=status.HTTP_202_ACCEPTED,
+    )
 
 
 @extend_schema(request=None, responses={202: BackupSerializer})
@@ -200,7 +208,9 @@ def backup_restore(request: Request, backup_id: str) -> Response:
 def backup_cancel(request: Request, backup_id: str) -> Response:
     """Cancel a backup under way (202)."""
     backup = _backup(request, backup_id)
-    backups.backup_cancel(actor=request.user, backup=backup, source_ip=client_ip(request))
+    backups.backup_cancel(
+        actor=signed_in(request.user), backup=backup, source_ip=client_ip(request)
+    )
     backup.refresh_from_db()
     return Response(BackupSerializer(backup).data, status=status.HTTP_202_ACCEPTED)
 
@@ -220,10 +230,56 @@ def restore_list(request: Request, desktop_id: str) -> Response:
 def restore_cancel(request: Request, restore_id: str) -> Response:
     """Cancel a restore under way (202): in place, the desktop keeps its disk; to a new
     desktop, that desktop is deleted."""
-    rows = backups.restores_visible_to(user=request.user)
+    rows = backups.restores_visible_to(user=signed_in(request.user))
     restore = rows.filter(pk=_uuid(restore_id, "restore")).first()
     if restore is None:
         raise NotFound("No such restore.")
-    backups.restore_cancel(actor=request.user, restore=restore, source_ip=client_ip(request))
+    backups.restore_cancel(
+        actor=signed_in(request.user), restore=restore, source_ip=client_ip(request)
+    )
     restore.refresh_from_db()
     return Response(RestoreSerializer(restore).data, status=status.HTTP_202_ACCEPTED)
+
+
+class TemplateVersionSerializer(serializers.ModelSerializer[TemplateVersion]):
+    class Meta:
+        model = TemplateVersion
+        fields = [
+            "id",
+            "template",
+            "number",
+            "status",
+            "progress",
+            "made_from",
+            "made_from_owner",
+            "made_from_owner_name",
+            "made_from_name",
+            "created_by",
+            "created_at",
+            "note",
+            "last_error",
+        ]
+        read_only_fields = fields
+
+
+PublishBody = inline_serializer(
+    "PublishVersionRequest",
+    {"confirm_owner": serializers.CharField(), "note": serializers.CharField(required=False)},
+)
+
+
+@extend_schema(request=PublishBody, responses={202: TemplateVersionSerializer})
+@api_view(["POST"])
+def version_publish(request: Request, desktop_id: str) -> Response:
+    """Publish a stopped desktop as its template's new version (admins; 202). Confirmed by
+    `confirm_owner`, the username of the desktop's owner (400 otherwise); the version
+    records the source desktop and its owner."""
+    desktop = _desktop(request, desktop_id)
+    version = template_version_publish(
+        actor=signed_in(request.user),
+        desktop=desktop,
+        confirm_owner=_text(request, "confirm_owner"),
+        note=_text(request, "note"),
+        source_ip=client_ip(request),
+    )
+    return Response(TemplateVersionSerializer(version).data, status=status.HTTP_202_ACCEPTED)

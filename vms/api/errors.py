@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from vms.services.consoles import DisplayUnreachable, TooManyConsoles
-from vms.services.errors import (
+from vms.services.core.errors import (
     HostCannotTake,
     InvalidTransition,
     NetworkInUse,

@@ -17,8 +17,8 @@ from rest_framework.views import APIView
 
 from vms.models import DesktopStatus, Host, HostStatus
 from vms.roles import is_admin
-from vms.services.fleet import host_maintenance_set
-from vms.services.placement import PARTS, allocation_annotations
+from vms.services.fleet.membership import host_maintenance_set
+from vms.services.fleet.placement import PARTS, allocation_annotations
 
 
 class IsPortalAdmin(BasePermission):
@@ -39,7 +39,8 @@ class HostSerializer(serializers.ModelSerializer[Host]):
         model = Host
         fields = ["name", "uri", "console_address", "state", "enabled", "maintenance",
                   "capacity", "use", "load", "desktops", "last_checked_at",
-                  "last_heartbeat_at", "last_check_error"]  # fmt: skip
+                  "last_heartbeat_at", "last_check_error", "disk_lock_ok",
+                  "disk_lock_note"]  # fmt: skip
 
     def get_state(self, host: Host) -> str:
         """`disabled` (out of placement), `down` (no heartbeat, or its check fails),
@@ -70,7 +71,7 @@ class MaintenanceSerializer(serializers.Serializer[Any]):
     enabled = serializers.BooleanField()
 
 
-class HostViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class HostViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Host]):
     """The fleet's hosts with capacity, allocation, live load and health (admins only)."""
 
     serializer_class = HostSerializer

@@ -1,6 +1,6 @@
 """Monitoring history for the charts: GET /api/desktops/{id}/metrics/?period=1h|24h|7d
 (owner, help-desk, admin; 404 for anyone else) and GET /api/hosts/{name}/metrics/ (admins).
-Both read stored samples only (vms.services.metrics_history), never libvirt."""
+Both read stored samples only (vms.services.metrics.history), never libvirt."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from rest_framework.views import APIView
 
 from vms.api.hosts import IsPortalAdmin
 from vms.models import Host
-from vms.models_metrics import DesktopSample, HostSample
+from vms.models.metrics import DesktopSample, HostSample
 from vms.selectors import desktops_visible_to
-from vms.services.metrics_history import PERIODS, history_series
+from vms.services.metrics.history import PERIODS, history_series
 
 PERIOD = OpenApiParameter(
     "period",

@@ -14,7 +14,7 @@ from rest_framework.response import Response
 
 from vms.api.hosts import IsPortalAdmin
 from vms.models import Network
-from vms.services.networks import (
+from vms.services.networks.desktop_networks import (
     EDITABLE_FIELDS,
     network_addressing,
     network_create,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+from typing import Any
+
 from rest_framework import serializers
 
 from vms.models import Desktop, DesktopInterface, Template
-from vms.services.desktops import NAME_MAX, desktop_name_clean
-from vms.services.errors import InvalidName
+from vms.roles import sees_all_desktops
+from vms.services.core.errors import InvalidName
+from vms.services.desktops.requests import NAME_MAX, desktop_name_clean
 
 
-class TemplateSerializer(serializers.ModelSerializer):
+class TemplateSerializer(serializers.ModelSerializer[Template]):
     class Meta:
         model = Template
         fields = [
@@ -34,7 +38,7 @@ class TemplateSerializer(serializers.ModelSerializer):
         return [link.network_id for link in template.templatenetwork_set.all()]
 
 
-class InterfaceSerializer(serializers.ModelSerializer):
+class InterfaceSerializer(serializers.ModelSerializer[DesktopInterface]):
     network_name = serializers.CharField(source="network.name", read_only=True)
     addresses = serializers.ListField(child=serializers.CharField(), read_only=True)
 
@@ -44,7 +48,7 @@ class InterfaceSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class TemplateNetworksSerializer(serializers.Serializer):
+class TemplateNetworksSerializer(serializers.Serializer[Any]):
     networks = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False)
     bandwidth_kb_s = serializers.IntegerField(
         min_value=8, max_value=10_000_000, required=False, allow_null=True
@@ -56,11 +60,29 @@ class TemplateNetworksSerializer(serializers.Serializer):
         return attrs
 
 
-class DesktopSerializer(serializers.ModelSerializer):
+class DesktopSerializer(serializers.ModelSerializer[Desktop]):
     owner = serializers.CharField(source="owner.get_username", read_only=True)
     template_name = serializers.CharField(source="template.name", read_only=True)
-    host = serializers.CharField(source="host.name", read_only=True, default=None)
+    host = serializers.CharField(
+        source="host.name",
+        read_only=True,
+        default=None,
+        help_text="The desktop's hypervisor host: for help-desk and admins only (employees "
+        "never see the management plane's names).",
+    )
     interfaces = InterfaceSerializer(many=True, read_only=True)
+
+    @cached_property
+    def shows_host(self) -> bool:
+        """Whether the caller may see host names (no request in the context: no)."""
+        request = self.context.get("request")
+        return request is not None and sees_all_desktops(request.user)
+
+    def to_representation(self, instance: Desktop) -> dict[str, Any]:
+        data: dict[str, Any] = super().to_representation(instance)
+        if not self.shows_host:
+            data.pop("host", None)
+        return data
 
     class Meta:
         model = Desktop
@@ -94,10 +116,12 @@ def _desktop_name(value: str) -> str:
 
 
 # The same words as the service's refusal (`desktop_name_clean`).
-NAME_TOO_LONG = {"max_length": f"The name is too long: at most {NAME_MAX} characters."}
+NAME_TOO_LONG: dict[str, Any] = {
+    "max_length": f"The name is too long: at most {NAME_MAX} characters."
+}
 
 
-class DesktopCreateSerializer(serializers.Serializer):
+class DesktopCreateSerializer(serializers.Serializer[Any]):
     template = serializers.IntegerField(min_value=1)
     name = serializers.CharField(
         max_length=NAME_MAX,
@@ -116,7 +140,7 @@ class DesktopCreateSerializer(serializers.Serializer):
         return value
 
 
-class DesktopRenameSerializer(serializers.Serializer):
+class DesktopRenameSerializer(serializers.Serializer[Any]):
     name = serializers.CharField(max_length=NAME_MAX, error_messages=NAME_TOO_LONG)
 
     def validate_name(self, value: str) -> str:
@@ -126,17 +150,17 @@ class DesktopRenameSerializer(serializers.Serializer):
         return cleaned
 
 
-class ActionAcceptedSerializer(serializers.Serializer):
+class ActionAcceptedSerializer(serializers.Serializer[Any]):
     detail = serializers.CharField()
     desktop = DesktopSerializer()
 
 
-class ConsoleRequestSerializer(serializers.Serializer):
+class ConsoleRequestSerializer(serializers.Serializer[Any]):
     mode = serializers.ChoiceField(choices=["full", "view"], required=False, allow_null=True)
     reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
 
 
-class ConsoleTicketSerializer(serializers.Serializer):
+class ConsoleTicketSerializer(serializers.Serializer[Any]):
     ticket = serializers.CharField()
     url = serializers.CharField(
         help_text="WebSocket path; send the ticket as the subprotocol "

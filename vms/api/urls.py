@@ -22,14 +22,24 @@ router.register("networks", NetworkViewSet, basename="network")
 urlpatterns = [
     # The schema is public, as API schemas usually are: it describes, it grants nothing.
     path("schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="api-schema"),
-    path("desktops/<str:desktop_id>/snapshots/", disks.snapshot_list),
-    path("desktops/<str:desktop_id>/snapshots/<str:snapshot_id>/", disks.snapshot_detail),
-    path("desktops/<str:desktop_id>/snapshots/<str:snapshot_id>/revert/", disks.snapshot_revert),
-    path("desktops/<str:desktop_id>/backups/", disks.backup_list),
-    path("backups/<str:backup_id>/restore/", disks.backup_restore),
-    path("backups/<str:backup_id>/cancel/", disks.backup_cancel),
-    path("desktops/<str:desktop_id>/restores/", disks.restore_list),
-    path("restores/<str:restore_id>/cancel/", disks.restore_cancel),
+    # Named for the pages' scripts, which read these URLs from the page (vms.web.context).
+    path("desktops/<str:desktop_id>/snapshots/", disks.snapshot_list, name="api-snapshots"),
+    path(
+        "desktops/<str:desktop_id>/snapshots/<str:snapshot_id>/",
+        disks.snapshot_detail,
+        name="api-snapshot",
+    ),
+    path(
+        "desktops/<str:desktop_id>/snapshots/<str:snapshot_id>/revert/",
+        disks.snapshot_revert,
+        name="api-snapshot-revert",
+    ),
+    path("desktops/<str:desktop_id>/backups/", disks.backup_list, name="api-backups"),
+    path("backups/<str:backup_id>/restore/", disks.backup_restore, name="api-backup-restore"),
+    path("backups/<str:backup_id>/cancel/", disks.backup_cancel, name="api-backup-cancel"),
+    path("desktops/<str:desktop_id>/restores/", disks.restore_list, name="api-restores"),
+    path("restores/<str:restore_id>/cancel/", disks.restore_cancel, name="api-restore-cancel"),
+    path("desktops/<str:desktop_id>/publish-version/", disks.version_publish),
     path("desktops/<uuid:pk>/metrics/", DesktopMetricsView.as_view(), name="desktop-metrics"),
     path("hosts/<slug:name>/metrics/", HostMetricsView.as_view(), name="host-metrics"),
     *router.urls,

@@ -22,16 +22,16 @@ from vms.api.serializers import (
     TemplateSerializer,
 )
 from vms.models import Desktop, Template
-from vms.roles import is_admin
+from vms.roles import is_admin, signed_in
 from vms.selectors import desktops_visible_to, templates_for_user
-from vms.services.actions import ACTIONS, DesktopAction, actions_offered
 from vms.services.consoles import TicketBinding, console_socket_path, console_ticket_issue
-from vms.services.desktops import desktop_act, desktop_create, desktop_rename
-from vms.services.networks import template_bandwidth_set, template_networks_set
+from vms.services.desktops.actions import ACTIONS, DesktopAction, actions_offered
+from vms.services.desktops.requests import desktop_act, desktop_create, desktop_rename
+from vms.services.networks.desktop_networks import template_bandwidth_set, template_networks_set
 from vms.web.client import client_ip
 
 
-class TemplateViewSet(viewsets.ReadOnlyModelViewSet):
+class TemplateViewSet(viewsets.ReadOnlyModelViewSet[Template]):
     """Templates the caller may launch."""
 
     serializer_class = TemplateSerializer
@@ -44,24 +44,30 @@ class TemplateViewSet(viewsets.ReadOnlyModelViewSet):
         """Set the template's networks, in NIC order: `{"networks": [ids]}` (admins)."""
         if not is_admin(request.user):
             raise PermissionDenied("Only admins change templates.")
-        template = Template.objects.filter(pk=pk).first() if str(pk).isdigit() else None
+        template = Template.objects.filter(pk=int(pk)).first() if pk and pk.isdigit() else None
         if template is None:
             raise NotFound("No such template.")
         body = TemplateNetworksSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         if "networks" in body.validated_data:
             template_networks_set(
-                actor=request.user, template=template, network_ids=body.validated_data["networks"]
+                actor=signed_in(request.user),
+                template=template,
+                network_ids=body.validated_data["networks"],
             )
         if "bandwidth_kb_s" in body.validated_data:
             template_bandwidth_set(
-                actor=request.user, template=template, kb_s=body.validated_data["bandwidth_kb_s"]
+                actor=signed_in(request.user),
+                template=template,
+                kb_s=body.validated_data["bandwidth_kb_s"],
             )
         return Response(TemplateSerializer(template).data)
 
 
 @extend_schema(parameters=[OpenApiParameter("user", str, description="help-desk/admin: owner")])
-class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class DesktopViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Desktop]
+):
     """Own desktops; help-desk and admins see anyone's (narrow with ?user=<username>)."""
 
     serializer_class = DesktopSerializer
@@ -83,12 +89,15 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         params = DesktopCreateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         desktop = desktop_create(
-            user=request.user,
+            user=signed_in(request.user),
             template_id=params.validated_data["template"],
             name=params.validated_data["name"],
             source_ip=client_ip(request),
         )
-        return Response(DesktopSerializer(desktop).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            DesktopSerializer(desktop, context={"request": request}).data,
+            status=status.HTTP_202_ACCEPTED,
+        )
 
     @extend_schema(request=DesktopRenameSerializer, responses={200: DesktopSerializer})
     def partial_update(self, request: Request, pk: str | None = None) -> Response:
@@ -97,13 +106,13 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         params = DesktopRenameSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         desktop_rename(
-            actor=request.user,
+            actor=signed_in(request.user),
             desktop=desktop,
             name=params.validated_data["name"],
             source_ip=client_ip(request),
         )
         desktop.refresh_from_db()
-        return Response(DesktopSerializer(desktop).data)
+        return Response(self.get_serializer(desktop).data)
 
     @extend_schema(request=None, responses={202: ActionAcceptedSerializer})
     def destroy(self, request: Request, pk: str | None = None) -> Response:
@@ -117,7 +126,7 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         params = ConsoleRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         issued = console_ticket_issue(
-            user=request.user,
+            user=signed_in(request.user),
             desktop=desktop,
             mode=params.validated_data.get("mode"),
             reason=params.validated_data["reason"],
@@ -136,7 +145,7 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         """Run one action of the table on the desktop of this URL (404 if not visible)."""
         desktop: Desktop = self.get_object()
         desktop_act(
-            actor=self.request.user,
+            actor=signed_in(self.request.user),
             desktop=desktop,
             action=action,
             source_ip=client_ip(self.request),
@@ -144,7 +153,7 @@ class DesktopViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         )
         desktop.refresh_from_db()
         label = ACTIONS[action].label
-        body = {"detail": f"{label} was accepted.", "desktop": DesktopSerializer(desktop).data}
+        body = {"detail": f"{label} was accepted.", "desktop": self.get_serializer(desktop).data}
         return Response(body, status=status.HTTP_202_ACCEPTED)
 
 

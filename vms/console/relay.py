@@ -36,7 +36,7 @@ from vms.services.consoles import (
     console_session_group,
     console_session_keep,
 )
-from vms.services.events import desktop_group
+from vms.services.desktops.events import desktop_group
 from vms.web.client import client_address, scope_header, scope_is_secure
 
 if TYPE_CHECKING:

@@ -12,7 +12,8 @@ asyncio Channels consumer and the synchronous websockify gateway share one imple
   security type 1 (None): the browser was already authenticated by its console ticket.
 * :class:`ClientMessageFilter` - parses the browser-to-QEMU stream after the handshakes,
   forwards whole messages only, bounds what it buffers and, in view-only mode, drops every
-  input or state-changing message (DESIGN.md section 4: view-only is enforced in the relay).
+  input or state-changing message (docs/architecture.md, section 4: view-only is enforced
+  in the relay).
 
 The server-to-client stream is passed through unparsed. Reference: the community RFB
 specification (rfbproto) and noVNC 1.7.0's ``core/rfb.js``.

@@ -59,6 +59,42 @@ class MessageFramer:
         return messages
 
 
+class MessageCutter:
+    """Bytes in, the same bytes out in pieces that never span two messages (an incomplete
+    header is held back). Over TLS each piece goes in records of its own: spice-gtk reads a
+    record's next message only once its socket is readable again, so a record that ends
+    inside a second message stalls the channel until the peer sends more, which it will not
+    before that message is acknowledged."""
+
+    def __init__(self, *, mini_header: bool) -> None:
+        self.header = MINI_HEADER if mini_header else FULL_HEADER
+        self._head = bytearray()
+        self._left = 0  # body bytes of the current message still to come
+
+    def feed(self, data: bytes) -> list[bytes]:
+        pieces: list[bytes] = []
+        piece = bytearray()
+        at = 0
+        while at < len(data):
+            if self._left == 0:
+                need = self.header.size - len(self._head)
+                self._head += data[at : at + need]
+                at += min(need, len(data) - at)
+                if len(self._head) < self.header.size:
+                    break
+                fields = self.header.unpack(self._head)
+                piece, self._left = bytearray(self._head), int(fields[2 if len(fields) == 4 else 1])
+                self._head.clear()
+            take = min(self._left, len(data) - at)
+            piece += data[at : at + take]
+            at += take
+            self._left -= take
+            if self._left == 0 or at == len(data):
+                pieces.append(bytes(piece))
+                piece = bytearray()
+        return pieces
+
+
 class ViewOnlyMainFilter:
     """Client-to-server bytes of a view-only main channel, with every message dropped that
     could type, paste or move files; `dropped_messages` counts them."""

@@ -63,7 +63,7 @@ from vms.services.consoles.spice_channels import (
     spice_channels_close,
     spice_channels_open,
 )
-from vms.services.events import desktop_group
+from vms.services.desktops.events import desktop_group
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024

@@ -91,11 +91,15 @@ class Hypervisor(ABC):
     def reboot(self, *, name: str) -> None:
         """Reboot a running domain (a shut-off one is started)."""
 
-    def migrate_live(self, *, name: str, to_uri: str, to_address: str) -> MigrationStats:
+    def migrate_live(
+        self, *, name: str, to_uri: str, to_address: str, allow_unsafe: bool = False
+    ) -> MigrationStats:
         """Move the running domain live to the hypervisor at ``to_uri`` (disks on storage
         both hosts share), its memory over ``to_address``, where its displays will listen
-        too; QEMU's figures of the move. On failure the domain keeps running here. Not
-        abstract: a backend that cannot migrate says so."""
+        too; QEMU's figures of the move. On failure the domain keeps running here. The
+        hypervisor's own storage-safety check stands unless ``allow_unsafe`` (lab hosts
+        whose shared pool is a local directory). Not abstract: a backend that cannot
+        migrate says so."""
         raise HypervisorError(f"{type(self).__name__} cannot migrate desktops", permanent=True)
 
     @abstractmethod

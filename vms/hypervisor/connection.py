@@ -8,12 +8,19 @@
   connection-type error; ``LibvirtConnection.call`` then reopens and retries the call once.
 * libvirt prints every error to stderr by default; that is silenced here, errors reach
   callers as exceptions only.
+* At exit, every process closes the connections it opened (``close_all``, registered with
+  ``atexit``): one left to the interpreter's shutdown is closed by ``virConnect.__del__``
+  after the libvirt module is gone, which prints a traceback (``'NoneType' object has no
+  attribute 'virConnectClose'``) that reads like a failure. Connections inherited over
+  ``fork()`` are not closed but forgotten, for the reason above.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,11 +29,15 @@ import libvirt
 from .errors import HypervisorError
 from .libvirt_errors import from_libvirt_error, is_connection_lost
 
-__all__ = ["LibvirtConnection", "silence_libvirt_stderr"]
+__all__ = ["LibvirtConnection", "close_all", "silence_libvirt_stderr"]
 
 T = TypeVar("T")
 
 _abandoned: list[Any] = []  # connections inherited over fork(); see module docstring
+# Every LibvirtConnection of this process, for close_all (weak: a dropped one closes itself).
+_instances: weakref.WeakSet[LibvirtConnection] = weakref.WeakSet()
+# How long close_all waits for a thread still in a call on a connection.
+EXIT_LOCK_WAIT_S = 2.0
 _silenced = False
 _silence_lock = threading.Lock()
 
@@ -53,6 +64,7 @@ class LibvirtConnection:
         self._pid: int | None = None
         self._lock = threading.Lock()
         silence_libvirt_stderr()
+        _instances.add(self)
 
     def _usable(self) -> bool:
         if self._conn is None or self._pid != os.getpid():
@@ -117,3 +129,24 @@ class LibvirtConnection:
                 raise
         self.reset()
         return fn(self.get())
+
+
+def _forget(conn: Any) -> None:
+    """Make an inherited connection's ``__del__`` a no-op without closing it: closing would
+    end the parent's session over the socket both processes share."""
+    conn._o = None
+
+
+@atexit.register
+def close_all() -> None:
+    """Close every connection this process opened and forget those it inherited over
+    ``fork()``, before the interpreter tears the libvirt module down (module docstring)."""
+    for connection in list(_instances):
+        # A thread still in a call keeps its connection (its __del__ may then complain).
+        if connection._lock.acquire(timeout=EXIT_LOCK_WAIT_S):
+            try:
+                connection._drop()
+            finally:
+                connection._lock.release()
+    while _abandoned:
+        _forget(_abandoned.pop())

@@ -31,6 +31,7 @@ from .libvirt_disks import LibvirtDiskOps
 from .libvirt_errors import POOL_FULL_OR_READONLY_HINTS, RETRY_NOTE, from_libvirt_error
 from .libvirt_errors import or_none as _or_none
 from .libvirt_networks import LibvirtNetworkOps
+from .libvirt_uri import check_libvirt_uri
 from .registry import register_backend
 from .stats import domain_stats_from
 from .types import (
@@ -196,14 +197,24 @@ def _force_off(dom: Dom) -> bool:
     return True
 
 
-# Live, kept defined on the destination and removed from the source. UNSAFE: the disks'
-# cache mode is not "none", which libvirt takes for unsafe on storage it does not know to
-# be shared; the pool directory is shared by construction (the same path on every host).
+# Live, kept defined on the destination and removed from the source. No UNSAFE: libvirt
+# checks that every writable disk is on storage it knows to be shared (NFS, GlusterFS,
+# a cluster file system, network disks) and that the page cache cannot hand the
+# destination stale data (cache none/directsync, or a QEMU that drops its cache at the
+# switch-over, as 7.2 does). It refuses a pool on a local file system whatever the cache
+# mode: lab hosts share one local directory, which libvirt cannot know to be shared, so
+# there (and only where the caller allows it) UNSAFE is added after that refusal.
 _MIGRATE_FLAGS = (
     libvirt.VIR_MIGRATE_LIVE
     | libvirt.VIR_MIGRATE_PERSIST_DEST
     | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-    | libvirt.VIR_MIGRATE_UNSAFE
+)
+
+
+_UNSAFE_REFUSED = (
+    "libvirt refuses to migrate it safely ({}): the disk pool must be on storage libvirt "
+    "knows to be shared (NFS or a cluster file system; docs/fleet.md). Lab hosts, which "
+    "share one local directory, need MIGRATION_ALLOW_UNSAFE"
 )
 
 
@@ -707,18 +718,29 @@ class LibvirtHypervisor(LibvirtDiskOps, LibvirtNetworkOps, Hypervisor):
 
         self._call(f"rebooting desktop '{name}'", op)
 
-    def migrate_live(self, *, name: str, to_uri: str, to_address: str) -> MigrationStats:
+    def migrate_live(
+        self, *, name: str, to_uri: str, to_address: str, allow_unsafe: bool = False
+    ) -> MigrationStats:
         def op(conn: Conn) -> MigrationStats:
             dom = _require_running(conn, name)
             # SECURE: the display password travels with the domain (a display without
             # one would be open to anyone on the destination's network).
             flags = libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE
             moved = vxml.domain_xml_moved(dom.XMLDesc(flags), listen_address=to_address)
+            params = _migration_params(moved, to_address)
+            check_libvirt_uri(to_uri)  # as every connection's URI: no program, no socket
             destination = libvirt.open(to_uri)
             try:
-                arrived = dom.migrate3(
-                    destination, _migration_params(moved, to_address), _MIGRATE_FLAGS
-                )
+                try:
+                    arrived = dom.migrate3(destination, params, _MIGRATE_FLAGS)
+                except libvirt.libvirtError as err:
+                    if _code(err) != libvirt.VIR_ERR_MIGRATE_UNSAFE:
+                        raise
+                    if not allow_unsafe:
+                        message = _UNSAFE_REFUSED.format(_msg(err))
+                        raise HypervisorError(message, permanent=True) from None
+                    unsafe = _MIGRATE_FLAGS | libvirt.VIR_MIGRATE_UNSAFE
+                    arrived = dom.migrate3(destination, params, unsafe)
                 return _migration_stats(arrived)
             finally:
                 destination.close()
@@ -969,4 +991,4 @@ def _memory_mib(conn: Conn) -> tuple[int, int | None]:
     return kib // 1024, int(total) // 1024 if total is not None else None
 
 
-register_backend(LIBVIRT_SCHEMES, LibvirtHypervisor)
+register_backend(LIBVIRT_SCHEMES, LibvirtHypervisor, uri_check=check_libvirt_uri)

@@ -69,6 +69,31 @@ def _apply_dhcp_hosts(net: Any, xml: str, wanted: set[tuple[str, str]], flags: i
                        vxml.dhcp_host_xml(mac=mac, ip=ip), flags)  # fmt: skip
 
 
+def _config_outdated(net: Any, network_xml: str) -> bool:
+    """Whether the network's definition differs from ours in what a live update cannot
+    change (whether dnsmasq forwards DNS upstream)."""
+    try:
+        config = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
+    except libvirt.libvirtError:  # libvirt's test driver: one definition, live and kept
+        config = net.XMLDesc(0)
+    return vxml.forwards_dns(config) != vxml.forwards_dns(network_xml)
+
+
+def _lookup_filter(conn: Conn, name: str) -> Any:
+    return _or_none(partial(conn.nwfilterLookupByName, name), libvirt.VIR_ERR_NO_NWFILTER)
+
+
+def _undefine_chain(conn: Conn, name: str) -> None:
+    """Undefine filter `name` if it exists and is a chain (never a root filter)."""
+    found = _lookup_filter(conn, name)
+    if found is None:
+        return
+    chain = ET.fromstring(found.XMLDesc(0)).get("chain")  # noqa: S314 - from libvirtd
+    if chain != "root":
+        found.undefine()
+        log.info("removed guard chain %s", name)
+
+
 class LibvirtNetworkOps:
     """The network operations of ``LibvirtHypervisor`` (mixed in; it supplies ``_call`` and
     ``uri``)."""
@@ -85,13 +110,16 @@ class LibvirtNetworkOps:
 
         def op(conn: Conn) -> None:
             self._define_filters(conn, chain_filter, root_filter)
+            self._remove_legacy_chain(conn, spec.filter_name)
             net = _network_in_shape(conn, spec)
             if net is None:
                 net = conn.networkDefineXML(network_xml)
                 log.info("defined network %s", spec.name)
-            elif not net.isPersistent():  # running, but undefined behind our back
+            elif not net.isPersistent() or _config_outdated(net, network_xml):
+                # Undefined behind our back, or defined before its DNS rule: the definition
+                # is written again (a running network takes it at its next start).
                 net = conn.networkDefineXML(vxml.with_uuid(network_xml, str(net.UUIDString())))
-                log.info("defined running network %s again", spec.name)
+                log.info("defined network %s again", spec.name)
             if not net.isActive():
                 net.create()
                 log.info("started network %s", spec.name)
@@ -108,9 +136,7 @@ class LibvirtNetworkOps:
         try:
             for filter_xml in filters:
                 name = str(ET.fromstring(filter_xml).get("name"))  # noqa: S314 - ours
-                found = _or_none(
-                    partial(conn.nwfilterLookupByName, name), libvirt.VIR_ERR_NO_NWFILTER
-                )
+                found = _lookup_filter(conn, name)
                 if found is not None:
                     filter_xml = vxml.with_uuid(filter_xml, str(found.UUIDString()))
                 conn.nwfilterDefineXML(filter_xml)
@@ -118,6 +144,14 @@ class LibvirtNetworkOps:
             unsupported = err.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT
             if not (self.uri.startswith("test:") and unsupported):
                 raise
+
+    def _remove_legacy_chain(self, conn: Conn, filter_name: str) -> None:
+        """The chain of the old naming (``<root>-ipv4``), once the root no longer refers to
+        it. Only a chain filter is removed: a root filter of that name is another network's
+        guard (a network named ``x-ipv4``), which the old naming could overwrite."""
+        if self.uri.startswith("test:"):
+            return  # no nwfilter driver
+        _undefine_chain(conn, filter_name + vxml.LEGACY_CHAIN_SUFFIX)
 
     def remove_network(self, *, name: str, filter_name: str) -> None:
         def op(conn: Conn) -> None:
@@ -128,12 +162,12 @@ class LibvirtNetworkOps:
                 net.undefine()
             if self.uri.startswith("test:"):
                 return  # no nwfilter driver
-            for filter_ in (filter_name, f"{filter_name}-ipv4"):
-                found = _or_none(
-                    partial(conn.nwfilterLookupByName, filter_), libvirt.VIR_ERR_NO_NWFILTER
-                )
-                if found is not None:
-                    found.undefine()
+            root = _lookup_filter(conn, filter_name)
+            if root is not None:
+                root.undefine()
+            for chain in (vxml.guard_chain_name(filter_name),
+                          filter_name + vxml.LEGACY_CHAIN_SUFFIX):  # fmt: skip
+                _undefine_chain(conn, chain)
 
         self._call(f"removing network '{name}'", op)
 

@@ -5,6 +5,11 @@ in libvirt's own URIs, where the part after ``+`` is only the transport:
 ``qemu:///system``, ``qemu+ssh://root@hv1/system`` and ``qemu+tls://hv1/system`` are all
 served by the backend registered for ``qemu``.
 
+A backend may also register a check of its URIs (``uri_check``): the libvirt backend allows
+only the transports and parameters the docs name (``libvirt_uri``), so no host's URI makes
+a worker run a program. ``backend_for`` applies it, so the admin's form, the command line
+and every connection (a heartbeat too) refuse such a URI before anything is run.
+
 A new kind of host is one module that subclasses ``Hypervisor`` and calls
 ``register_backend`` when it is imported; a backend shipped with the portal is also listed
 in ``BUILTIN_BACKENDS``. Those are imported on the first lookup, not with this package, so
@@ -26,6 +31,7 @@ from .errors import HypervisorError
 __all__ = [
     "BUILTIN_BACKENDS",
     "BackendFactory",
+    "UriCheck",
     "backend_for",
     "get_hypervisor",
     "register_backend",
@@ -34,6 +40,8 @@ __all__ = [
 ]
 
 BackendFactory = Callable[[str], Hypervisor]
+# Raises a permanent HypervisorError that says why a URI may not be used; connects nowhere.
+UriCheck = Callable[[str], None]
 
 # Modules that register the backends shipped with the portal (imported on first lookup).
 BUILTIN_BACKENDS: Final[tuple[str, ...]] = ("vms.hypervisor.libvirt_backend",)
@@ -42,6 +50,7 @@ _HELP: Final = "see docs/hypervisors.md"
 _SCHEME: Final = re.compile(r"[a-z][a-z0-9.-]*")
 
 _factories: dict[str, BackendFactory] = {}
+_checks: dict[str, UriCheck] = {}
 _instances: dict[str, Hypervisor] = {}
 _lock = threading.Lock()
 _builtins_loaded = False
@@ -59,11 +68,14 @@ def uri_scheme(uri: str) -> str:
     return scheme.split("+", 1)[0]
 
 
-def register_backend(schemes: tuple[str, ...], factory: BackendFactory) -> None:
+def register_backend(
+    schemes: tuple[str, ...], factory: BackendFactory, *, uri_check: UriCheck | None = None
+) -> None:
     """Serve hosts whose URI scheme is one of ``schemes`` with ``factory(uri)``.
 
     ``factory`` must not connect to anything: ``get_hypervisor`` calls it to select a
-    backend, under a lock, and the backend connects on first use. Registering the same
+    backend, under a lock, and the backend connects on first use. ``uri_check``, when given,
+    vets every URI of those schemes before the factory is chosen. Registering the same
     factory again is a no-op; a scheme that another factory already serves is refused.
     """
     if isinstance(schemes, str):
@@ -80,6 +92,8 @@ def register_backend(schemes: tuple[str, ...], factory: BackendFactory) -> None:
                 raise ValueError(f"URI scheme {scheme!r} is already served by {current!r}")
         for scheme in schemes:
             _factories[scheme] = factory
+            if uri_check is not None:
+                _checks[scheme] = uri_check
 
 
 def _load_builtins() -> None:
@@ -103,7 +117,8 @@ def registered_schemes() -> tuple[str, ...]:
 
 
 def backend_for(uri: str) -> BackendFactory:
-    """The factory registered for ``uri``'s scheme.
+    """The factory registered for ``uri``'s scheme, once the backend's ``uri_check`` (if
+    any) has passed the URI.
 
     Raises a permanent ``HypervisorError`` (retrying cannot help: the URI is wrong, or this
     portal has no backend for that kind of host). The URI itself is not repeated in the
@@ -113,8 +128,11 @@ def backend_for(uri: str) -> BackendFactory:
     scheme = uri_scheme(uri)
     with _lock:
         factory = _factories.get(scheme)
+        check = _checks.get(scheme)
         known = ", ".join(sorted(_factories))
     if factory is not None:
+        if check is not None:
+            check(uri)
         return factory
     if not scheme:
         raise HypervisorError(

@@ -69,9 +69,15 @@ class NetworkSpec:
 
     ``mode`` is ``nat``, ``isolated`` or ``bridge``. NAT and isolated networks have a
     ``gateway`` address with ``prefix_length``, a DHCP range and fixed DHCP ``hosts``
-    (MAC, address); a bridged one joins ``bridge``. The guard lets a desktop reach DHCP,
-    DNS and ``gateway_ports`` (TCP) on the gateway and drops every other packet to the
-    gateway and to ``blocked_addresses`` (the host's other addresses).
+    (MAC, address); a bridged one joins ``bridge``. ``subnet`` is the desktops' own
+    subnet (a bridged network's too, when the portal assigns its addresses).
+
+    The guard lets a desktop reach DHCP, DNS and ``gateway_ports`` (TCP) on the gateway,
+    and drops every other packet to the gateway and to ``blocked_addresses`` (addresses or
+    CIDR blocks of the management plane: every host, Redis, the database, the proxies,
+    link-local). Then its own subnet passes (or, with ``isolate_desktops`` on a NAT or
+    isolated network, is dropped), ``allowed_ranges`` pass, ``denied_ranges`` are dropped,
+    and the rest passes (docs/networks.md).
     """
 
     name: str
@@ -85,6 +91,10 @@ class NetworkSpec:
     bridge: str | None = None
     gateway_ports: tuple[int, ...] = ()
     blocked_addresses: tuple[str, ...] = ()
+    subnet: str | None = None
+    isolate_desktops: bool = False
+    allowed_ranges: tuple[str, ...] = ()
+    denied_ranges: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

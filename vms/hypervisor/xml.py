@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import re
 import xml.etree.ElementTree as ET
 from typing import Final
@@ -60,6 +61,8 @@ TCG_TB_CACHE_MIB: Final = 16
 VNC_SHARE_POLICY: Final = "force-shared"
 QEMU_NS: Final = "http://libvirt.org/schemas/domain/qemu/1.0"
 SPICE_MULTI_CLIENT_ENV: Final = ("SPICE_DEBUG_ALLOW_MC", "1")
+DNSMASQ_NS: Final = "http://libvirt.org/schemas/network/dnsmasq/1.0"
+DNSMASQ_NO_UPSTREAM: Final = "no-resolv"
 
 _NOT_XML_CHARS: Final = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -412,6 +415,9 @@ def build_network_xml(spec: NetworkSpec) -> str:
         raise ValueError("a NAT or isolated network needs a gateway address and prefix")
     if spec.mode == "nat":
         _sub(root, "forward", mode="nat")
+    else:  # isolated: dnsmasq answers the network's own names only, and forwards nothing
+        options = _sub(root, "dnsmasq:options", **{"xmlns:dnsmasq": DNSMASQ_NS})
+        _sub(options, "dnsmasq:option", value=DNSMASQ_NO_UPSTREAM)
     _sub(root, "bridge", stp="off", delay="0")
     # The gateway's MAC is the same on every host: a desktop that moves live keeps its ARP
     # entry for the gateway, and it stays right.
@@ -458,6 +464,13 @@ def network_shape(network_xml: str) -> tuple[str, str, str, str]:
     return mode, gateway, prefix, name
 
 
+def forwards_dns(network_xml: str) -> bool:
+    """Whether the network's dnsmasq may forward DNS queries upstream (no ``no-resolv``)."""
+    root = ET.fromstring(network_xml)  # noqa: S314 - XML comes from libvirtd, not users
+    options = root.findall(f"./{{{DNSMASQ_NS}}}options/{{{DNSMASQ_NS}}}option")
+    return all(option.get("value") != DNSMASQ_NO_UPSTREAM for option in options)
+
+
 def spec_shape(spec: NetworkSpec) -> tuple[str, str, str, str]:
     """``network_shape`` of the network ``spec`` asks for."""
     if spec.mode == "bridge":
@@ -482,8 +495,35 @@ def _rule(parent: ET.Element, action: str, priority: int, **match: str) -> None:
     _sub(rule, "ip", **match)
 
 
-def guard_chain_name(spec: NetworkSpec) -> str:
-    return f"{spec.filter_name}-ipv4"
+def _destination(address: str) -> dict[str, str]:
+    """The ``ip`` match of an address or an IPv4 CIDR block."""
+    network = ipaddress.IPv4Network(address, strict=False)
+    if network.prefixlen == 32:
+        return {"dstipaddr": str(network.network_address)}
+    return {"dstipaddr": str(network.network_address), "dstipmask": str(network.prefixlen)}
+
+
+def guard_chain_name(filter_name: str) -> str:
+    """The guard's IPv4 chain filter. Network names are slugs (no dot), so no network's
+    root filter can carry this name (the old ``-ipv4`` suffix could: LEGACY_CHAIN_SUFFIX)."""
+    return f"{filter_name}.ipv4"
+
+
+LEGACY_CHAIN_SUFFIX: Final = "-ipv4"
+
+
+class _Chain:
+    """The guard chain's rules, in order (each one a priority above the one before)."""
+
+    def __init__(self, filter_name: str) -> None:
+        self.root = ET.Element(
+            "filter", name=guard_chain_name(filter_name), chain="ipv4-guard", priority="-700"
+        )
+        self._priority = 0
+
+    def add(self, action: str, **match: str) -> None:
+        self._priority += 1
+        _rule(self.root, action, self._priority, **match)
 
 
 def build_guard_filter_xml(spec: NetworkSpec) -> tuple[str, str]:
@@ -491,23 +531,41 @@ def build_guard_filter_xml(spec: NetworkSpec) -> tuple[str, str]:
 
     The root filter takes in libvirt's ``clean-traffic`` (no MAC, IP or ARP spoofing, no
     other layer-2 traffic; the IP parameter comes from the NIC) and the IPv4 chain, which
-    runs after clean-traffic's source checks and before it accepts IPv4 (priority -700):
-    DHCP, DNS and the allowed TCP ports on the gateway pass; any other packet to the
-    gateway or to the host's other addresses is dropped.
+    runs after clean-traffic's source checks and before it accepts IPv4 (priority -700).
+    In order (the first match decides; docs/networks.md "The guard"): no DHCP answers from
+    a desktop; DHCP requests only to the gateway or broadcast; DNS and the allowed TCP
+    ports on the gateway; nothing else to the gateway nor to the management plane
+    (``blocked_addresses``); the own subnet (dropped when desktops are isolated, so no
+    desktop reaches another through the gateway); ``allowed_ranges``; nothing to
+    ``denied_ranges``; the rest passes.
     """
-    chain = ET.Element("filter", name=guard_chain_name(spec), chain="ipv4-guard", priority="-700")
-    _rule(chain, "return", 100, protocol="udp", dstportstart="67", dstportend="67")
+    chain = _Chain(spec.filter_name)
+    chain.add("drop", protocol="udp", srcportstart="67", srcportend="67")  # rogue DHCP server
+    dhcp = {"protocol": "udp", "dstportstart": "67", "dstportend": "67"}
+    chain.add("return", dstipaddr="255.255.255.255", **dhcp)
     if spec.gateway:
-        for number, protocol in enumerate(("udp", "tcp")):
-            _rule(chain, "return", 110 + number, dstipaddr=spec.gateway, protocol=protocol,
-                  dstportstart="53", dstportend="53")  # fmt: skip
-        for number, port in enumerate(spec.gateway_ports):
-            _rule(chain, "return", 200 + number, dstipaddr=spec.gateway, protocol="tcp",
-                  dstportstart=str(port), dstportend=str(port))  # fmt: skip
+        chain.add("return", dstipaddr=spec.gateway, **dhcp)
+    elif spec.subnet:  # bridged: the LAN's DHCP server, somewhere on its subnet
+        chain.add("return", **_destination(spec.subnet), **dhcp)
+    chain.add("drop", **dhcp)
+    if spec.gateway:
+        for protocol in ("udp", "tcp"):
+            chain.add("return", dstipaddr=spec.gateway, protocol=protocol, dstportstart="53",
+                      dstportend="53")  # fmt: skip
+        for port in spec.gateway_ports:
+            chain.add("return", dstipaddr=spec.gateway, protocol="tcp", dstportstart=str(port),
+                      dstportend=str(port))  # fmt: skip
     blocked = ([spec.gateway] if spec.gateway else []) + list(spec.blocked_addresses)
-    for number, address in enumerate(dict.fromkeys(blocked)):
-        _rule(chain, "drop", 500 + number, dstipaddr=address)
+    for address in dict.fromkeys(blocked):
+        chain.add("drop", **_destination(address))
+    if spec.subnet:
+        isolate = spec.isolate_desktops and spec.mode != "bridge"
+        chain.add("drop" if isolate else "return", **_destination(spec.subnet))
+    for address in spec.allowed_ranges:
+        chain.add("return", **_destination(address))
+    for address in spec.denied_ranges:
+        chain.add("drop", **_destination(address))
     root = ET.Element("filter", name=spec.filter_name, chain="root")
-    _sub(root, "filterref", filter=guard_chain_name(spec))
+    _sub(root, "filterref", filter=guard_chain_name(spec.filter_name))
     _sub(root, "filterref", filter="clean-traffic")
-    return _to_string(root), _to_string(chain)
+    return _to_string(root), _to_string(chain.root)

@@ -10,9 +10,13 @@
   SQLite gets no trigger: its flush deletes row by row.
 """
 
+from collections.abc import Callable
+
 import django.db.models.deletion
+from django.apps.registry import Apps
 from django.conf import settings
 from django.db import migrations, models
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
 # What closing a console session writes (vms.services.consoles.console_session_close).
 CLOSE_FIELDS = "ARRAY[{}]".format(
@@ -84,10 +88,10 @@ DROP = [
 ]
 
 
-def _on_postgresql(statements: list[str]):
+def _on_postgresql(statements: list[str]) -> Callable[[Apps, BaseDatabaseSchemaEditor], None]:
     """Run on PostgreSQL only; without parameters, so `%` in RAISE needs no escaping."""
 
-    def run(apps, schema_editor):
+    def run(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
         if schema_editor.connection.vendor != "postgresql":
             return
         with schema_editor.connection.cursor() as cursor:

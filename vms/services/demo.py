@@ -16,12 +16,12 @@ from django.core.exceptions import ImproperlyConfigured
 
 from vms.models import Network, NetworkMode, Template, TemplateNetwork
 from vms.roles import EMPLOYEE_GROUP, HELPDESK_GROUP
-from vms.services.audit import audit_record
-from vms.services.errors import ServiceError
-from vms.services.heartbeat import host_heartbeat
-from vms.services.hosts import host_ensure_local
-from vms.services.networks import network_clean
-from vms.services.templates import template_import
+from vms.services.catalog.templates import template_import
+from vms.services.core.audit import AuditVerb, audit_record
+from vms.services.core.errors import ServiceError
+from vms.services.fleet.heartbeat import host_heartbeat
+from vms.services.fleet.hosts import host_ensure_local
+from vms.services.networks.desktop_networks import network_clean
 
 log = logging.getLogger(__name__)
 DEMO_TEMPLATE = "Demo desktop"
@@ -81,7 +81,7 @@ def setup_desktops_network(*, template: Template | None) -> Network:
         except ServiceError as exc:
             raise ImproperlyConfigured(f"DESKTOPS_NETWORK_SUBNET: {exc.message}") from exc
         network.save()
-        audit_record(action="network.create", network=network.name, subnet=network.subnet)
+        audit_record(action=AuditVerb.NETWORK_CREATE, network=network.name, subnet=network.subnet)
     if template is not None and not TemplateNetwork.objects.filter(template=template).exists():
         TemplateNetwork.objects.create(template=template, network=network, position=0)
     return network

@@ -13,12 +13,13 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from vms.models import Desktop
+from vms.roles import signed_in
 from vms.selectors import console_sessions_endable_by, desktops_visible_to
-from vms.services.actions import action_get
 from vms.services.consoles import console_session_end
-from vms.services.desktops import desktop_act, desktop_create, desktop_rename
-from vms.services.errors import ServiceError
-from vms.services.snapshots import snapshot_revert
+from vms.services.core.errors import ServiceError
+from vms.services.desktops.actions import action_get
+from vms.services.desktops.requests import desktop_act, desktop_create, desktop_rename
+from vms.services.disks.snapshots import snapshot_revert
 from vms.web.client import client_ip
 
 
@@ -29,7 +30,7 @@ def launch(request: HttpRequest) -> HttpResponse:
     try:
         template_id = int(request.POST.get("template", ""))
         desktop = desktop_create(
-            user=request.user,
+            user=signed_in(request.user),
             template_id=template_id,
             name=request.POST.get("name", ""),
             source_ip=client_ip(request),
@@ -58,7 +59,10 @@ def desktop_action(request: HttpRequest, pk: str, action: str) -> HttpResponse:
         raise Http404("No such action.")
     try:
         desktop_act(
-            actor=request.user, desktop=desktop, action=action, source_ip=client_ip(request)
+            actor=signed_in(request.user),
+            desktop=desktop,
+            action=action,
+            source_ip=client_ip(request),
         )
     except ServiceError as exc:
         messages.error(request, exc.message)
@@ -75,7 +79,7 @@ REVERT = "revert-snapshot"
 def _revert(request: HttpRequest, desktop: Desktop) -> HttpResponse:
     try:
         snapshot = snapshot_revert(
-            actor=request.user,
+            actor=signed_in(request.user),
             desktop=desktop,
             snapshot_id=_uuid_or_404(request.POST.get("snapshot", "")),
             reason=request.POST.get("reason", ""),
@@ -105,7 +109,7 @@ def _rename(request: HttpRequest, desktop: Desktop) -> HttpResponse:
     old_name = desktop.name
     try:
         desktop_rename(
-            actor=request.user,
+            actor=signed_in(request.user),
             desktop=desktop,
             name=request.POST.get("name", ""),
             source_ip=client_ip(request),
@@ -128,7 +132,9 @@ def console_session_end_view(request: HttpRequest, pk: str) -> HttpResponse:
     sessions = console_sessions_endable_by(user=request.user).filter(desktop_id=pk)
     session = get_object_or_404(sessions, pk=_int_or_404(request.POST.get("session", "")))
     try:
-        console_session_end(actor=request.user, session=session, source_ip=client_ip(request))
+        console_session_end(
+            actor=signed_in(request.user), session=session, source_ip=client_ip(request)
+        )
     except ServiceError as exc:
         ended, text = False, exc.message
     else:

@@ -10,19 +10,18 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
+from vms.roles import signed_in
 from vms.selectors import (
     action_buttons,
     console_watchers,
     desktops_visible_to,
 )
 from vms.services.consoles import console_mode_default, console_spice_file_issue
-from vms.services.errors import ServiceError
-from vms.services.events import desktop_payload
-from vms.services.thumbnails import thumbnail_path
+from vms.services.core.errors import ServiceError
+from vms.services.desktops.actions import ACTIONS
+from vms.services.desktops.events import desktop_payload
+from vms.services.desktops.thumbnails import thumbnail_path
 from vms.web.client import client_ip
-
-CONSOLE_ACTIONS = frozenset({"start"})
-"""The actions of the table the console page offers (while the desktop is not running)."""
 
 
 @login_required
@@ -33,16 +32,17 @@ def console_page(request: HttpRequest, pk: str) -> HttpResponse:
     desktop = get_object_or_404(desktops_visible_to(user=request.user), pk=pk)
     # A stopped desktop's console offers to start it, and nothing else: the other actions
     # live on the dashboard, away from the screen a person is working in.
+    offered = {action.name for action in ACTIONS.values() if action.on_console_page}
     desktop.buttons = [  # type: ignore[attr-defined]
         button
         for button in action_buttons(user=request.user, desktop=desktop)
-        if button.name in CONSOLE_ACTIONS
+        if button.name in offered
     ]
     context = {
         "desktop": desktop,
         "state": desktop_payload(desktop),
         "is_owner": desktop.owner_id == request.user.pk,
-        "mode": console_mode_default(user=request.user, desktop=desktop),
+        "mode": console_mode_default(user=signed_in(request.user), desktop=desktop),
         "watchers": console_watchers(desktop_ids=[desktop.pk])[str(desktop.pk)],
     }
     return render(request, "vms/console.html", context)
@@ -69,7 +69,7 @@ def spice_file(request: HttpRequest, pk: str) -> HttpResponse:
     desktop = get_object_or_404(desktops_visible_to(user=request.user), pk=pk)
     try:
         content = console_spice_file_issue(
-            user=request.user,
+            user=signed_in(request.user),
             desktop=desktop,
             ticket=request.POST.get("ticket", ""),
             source_ip=client_ip(request),
@@ -84,7 +84,7 @@ def spice_file(request: HttpRequest, pk: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def thumbnail(request: HttpRequest, pk: str) -> HttpResponse:
+def thumbnail(request: HttpRequest, pk: str) -> FileResponse:
     """A desktop's latest screenshot, to those who may see the desktop."""
     desktop = get_object_or_404(desktops_visible_to(user=request.user), pk=pk)
     path = thumbnail_path(desktop.pk)

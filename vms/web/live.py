@@ -14,15 +14,15 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from vms.roles import is_admin
 from vms.selectors import desktops_visible_to
-from vms.services.events import desktop_group, user_group
-from vms.services.metrics_push import ADMINS_GROUP
+from vms.services.desktops.events import desktop_group, user_group
+from vms.services.metrics.push import ADMINS_GROUP
 from vms.web.client import scope_origin_allowed
 from vms.web.live_metrics import MetricsFeedMixin
 
 MAX_WATCHED = 200
 
 
-class DesktopEventsConsumer(MetricsFeedMixin, AsyncJsonWebsocketConsumer):
+class DesktopEventsConsumer(MetricsFeedMixin, AsyncJsonWebsocketConsumer):  # type: ignore[misc,unused-ignore]
     """One open page's live feed."""
 
     groups_joined: list[str]
@@ -32,7 +32,7 @@ class DesktopEventsConsumer(MetricsFeedMixin, AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated or not scope_origin_allowed(self.scope):
             await self.close(code=4403)
             return
-        # Admins' pages also get every host's monitoring values (vms.services.metrics_push).
+        # Admins' pages also get every host's monitoring values (vms.services.metrics.push).
         self.groups_joined = [user_group(user.pk)] + ([ADMINS_GROUP] if is_admin(user) else [])
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
@@ -43,7 +43,8 @@ class DesktopEventsConsumer(MetricsFeedMixin, AsyncJsonWebsocketConsumer):
         wanted = content.get("watch") if isinstance(content, dict) else None
         if not isinstance(wanted, list):
             return
-        allowed = await self._visible([str(item) for item in wanted[:MAX_WATCHED]])
+        ids = [str(item) for item in wanted[:MAX_WATCHED]]
+        allowed = await database_sync_to_async(self._visible)(ids)
         for desktop_id in allowed:
             group = desktop_group(desktop_id)
             if group not in self.groups_joined:
@@ -51,7 +52,6 @@ class DesktopEventsConsumer(MetricsFeedMixin, AsyncJsonWebsocketConsumer):
                 await self.channel_layer.group_add(group, self.channel_name)
         await self.metrics_follow(allowed)
 
-    @database_sync_to_async
     def _visible(self, ids: list[str]) -> list[str]:
         from django.core.exceptions import ValidationError
 

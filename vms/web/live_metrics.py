@@ -11,10 +11,10 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db.models import Q
 
 from vms.selectors import desktops_visible_to
-from vms.services.metrics_push import metrics_host_group
+from vms.services.metrics.push import metrics_host_group
 
 
-class MetricsFeedMixin(AsyncJsonWebsocketConsumer):
+class MetricsFeedMixin(AsyncJsonWebsocketConsumer):  # type: ignore[misc,unused-ignore]
     """Mixed into the live feed's consumer (vms.web.live), which keeps `groups_joined`."""
 
     groups_joined: list[str]
@@ -26,14 +26,14 @@ class MetricsFeedMixin(AsyncJsonWebsocketConsumer):
         watches changes, or one of its desktops changed (it may have moved hosts)."""
         if watched is not None:
             self.metrics_watched = [*getattr(self, "metrics_watched", []), *watched]
-        ids, hosts = await self._metrics_scope(getattr(self, "metrics_watched", []))
+        watching = getattr(self, "metrics_watched", [])
+        ids, hosts = await database_sync_to_async(self._metrics_scope)(watching)
         self.metrics_ids = frozenset(ids)
         for group in (metrics_host_group(name) for name in hosts):
             if group not in self.groups_joined:
                 self.groups_joined.append(group)
                 await self.channel_layer.group_add(group, self.channel_name)
 
-    @database_sync_to_async
     def _metrics_scope(self, watched: list[str]) -> tuple[set[str], set[str]]:
         user = self.scope["user"]
         rows = (

@@ -4,6 +4,7 @@ a lock-out (django-axes), saying how many minutes the lock-out has left."""
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta
 from typing import Any
 
 from axes.helpers import get_cool_off
@@ -52,10 +53,10 @@ def lockout_response(
 def _minutes_left(request: HttpRequest, username: str) -> int | None:
     """Whole minutes (at least 1) until this username and address may try again; None
     when the lock-out does not end by itself (no cool-off is configured)."""
-    cool_off = get_cool_off(request)
+    cool_off: timedelta | None = get_cool_off(request)
     if cool_off is None:
         return None
-    latest = (
+    latest: datetime | None = (
         AccessAttempt.objects.filter(
             username=username, ip_address=getattr(request, "axes_ip_address", None)
         )

@@ -6,7 +6,9 @@ from collections.abc import Callable
 
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.http.response import HttpResponseBase
 from django.template.loader import render_to_string
+from whitenoise.middleware import WhiteNoiseFileResponse
 
 from vms.roles import is_admin
 
@@ -53,3 +55,27 @@ def _is_bare_405(request: HttpRequest, response: HttpResponse) -> bool:
         and not response.content
         and not request.path.startswith("/api/")
     )
+
+
+class BufferedStaticFilesMiddleware:
+    """Send WhiteNoise's static files as plain responses, read whole (the largest is 145 KB).
+
+    Under ASGI, Django streams a FileResponse by handing its synchronous file iterator to a
+    thread for every file. A console page fetches about 90 script modules at once; in the
+    test suite a daphne stopped answering part-way through them (a page that loaded 49 of
+    its modules, then nothing more for minutes), and a FileResponse streamed by daphne is
+    a known way to end there (open-swarm #425: "CurrentThreadExecutor already quit").
+    A buffered response takes no such thread. Placed before WhiteNoise's middleware."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        if not isinstance(response, WhiteNoiseFileResponse):
+            return response
+        buffered = HttpResponse(b"".join(response.streaming_content), status=response.status_code)
+        response.close()
+        for header, value in response.items():
+            buffered[header] = value
+        return buffered

@@ -4,15 +4,16 @@ database only, never libvirt; live state arrives over /ws/desktops/."""
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from vms.health import health_detail_allowed, health_report
+from vms.health import health_detail_allowed, health_report, healthy_cached, report_healthy
 from vms.models import Template
-from vms.roles import RequestUser, is_admin, is_helpdesk
+from vms.roles import RequestUser, is_admin, is_helpdesk, signed_in
 from vms.selectors import (
     action_buttons,
     console_watchers,
@@ -22,8 +23,10 @@ from vms.selectors import (
     snapshots_revertable,
     templates_for_user,
 )
-from vms.services.events import desktop_payload
-from vms.services.quotas import Limits, effective_quota, first_exceeded, usage
+from vms.services.desktops.actions import exclusive_under_way
+from vms.services.desktops.events import desktop_payload
+from vms.services.desktops.progress import LaunchStep, launch_progress
+from vms.services.desktops.quotas import Limits, effective_quota, first_exceeded, usage
 from vms.web.helpdesk_filters import FILTERS, helpdesk_search_from
 
 
@@ -31,15 +34,18 @@ from vms.web.helpdesk_filters import FILTERS, helpdesk_search_from
 @never_cache
 def healthz(request: HttpRequest) -> HttpResponse:
     """200 or 503. Staff and the monitoring token get database, Redis, Celery workers and
-    libvirt hosts, each ok or an error; everyone else gets `ok` or `unavailable`."""
-    report = health_report()
-    healthy = all(check["ok"] for check in report.values())
-    status = 200 if healthy else 503
+    libvirt hosts, each ok or an error, checked now; everyone else gets `ok` or
+    `unavailable` from a verdict at most HEALTHZ_CACHE_S old (vms.health), which costs them
+    no query and no broadcast."""
     authorization = request.headers.get("Authorization", "")
     if not health_detail_allowed(user=request.user, authorization=authorization):
+        healthy = healthy_cached()
         word = "ok" if healthy else "unavailable"
+        status = 200 if healthy else 503
         return HttpResponse(word, status=status, content_type="text/plain; charset=utf-8")
-    return JsonResponse({"ok": healthy, "checks": report}, status=status)
+    report = health_report()
+    healthy = report_healthy(report)
+    return JsonResponse({"ok": healthy, "checks": report}, status=200 if healthy else 503)
 
 
 @login_required
@@ -53,19 +59,24 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     for it when its live feed (re)connects (events sent before then were missed) and when
     a desktop comes, goes or changes state or size.
     """
+    user = signed_in(request.user)
     if request.GET.get("part") == "state":
-        return JsonResponse(_live_state(request.user))
+        return JsonResponse(_live_state(user))
     desktops = list(
-        desktops_visible_to(user=request.user)
-        .filter(owner=request.user)
-        .prefetch_related("interfaces__network")
+        desktops_visible_to(user=user).filter(owner=user).prefetch_related("interfaces__network")
     )
     watchers = console_watchers(desktop_ids=[d.pk for d in desktops])
     for desktop in desktops:
         desktop.watchers = watchers[str(desktop.pk)]  # type: ignore[attr-defined]
-        desktop.buttons = action_buttons(user=request.user, desktop=desktop)  # type: ignore[attr-defined]
+        desktop.buttons = action_buttons(user=user, desktop=desktop)  # type: ignore[attr-defined]
         desktop.status_label = desktop_status_label(desktop)  # type: ignore[attr-defined]
-    quota, used, templates = _limits(request.user)
+        desktop.launch = launch_progress(desktop)  # type: ignore[attr-defined]
+        # While a restore replaces its disk, its panel is open and offers nothing else.
+        locked = exclusive_under_way(desktop.progress) is not None
+        desktop.disks_locked = locked  # type: ignore[attr-defined]
+        opened = locked or desktop.progress == LaunchStep.RESTORING
+        desktop.disks_open = opened  # type: ignore[attr-defined]
+    quota, used, templates = _limits(user)
     context = {
         "templates": templates,
         "desktops": desktops,
@@ -74,10 +85,10 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     return render(request, "vms/dashboard.html", context)
 
 
-def _limits(user: RequestUser) -> tuple[Limits, Limits, list[Template]]:
+def _limits(user: User) -> tuple[Limits, Limits, list[Template]]:
     """The user's quota, what they use, and their templates, each with `refusal`: why
     one more desktop of it would be refused ("" when it would not)."""
-    quota, used = effective_quota(user=user), usage(user=user)  # type: ignore[arg-type]
+    quota, used = effective_quota(user=user), usage(user=user)
     templates = list(templates_for_user(user=user))
     for template in templates:
         refusal = first_exceeded(limits=quota, used=used, template=template)
@@ -107,7 +118,7 @@ def _meters(quota: Limits, used: Limits) -> list[dict[str, object]]:
     ]
 
 
-def _live_state(user: RequestUser) -> dict[str, object]:
+def _live_state(user: User) -> dict[str, object]:
     quota, used, templates = _limits(user)
     desktops = desktops_visible_to(user=user).filter(owner=user)
     return {

@@ -1,17 +1,17 @@
 """GET /metrics: the Prometheus text format. The portal's own request metrics
 (django-prometheus, this process's) plus a collector that reads the monitoring rows the
-hosts' workers stored (vms.models_metrics), never libvirt.
+hosts' workers stored (vms.models.metrics), never libvirt.
 
 Series are labelled by desktop id and host name only: no user names, desktop names or
 anything else a person typed. Callers show `Authorization: Bearer <METRICS_TOKEN>`
-(compared in constant time); with no token set, only loopback clients are answered.
+(compared in constant time); with no token set, only loopback clients are answered, and a
+request that came through a proxy is loopback only if a trusted proxy says so.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
-from ipaddress import ip_address
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -22,9 +22,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from vms.models import DesktopStatus
-from vms.models_metrics import DesktopLoad, HostUsage, MetricAlert
-from vms.services.metrics import desktop_loads_fresh
-from vms.web.client import client_ip
+from vms.models.metrics import DesktopLoad, HostUsage, MetricAlert
+from vms.services.metrics.sampling import desktop_loads_fresh
+from vms.web.client import client_is_loopback
 
 # DesktopLoad counters exported as Prometheus counters: (counter, metric name, help, scale).
 DESKTOP_COUNTERS = (
@@ -131,8 +131,7 @@ def metrics_allowed(request: HttpRequest) -> bool:
     if token:
         given = request.headers.get("Authorization", "")
         return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
-    address = client_ip(request)
-    return address is not None and ip_address(address).is_loopback
+    return client_is_loopback(request)
 
 
 @require_GET

@@ -1,6 +1,6 @@
 """Register a hypervisor host from the command line (scripts/lab-host uses it):
 
-manage.py host_register NAME --uri qemu+tcp://10.213.1.2/system --console-address 10.213.1.2 \
+manage.py host_register NAME --uri qemu+tls://10.213.1.2/system --console-address 10.213.1.2 \
     [--virt-type kvm|qemu]
 manage.py host_register NAME --disable
 """
@@ -12,8 +12,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from vms.hypervisor.kvmprobe import run_kvm_probe
-from vms.services.errors import ServiceError
-from vms.services.fleet import host_disable, host_register
+from vms.services.core.errors import ServiceError
+from vms.services.fleet.membership import host_disable, host_register
 
 
 class Command(BaseCommand):
@@ -30,7 +30,12 @@ class Command(BaseCommand):
             help="KVM or TCG for its guests (default: from its libvirt's capabilities); "
             "this-machine: what this machine's own KVM probe finds (lab hosts share its kernel)",
         )
-        parser.add_argument("--disable", action="store_true", help="stop placing desktops there")
+        parser.add_argument(
+            "--disable",
+            action="store_true",
+            help="take it out of the fleet: its stopped desktops go to other hosts first; "
+            "refused, with the list, while other desktops are left on it",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

@@ -9,8 +9,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from vms.models import ConsoleType
-from vms.services.errors import ServiceError
-from vms.services.templates import template_import
+from vms.services.catalog.templates import template_import
+from vms.services.core.errors import ServiceError
 
 
 class Command(BaseCommand):

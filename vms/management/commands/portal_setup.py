@@ -10,8 +10,8 @@ from django.core.management.base import BaseCommand
 from vms.hypervisor import HypervisorError
 from vms.models import Host, Network
 from vms.services.demo import DEMO_USERS, DESKTOPS_NETWORK, setup_single_machine
-from vms.services.hosts import LOCAL_HOST_NAME
-from vms.services.networks import networks_ensure
+from vms.services.fleet.hosts import LOCAL_HOST_NAME
+from vms.services.networks.desktop_networks import networks_ensure
 
 
 class Command(BaseCommand):

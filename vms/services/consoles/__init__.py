@@ -1,5 +1,6 @@
-"""Console rules (DESIGN.md section 4): tickets, admission, arming the display, sessions,
-their leases and SPICE files. The relays in vms.console only move bytes and speak RFB.
+"""Console rules (docs/architecture.md, section 4): tickets, admission, arming the
+display, sessions, their leases and SPICE files. The relays in vms.console only move bytes
+and speak RFB.
 
     tickets    console_ticket_issue / console_ticket_redeem
     admission  console_admit: Origin, ticket, presenter, then console_session_open

@@ -27,7 +27,7 @@ from vms.services.consoles.errors import (
 from vms.services.consoles.leases import console_lease_renew
 from vms.services.consoles.sessions import console_session_open
 from vms.services.consoles.tickets import TicketBinding, TicketClaim, console_ticket_redeem
-from vms.services.errors import InvalidTransition
+from vms.services.core.errors import InvalidTransition
 
 log = logging.getLogger(__name__)
 TICKET_PROTOCOL_PREFIX = "ticket."

@@ -29,7 +29,7 @@ from vms.selectors import SPICE_FILE_RELAY, SPICE_FILE_VALID_S
 from vms.services.consoles.errors import DisplayUnreachable
 from vms.services.consoles.sessions import console_session_close
 from vms.services.consoles.store import redis_client
-from vms.services.hosts import hypervisor_for
+from vms.services.fleet.hosts import hypervisor_for
 
 log = logging.getLogger(__name__)
 # A relay sets a fresh VNC password per session; it only has to outlive the handshake.

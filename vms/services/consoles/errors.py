@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from vms.services.errors import ServiceError
+from vms.services.core.errors import ServiceError
 
 CLOSE_PROTOCOL = 4400
 CLOSE_BAD_TICKET = 4401

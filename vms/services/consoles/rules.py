@@ -1,4 +1,4 @@
-"""Who may open which console, in which mode (DESIGN.md section 4).
+"""Who may open which console, in which mode (docs/architecture.md, section 4).
 
 The owner may open their desktop in full or view mode; help-desk staff and admins get
 view-only by default, and full control of someone else's desktop only with a stated
@@ -14,7 +14,7 @@ from django.core.exceptions import PermissionDenied
 from vms.models import ConsoleMode, ConsoleType, Desktop, DesktopStatus
 from vms.selectors import console_sessions_open
 from vms.services.consoles.errors import ConsoleRefused, TooManyConsoles
-from vms.services.errors import InvalidTransition
+from vms.services.core.errors import InvalidTransition
 
 
 def console_mode_check(*, user: User, desktop: Desktop, mode: str, reason: str) -> None:

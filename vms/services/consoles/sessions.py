@@ -25,7 +25,6 @@ from vms.selectors import (
     desktops_visible_to,
     spice_set_opened,
 )
-from vms.services.audit import audit_record
 from vms.services.consoles.errors import (
     CLOSE_ENDED_BY_OWNER,
     CLOSE_FORBIDDEN,
@@ -45,7 +44,8 @@ from vms.services.consoles.rules import (
     console_running_check,
 )
 from vms.services.consoles.tickets import TicketClaim
-from vms.services.events import group_send_best_effort, push_console_sessions
+from vms.services.core.audit import AuditVerb, audit_record
+from vms.services.desktops.events import group_send_best_effort, push_console_sessions
 
 log = logging.getLogger(__name__)
 RELAYS_WITH_LEASES = ("channels", "gateway")
@@ -88,7 +88,7 @@ def console_session_open(
             source_ip=source_ip,
         )
         audit_record(
-            action="console.open",
+            action=AuditVerb.CONSOLE_OPEN,
             actor=user,
             desktop=desktop,
             source_ip=source_ip,
@@ -149,7 +149,7 @@ def _audit_tally_of_ended(*, session_id: int, **counts: Any) -> None:
     session = ConsoleSession.objects.select_related("desktop", "user").get(pk=session_id)
     if session.close_reason in ENDED_MESSAGES:
         audit_record(
-            action="console.tally",
+            action=AuditVerb.CONSOLE_TALLY,
             actor=session.user,
             desktop=session.desktop,
             session=session_id,
@@ -160,7 +160,7 @@ def _audit_tally_of_ended(*, session_id: int, **counts: Any) -> None:
 def _audit_close(*, session_id: int, reason: str, **counts: Any) -> None:
     session = ConsoleSession.objects.select_related("desktop", "user").get(pk=session_id)
     audit_record(
-        action="console.close",
+        action=AuditVerb.CONSOLE_CLOSE,
         actor=session.user,
         desktop=session.desktop,
         session=session_id,
@@ -190,7 +190,7 @@ def console_session_end(
         if not console_session_close(session_id=session.pk, reason=reason):
             raise ConsoleRefused("That console session had already ended.")
         audit_record(
-            action="console.end",
+            action=AuditVerb.CONSOLE_END,
             actor=actor,
             desktop=desktop,
             source_ip=source_ip,

@@ -9,7 +9,6 @@ import io
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 
-from vms.hypervisor import ConsoleEndpoint
 from vms.models import ConsoleMode, ConsoleType, Desktop
 from vms.selectors import SPICE_FILE_RELAY
 from vms.services.consoles.errors import ConsoleRefused, DisplayUnreachable
@@ -17,6 +16,8 @@ from vms.services.consoles.sessions import console_session_close, console_sessio
 from vms.services.consoles.spice_channels import spice_endpoint
 from vms.services.consoles.spiceproxy import (
     spice_display_token,
+    spice_file_address,
+    spice_file_host,
     spice_grant_issue,
     spice_proxy_url,
 )
@@ -31,9 +32,10 @@ def console_spice_file_issue(
 
     Only for SPICE desktops: a VNC password in a file would skip the relay and its
     view-only filter. virt-viewer has no view-only mode we could enforce, so the ticket must
-    be for full control (owners, or help-desk with a reason). The file names the display
-    as libvirt reports it (as the proxy sees it), the proxy with a one-off credential for
-    one connection set, and a one-off display token as its password: the proxy terminates
+    be for full control (owners, or help-desk with a reason). The file names the proxy (its
+    host name and a fixed port: never the desktop's host, whose address only the grant
+    holds), with a one-off credential for one connection set, TLS with the portal's CA
+    where the portal has one, and a one-off display token as its password: the proxy terminates
     the SPICE link and sets the display's real password itself, so the file holds no
     password of the display (and does not arm it). The session stays open, and the owner
     sees the notice, for the file's minute, or while the set lives.
@@ -54,17 +56,17 @@ def console_spice_file_issue(
     password = spice_display_token()
     credential = spice_grant_issue(session=session, endpoint=endpoint, display_token=password)
     return virt_viewer_file(
-        title=desktop.name, endpoint=endpoint, password=password, proxy=spice_proxy_url(credential)
+        title=desktop.name, password=password, proxy=spice_proxy_url(credential)
     )
 
 
-def virt_viewer_file(*, title: str, endpoint: ConsoleEndpoint, password: str, proxy: str) -> str:
+def virt_viewer_file(*, title: str, password: str, proxy: str) -> str:
     """The [virt-viewer] file remote-viewer opens; it asks the client to delete it."""
     config = configparser.ConfigParser(interpolation=None)
     config["virt-viewer"] = {
-        "type": endpoint.type,
-        "host": endpoint.host,
-        "port": str(endpoint.port),
+        "type": "spice",
+        "host": spice_file_host(),
+        **spice_file_address(),
         "password": password,
         "proxy": proxy,
         "title": title.replace("\n", " "),

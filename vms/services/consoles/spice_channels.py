@@ -23,7 +23,6 @@ from typing import cast
 
 from vms.hypervisor import ConsoleEndpoint, HypervisorError
 from vms.models import ConsoleMode, ConsoleSession, ConsoleType, Desktop
-from vms.services.audit import audit_record
 from vms.services.consoles.admission import Knock, console_admit, ticket_from_protocols
 from vms.services.consoles.errors import (
     CLOSE_BAD_TICKET,
@@ -33,7 +32,8 @@ from vms.services.consoles.errors import (
 )
 from vms.services.consoles.sessions import console_session_close, console_session_may_continue
 from vms.services.consoles.store import redis_client
-from vms.services.hosts import hypervisor_for
+from vms.services.core.audit import AuditVerb, audit_record
+from vms.services.fleet.hosts import hypervisor_for
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def spice_channel_tally(
         return
     session = ConsoleSession.objects.select_related("desktop", "user").get(pk=session_id)
     audit_record(
-        action="console.tally",
+        action=AuditVerb.CONSOLE_TALLY,
         actor=session.user,
         desktop=session.desktop,
         session=session_id,

@@ -19,6 +19,14 @@ it with the proxy's key; the proxy checks it against the grant (`spice_display_t
 only inside the file's one connection set) and gives QEMU a per-channel one-off password
 it sets itself. The display password never leaves the server.
 
+The file names neither the host's management address nor its name: its `host=` is the
+proxy's own host name and its port a fixed one (`FILE_PORT`, `FILE_TLS_PORT`); the grant
+alone knows the display libvirt reported. With `SPICE_TLS_DIR` (the portal's SPICE CA and
+the proxy's certificate, made by scripts/setup.sh) the file names only the TLS port, with
+`ca=`, `host-subject=` and `secure-channels=all`: remote-viewer speaks TLS to the proxy and
+verifies its certificate, and the proxy speaks TLS to QEMU's `tls-port` (verified against
+the same CA) wherever libvirt reports one.
+
 The transport (`vms.console.spiceproxy`) moves the bytes and calls these functions.
 """
 
@@ -33,15 +41,18 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
+from cryptography import x509
 from django.conf import settings
 
 from vms.hypervisor import ConsoleEndpoint, HypervisorError
 from vms.models import ConsoleSession, Desktop
-from vms.selectors import SPICE_FILE_VALID_S, SPICE_SET_OPEN_ACTION
-from vms.services.audit import audit_record
+from vms.selectors import SPICE_FILE_VALID_S
 from vms.services.consoles.errors import (
     CLOSE_ENDED_BY_OWNER,
     CLOSE_STOPPED,
@@ -52,8 +63,9 @@ from vms.services.consoles.leases import console_lease_renew
 from vms.services.consoles.sessions import console_session_close, console_session_keep
 from vms.services.consoles.spice_channels import SPICE_MAIN
 from vms.services.consoles.store import redis_client
-from vms.services.events import push_console_sessions
-from vms.services.hosts import hypervisor_for
+from vms.services.core.audit import AuditVerb, audit_record
+from vms.services.desktops.events import push_console_sessions
+from vms.services.fleet.hosts import hypervisor_for
 
 log = logging.getLogger(__name__)
 SPICE_PROXY_RELAY = "spice-proxy"  # what the proxy's leases say carries the session
@@ -65,6 +77,13 @@ GRANT_MEMORY_S = 3600
 MAX_SET_CONNECTIONS = 16
 PROXY_USER = "spice"
 REDIS_FAILURES = (OSError, redis.RedisError)
+# The ports a file names (the proxy maps them to the display the grant holds): plain SPICE,
+# or TLS when the portal has a SPICE CA.
+FILE_PORT, FILE_TLS_PORT = 5900, 5901
+# The name in QEMU's SPICE certificate (scripts/setup.sh makes it), checked by the proxy.
+DISPLAY_CERT_NAME = "spice-display.desktop-portal"
+# Files in SPICE_TLS_DIR: the portal's CA, the proxy's certificate and key.
+TLS_CA, TLS_PROXY_CERT, TLS_PROXY_KEY = "ca-cert.pem", "proxy-cert.pem", "proxy-key.pem"
 
 
 class ProxyRefused(Exception):
@@ -82,8 +101,13 @@ class SpiceSet:
 
     key: str  # the credential's hash
     session_id: int
-    host: str
-    ports: frozenset[int]
+    host: str  # the display as libvirt reported it (never shown to the client)
+    port: int  # QEMU's plain port (-1: none)
+    tls_port: int | None = None  # QEMU's TLS port, where the proxy speaks TLS to QEMU
+    name: str = ""  # the host the file names (the proxy's own name)
+    client_tls: bool = False  # the file names only the TLS port: TLS to remote-viewer
+    desktop_id: str = ""
+    user_id: int = 0
     display_key: str = ""  # the display token's hash ("" matches no token)
     session: ConsoleSession | None = None
     spice_session_id: int | None = None  # named by QEMU on the set's main channel
@@ -93,7 +117,22 @@ class SpiceSet:
     bytes_from_guest: int = 0
 
     def names(self, host: str, port: int) -> bool:
-        return host == self.host and port in self.ports
+        """Whether a CONNECT target is the address the file names."""
+        return host == self.name and port == (FILE_TLS_PORT if self.client_tls else FILE_PORT)
+
+    @property
+    def guest_tls(self) -> bool:
+        """Whether the proxy reaches QEMU on its TLS port."""
+        return self.tls_port is not None
+
+
+@dataclass(frozen=True)
+class GrantOwner:
+    """Whose file a credential is, read before the set is claimed (for the per-user cap
+    and to run its blocking calls on its desktop's own thread)."""
+
+    desktop_id: str
+    user_id: int
 
 
 def credential_key(token: str) -> str:
@@ -113,14 +152,20 @@ def spice_display_token() -> str:
 def spice_grant_issue(
     *, session: ConsoleSession, endpoint: ConsoleEndpoint, display_token: str = ""
 ) -> str:
-    """A one-off proxy credential for the file of `session`, bound to `endpoint` (its plain
-    SPICE port: the proxy terminates the link, so it cannot carry QEMU's TLS port) and to
-    `display_token`, the file's password."""
+    """A one-off proxy credential for the file of `session`, bound to `endpoint` (the
+    display libvirt reported; QEMU's TLS port is used where the portal has a SPICE CA) and
+    to `display_token`, the file's password."""
     token = secrets.token_urlsafe(32)
+    tls = spice_tls_dir() is not None
     grant = {
         "session": session.pk,
+        "desktop": str(session.desktop_id),
+        "user": session.user_id,
         "host": endpoint.host,
-        "ports": [endpoint.port] if endpoint.port > 0 else [],
+        "port": endpoint.port,
+        "tls_port": endpoint.tls_port if tls else None,
+        "name": spice_file_host(),
+        "client_tls": tls,
         "display": credential_key(display_token) if display_token else "",
         "issued": time.time(),
     }
@@ -141,6 +186,50 @@ def spice_proxy_url(token: str) -> str:
     return f"{scheme}://{PROXY_USER}:{token}@{rest}"
 
 
+def spice_file_host() -> str:
+    """The `host=` of every file: the proxy's own host name, not the desktop's host."""
+    return str(urlsplit(str(settings.SPICE_PROXY_URL)).hostname)
+
+
+def spice_tls_dir() -> Path | None:
+    """The portal's SPICE TLS files (SPICE_TLS_DIR), or None when SPICE runs without TLS."""
+    value = str(settings.SPICE_TLS_DIR)
+    return Path(value) if value else None
+
+
+def spice_file_address() -> dict[str, str]:
+    """The keys of a file that say where and how remote-viewer connects: the TLS port, the
+    portal's CA and the proxy certificate's subject (every channel TLS), or the plain port."""
+    if spice_tls_dir() is None:
+        return {"port": str(FILE_PORT)}
+    ca, subject = _tls_identity(str(spice_tls_dir()))
+    return {
+        "tls-port": str(FILE_TLS_PORT),
+        "secure-channels": "all",
+        "ca": _escaped(ca),
+        "host-subject": subject,
+    }
+
+
+def _escaped(pem: str) -> str:
+    """A PEM for a .vv value: one line, with `\\n` for its line breaks (GKeyFile's escape)."""
+    return pem.strip().replace("\n", "\\n")
+
+
+@cache
+def _tls_identity(directory: str) -> tuple[str, str]:
+    """The portal CA's PEM and the proxy certificate's subject as remote-viewer compares it
+    (`host-subject`: its RDNs in order, `key=value` joined by commas)."""
+    ca = (Path(directory) / TLS_CA).read_text()
+    proxy = x509.load_pem_x509_certificate((Path(directory) / TLS_PROXY_CERT).read_bytes())
+    parts = []
+    for rdn in proxy.subject.rdns:
+        for attribute in rdn:
+            value = str(attribute.value).replace("\\", "\\\\").replace(",", "\\,")
+            parts.append(f"{attribute.rfc4514_attribute_name}={value}")
+    return ca, ",".join(parts)
+
+
 # --- admitting a CONNECT -----------------------------------------------------------------
 
 
@@ -159,6 +248,12 @@ def proxy_token(authorization: str | None) -> str:
     return token
 
 
+def spice_grant_owner(*, token: str) -> GrantOwner:
+    """Whose file a credential is (Redis only: no database, no libvirt), or ProxyRefused."""
+    grant = _grant(credential_key(token))
+    return GrantOwner(desktop_id=str(grant.get("desktop", "")), user_id=int(grant.get("user", 0)))
+
+
 def spice_set_claim(*, token: str, host: str, port: int, source_ip: str | None) -> SpiceSet:
     """Open the set of a file with its first CONNECT, or refuse it (ProxyRefused)."""
     key = credential_key(token)
@@ -167,7 +262,12 @@ def spice_set_claim(*, token: str, host: str, port: int, source_ip: str | None) 
         key=key,
         session_id=int(grant["session"]),
         host=grant["host"],
-        ports=frozenset(grant["ports"]),
+        port=int(grant.get("port", -1)),
+        tls_port=grant.get("tls_port"),
+        name=str(grant.get("name", "")),
+        client_tls=bool(grant.get("client_tls", False)),
+        desktop_id=str(grant.get("desktop", "")),
+        user_id=int(grant.get("user", 0)),
         display_key=str(grant.get("display", "")),
     )
     if not spice_set.names(host, port):
@@ -259,19 +359,25 @@ def _endpoint_unchanged(spice_set: SpiceSet) -> None:
     except HypervisorError as exc:
         log.warning("SPICE proxy: session %s: %s", spice_set.session_id, exc.message)
         raise ProxyRefused(502, "The desktop's display cannot be reached right now.") from exc
-    if endpoint.host != spice_set.host or endpoint.port not in spice_set.ports:
+    if spice_set.guest_tls:
+        moved = (endpoint.host, endpoint.tls_port) != (spice_set.host, spice_set.tls_port)
+    else:
+        moved = (endpoint.host, endpoint.port) != (spice_set.host, spice_set.port)
+    if moved:
         raise ProxyRefused(410, "The desktop's display moved; download a new file.")
 
 
 def _record_open(spice_set: SpiceSet, source_ip: str | None) -> None:
     session = ConsoleSession.objects.select_related("desktop", "user").get(pk=spice_set.session_id)
     audit_record(
-        action=SPICE_SET_OPEN_ACTION,
+        action=AuditVerb.CONSOLE_SPICE_CONNECT,
         actor=session.user,
         desktop=session.desktop,
         source_ip=source_ip,
         session=session.pk,
         spice_set=str(session.pk),
+        client_tls=spice_set.client_tls,
+        guest_tls=spice_set.guest_tls,
     )
     console_lease_renew(session_id=session.pk, relay=SPICE_PROXY_RELAY)
     push_console_sessions(desktop_id=session.desktop_id)

@@ -21,7 +21,6 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from vms.models import Desktop
-from vms.services.audit import audit_record
 from vms.services.consoles.rules import (
     console_cap_check,
     console_mode_check,
@@ -29,7 +28,8 @@ from vms.services.consoles.rules import (
     console_running_check,
 )
 from vms.services.consoles.store import redis_client
-from vms.services.errors import ServiceUnavailable
+from vms.services.core.audit import AuditVerb, audit_record
+from vms.services.core.errors import ServiceUnavailable
 
 KEY_PREFIX = "console-ticket:"
 MAX_TICKET_CHARS = 128
@@ -95,7 +95,7 @@ def console_ticket_issue(
     except (OSError, redis.RedisError) as exc:
         raise ServiceUnavailable("Consoles are unavailable right now; try again shortly.") from exc
     audit_record(
-        action="console.ticket",
+        action=AuditVerb.CONSOLE_TICKET,
         actor=user,
         desktop=desktop,
         source_ip=source_ip,
