@@ -24,13 +24,14 @@ import string
 import struct
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 import redis
 import requests
 from django.conf import settings
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from bench.common import (
@@ -45,6 +46,7 @@ from bench.common import (
     median,
     percentile,
     running,
+    server_stacks,
 )
 from bench.fixtures import make_user, session_key
 from vms.console.rfb import UpstreamHandshake
@@ -158,6 +160,30 @@ FRAME_OR_FAILURE = """() => window.__dpb && (window.__dpb.frame ||
     (document.getElementById("console-status") || {dataset: {}}).dataset.kind === "error")"""
 
 
+# Each console context's requests that have not ended (URL -> when sent), for failures.
+_unfinished: weakref.WeakKeyDictionary[BrowserContext, dict[str, float]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _console_context(browser: Browser, key: str, base: str, **options: Any) -> BrowserContext:
+    """A logged-in context with the timing script, that keeps its unfinished requests."""
+    context = browser.new_context(**options)
+    context.add_cookies([{"name": "sessionid", "value": key, "url": base}])
+    context.add_init_script(INIT_SCRIPT)
+    pending = _unfinished.setdefault(context, {})
+    context.on("request", lambda request: pending.__setitem__(request.url, time.monotonic()))
+    for ended in ("requestfinished", "requestfailed"):
+        context.on(ended, lambda request: pending.pop(request.url, None))
+    return context
+
+
+def _unfinished_requests(page: Page) -> list[str]:
+    now = time.monotonic()
+    pending = _unfinished.get(page.context, {})
+    return [f"{url} ({now - sent:.0f} s)" for url, sent in pending.items()]
+
+
 def _page_marks(page: Page, timeout_ms: float = 90_000) -> dict[str, float]:
     """The page's timings once noVNC drew its first frame.
 
@@ -176,7 +202,10 @@ def _page_marks(page: Page, timeout_ms: float = 90_000) -> dict[str, float]:
                 "|| {}).textContent]"
             )
             page.screenshot(path=str(WORK / "no-frame.png"))
-            raise RuntimeError(f"no console frame on {page.url}: {status}") from None
+            raise RuntimeError(
+                f"no console frame on {page.url}: {status}; "
+                f"unfinished requests: {_unfinished_requests(page)}"
+            ) from None
         marks: dict[str, float] = page.evaluate("window.__dpb")
         if marks.get("frame"):
             break
@@ -198,9 +227,7 @@ def _page_marks(page: Page, timeout_ms: float = 90_000) -> dict[str, float]:
 
 def _one_desktop(portal: Portal, browser: Any, template: Template, key: str) -> dict[str, Any]:
     api = portal.api(key)
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.add_cookies([{"name": "sessionid", "value": key, "url": portal.base}])
-    context.add_init_script(INIT_SCRIPT)
+    context = _console_context(browser, key, portal.base, viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.goto(f"{portal.base}/")  # warm: the first page of a fresh context loads its assets
     desktop_id = ""
@@ -359,9 +386,9 @@ def _storm(portal: Portal, browser: Any, template: Template, keys: list[str]) ->
     apis = [portal.api(key) for key in keys]
     pages = []
     for key in keys:
-        context = browser.new_context(viewport={"width": 1024, "height": 768})
-        context.add_cookies([{"name": "sessionid", "value": key, "url": portal.base}])
-        context.add_init_script(INIT_SCRIPT)
+        context = _console_context(
+            browser, key, portal.base, viewport={"width": 1024, "height": 768}
+        )
         page = context.new_page()
         page.goto(f"{portal.base}/")
         pages.append(page)
@@ -449,7 +476,7 @@ def run(*, template: Template, host: Host, quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {"runs": [], "direct": []}
     with (
         running(celery_command("bench-worker"), name="desktop-worker"),
-        running(daphne_command(port), name="desktop-daphne", port=port),
+        running(daphne_command(port), name="desktop-daphne", port=port) as daphne,
         sync_playwright() as playwright,
     ):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -464,6 +491,9 @@ def run(*, template: Template, host: Host, quick: bool) -> dict[str, Any]:
                     results["direct"].append(_direct_boot(template, i))
             log(f"desktop: boot storm of {storm_size}")
             results["storm"] = _storm(portal, browser, template, storm_keys)
+        except RuntimeError as exc:
+            stacks = server_stacks(daphne)
+            raise RuntimeError(f"{exc}\nthe portal server's stacks:\n{stacks}") from exc
         finally:
             browser.close()
     runs = results["runs"]

@@ -65,7 +65,7 @@ def test_quick_bench_produces_every_figure(tmp_path: Path) -> None:
         timeout=840,
         check=False,
     )
-    output = done.stdout[-4000:] + done.stderr[-4000:]
+    output = done.stdout[-4000:] + done.stderr[-16000:]  # a failure's stacks take room
     assert done.returncode == 0, output
     results = json.loads((tmp_path / "latest.json").read_text())
     assert results["errors"] == {}, results["errors"]

@@ -12,6 +12,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 os.environ.setdefault("DB_POOL_MAX_SIZE", "10")
 django_asgi_app = get_asgi_application()
 
+from portal.stackdumps import install_stack_dumps  # noqa: E402
+
+# A server that stops answering can be asked where it waits: kill -USR1/-USR2 <pid>.
+install_stack_dumps()
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up first)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402

@@ -73,6 +73,10 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
     raise AssertionError(f"nothing listens on port {port}; see {log}")
 
 
+# The servers running now, by port: their process and log (for `server_stacks`).
+_running: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
+
+
 @contextmanager
 def running(command: list[str], *, port: int, log_name: str, **env: str) -> Iterator[int]:
     """Run a server process for the duration of the block; yield its port."""
@@ -87,15 +91,30 @@ def running(command: list[str], *, port: int, log_name: str, **env: str) -> Iter
             start_new_session=True,
             preexec_fn=dies_with_parent,
         )
+        _running[port] = (process, log)
         try:
             wait_for_port(port, process, log)
             yield port
         finally:
+            del _running[port]
             os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+def server_stacks(port: int, *, settle_s: float = 2) -> str:
+    """Where the portal server on `port` waits now: its threads' and its asyncio tasks'
+    stacks (portal/stackdumps.py), as it wrote them to its log. For failure messages."""
+    if port not in _running:
+        return f"(no server of this test run listens on port {port})"
+    process, log = _running[port]
+    start = log.stat().st_size
+    process.send_signal(signal.SIGUSR1)
+    process.send_signal(signal.SIGUSR2)
+    time.sleep(settle_s)
+    return log.read_bytes()[start:].decode(errors="replace")
 
 
 def daphne_command(port: int) -> list[str]:

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from django.db import connection
@@ -19,7 +20,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.guestshell import GUEST_BOOT_S
-from tests.servers import daphne_command, free_port, running
+from tests.servers import daphne_command, free_port, running, server_stacks
 
 # Chromium as the suite runs it: tests/browser/chromium says why not /usr/bin/chromium.
 CHROMIUM = str(Path(__file__).with_name("chromium"))
@@ -126,9 +127,10 @@ def wait_for_console(page: Page, *, timeout_s: float = 45) -> None:
     except PlaywrightTimeout:
         status = page.locator("#console-status").inner_text(timeout=5000)
         waiting = unfinished_requests(page)
+        stacks = server_stacks(urlsplit(page.url).port or 80)
         raise AssertionError(
             f"no console after {timeout_s} s; the page says {status!r}; unfinished requests: "
-            f"{waiting}"
+            f"{waiting}; the portal server's stacks:\n{stacks}"
         ) from None
 
 
