@@ -238,9 +238,13 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
         await self._from_guest(data)
 
     async def disconnect(self, code: int) -> None:
-        for task in getattr(self, "tasks", []):
-            if task is not asyncio.current_task():
-                task.cancel()
+        others = [t for t in getattr(self, "tasks", []) if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        # A cancelled task still waits on QEMU's stream until it next runs, and closing a
+        # display channel QEMU has not served reads that stream too (a second reader
+        # raises RuntimeError, and the session was then never closed).
+        await asyncio.gather(*others, return_exceptions=True)
         if self.spice is not None:
             await spice_guest_close(self.spice)
         if self.admission is None or self.session_id is None:
