@@ -24,7 +24,6 @@ import string
 import struct
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from bench.common import (
     server_stacks,
 )
 from bench.fixtures import make_user, session_key
+from tests.requestlog import request_summary, track_requests
 from vms.console.rfb import UpstreamHandshake
 from vms.hypervisor import DomainSpec, GraphicsType, get_hypervisor
 from vms.models import AuditEvent, Desktop, Host, Template
@@ -160,28 +160,13 @@ FRAME_OR_FAILURE = """() => window.__dpb && (window.__dpb.frame ||
     (document.getElementById("console-status") || {dataset: {}}).dataset.kind === "error")"""
 
 
-# Each console context's requests that have not ended (URL -> when sent), for failures.
-_unfinished: weakref.WeakKeyDictionary[BrowserContext, dict[str, float]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def _console_context(browser: Browser, key: str, base: str, **options: Any) -> BrowserContext:
-    """A logged-in context with the timing script, that keeps its unfinished requests."""
+    """A logged-in context with the timing script, that keeps what its requests came to."""
     context = browser.new_context(**options)
     context.add_cookies([{"name": "sessionid", "value": key, "url": base}])
     context.add_init_script(INIT_SCRIPT)
-    pending = _unfinished.setdefault(context, {})
-    context.on("request", lambda request: pending.__setitem__(request.url, time.monotonic()))
-    for ended in ("requestfinished", "requestfailed"):
-        context.on(ended, lambda request: pending.pop(request.url, None))
+    track_requests(context)
     return context
-
-
-def _unfinished_requests(page: Page) -> list[str]:
-    now = time.monotonic()
-    pending = _unfinished.get(page.context, {})
-    return [f"{url} ({now - sent:.0f} s)" for url, sent in pending.items()]
 
 
 def _page_marks(page: Page, timeout_ms: float = 90_000) -> dict[str, float]:
@@ -203,8 +188,7 @@ def _page_marks(page: Page, timeout_ms: float = 90_000) -> dict[str, float]:
             )
             page.screenshot(path=str(WORK / "no-frame.png"))
             raise RuntimeError(
-                f"no console frame on {page.url}: {status}; "
-                f"unfinished requests: {_unfinished_requests(page)}"
+                f"no console frame on {page.url}: {status}; {request_summary(page)}"
             ) from None
         marks: dict[str, float] = page.evaluate("window.__dpb")
         if marks.get("frame"):

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -16,10 +15,11 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.db import connection
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.guestshell import GUEST_BOOT_S
+from tests.requestlog import forget, request_summary, track_requests, tracked_contexts
 from tests.servers import daphne_command, free_port, running, server_stacks
 
 # Chromium as the suite runs it: tests/browser/chromium says why not /usr/bin/chromium.
@@ -86,36 +86,15 @@ def logged_in_page(browser: Browser, portal_url: str, username: str, **context: 
     return page
 
 
-# Each context's requests that have not ended (URL -> when it was sent), for failures.
-_unfinished: weakref.WeakKeyDictionary[BrowserContext, dict[str, float]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def track_requests(context: BrowserContext) -> None:
-    """Keep the context's unfinished requests (see `unfinished_requests`)."""
-    pending = _unfinished.setdefault(context, {})
-    context.on("request", lambda request: pending.__setitem__(request.url, time.monotonic()))
-    for ended in ("requestfinished", "requestfailed"):
-        context.on(ended, lambda request: pending.pop(request.url, None))
-
-
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     """A test's logged-in contexts close before the suite waits for its servers to be
     quiet (tests/fixtures.py): a test that failed with a console open held it open, and
     that wait failed as well, 120 s later."""
-    for context in list(_unfinished):
+    for context in tracked_contexts():
         context.close()
-        _unfinished.pop(context, None)
+        forget(context)
     return (yield)
-
-
-def unfinished_requests(page: Page) -> list[str]:
-    """The page's context's requests still waiting for their answer, and for how long."""
-    pending = dict(_unfinished.get(page.context, {}))
-    now = time.monotonic()
-    return [f"{url} ({now - sent:.0f} s)" for url, sent in pending.items()]
 
 
 def wait_for_console(page: Page, *, timeout_s: float = 45) -> None:
@@ -126,11 +105,11 @@ def wait_for_console(page: Page, *, timeout_s: float = 45) -> None:
         page.wait_for_selector("body[data-console=connected]", timeout=timeout_s * 1000)
     except PlaywrightTimeout:
         status = page.locator("#console-status").inner_text(timeout=5000)
-        waiting = unfinished_requests(page)
+        requests = request_summary(page)
         stacks = server_stacks(urlsplit(page.url).port or 80)
         raise AssertionError(
-            f"no console after {timeout_s} s; the page says {status!r}; unfinished requests: "
-            f"{waiting}; the portal server's stacks:\n{stacks}"
+            f"no console after {timeout_s} s; the page says {status!r}; {requests}; "
+            f"the portal server's stacks:\n{stacks}"
         ) from None
 
 
