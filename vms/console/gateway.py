@@ -339,6 +339,8 @@ class ConsoleGatewayHandler(websocketproxy.ProxyRequestHandler):  # type: ignore
         Returns when the browser closes; raises ConsoleClosed for every other end.
         """
         assert self.client_filter is not None
+        if self.request.socket is None:  # the browser left during the handshake
+            return
         client_filter = self.client_filter
         browser_side = self.browser_side
         guest_leftover = self.guest_leftover
