@@ -95,16 +95,21 @@ def services(namespace: str, specs: list[str]) -> Iterator[None]:
         proc.wait(timeout=10)
 
 
+# nc's own -w 3 ends each probe in the guest; this bounds how long a guest starved by a busy
+# machine (TCG) may take to print that (20 s was once not enough in a full suite run).
+PROBE_S = 60
+
+
 def _reaches(sh: GuestShell, address: str, port: int) -> bool:
     """Whether a TCP connection from the guest is answered: accepted or refused."""
     out = sh.run(f"nc -w 3 {address} {port} </dev/null >/dev/null 2>/tmp/nc.err; "
-                 "echo rc=$?; cat /tmp/nc.err", timeout=20)  # fmt: skip
+                 "echo rc=$?; cat /tmp/nc.err", timeout=PROBE_S)  # fmt: skip
     return "rc=0" in out or "refused" in out
 
 
 def _greets(sh: GuestShell, address: str, port: int) -> bool:
     """Whether a netservice listener's greeting comes back."""
-    return f"hello {port}" in sh.run(f"echo | nc -w 3 {address} {port} 2>&1", timeout=20,
+    return f"hello {port}" in sh.run(f"echo | nc -w 3 {address} {port} 2>&1", timeout=PROBE_S,
                                      check=False)  # fmt: skip
 
 
@@ -112,7 +117,7 @@ def _udp(sh: GuestShell, address: str, port: int) -> None:
     """One UDP datagram from the guest to `address`:`port` (busybox traceroute's first
     probe goes to its base port plus one; its TTL is enough to arrive)."""
     sh.run(f"traceroute -n -f 8 -m 8 -q 1 -w 1 -p {port - 1} {address} >/dev/null 2>&1",
-           timeout=20, check=False)  # fmt: skip
+           timeout=PROBE_S, check=False)  # fmt: skip
 
 
 def _lines(path: Path) -> list[str]:
