@@ -71,6 +71,15 @@ def browser() -> Iterator[Browser]:
         yield launched
 
 
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+def shot(page: Page, name: str) -> None:
+    """A full-page screenshot into docs/screenshots/<name>.png."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
 def logged_in_page(browser: Browser, portal_url: str, username: str, **context: Any) -> Page:
     """A fresh browser context (its own cookies; a 1280x900 screen unless `context` says
     otherwise, e.g. a phone's) logged in through the real login form."""

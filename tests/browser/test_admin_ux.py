@@ -5,28 +5,21 @@ the list on a phone. Screenshots go to docs/screenshots/admin-*.png."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import logged_in_page
+from tests.browser.conftest import logged_in_page, shot
 from tests.fixtures import make_desktop, wait_for_status
 from vms.models import Desktop, DesktopStatus, Host, Quota
 from vms.services.desktops.thumbnails import thumbnails_refresh
 from vms.services.fleet.hosts import host_capacity_read
 
 pytestmark = [pytest.mark.browser, pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
-
-
-def shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def admin_page(browser: Browser, portal_url: str, user: Any, viewport: dict[str, int]) -> Page:

@@ -12,7 +12,6 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from playwright.sync_api import Browser, Page, expect
 from tests.browser.conftest import (
     logged_in_page,
     off_thread,
+    shot,
     wait_for_boot,
     wait_for_console,
     wait_for_text,
@@ -32,7 +32,6 @@ from vms.models import ConsoleSession, Desktop
 from vms.services.desktops.requests import desktop_create
 
 pytestmark = [pytest.mark.browser, pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PHONE = {"viewport": {"width": 390, "height": 844}, "has_touch": True, "is_mobile": True}
 DESKTOP = {"viewport": {"width": 1280, "height": 900}}
 PASTED = 'Hello World! @#$%^&*()_+ "quoted" ~/path|pipe'
@@ -70,11 +69,6 @@ def paste(page: Page, text: str) -> None:
     page.fill("#paste-text", text)
     page.click("#btn-paste")
     expect(page.locator("#console-status")).to_have_text(re.compile(r"^Typed "), timeout=30_000)
-
-
-def shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 @contextmanager

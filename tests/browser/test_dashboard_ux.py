@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -17,13 +16,12 @@ from django import db
 from django.conf import settings
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import logged_in_page, off_thread
+from tests.browser.conftest import logged_in_page, off_thread, shot
 from tests.fixtures import make_desktop
 from vms.models import Desktop, DesktopStatus, Quota
 from vms.services.desktops.requests import desktop_act
 
 pytestmark = [pytest.mark.browser, pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PHONE = {"width": 390, "height": 844}
 STEPS = ["Queued", "Cloning disk", "Defining", "Starting"]
 S = DesktopStatus
@@ -56,11 +54,6 @@ def off_the_loop(work: Callable[[], T]) -> T:
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(run).result()
-
-
-def shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def live(page: Page) -> None:

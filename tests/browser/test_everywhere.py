@@ -3,14 +3,11 @@ style with a way back (desktop and phone), and logging out that asks and then co
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.browser.conftest import logged_in_page
+from tests.browser.conftest import SHOTS, logged_in_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 def test_skip_link_appears_on_tab_and_moves_focus_to_the_content(

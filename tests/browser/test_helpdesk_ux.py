@@ -18,22 +18,16 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import logged_in_page, wait_for_console
+from tests.browser.conftest import logged_in_page, shot, wait_for_console
 from tests.fixtures import UserFactory, make_desktop, wait_for_status
 from vms.models import AuditEvent, ConsoleSession, Desktop, DesktopStatus
 from vms.services.desktops.thumbnails import thumbnail_path
 
 pytestmark = [pytest.mark.browser, pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 # The owner's browser is somewhere other than the server (UTC): "since" is its local time.
 OWNER_ZONE = "Europe/Berlin"
-
-
-def shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def login(browser: Browser, portal_url: str, username: str, **context: Any) -> Page:

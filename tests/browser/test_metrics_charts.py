@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
-from tests.browser.conftest import logged_in_page, off_thread
+from tests.browser.conftest import SHOTS, logged_in_page, off_thread
 from tests.fixtures import make_desktop
 from tests.metrics import helpers
 from tests.metrics.helpers import stats_for
@@ -19,7 +18,6 @@ from vms.models import Desktop
 from vms.services.metrics.sampling import metrics_rollup
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
 POINTS = 120  # half an hour of samples every 15 s
 

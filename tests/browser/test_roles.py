@@ -3,22 +3,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group
 
-from tests.browser.conftest import logged_in_page, wait_for_console
+from tests.browser.conftest import logged_in_page, shot, wait_for_console
 from vms.models import Desktop, Quota, Template
 
 pytestmark = [pytest.mark.browser, pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-
-
-def shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def test_employee_launches_watches_progress_opens_console_and_deletes(
