@@ -111,7 +111,11 @@ def wait_for_console(page: Page, *, timeout_s: float = 45) -> None:
     status line says instead (a refused ticket, a lost connection...) and the requests it
     still waits for (a page whose scripts never all arrived never asks for a ticket)."""
     try:
-        page.wait_for_selector("body[data-console=connected]", timeout=timeout_s * 1000)
+        page.wait_for_selector(
+            "body[data-console=connected], body[data-scripts=failed]", timeout=timeout_s * 1000
+        )
+        if page.locator("body[data-scripts=failed]").count():
+            raise AssertionError(f"the console page's scripts failed; {request_summary(page)}")
     except PlaywrightTimeout:
         status = page.locator("#console-status").inner_text(timeout=5000)
         requests = request_summary(page)
