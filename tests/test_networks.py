@@ -28,6 +28,7 @@ from vms.services.networks.desktop_networks import (
     guard_filter_name,
     guards_refresh,
     interfaces_allocate,
+    interfaces_prepare,
     interfaces_release,
     network_create,
     network_spec,
@@ -430,3 +431,34 @@ def test_the_management_plane_is_read_once_until_the_fleet_changes(fake_host) ->
     assert "192.0.2.77" not in kept and len(queries) == 0  # nothing said the fleet changed
     guards_refresh()
     assert {"192.0.2.77", "192.0.2.78"} <= set(management_plane())
+
+
+@pytest.mark.libvirt  # the real libvirtd (its network update refuses a duplicate entry)
+@pytest.mark.django_db(transaction=True)  # the racing calls use database connections of their own
+def test_desktops_started_together_prepare_their_network_one_at_a_time(
+    admin_user_, employee, fake_template, local_host, settings
+) -> None:
+    """Each start makes the network's DHCP host entries those of its desktops. Two at once
+    read the same entries and both add the new ones, and libvirt refuses the second ("there
+    is an existing dhcp host entry"): the desktop failed to start (seen on a lab host). The
+    network is isolated: it has a bridge on this machine and sends nothing anywhere."""
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    iso = network_create(actor=admin_user_, **ISO)
+    template_networks_set(actor=admin_user_, template=fake_template, network_ids=[iso.pk])
+    hypervisor = get_hypervisor(local_host.uri)
+    name = networks_ensure(host=local_host, networks=[iso])[0]
+    try:
+        desktops = [DesktopFactory(owner=employee, template=fake_template) for _ in range(6)]
+        for desktop in desktops:
+            interfaces_allocate(desktop=desktop)
+
+        def prepare(desktop: Any) -> Callable[[], str]:
+            return lambda: str(len(interfaces_prepare(desktop=desktop, host=local_host)))
+
+        outcomes = outcomes_at_once([prepare(d) for d in desktops], refusals=())
+        assert outcomes == ["1"] * len(desktops)
+        with libvirt.open(local_host.uri) as conn:
+            entries = vxml.parse_network_hosts(conn.networkLookupByName(name).XMLDesc(0))
+        assert entries == {(i.mac, i.ip) for i in DesktopInterface.objects.all()}
+    finally:
+        hypervisor.remove_network(name=name, filter_name=guard_filter_name(iso))

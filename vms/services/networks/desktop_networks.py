@@ -36,6 +36,7 @@ from vms.models import (
 )
 from vms.services.core.audit import AuditVerb, audit_record
 from vms.services.core.errors import NetworkInUse, NetworkInvalid
+from vms.services.core.locks import NetworkBusy, network_lock
 from vms.services.core.queue import enqueue_tasks
 from vms.services.desktops.events import push_desktop_changed
 from vms.services.fleet.hosts import hypervisor_for
@@ -465,9 +466,24 @@ def networks_ensure(*, host: Host, networks: Iterable[Network] | None = None) ->
     done = []
     for network in chosen:
         spec = network_spec(network=network, host=host, gateways=gateways, management=management)
-        hypervisor.ensure_network(spec)
+        _network_ensure_locked(hypervisor, spec, network=network, host=host)
         done.append(libvirt_network_name(network))
     return done
+
+
+def _network_ensure_locked(
+    hypervisor: Any, spec: NetworkSpec, *, network: Network, host: Host
+) -> None:
+    """One worker at a time prepares a network on a host (`network_lock` says why); a
+    network busy for too long is a passing error (the task retries)."""
+    try:
+        with network_lock(network.pk, host.pk):
+            hypervisor.ensure_network(spec)
+    except NetworkBusy:
+        raise HypervisorError(
+            f"network {network.name} on host {host.name} is being prepared by another task",
+            permanent=False,
+        ) from None
 
 
 def networks_reconcile(*, host: Host) -> tuple[list[str], list[str]]:
@@ -479,10 +495,9 @@ def networks_reconcile(*, host: Host) -> tuple[list[str], list[str]]:
     gateways, management = _all_gateways(), management_plane()
     errors = []
     for network in Network.objects.all():
+        spec = network_spec(network=network, host=host, gateways=gateways, management=management)
         try:
-            hypervisor.ensure_network(
-                network_spec(network=network, host=host, gateways=gateways, management=management)
-            )
+            _network_ensure_locked(hypervisor, spec, network=network, host=host)
         except HypervisorError as exc:
             log.warning("network %s on host %s: %s", network.name, host.name, exc.message)
             errors.append(exc.message)
