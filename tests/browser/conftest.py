@@ -58,8 +58,15 @@ def chromium() -> Iterator[Browser]:
     try:
         with sync_playwright() as playwright:
             launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            yield launched
-            launched.close()
+            try:
+                yield launched
+            finally:
+                # Its contexts go with it (a tracked one closed after Playwright stopped
+                # would raise: the fleet's modules have no tear-down hook closing them).
+                for context in tracked_contexts():
+                    if context.browser is launched:
+                        forget(context)
+                launched.close()
     finally:
         del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
@@ -101,8 +108,9 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     quiet (tests/fixtures.py): a test that failed with a console open held it open, and
     that wait failed as well, 120 s later."""
     for context in tracked_contexts():
-        context.close()
         forget(context)
+        if context.browser is not None and context.browser.is_connected():
+            context.close()
     return (yield)
 
 
