@@ -95,22 +95,28 @@ def services(namespace: str, specs: list[str]) -> Iterator[None]:
         proc.wait(timeout=10)
 
 
-# nc's own -w 3 ends each probe in the guest; this bounds how long a guest starved by a busy
-# machine (TCG) may take to print that (20 s was once not enough in a full suite run).
+# nc's -w 3 bounds its connect, yet a probe once printed nothing for 60 s (twice, right
+# after isolation was turned on): `timeout` ends every probe in the guest after
+# PROBE_END_S, and one that had to be ended (exit 143) was neither accepted nor refused.
+# PROBE_S bounds how long a guest starved by a busy machine (TCG) may take to print the
+# result (20 s was once not enough in a full suite run).
+PROBE_END_S = 10
 PROBE_S = 60
 
 
 def _reaches(sh: GuestShell, address: str, port: int) -> bool:
     """Whether a TCP connection from the guest is answered: accepted or refused."""
-    out = sh.run(f"nc -w 3 {address} {port} </dev/null >/dev/null 2>/tmp/nc.err; "
-                 "echo rc=$?; cat /tmp/nc.err", timeout=PROBE_S)  # fmt: skip
+    out = sh.run(f"timeout {PROBE_END_S} nc -w 3 {address} {port} </dev/null >/dev/null "
+                 "2>/tmp/nc.err; echo rc=$?; cat /tmp/nc.err", timeout=PROBE_S)  # fmt: skip
     return "rc=0" in out or "refused" in out
 
 
 def _greets(sh: GuestShell, address: str, port: int) -> bool:
     """Whether a netservice listener's greeting comes back."""
-    return f"hello {port}" in sh.run(f"echo | nc -w 3 {address} {port} 2>&1", timeout=PROBE_S,
-                                     check=False)  # fmt: skip
+    return f"hello {port}" in sh.run(
+        f"echo | timeout {PROBE_END_S} nc -w 3 {address} {port} 2>&1", timeout=PROBE_S,
+        check=False,
+    )  # fmt: skip
 
 
 def _udp(sh: GuestShell, address: str, port: int) -> None:

@@ -78,9 +78,11 @@ def services_in_namespace(specs: list[str], namespace: str = NAMESPACE) -> Itera
         proc.wait(timeout=10)
 
 
-# How long the guest's shell may take to answer a probe: the probe bounds itself (nc -w 3,
-# ping -W 2); the rest is a guest under TCG waiting for the CPU beside the suite's other
-# workers (a clean-clone run saw no answer to `nc -w 3` within 15 s).
+# How long the guest's shell may take to answer a probe: the probe bounds itself (ping -W 2;
+# nc -w 3 bounds its connect, and `timeout` the rest, as in test_egress_lab.py); the rest is
+# a guest under TCG waiting for the CPU beside the suite's other workers (a clean-clone run
+# saw no answer to `nc -w 3` within 15 s).
+PROBE_END_S = 10
 PROBE_ANSWER_S = 60
 
 
@@ -90,14 +92,18 @@ def _launch(user: Any, template: Template) -> Desktop:
 
 def _reaches(sh: GuestShell, address: str, port: int) -> bool:
     """Whether a TCP connection from the guest gets the service's greeting."""
-    answer = sh.run(f"echo | nc -w 3 {address} {port} 2>&1", timeout=PROBE_ANSWER_S, check=False)
+    answer = sh.run(
+        f"echo | timeout {PROBE_END_S} nc -w 3 {address} {port} 2>&1",
+        timeout=PROBE_ANSWER_S,
+        check=False,
+    )
     return "hello" in answer
 
 
 def _connects(sh: GuestShell, address: str, port: int) -> bool:
     """Whether a TCP connection from the guest is accepted at all (a service that says
     nothing first, like libvirtd): busybox nc exits 0 only once connected."""
-    probe = f"nc -w 3 {address} {port} </dev/null >/dev/null 2>&1; echo rc=$?"
+    probe = f"timeout {PROBE_END_S} nc -w 3 {address} {port} </dev/null >/dev/null 2>&1; echo rc=$?"
     out = sh.run(probe, timeout=PROBE_ANSWER_S)
     return "rc=0" in out
 
