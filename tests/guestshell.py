@@ -110,10 +110,6 @@ class GuestShell:
         """Wait until the shell answers (the guest may still be booting)."""
         deadline = time.monotonic() + timeout
         while True:
-            # Ctrl-C first: what was typed ahead while the guest booted may have been cut
-            # when its shell set up the line (an odd number of quotes), and the shell would
-            # then read every later command as the rest of one string (seen: "> > > >").
-            self._send("\x03")
             try:
                 self.run("true", timeout=5.0)
                 return
