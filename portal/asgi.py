@@ -21,10 +21,9 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set u
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from portal.freshcontext import in_fresh_context  # noqa: E402
 from vms.routing import websocket_urlpatterns  # noqa: E402
 
-router = ProtocolTypeRouter(
+application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": AllowedHostsOriginValidator(
@@ -32,6 +31,3 @@ router = ProtocolTypeRouter(
         ),
     }
 )
-# A kept-alive connection's next request must not run in the previous one's context
-# (portal/freshcontext.py says how daphne does that).
-application = in_fresh_context(router)
