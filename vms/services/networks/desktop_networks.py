@@ -462,23 +462,26 @@ def networks_ensure(*, host: Host, networks: Iterable[Network] | None = None) ->
     """Create or repair networks (all of them by default) on `host`; their libvirt names."""
     chosen = list(Network.objects.all() if networks is None else networks)
     gateways, management = _all_gateways(), management_plane()
-    hypervisor = hypervisor_for(host)
     done = []
     for network in chosen:
-        spec = network_spec(network=network, host=host, gateways=gateways, management=management)
-        _network_ensure_locked(hypervisor, spec, network=network, host=host)
+        _network_ensure_locked(network=network, host=host, gateways=gateways, management=management)
         done.append(libvirt_network_name(network))
     return done
 
 
 def _network_ensure_locked(
-    hypervisor: Any, spec: NetworkSpec, *, network: Network, host: Host
+    *, network: Network, host: Host, gateways: list[str], management: Sequence[str]
 ) -> None:
-    """One worker at a time prepares a network on a host (`network_lock` says why); a
-    network busy for too long is a passing error (the task retries)."""
+    """One worker at a time prepares a network on a host (`network_lock` says why), from
+    the DHCP host entries read under the lock: read before it, a slower worker would put
+    back an older list and drop a desktop started meanwhile. A network busy for too long
+    is a passing error (the task retries)."""
     try:
         with network_lock(network.pk, host.pk):
-            hypervisor.ensure_network(spec)
+            spec = network_spec(
+                network=network, host=host, gateways=gateways, management=management
+            )
+            hypervisor_for(host).ensure_network(spec)
     except NetworkBusy:
         raise HypervisorError(
             f"network {network.name} on host {host.name} is being prepared by another task",
@@ -495,9 +498,10 @@ def networks_reconcile(*, host: Host) -> tuple[list[str], list[str]]:
     gateways, management = _all_gateways(), management_plane()
     errors = []
     for network in Network.objects.all():
-        spec = network_spec(network=network, host=host, gateways=gateways, management=management)
         try:
-            _network_ensure_locked(hypervisor, spec, network=network, host=host)
+            _network_ensure_locked(
+                network=network, host=host, gateways=gateways, management=management
+            )
         except HypervisorError as exc:
             log.warning("network %s on host %s: %s", network.name, host.name, exc.message)
             errors.append(exc.message)
