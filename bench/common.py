@@ -95,14 +95,11 @@ class Server:
         return self.process.pid
 
 
-def server_stacks(server: Server, *, settle_s: float = 2) -> str:
-    """Where a portal server waits now: its threads' and asyncio tasks' stacks
-    (portal/stackdumps.py), as it wrote them to its log. For failure messages."""
-    start = server.logfile.stat().st_size
-    server.process.send_signal(signal.SIGUSR1)
-    server.process.send_signal(signal.SIGUSR2)
-    time.sleep(settle_s)
-    return server.logfile.read_bytes()[start:].decode(errors="replace")
+def server_stacks(server: Server) -> str:
+    """Where a portal server waits now: its threads' and asyncio tasks' stacks."""
+    from tests.servers import process_stacks  # the bench's runner puts the root on the path
+
+    return process_stacks(server.process, server.logfile)
 
 
 def start_server(

@@ -14,6 +14,9 @@ import signal
 import sys
 from types import FrameType
 
+# The last line of a task dump: whoever asked for one knows it is whole.
+DUMP_END = "stack dump: end"
+
 
 def install_stack_dumps() -> None:
     """SIGUSR1: the threads' stacks; SIGUSR2: the asyncio tasks' stacks."""
@@ -25,10 +28,11 @@ def _dump_tasks(signum: int, frame: FrameType | None) -> None:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        print("stack dump: no event loop runs in this thread", file=sys.stderr, flush=True)
+        print("stack dump: no event loop runs in this thread", file=sys.stderr)
+        print(DUMP_END, file=sys.stderr, flush=True)
         return
     tasks = asyncio.all_tasks(loop)
     print(f"stack dump: {len(tasks)} asyncio tasks", file=sys.stderr)
     for task in tasks:
         task.print_stack(limit=12, file=sys.stderr)
-    sys.stderr.flush()
+    print(DUMP_END, file=sys.stderr, flush=True)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from portal.stackdumps import DUMP_END
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -104,16 +106,26 @@ def running(command: list[str], *, port: int, log_name: str, **env: str) -> Iter
                 os.killpg(process.pid, signal.SIGKILL)
 
 
-def server_stacks(port: int, *, settle_s: float = 2) -> str:
-    """Where the portal server on `port` waits now: its threads' and its asyncio tasks'
-    stacks (portal/stackdumps.py), as it wrote them to its log. For failure messages."""
+def server_stacks(port: int) -> str:
+    """Where the portal server on `port` waits now (see `process_stacks`)."""
     if port not in _running:
         return f"(no server of this test run listens on port {port})"
-    process, log = _running[port]
+    return process_stacks(*_running[port])
+
+
+def process_stacks(process: subprocess.Popen[bytes], log: Path, *, wait_s: float = 10) -> str:
+    """A portal server's threads' and asyncio tasks' stacks (portal/stackdumps.py), as it
+    wrote them to its log; at most `wait_s` for the task dump (an event loop stuck in a
+    C call never writes it, and the threads' dump then says where). For failure messages."""
     start = log.stat().st_size
     process.send_signal(signal.SIGUSR1)
     process.send_signal(signal.SIGUSR2)
-    time.sleep(settle_s)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        written = log.read_bytes()[start:].decode(errors="replace")
+        if DUMP_END in written:
+            return written
+        time.sleep(0.1)
     return log.read_bytes()[start:].decode(errors="replace")
 
 
