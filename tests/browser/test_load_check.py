@@ -18,6 +18,7 @@ from tests.fixtures import make_desktop
 from vms.models import DesktopStatus
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+PHONE = {"viewport": {"width": 390, "height": 844}, "has_touch": True, "is_mobile": True}
 FAILED = "Part of this page did not load. Reload the page to try again."
 
 
@@ -42,6 +43,13 @@ def test_a_module_that_never_arrives_is_said_on_the_console_page(
     expect(page.locator("body")).not_to_have_attribute("data-scripts", "failed")
     page.context.close()
 
+    phone = logged_in_page(browser, portal_url, employee.username, **PHONE)
+    phone.route("**/static/vendor/novnc/core/util/int.js", _drop)
+    phone.goto(f"{portal_url}/desktops/{desktop.pk}/console/")
+    expect(phone.locator("#console-status")).to_have_text(FAILED)
+    shot(phone, "console-scripts-failed-phone")
+    phone.context.close()
+
 
 def test_a_module_that_never_arrives_is_said_on_the_dashboard(
     browser: Browser, portal_url: str, employee: Any, fake_template: Any
@@ -51,4 +59,5 @@ def test_a_module_that_never_arrives_is_said_on_the_dashboard(
     page.route("**/static/js/http.js", _drop)
     page.goto(f"{portal_url}/")
     expect(page.get_by_role("alert")).to_have_text(FAILED)
+    shot(page, "dashboard-scripts-failed")
     page.context.close()
