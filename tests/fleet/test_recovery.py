@@ -14,6 +14,7 @@ import libvirt
 import pytest
 
 from tests.fixtures import wait_for_status
+from tests.servers import var_path
 from vms import tasks
 from vms.models import AuditEvent, Desktop, Host, HostStatus, Template
 from vms.services.desktops.requests import desktop_create
@@ -52,10 +53,26 @@ def rounds_until(done: Callable[[], bool], *, timeout: float) -> float:
     """Run the beat's heartbeat round every second until `done()`; the seconds it took."""
     started = time.monotonic()
     while not done():
-        assert time.monotonic() - started < timeout, "not done in time"
+        assert time.monotonic() - started < timeout, f"not done in time\n{fleet_report()}"
         tasks.heartbeat_all_hosts()
         time.sleep(1)
     return time.monotonic() - started
+
+
+def fleet_report() -> str:
+    """What the portal and the lab hosts' workers knew, for a round that never got there
+    (the workers run the heartbeats and recoveries: their logs are the other half)."""
+    lines = [f"host {h.name}: {h.status} ok={h.last_check_ok} {h.last_check_error!r} "
+             f"heard {h.last_heartbeat_at}" for h in Host.objects.order_by("name")]  # fmt: skip
+    lines += [f"desktop {d.pk}: {d.status} on {d.host_id} to {d.migrate_to_id} {d.last_error!r}"
+              for d in Desktop.objects.all()]  # fmt: skip
+    lines += [f"audit {e.created_at:%H:%M:%S} {e.action} {e.detail}"
+              for e in AuditEvent.objects.order_by("-pk")[:12]]  # fmt: skip
+    for name in LAB_WORKERS:  # the log `running_worker` writes for lab_host_joined's worker
+        log = var_path(f"test-worker-lab{name}{os.getpid()}.log")
+        tail = log.read_text(errors="replace").splitlines()[-25:] if log.exists() else []
+        lines += [f"--- {log.name}", *tail]
+    return "\n".join(lines)
 
 
 def running_on(host: Host) -> set[str]:
