@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from vms.console.spicelink import CHANNEL_DISPLAY, CHANNEL_MAIN
+from vms.console.spicelink import CHANNEL_DISPLAY, CHANNEL_INPUTS, CHANNEL_MAIN
 
 MINI_HEADER = struct.Struct("<HI")
 FULL_HEADER = struct.Struct("<QHII")
@@ -170,16 +170,47 @@ class DisplayInitGate:
         return first + rest
 
 
-ClientFilter = PassThrough | ViewOnlyMainFilter | DisplayFilter
+# Key presses and releases on the inputs channel (SPICE_MSGC_INPUTS_KEY_*).
+KEY_MESSAGES = frozenset({101, 102, 103, 104})
+
+
+class InputsFilter:
+    """Client-to-server bytes of an inputs channel, framed, so that the relay can space
+    its key messages out (vms.console.spicerelay.KEY_GAP_S)."""
+
+    dropped_messages = 0
+
+    def __init__(self, *, mini_header: bool) -> None:
+        self._framer = MessageFramer(mini_header=mini_header)
+
+    def feed(self, data: bytes) -> bytes:
+        return b"".join(message for _, message in self._framer.feed(data))
+
+    def pieces(self, data: bytes) -> list[tuple[bool, bytes]]:
+        """The whole messages in `data` as (a key message?, its bytes), in order; the
+        others next to each other in one piece."""
+        pieces: list[tuple[bool, bytes]] = []
+        for kind, message in self._framer.feed(data):
+            key = kind in KEY_MESSAGES
+            if pieces and not key and not pieces[-1][0]:
+                pieces[-1] = (False, pieces[-1][1] + message)
+            else:
+                pieces.append((key, message))
+        return pieces
+
+
+ClientFilter = PassThrough | ViewOnlyMainFilter | DisplayFilter | InputsFilter
 
 
 def client_filter_for(*, channel_type: int, view_only: bool, mini_header: bool) -> ClientFilter:
     """How a channel's client-to-server bytes are checked: the main channel of a view-only
-    session is filtered, display channels are framed, the rest passes as it is."""
+    session is filtered, display and inputs channels are framed, the rest passes as it is."""
     if channel_type == CHANNEL_MAIN and view_only:
         return ViewOnlyMainFilter(mini_header=mini_header)
     if channel_type == CHANNEL_DISPLAY:
         return DisplayFilter(mini_header=mini_header)
+    if channel_type == CHANNEL_INPUTS:
+        return InputsFilter(mini_header=mini_header)
     return PassThrough()
 
 

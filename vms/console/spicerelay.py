@@ -39,6 +39,7 @@ from vms.console.spicelink import (
 from vms.console.spicemsg import (
     ClientFilter,
     DisplayInitGate,
+    InputsFilter,
     MainInitWatcher,
     PassThrough,
     SpiceMessageError,
@@ -67,6 +68,12 @@ from vms.services.desktops.events import desktop_group
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
+# The least time between two key messages to QEMU. Its SPICE server puts each key's
+# scancodes straight into the guest's PS/2 keyboard queue, which holds 16 bytes and drops
+# what does not fit (a lost Shift release sticks); its VNC server spaces keys this far
+# apart (key-delay-ms). Keys that reach the relay in a burst (a paste, a stalled network)
+# leave it no closer than this.
+KEY_GAP_S = 0.01
 
 
 class SpiceRelayConsumer(ConsoleRelayConsumer):
@@ -80,6 +87,7 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
     gate: DisplayInitGate | None = None
     refused_channels = 0
     tallied = (0, 0, 0)
+    next_key_at = 0.0  # the event loop's time the next key message may go to QEMU
 
     async def connect(self) -> None:
         await self.accept(subprotocol=BINARY_PROTOCOL)
@@ -110,7 +118,9 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
         if self.admission is None or not bytes_data:
             return
         try:
-            if self.ready:
+            if self.ready and isinstance(self.spice_filter, InputsFilter):
+                await self._inputs_to_guest(self.spice_filter.pieces(bytes_data))
+            elif self.ready:
                 await self._to_guest(self.spice_filter.feed(bytes_data))
             elif self.gate is not None:
                 await self._through_gate(self.admission, bytes_data)
@@ -118,6 +128,14 @@ class SpiceRelayConsumer(ConsoleRelayConsumer):
                 await self._linking(self.admission, bytes_data)
         except (SpiceLinkError, SpiceMessageError) as exc:
             await self._close(CLOSE_PROTOCOL, f"Console protocol error: {exc}")
+
+    async def _inputs_to_guest(self, pieces: list[tuple[bool, bytes]]) -> None:
+        loop = asyncio.get_running_loop()
+        for key, piece in pieces:
+            if key:
+                await asyncio.sleep(max(0.0, self.next_key_at - loop.time()))
+                self.next_key_at = loop.time() + KEY_GAP_S
+            await self._to_guest(piece)
 
     async def _linking(self, admission: SpiceAdmission, data: bytes) -> None:
         self.browser.receive(data)
