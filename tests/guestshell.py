@@ -3,8 +3,10 @@ stream (`virDomainOpenConsole`), so that tests read what commands print instead 
 reading the screen by OCR. It works for any host the tests reach, lab hosts included.
 
 The demo guest (guest/inittab) runs `-/bin/sh` on ttyS0. Each command is framed by two
-markers that the shell prints; the markers are written split in quotes, so the echo of
-the typed line never matches them.
+markers that the shell prints; the markers are written split by a backslash, so the echo
+of the typed line never matches them. Not by quotes: a line cut while the guest boots
+could leave a quote open, and every later line, with its quotes in pairs, would only
+continue the string (the shell answers "> " for ever).
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class GuestShell:
         shell's echo). With `check`, a non-zero exit status raises."""
         n = next(self._serial)
         begin, end = f"__BEGIN_{n}__", f"__END_{n}__"
-        self._send(f'echo "{begin[:4]}""{begin[4:]}"; {command}; echo "{end[:4]}""{end[4:]}" $?\n')
+        self._send(f"echo {begin[:4]}\\{begin[4:]}; {command}; echo {end[:4]}\\{end[4:]} $?\n")
         self.wait_for(rf"{begin}\n", timeout=timeout)
         found = self.wait_for(rf"(?s)(.*?){end} (\d+)\n", timeout=timeout)
         output, status = found.group(1), int(found.group(2))
