@@ -48,6 +48,7 @@ from bench.common import (
     server_stacks,
 )
 from bench.fixtures import make_user, session_key
+from tests.browsernet import browser_network
 from tests.requestlog import request_summary, track_requests
 from vms.console.rfb import UpstreamHandshake
 from vms.hypervisor import DomainSpec, GraphicsType, get_hypervisor
@@ -467,9 +468,11 @@ def run(*, template: Template, host: Host, quick: bool) -> dict[str, Any]:
     with (
         running(celery_command("bench-worker"), name="desktop-worker"),
         running(daphne_command(port), name="desktop-daphne", port=port) as daphne,
+        browser_network(chromium=CHROMIUM, ports=[port]) as executable,
         sync_playwright() as playwright,
     ):
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        # In a network namespace of its own: tests/browsernet.py says why.
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         _wait_for_worker()
         try:
             for i in range(max(singles, directs)):

@@ -62,3 +62,8 @@ def forget(context: BrowserContext) -> None:
 def request_summary(page: Page) -> str:
     log = _logs.get(page.context)
     return log.summary() if log is not None else "(the page's requests were not tracked)"
+
+
+def requests_of(page: Page) -> RequestLog:
+    """The log of `page`'s context (tracked by `track_requests`)."""
+    return _logs[page.context]

@@ -18,6 +18,7 @@ from django.db import connection
 from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from tests.browsernet import browser_network
 from tests.guestshell import GUEST_BOOT_S
 from tests.requestlog import forget, request_summary, track_requests, tracked_contexts
 from tests.servers import daphne_command, free_port, running, server_stacks
@@ -49,15 +50,21 @@ def portal_url(django_db_setup: None, celery_worker: Any) -> Iterator[str]:
 
 
 @contextmanager
-def chromium() -> Iterator[Browser]:
+def chromium(*, portal: str) -> Iterator[Browser]:
     """Chromium through Playwright, until the block ends: Playwright's loop must be gone
-    afterwards, so only the tests inside the block use it."""
+    afterwards, so only the tests inside the block use it. It runs in a network namespace
+    of its own (tests/browsernet.py says why), from which it reaches `portal` only."""
     # Playwright's sync API keeps an event loop running in this thread, which makes Django
     # refuse ORM calls from the test body; the tests are plain synchronous code.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    port = urlsplit(portal).port
+    assert port is not None, portal
     try:
-        with sync_playwright() as playwright:
-            launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        with (
+            browser_network(chromium=CHROMIUM, ports=[port]) as executable,
+            sync_playwright() as playwright,
+        ):
+            launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
             try:
                 yield launched
             finally:
@@ -72,9 +79,9 @@ def chromium() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="package")
-def browser() -> Iterator[Browser]:
+def browser(portal_url: str) -> Iterator[Browser]:
     """Chromium for this package's tests only."""
-    with chromium() as launched:
+    with chromium(portal=portal_url) as launched:
         yield launched
 
 

@@ -129,8 +129,8 @@ def two_hosts(local_host: Host, lab_host_joined: Callable[[str], Host]) -> tuple
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+def browser(portal_url: str) -> Iterator[Browser]:  # noqa: F811
     """Chromium for one module only: while Playwright's loop runs in this thread, the
     fleet's other tests could not call the services (their live push refuses to run)."""
-    with chromium() as launched:
+    with chromium(portal=portal_url) as launched:
         yield launched
