@@ -19,7 +19,7 @@ import pytest
 
 from tests.factories import DesktopFactory
 from vms.hypervisor import get_hypervisor
-from vms.models import AuditEvent, Desktop, DesktopStatus, Host
+from vms.models import AuditEvent, Desktop, DesktopStatus, Host, HostStatus
 from vms.services.disks.leases import LeaseState, desktop_disk_path, disk_lease_state, lease_file
 from vms.services.fleet import recovery
 from vms.services.fleet.heartbeat import host_heartbeat
@@ -127,7 +127,9 @@ def test_a_host_without_proven_disk_locks_neither_gives_nor_takes_desktops(
 ) -> None:
     lost, spare = host_pair
     note = "Running without a disk lease in /x: dpt-a."
-    Host.objects.filter(pk=lost.pk).update(disk_lock_ok=False, disk_lock_note=note)
+    Host.objects.filter(pk=lost.pk).update(
+        disk_lock_ok=False, disk_lock_note=note, status=HostStatus.DOWN
+    )
     desktop = DesktopFactory(owner=employee, template=fake_template, host=lost, status=S.RUNNING)
     lost.refresh_from_db()
     done = recovery.host_recovery_start(host=lost)

@@ -14,7 +14,13 @@ from vms.hypervisor import get_hypervisor
 from vms.models import AuditEvent, Desktop, DesktopStatus, Host, HostStatus
 from vms.services.core.errors import NoHostAvailable
 from vms.services.fleet import recovery
-from vms.services.fleet.heartbeat import cpu_percent, host_heartbeat, host_mark_down, hosts_silent
+from vms.services.fleet.heartbeat import (
+    cpu_percent,
+    host_heartbeat,
+    host_mark_down,
+    host_status_move,
+    hosts_silent,
+)
 from vms.services.fleet.membership import host_drain_pass, host_maintenance_set
 from vms.services.fleet.placement import host_choose
 
@@ -122,11 +128,35 @@ def test_a_silent_host_goes_down_once_and_its_desktops_are_recovered(
 
 def test_recovery_waits_when_no_host_can_take_the_desktop(pair, employee, fake_template) -> None:
     lost, spare = pair
+    Host.objects.filter(pk=lost.pk).update(status=HostStatus.DOWN)
     Host.objects.filter(pk=spare.pk).update(maintenance=True)
     desktop = DesktopFactory(owner=employee, template=fake_template, host=lost, status=S.RUNNING)
     assert recovery.host_recovery_start(host=lost)["recovering"] == 0
     desktop.refresh_from_db()
     assert desktop.status == S.RUNNING and desktop.host == lost
+    Host.objects.filter(pk=spare.pk).update(maintenance=False)  # room again: it goes
+    assert recovery.host_recovery_start(host=lost)["recovering"] == 1
+
+
+def test_a_recovery_pass_leaves_a_host_that_answered_again_alone(
+    pair, employee, fake_template
+) -> None:
+    """The round read the host as down; before its pass, the host's heartbeat brought it
+    back and kept its running desktop (host_rejoin). The pass must not send it away."""
+    lost, _spare = pair
+    desktop = DesktopFactory(owner=employee, template=fake_template, host=lost, status=S.RUNNING)
+    stopped = DesktopFactory(owner=employee, template=fake_template, host=lost, status=S.STOPPED)
+    Host.objects.filter(pk=lost.pk).update(status=HostStatus.DOWN)
+    seen_down = Host.objects.get(pk=lost.pk)  # the round's list of down hosts
+    assert host_status_move(host=Host.objects.get(pk=lost.pk), old=HostStatus.DOWN,
+                            new=HostStatus.UP)  # fmt: skip
+    assert recovery.host_recovery_start(host=seen_down) == {"recovering": 0, "rehomed": 0,
+                                                            "held": 0}  # fmt: skip
+    desktop.refresh_from_db()
+    stopped.refresh_from_db()
+    assert desktop.status == S.RUNNING and desktop.migrate_to is None and desktop.host == lost
+    assert stopped.host == lost
+    assert not AuditEvent.objects.filter(action="desktop.recovering").exists()
 
 
 def test_maintenance_drains_running_and_rehomes_stopped(

@@ -65,18 +65,27 @@ def host_recovery_start(*, host: Host) -> dict[str, int]:
     """One recovery pass over a down host: aim its live desktops at other hosts and
     re-home its stopped ones (each heartbeat round calls this while the host stays down).
     The targets are locked, and their allocations read, once for the pass. Counts what
-    it did."""
+    it did.
+
+    Only while the host is still down, read under its row lock: its heartbeat's move to
+    up waits for the pass (the rejoin after it then keeps what still runs there), or the
+    pass finds it up and leaves its desktops be. A pass that trusted the round's list of
+    down hosts sent a desktop the rejoin had just kept away again, and it waited for ever
+    for the lease its running QEMU holds (seen in a full run)."""
     done = {"recovering": 0, "rehomed": 0, "held": 0}
     with transaction.atomic():
-        targets = _targets(host)
+        source = Host.objects.select_for_update().filter(pk=host.pk, status=HostStatus.DOWN).first()
+        if source is None:
+            return done
+        targets = _targets(source)
         used = host_allocations()
-        for desktop in _desktops(host, RECOVER_FROM):
-            if not host.disk_lock_ok:
-                done["held"] += _hold(desktop, source=host)
+        for desktop in _desktops(source, RECOVER_FROM):
+            if not source.disk_lock_ok:
+                done["held"] += _hold(desktop, source=source)
                 continue
-            done["recovering"] += _recover(desktop, source=host, targets=targets, used=used)
-        for desktop in _desktops(host, REHOME_FROM):
-            done["rehomed"] += _rehome(desktop, source=host, targets=targets, used=used)
+            done["recovering"] += _recover(desktop, source=source, targets=targets, used=used)
+        for desktop in _desktops(source, REHOME_FROM):
+            done["rehomed"] += _rehome(desktop, source=source, targets=targets, used=used)
     return done
 
 
