@@ -70,10 +70,12 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
 # The least time between two key messages to QEMU. Its SPICE server puts each key's
 # scancodes straight into the guest's PS/2 keyboard queue, which holds 16 bytes and drops
-# what does not fit (a lost Shift release sticks); its VNC server spaces keys this far
-# apart (key-delay-ms). Keys that reach the relay in a burst (a paste, a stalled network)
-# leave it no closer than this.
-KEY_GAP_S = 0.01
+# what does not fit (a lost Shift release sticks; its VNC server spaces keys 10 ms apart,
+# key-delay-ms). Keys that reach the relay in a burst (a paste, a stalled network) leave
+# it no closer than this. 10 ms still lost two Shift presses in a full run, with guests
+# under TCG whose vCPUs wait their turn on 2 cores: 25 ms lets such a guest fall about
+# 250 ms behind before its queue overflows (a paste types some 10 characters a second).
+KEY_GAP_S = 0.025
 
 
 class SpiceRelayConsumer(ConsoleRelayConsumer):
